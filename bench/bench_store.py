@@ -1,0 +1,158 @@
+"""Benchmark: durable appends/second through SqliteEventStore vs raw sqlite3.
+
+Side by side in one run, on the same disk:
+
+* **store**: ``TASKS`` trio tasks, each appending ``PER_TASK`` single-event
+  appends to its own stream through :class:`plane.events.sqlite.SqliteEventStore`
+  (WAL, ``synchronous=FULL``, group commit).  Includes encoding each event with
+  the wire converter, the version checks, the writer thread hop and waking each
+  appender.  The event objects are built before the clock starts.
+* **raw**: the very rows the store wrote (same streams, versions, tags, JSON
+  payloads), inserted with plain ``sqlite3`` into a fresh log with the same
+  schema (same index and triggers) and the same durability (WAL,
+  ``synchronous=FULL``), committing batches of the average size the store's
+  group commit achieved (``BEGIN IMMEDIATE``; ``executemany``; ``COMMIT``).
+
+Prints both rates, the ratio ``store/raw`` (best of ``ROUNDS`` for each) and
+PASS/FAIL against the target ratio.  Exit status 0 on PASS, 1 on FAIL.
+
+    python bench/bench_store.py [--tasks 64] [--per-task 300] [--rounds 3] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from plane.events import types as t
+from plane.events.sqlite import SqliteEventStore, open_sqlite_store
+
+TARGET_RATIO = 0.5
+
+Row = tuple[int, str, int, str, str, float]
+
+
+def make_events(task: int, count: int) -> list[t.Event]:
+    """A realistic mix of small events, like a busy backend's stream."""
+    makers = [
+        lambda i: t.HttpActivityRecorded(at=1_700_000_000.0 + i, requests=i % 7 + 1),
+        lambda i: t.ConnectionOpened(at=1_700_000_000.5 + i, connection_id=f"c-{task}-{i:06d}"),
+        lambda i: t.ConnectionClosed(at=1_700_000_000.7 + i, connection_id=f"c-{task}-{i:06d}"),
+        lambda i: t.BackendReady(at=1_700_000_000.9 + i, address=f"127.0.0.1:{20000 + task}"),
+        lambda i: t.TokenIssued(
+            at=1_700_000_001.0 + i,
+            token_hash=f"{task:08x}{i:056x}",
+            expires_at=1_700_003_600.0 + i,
+            user=f"user-{task}",
+        ),
+    ]
+    cycle = itertools.cycle(makers)
+    return [next(cycle)(i) for i in range(count)]
+
+
+async def run_store(path: Path, workload: list[list[t.Event]]) -> tuple[float, int, int]:
+    """Append the workload; returns (seconds, appends, commits)."""
+
+    async def appender(store: SqliteEventStore, stream: str, events: list[t.Event]) -> None:
+        for version, event in enumerate(events):
+            await store.append(stream, version, [event])
+
+    async with open_sqlite_store(path) as store:
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for task, events in enumerate(workload):
+                nursery.start_soon(appender, store, f"backend-{task:04d}", events)
+        elapsed = time.perf_counter() - start
+        return elapsed, store.appended, store.commits
+
+
+def read_rows(path: Path) -> list[Row]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT seq, stream, version, type, data, recorded_at FROM events ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def create_empty_log(path: Path) -> None:
+    async with open_sqlite_store(path):
+        pass
+
+
+def run_raw(path: Path, rows: list[Row], batch_size: int) -> float:
+    """Insert ``rows`` in committed batches of ``batch_size``; returns seconds."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        insert = (
+            "INSERT INTO events (seq, stream, version, type, data, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        start = time.perf_counter()
+        for i in range(0, len(rows), batch_size):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(insert, rows[i : i + batch_size])
+            conn.execute("COMMIT")
+        return time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=64)
+    parser.add_argument("--per-task", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", default=None, help="where to put the logs (default: temp)")
+    args = parser.parse_args()
+
+    workload = [make_events(task, args.per_task) for task in range(args.tasks)]
+    appends = args.tasks * args.per_task
+    store_rates: list[float] = []
+    raw_rates: list[float] = []
+    batch_sizes: list[float] = []
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="plane-bench-") as tmp:
+        for round_ in range(args.rounds):
+            store_path = Path(tmp, f"store-{round_}.sqlite")
+            raw_path = Path(tmp, f"raw-{round_}.sqlite")
+            seconds, appended, commits = trio.run(run_store, store_path, workload)
+            assert appended == appends, (appended, appends)
+            rows = read_rows(store_path)
+            assert len(rows) == appends
+            avg_batch = appended / commits
+            trio.run(create_empty_log, raw_path)
+            raw_seconds = run_raw(raw_path, rows, max(1, round(avg_batch)))
+            assert len(read_rows(raw_path)) == appends
+            store_rates.append(appends / seconds)
+            raw_rates.append(appends / raw_seconds)
+            batch_sizes.append(avg_batch)
+            print(
+                f"round {round_ + 1}: store {appends / seconds:9.0f} appends/s"
+                f" ({commits} commits, {avg_batch:.1f} appends/commit)"
+                f" | raw {appends / raw_seconds:9.0f} rows/s"
+                f" (batches of {max(1, round(avg_batch))})"
+            )
+
+    store_rate, raw_rate = max(store_rates), max(raw_rates)
+    ratio = store_rate / raw_rate
+    print(f"tasks={args.tasks} appends={appends} (1 event each), WAL, synchronous=FULL")
+    print(f"store: {store_rate:9.0f} durable appends/s (best of {args.rounds})")
+    print(f"raw:   {raw_rate:9.0f} durable rows/s    (best of {args.rounds})")
+    print(f"ratio store/raw = {ratio:.2f} (target >= {TARGET_RATIO})")
+    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+    print(verdict)
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

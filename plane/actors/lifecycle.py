@@ -1,0 +1,449 @@
+"""The backend lifecycle decider: pure functions, no I/O, no clock.
+
+This module owns *what a backend is*: its state, which events may happen in
+which state, and what to decide when something happens.  It follows the
+decider pattern::
+
+    decide(state, command) -> list[Event]     # what should happen now
+    evolve(state, event)   -> state           # what the state becomes
+    next_deadline(state)   -> float | None    # when time alone matters next
+    is_terminal(state)     -> bool            # terminated is absorbing
+    effects(event, state)  -> list[Effect]    # what the shell must do
+
+A *command* is an input event (a fact from outside: a request, an executor
+observation, a proxy connection event, an API call) or a :class:`Tick` (the
+passing of time).  Every command carries its time (``at``, seconds since the
+epoch); this module never reads a clock and imports nothing that does I/O.
+
+For an input, ``decide`` returns the input itself first, then the decisions it
+implies, so the shell appends exactly what ``decide`` returned.  For a tick it
+returns only decisions, for the earliest deadline that is due (the shell ticks
+again until nothing is due).  Given the same state and command, ``decide``
+always returns the same events; ``plane-replay verify`` relies on that.
+
+The lifecycle::
+
+    requested -> starting -> ready <-> idle -> terminating -> terminated
+
+* ``requested`` lasts until the first tick: its deadline is the request time,
+  so the shell starts the backend at once, and the answer to the request can
+  say ``requested``.
+* ``ready`` -> ``idle`` when the last long-lived connection closes;
+  ``idle`` -> ``ready`` when one opens.  Whenever a ready or idle backend has no
+  open connection, the idle clock runs from the later of "connections went to
+  zero" (or ready) and the last plain-HTTP activity; after
+  ``max_idle_seconds`` of it the backend is terminated (reason ``idle``).
+* A start timeout, the lifetime limit, an exit of its own, a spawn failure, a
+  vanished container and the API's soft or hard terminate all end in
+  ``terminated`` with a reason.  A soft stop is a stop signal, then
+  ``stop_grace_seconds`` later a kill (:class:`TerminationEscalated`).
+
+Error handling: :class:`IllegalTransition` ("your fault") when ``evolve`` is
+given an event that cannot happen in the state, or ``decide`` a request for a
+backend that exists.  ``decide`` never raises for a fact that merely arrives
+late (an exit after the decision to kill, a connection closing after
+termination): in ``terminated`` it returns ``[]``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from plane.events.spec import BackendKey, SpawnConfig
+from plane.events.types import (
+    BackendActive,
+    BackendIdle,
+    BackendReady,
+    BackendRequested,
+    BackendStarting,
+    BackendTerminated,
+    BackendTerminating,
+    ConnectionClosed,
+    ConnectionOpened,
+    Event,
+    ExecutorExited,
+    ExecutorStarted,
+    ExecutorVanished,
+    HttpActivityRecorded,
+    InputEvent,
+    OrphanRemoved,
+    ReadinessObserved,
+    SpawnFailed,
+    Status,
+    TerminationEscalated,
+    TerminationKind,
+    TerminationReason,
+    TerminationRequested,
+    TokenIssued,
+    TokenRevoked,
+)
+
+KILL_CONFIRM_SECONDS = 30.0
+"""After a kill, how long to wait for the executor to report the exit before
+recording the backend terminated anyway."""
+
+
+@attrs.frozen
+class Tick:
+    """The passing of time: the command that fires due deadlines at ``at``."""
+
+    at: float
+
+
+Command = InputEvent | Tick
+
+
+class IllegalTransition(ValueError):
+    """An event that cannot happen in the backend's current status."""
+
+
+class Effect(enum.Enum):
+    """What the shell must do after an event is recorded."""
+
+    START = "start"  # executor.start
+    PROBE = "probe"  # wait for the first HTTP answer, then report readiness
+    STOP = "stop"  # polite stop signal
+    KILL = "kill"  # kill at once
+    REMOVE = "remove"  # clean up what is left
+
+
+LIVE = frozenset({Status.REQUESTED, Status.STARTING, Status.READY, Status.IDLE})
+"""Statuses in which a backend holds its key."""
+NOT_TERMINAL = LIVE | {Status.TERMINATING}
+
+
+@attrs.frozen
+class BackendState:
+    """Everything the decider knows about one backend; a fold of its stream."""
+
+    version: int = 0
+    status: Status | None = None  # None: nothing requested yet (the initial state)
+    backend_id: str = ""
+    key: BackendKey | None = None
+    spawn_config: SpawnConfig | None = None
+    fencing_token: int = 0
+    requested_at: float = 0.0
+    status_at: float = 0.0
+    address: str | None = None
+    handle: str = ""
+    connections: frozenset[str] = frozenset()
+    quiet_since: float | None = None
+    last_activity_at: float | None = None
+    termination_reason: TerminationReason | None = None
+    termination_kind: TerminationKind | None = None
+    terminating_at: float | None = None
+    killed_at: float | None = None
+    exit_code: int | None = None
+    message: str = ""
+
+    @property
+    def config(self) -> SpawnConfig:
+        if self.spawn_config is None:
+            raise IllegalTransition("backend has not been requested")
+        return self.spawn_config
+
+
+initial = BackendState()
+
+
+def is_terminal(state: BackendState) -> bool:
+    return state.status is Status.TERMINATED
+
+
+def is_live(state: BackendState) -> bool:
+    """True while the backend holds its key (requested, starting, ready, idle)."""
+    return state.status in LIVE
+
+
+# -------------------------------------------------------------------- evolve
+
+_ALLOWED: dict[type[Event], frozenset[Status | None]] = {
+    BackendRequested: frozenset({None}),
+    BackendStarting: frozenset({Status.REQUESTED}),
+    BackendReady: frozenset({Status.STARTING}),
+    BackendIdle: frozenset({Status.READY}),
+    BackendActive: frozenset({Status.IDLE}),
+    BackendTerminating: frozenset({Status.STARTING, Status.READY, Status.IDLE}),
+    TerminationEscalated: frozenset({Status.TERMINATING}),
+    BackendTerminated: frozenset(NOT_TERMINAL),
+    OrphanRemoved: frozenset(),  # only in SYSTEM_STREAM, never in a backend's
+}
+_INPUT_ALLOWED: frozenset[Status | None] = frozenset(NOT_TERMINAL)
+
+
+def _status(state: BackendState, status: Status, at: float, **changes: Any) -> BackendState:
+    return attrs.evolve(state, status=status, status_at=at, **changes)
+
+
+def _ev_requested(s: BackendState, e: BackendRequested) -> BackendState:
+    return attrs.evolve(
+        s,
+        status=Status.REQUESTED,
+        status_at=e.at,
+        backend_id=e.backend_id,
+        key=e.key,
+        spawn_config=e.spawn_config,
+        fencing_token=e.fencing_token,
+        requested_at=e.at,
+    )
+
+
+def _ev_started(s: BackendState, e: ExecutorStarted) -> BackendState:
+    return attrs.evolve(s, address=e.address, handle=e.handle)
+
+
+def _ev_opened(s: BackendState, e: ConnectionOpened) -> BackendState:
+    return attrs.evolve(s, connections=s.connections | {e.connection_id}, quiet_since=None)
+
+
+def _ev_closed(s: BackendState, e: ConnectionClosed) -> BackendState:
+    if e.connection_id not in s.connections:
+        return s
+    remaining = s.connections - {e.connection_id}
+    return attrs.evolve(s, connections=remaining, quiet_since=None if remaining else e.at)
+
+
+def _ev_activity(s: BackendState, e: HttpActivityRecorded) -> BackendState:
+    quiet = s.quiet_since
+    if quiet is not None:
+        quiet = max(quiet, e.at)
+    return attrs.evolve(s, last_activity_at=e.at, quiet_since=quiet)
+
+
+def _ev_exited(s: BackendState, e: ExecutorExited) -> BackendState:
+    return attrs.evolve(s, exit_code=e.exit_code)
+
+
+def _ev_ready(s: BackendState, e: BackendReady) -> BackendState:
+    quiet = None if s.connections else max(e.at, s.last_activity_at or e.at)
+    return _status(s, Status.READY, e.at, address=e.address, quiet_since=quiet)
+
+
+def _ev_terminating(s: BackendState, e: BackendTerminating) -> BackendState:
+    killed = e.at if e.kind is TerminationKind.HARD else None
+    return _status(
+        s,
+        Status.TERMINATING,
+        e.at,
+        termination_reason=e.reason,
+        termination_kind=e.kind,
+        terminating_at=e.at,
+        killed_at=killed,
+    )
+
+
+def _ev_escalated(s: BackendState, e: TerminationEscalated) -> BackendState:
+    return attrs.evolve(s, killed_at=e.at, termination_kind=TerminationKind.HARD)
+
+
+def _ev_terminated(s: BackendState, e: BackendTerminated) -> BackendState:
+    exit_code = e.exit_code if e.exit_code is not None else s.exit_code
+    return _status(
+        s,
+        Status.TERMINATED,
+        e.at,
+        termination_reason=e.reason,
+        exit_code=exit_code,
+        message=e.message,
+        connections=frozenset(),
+        quiet_since=None,
+    )
+
+
+def _unchanged(s: BackendState, e: Event) -> BackendState:
+    return s
+
+
+_EVOLVERS: dict[type[Event], Callable[[BackendState, Event], BackendState]] = {
+    BackendRequested: _ev_requested,  # type: ignore[dict-item]
+    ExecutorStarted: _ev_started,  # type: ignore[dict-item]
+    ReadinessObserved: _unchanged,
+    SpawnFailed: _unchanged,
+    ExecutorExited: _ev_exited,  # type: ignore[dict-item]
+    ExecutorVanished: _unchanged,
+    ConnectionOpened: _ev_opened,  # type: ignore[dict-item]
+    ConnectionClosed: _ev_closed,  # type: ignore[dict-item]
+    HttpActivityRecorded: _ev_activity,  # type: ignore[dict-item]
+    TerminationRequested: _unchanged,
+    TokenIssued: _unchanged,
+    TokenRevoked: _unchanged,
+    OrphanRemoved: _unchanged,
+    BackendStarting: lambda s, e: _status(s, Status.STARTING, e.at),
+    BackendReady: _ev_ready,  # type: ignore[dict-item]
+    BackendIdle: lambda s, e: _status(s, Status.IDLE, e.at),
+    BackendActive: lambda s, e: _status(s, Status.READY, e.at),
+    BackendTerminating: _ev_terminating,  # type: ignore[dict-item]
+    TerminationEscalated: _ev_escalated,  # type: ignore[dict-item]
+    BackendTerminated: _ev_terminated,  # type: ignore[dict-item]
+}
+
+
+def evolve(state: BackendState, event: Event) -> BackendState:
+    """The state after ``event``; :class:`IllegalTransition` if it cannot happen now."""
+    allowed = _ALLOWED.get(type(event), _INPUT_ALLOWED)
+    if state.status not in allowed:
+        current = state.status.value if state.status else "nothing"
+        raise IllegalTransition(f"{type(event).__name__} cannot happen in {current}")
+    new = _EVOLVERS[type(event)](state, event)
+    return attrs.evolve(new, version=state.version + 1)
+
+
+def fold(events: Iterable[Event], state: BackendState = initial) -> BackendState:
+    """Evolve ``state`` through ``events`` in order."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+# ----------------------------------------------------------------- deadlines
+
+
+def _deadlines(s: BackendState) -> list[tuple[float, Callable[[float], list[Event]]]]:
+    """Each pending timer as (when, decisions at that time)."""
+    if s.status is None or s.status is Status.TERMINATED:
+        return []
+    cfg = s.config
+    timers: list[tuple[float, Callable[[float], list[Event]]]] = []
+    if s.status is Status.TERMINATING:
+        reason = s.termination_reason or TerminationReason.EXTERNAL
+        if s.killed_at is None:
+            assert s.terminating_at is not None
+            timers.append(
+                (s.terminating_at + cfg.stop_grace_seconds, lambda at: [TerminationEscalated(at)])
+            )
+        else:
+            message = "no exit observed after kill"
+            timers.append(
+                (
+                    s.killed_at + KILL_CONFIRM_SECONDS,
+                    lambda at: [BackendTerminated(at, reason, None, message)],
+                )
+            )
+        return timers
+    if s.status is Status.REQUESTED:
+        timers.append((s.requested_at, lambda at: [BackendStarting(at)]))
+    if s.status is Status.STARTING:
+        timers.append(
+            (
+                s.requested_at + cfg.start_timeout_seconds,
+                lambda at: [
+                    BackendTerminating(at, TerminationReason.START_TIMEOUT, TerminationKind.HARD)
+                ],
+            )
+        )
+    if cfg.lifetime_limit_seconds is not None and s.status is not Status.REQUESTED:
+        timers.append(
+            (
+                s.requested_at + cfg.lifetime_limit_seconds,
+                lambda at: [
+                    BackendTerminating(at, TerminationReason.LIFETIME, TerminationKind.SOFT)
+                ],
+            )
+        )
+    if (
+        s.status in (Status.READY, Status.IDLE)
+        and cfg.max_idle_seconds is not None
+        and s.quiet_since is not None
+    ):
+        timers.append(
+            (
+                s.quiet_since + cfg.max_idle_seconds,
+                lambda at: [BackendTerminating(at, TerminationReason.IDLE, TerminationKind.SOFT)],
+            )
+        )
+    return timers
+
+
+def next_deadline(state: BackendState) -> float | None:
+    """When the next timer fires (seconds since the epoch), or None if none is set."""
+    timers = _deadlines(state)
+    return min(when for when, _ in timers) if timers else None
+
+
+# -------------------------------------------------------------------- decide
+
+
+def decide(state: BackendState, command: Command) -> list[Event]:
+    """The events that ``command`` implies in ``state`` (inputs first, then decisions)."""
+    if isinstance(command, Tick):
+        return _decide_tick(state, command.at)
+    if isinstance(command, BackendRequested):
+        if state.status is not None:
+            raise IllegalTransition(f"backend {state.backend_id} was already requested")
+        return [command]
+    if state.status is None:
+        raise IllegalTransition(f"{type(command).__name__} for a backend never requested")
+    if state.status is Status.TERMINATED:
+        return []
+    return [command, *_decisions_after(state, command)]
+
+
+def _decide_tick(state: BackendState, now: float) -> list[Event]:
+    due = [(when, act) for when, act in _deadlines(state) if when <= now]
+    if not due:
+        return []
+    _, act = min(due, key=lambda item: item[0])
+    return act(now)
+
+
+def _ending_reason(s: BackendState, otherwise: TerminationReason) -> TerminationReason:
+    """A backend already terminating keeps the reason it is terminating for."""
+    if s.status is Status.TERMINATING and s.termination_reason is not None:
+        return s.termination_reason
+    return otherwise
+
+
+def _decisions_after(s: BackendState, cmd: InputEvent) -> list[Event]:
+    at = cmd.at
+    status = s.status
+    match cmd:
+        case ReadinessObserved() if status is Status.STARTING and s.address is not None:
+            return [BackendReady(at, s.address)]
+        case SpawnFailed(message=message):
+            reason = _ending_reason(s, TerminationReason.SPAWN_FAILED)
+            return [BackendTerminated(at, reason, None, message)]
+        case ExecutorExited(exit_code=code):
+            return [BackendTerminated(at, _ending_reason(s, TerminationReason.EXITED), code)]
+        case ExecutorVanished(message=message):
+            reason = _ending_reason(s, TerminationReason.LOST)
+            return [BackendTerminated(at, reason, None, message)]
+        case ConnectionOpened() if status is Status.IDLE:
+            return [BackendActive(at)]
+        case ConnectionClosed(connection_id=cid) if status is Status.READY and s.connections == {
+            cid
+        }:
+            return [BackendIdle(at)]
+        case TerminationRequested(kind=kind):
+            if status is Status.REQUESTED:
+                return [BackendTerminated(at, TerminationReason.EXTERNAL)]
+            if status is Status.TERMINATING:
+                hard_now = kind is TerminationKind.HARD and s.killed_at is None
+                return [TerminationEscalated(at)] if hard_now else []
+            return [BackendTerminating(at, TerminationReason.EXTERNAL, kind)]
+    return []
+
+
+# ------------------------------------------------------------------- effects
+
+
+def effects(event: Event, state: BackendState) -> list[Effect]:
+    """What the shell must do once ``event`` is recorded (``state`` is after it)."""
+    match event:
+        case BackendStarting():
+            return [Effect.START]
+        case ExecutorStarted():
+            if state.status is Status.STARTING:
+                return [Effect.PROBE]
+            if state.status is Status.TERMINATING:
+                return [Effect.KILL]
+        case BackendTerminating(kind=TerminationKind.SOFT):
+            return [Effect.STOP]
+        case BackendTerminating() | TerminationEscalated():
+            return [Effect.KILL]
+        case BackendTerminated():
+            return [Effect.REMOVE]
+    return []

@@ -1,0 +1,751 @@
+"""The SQLite event store: plane's durable, append-only log in one file.
+
+This module owns the log file: its schema (created with sqlite-utils), the
+checks made when an existing file is opened, the single writer task that
+group-commits appends, the reads, :meth:`SqliteEventStore.tail`, and the
+synchronous read-only :class:`SqliteLogReader` used by tools (``plane-replay``)
+on a log that a running plane may be writing.
+
+The file holds two tables.  ``events`` (``seq`` INTEGER PRIMARY KEY
+AUTOINCREMENT, ``stream``, ``version``, ``type`` = the wire tag, ``data`` = the
+JSON payload, ``recorded_at``) with a UNIQUE index on ``(stream, version)``;
+``meta`` (``application = plane``, ``schema_version``, ``created_by``).  The
+file's ``PRAGMA application_id`` is :data:`PLANE_APPLICATION_ID` and its
+``PRAGMA user_version`` is :data:`SCHEMA_VERSION`.  Triggers abort every
+``UPDATE`` and ``DELETE`` on both tables: the log is append-only in the schema,
+not only by habit.
+
+Appends go through one writer task.  Each :meth:`~SqliteEventStore.append`
+encodes its events, hands a request to the writer over a memory channel and
+waits for its own outcome.  The writer takes the first pending request,
+drains every other pending one, and writes them all in one ``BEGIN IMMEDIATE
+... COMMIT`` in a worker thread (group commit: one fsync for many appends).
+Each request's expected version is checked against the stream's version,
+counting earlier requests of the same batch; a mismatch fails only that
+request.
+
+Resource handling:
+    :func:`open_sqlite_store` is the only way to get a store.  It opens two
+    connections (the writer's and the readers'), and a nursery running the
+    writer task.  On exit, normal or not, the writer first commits every
+    append already handed to it (the writer is shielded from cancellation, so
+    no accepted append is left undecided), then both connections are closed
+    and every :meth:`~SqliteEventStore.tail` still waiting is woken with
+    :class:`~plane.events.store.StoreClosedError`.  Reads run in a worker
+    thread, one at a time (a ``CapacityLimiter(1)`` on the reader connection),
+    so they never queue behind the writer.  :class:`SqliteLogReader` is
+    synchronous, opens the file read-only and is closed with ``close()`` or a
+    ``with`` block.
+
+Error handling:
+    Opening a file that is not a usable log raises, never a raw traceback:
+    :class:`~plane.events.store.CorruptLogError` for a file that is not a
+    SQLite database or fails ``PRAGMA quick_check``;
+    :class:`~plane.events.store.NotAPlaneLogError` for some other
+    application's database; :class:`~plane.events.store.SchemaTooNewError`
+    for a log written by a newer plane.  A missing or empty file becomes a new
+    log for :func:`open_sqlite_store`; :class:`SqliteLogReader` raises
+    :class:`~plane.events.store.LogNotFoundError` (both a ``StoreError`` and
+    a ``FileNotFoundError``) for a missing file and reads an empty file as an
+    empty log.  An append fails with
+    :class:`~plane.events.store.ConcurrencyError` (nothing of it written) when
+    its expected version is stale, :class:`~plane.events.store.StoreFullError`
+    when the disk or the page limit is full (the batch is rolled back and the
+    store stays usable: reads work, and appends work again once there is
+    space), and :class:`~plane.events.store.StoreClosedError` after the store
+    closed.  Cancelling an append before it reached the writer writes nothing;
+    once the writer has it, the append waits (shielded) for the commit, so a
+    cancelled append never leaves its outcome unknown.  Any other SQLite error
+    becomes a :class:`~plane.events.store.StoreError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+import outcome
+import sqlite_utils
+import trio
+
+from plane import __version__
+from plane.events import wire
+from plane.events.store import (
+    ConcurrencyError,
+    CorruptLogError,
+    LogNotFoundError,
+    NotAPlaneLogError,
+    RecordedEvent,
+    SchemaTooNewError,
+    StoreClosedError,
+    StoreError,
+    StoreFullError,
+)
+from plane.events.types import Event
+
+__all__ = [
+    "PLANE_APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "SqliteEventStore",
+    "SqliteLogReader",
+    "Synchronous",
+    "open_sqlite_store",
+    "read_log",
+]
+
+PLANE_APPLICATION_ID = 0x706C6E65
+"""``PRAGMA application_id`` of every plane log (the bytes ``plne``)."""
+
+SCHEMA_VERSION = 1
+"""The log schema this plane writes and the newest it reads."""
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+APPEND_ONLY_MESSAGE = "plane event log is append-only"
+
+_EVENTS_DDL = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+)
+"""
+_TRIGGERS = [
+    f"""
+    CREATE TRIGGER {table}_append_only_{action.lower()}
+    BEFORE {action} ON {table}
+    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END
+    """
+    for table in ("events", "meta")
+    for action in ("UPDATE", "DELETE")
+]
+_INSERT = (
+    "INSERT INTO events (seq, stream, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SELECT = "SELECT seq, stream, version, type, data FROM events"
+_TAIL_BATCH = 1000
+_FETCH_BATCH = 1024
+_VERSION_CACHE_LIMIT = 100_000
+_BUSY_TIMEOUT_SECONDS = 10.0
+
+_Row = tuple[int, str, int, str, str]
+
+
+# ------------------------------------------------------------ opening a file
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
+    return getattr(exc, "sqlite_errorcode", -1) & 0xFF
+
+
+def _store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The StoreError that tells a person what ``exc`` means for the log at ``path``."""
+    code = _primary_code(exc)
+    if code == sqlite3.SQLITE_NOTADB:
+        return CorruptLogError(f"{path} is not a SQLite database, so not a plane log ({exc})")
+    if code == sqlite3.SQLITE_CORRUPT:
+        return CorruptLogError(f"the plane log {path} is corrupt ({exc}) while {doing}")
+    if code == sqlite3.SQLITE_FULL:
+        return StoreFullError(
+            f"the plane log {path} is full (disk or page limit) while {doing};"
+            " nothing was written, free some space and retry"
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(f"the plane log {path} is locked by another writer while {doing}")
+    return StoreError(f"SQLite failed on the plane log {path} while {doing}: {exc}")
+
+
+def _read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def _check_log(conn: sqlite3.Connection, path: Path) -> bool:
+    """Raise unless ``conn`` holds a plane log this plane can read; False if it is empty."""
+    application_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    user_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    tables = {
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    if application_id == 0 and user_version == 0 and not tables:
+        return False
+    meta = _read_meta(conn) if "meta" in tables else {}
+    if application_id != PLANE_APPLICATION_ID and meta.get("application") != "plane":
+        what = f"application_id {application_id:#x}" if application_id else "no application_id"
+        listed = ", ".join(sorted(tables)) or "none"
+        raise NotAPlaneLogError(
+            f"{path} is a SQLite database but not a plane event log ({what}, tables: {listed})"
+        )
+    try:
+        recorded = max(user_version, int(meta.get("schema_version", "0")))
+    except ValueError:
+        raise CorruptLogError(
+            f"the plane log {path} has a bad schema_version {meta['schema_version']!r}"
+        ) from None
+    if recorded > SCHEMA_VERSION:
+        writer = meta.get("created_by", "a newer plane")
+        raise SchemaTooNewError(
+            f"{path} is a plane log with schema version {recorded}, written by {writer};"
+            f" this plane {__version__} reads schema version {SCHEMA_VERSION} at most."
+            " Upgrade plane to read it."
+        )
+    if not {"events", "meta"} <= tables:
+        raise CorruptLogError(f"the plane log {path} lacks its events or meta table")
+    return True
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        shown = "; ".join(problems[:5])
+        raise CorruptLogError(f"the plane log {path} fails its integrity check: {shown}")
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """Create plane's tables, index, triggers and pragmas (inside the caller's transaction)."""
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    db.execute(_EVENTS_DDL)
+    db.table("events").create_index(
+        ["stream", "version"], index_name="events_stream_version", unique=True
+    )
+    meta = db.table("meta")
+    meta.create({"key": str, "value": str}, pk="key")
+    meta.insert_all(
+        [
+            {"key": "application", "value": "plane"},
+            {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+            {"key": "created_by", "value": f"plane {__version__}"},
+        ]
+    )
+    for trigger in _TRIGGERS:
+        db.execute(trigger)
+    db.execute(f"PRAGMA application_id = {PLANE_APPLICATION_ID}")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _open_writer(
+    path: Path, synchronous: Synchronous, max_page_count: int | None
+) -> sqlite3.Connection:
+    """Open (creating if new) the log at ``path`` for writing; the writer connection."""
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+    try:
+        conn = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise _store_error(exc, path, "opening it") from exc
+    try:
+        if not _check_log(conn, path):
+            sqlite_utils.Database(conn, execute_plugins=False).enable_wal()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not _check_log(conn, path):  # nobody created it meanwhile
+                    _create_schema(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        else:
+            _quick_check(conn, path)
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if max_page_count is not None:
+            _set_max_page_count(conn, max_page_count)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _store_error(exc, path, "opening it") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _set_max_page_count(conn: sqlite3.Connection, pages: int) -> None:
+    conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+
+
+def _open_reader(path: Path, *, check: bool) -> sqlite3.Connection:
+    """Open the log at ``path`` read-only (``mode=ro``); raise if it is not a readable log."""
+    if not path.exists():
+        raise LogNotFoundError(f"no plane log at {path}: the file does not exist")
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=_BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise _store_error(exc, path, "opening it read-only") from exc
+    try:
+        if _check_log(conn, path) and check:
+            _quick_check(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _store_error(exc, path, "opening it read-only") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _has_events_table(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+    ).fetchone()
+    return row is not None
+
+
+# ------------------------------------------------------------------- decoding
+
+
+def _decode(rows: Iterator[_Row] | list[_Row], path: Path) -> Iterator[RecordedEvent]:
+    loads = wire.loads
+    seq = 0
+    try:
+        for seq, stream, version, tag, data in rows:
+            yield RecordedEvent(seq, stream, version, loads(tag, data))
+    except wire.WireError as exc:
+        if str(exc).startswith("unknown event type"):
+            raise SchemaTooNewError(
+                f"event seq={seq} of the plane log {path} has a type this plane"
+                f" {__version__} does not know ({exc}); was it written by a newer plane?"
+            ) from exc
+        raise CorruptLogError(
+            f"event seq={seq} of the plane log {path} is unreadable: {exc}"
+        ) from exc
+
+
+def _select_all(
+    conn: sqlite3.Connection, path: Path, after_seq: int, limit: int | None
+) -> list[RecordedEvent]:
+    try:
+        if limit is None:
+            rows = conn.execute(_SELECT + " WHERE seq > ? ORDER BY seq", (after_seq,)).fetchall()
+        else:
+            rows = conn.execute(
+                _SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()
+    except sqlite3.Error as exc:
+        raise _store_error(exc, path, "reading it") from exc
+    return list(_decode(rows, path))
+
+
+def _select_stream(
+    conn: sqlite3.Connection, path: Path, stream: str, after_version: int
+) -> list[RecordedEvent]:
+    try:
+        rows = conn.execute(
+            _SELECT + " WHERE stream = ? AND version > ? ORDER BY version",
+            (stream, after_version),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise _store_error(exc, path, "reading it") from exc
+    return list(_decode(rows, path))
+
+
+def _select_last_seq(conn: sqlite3.Connection, path: Path) -> int:
+    try:
+        row = conn.execute("SELECT max(seq) FROM events").fetchone()
+    except sqlite3.Error as exc:
+        raise _store_error(exc, path, "reading it") from exc
+    return int(row[0] or 0)
+
+
+def _check_append(stream: str, expected_version: int, events: Sequence[Event]) -> None:
+    if not isinstance(stream, str) or not stream:
+        raise ValueError(f"stream must be a non-empty string, not {stream!r}")
+    if expected_version < 0:
+        raise ValueError(f"expected_version must be >= 0, not {expected_version}")
+    if not events:
+        raise ValueError("append needs at least one event")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, not {limit}")
+
+
+# ---------------------------------------------------------------- the store
+
+
+class _AppendRequest:
+    """One append on its way through the writer: its rows, then its outcome."""
+
+    __slots__ = ("decided", "encoded", "error", "events", "expected", "result", "stream", "task")
+
+    def __init__(
+        self,
+        stream: str,
+        expected: int,
+        events: Sequence[Event],
+        encoded: list[tuple[str, str]],
+        task: trio.lowlevel.Task,
+    ) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.events = events
+        self.encoded = encoded
+        self.task = task
+        self.decided = False
+        self.result: list[RecordedEvent] | None = None
+        self.error: StoreError | None = None
+
+    def wake(self) -> None:
+        """Hand the outcome to the waiting appender (once; in the trio thread)."""
+        if not self.decided:
+            self.decided = True
+            if self.error is not None:
+                trio.lowlevel.reschedule(self.task, outcome.Error(self.error))
+            else:
+                trio.lowlevel.reschedule(self.task, outcome.Value(self.result))
+
+
+def _refuse_abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+class SqliteEventStore:
+    """The durable :class:`~plane.events.store.EventStore`; get one from :func:`open_sqlite_store`.
+
+    ``commits`` counts the write transactions that committed events and
+    ``appended`` the events they wrote; ``commits`` much smaller than the number
+    of appends is group commit at work.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        requests: trio.MemorySendChannel[_AppendRequest],
+    ) -> None:
+        self.path = path
+        self.commits = 0
+        self.appended = 0
+        self._writer = writer
+        self._reader = reader
+        self._requests = requests
+        self._read_limiter = trio.CapacityLimiter(1)
+        self._write_lock = trio.Lock()
+        self._changed = trio.Event()
+        self._closed = False
+        # The writer's knowledge of the log, valid while it is the only writer;
+        # checked against max(seq) at the start of every batch.
+        self._last_seq = _select_last_seq(writer, path)
+        self._versions: dict[str, int] = {}
+
+    # ------------------------------------------------------------ appending
+
+    async def append(
+        self, stream: str, expected_version: int, events: Sequence[Event]
+    ) -> list[RecordedEvent]:
+        """Append ``events`` atomically at ``expected_version``; returns them recorded.
+
+        Durable when it returns (with ``synchronous="FULL"``).  Raises
+        :class:`ConcurrencyError` if the stream is not at ``expected_version``,
+        :class:`StoreFullError` if there is no space, :class:`StoreClosedError`
+        after the store closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        _check_append(stream, expected_version, events)
+        tag_of, dumps = wire.tag_of, wire.dumps
+        encoded = [(tag_of(event), dumps(event)) for event in events]
+        request = _AppendRequest(
+            stream, expected_version, events, encoded, trio.lowlevel.current_task()
+        )
+        try:
+            self._requests.send_nowait(request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StoreClosedError(f"the plane log {self.path} is closed") from None
+        # Once the writer has the request, wait for its outcome whatever happens
+        # (cancellation is refused): a commit takes bounded time, and an append
+        # whose outcome is unknown to its caller would be worse.  No checkpoint
+        # between send_nowait and here, so the writer cannot wake us too early.
+        result: list[RecordedEvent] = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        return result
+
+    async def set_max_page_count(self, pages: int) -> int:
+        """Change the page limit of the log (a quota); returns the limit now in force."""
+        async with self._write_lock:
+            return await trio.to_thread.run_sync(self._set_max_page_count, pages)
+
+    def _set_max_page_count(self, pages: int) -> int:
+        _set_max_page_count(self._writer, pages)
+        return int(self._writer.execute("PRAGMA max_page_count").fetchone()[0])
+
+    async def _run_writer(self, requests: trio.MemoryReceiveChannel[_AppendRequest]) -> None:
+        """The one writer: take what is pending, commit it as one batch, repeat.
+
+        Shielded from cancellation: it ends when the send side is closed and
+        everything sent has been decided.
+        """
+        batch: list[_AppendRequest] = []
+        try:
+            with trio.CancelScope(shield=True):
+                while True:
+                    try:
+                        batch = [await requests.receive()]
+                    except trio.EndOfChannel:
+                        break
+                    while True:
+                        try:
+                            batch.append(requests.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    async with self._write_lock:
+                        written = await trio.to_thread.run_sync(self._write_batch, batch)
+                    if written:
+                        self.commits += 1
+                        self.appended += written
+                        changed, self._changed = self._changed, trio.Event()
+                        changed.set()
+                    for request in batch:
+                        request.wake()
+                    batch = []
+        finally:
+            closed = f"the plane log {self.path} is closed"
+            for request in batch:
+                if not request.decided:
+                    request.error = request.error or StoreClosedError(closed)
+                    request.wake()
+            while True:
+                try:
+                    request = requests.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                request.error = StoreClosedError(closed)
+                request.wake()
+            requests.close()
+
+    def _write_batch(self, batch: list[_AppendRequest]) -> int:
+        """In the writer thread: one transaction for ``batch``; returns rows written."""
+        conn = self._writer
+        versions: dict[str, int] = {}
+        rows: list[tuple[int, str, int, str, str, float]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            seq = int(conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0)
+            if seq != self._last_seq:  # someone else wrote: forget what we knew
+                self._versions.clear()
+                self._last_seq = seq
+            known = self._versions
+            now = time.time()
+            for request in batch:
+                stream = request.stream
+                current = versions.get(stream)
+                if current is None:
+                    current = known.get(stream)
+                    if current is None:
+                        row = conn.execute(
+                            "SELECT max(version) FROM events WHERE stream = ?", (stream,)
+                        ).fetchone()
+                        current = int(row[0] or 0)
+                if current != request.expected:
+                    versions[stream] = current
+                    request.error = ConcurrencyError(stream, request.expected, current)
+                    continue
+                recorded = []
+                for (tag, data), event in zip(request.encoded, request.events, strict=True):
+                    seq += 1
+                    current += 1
+                    rows.append((seq, stream, current, tag, data, now))
+                    recorded.append(RecordedEvent(seq, stream, current, event))
+                versions[stream] = current
+                request.result = recorded
+            if rows:
+                conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._versions.clear()
+            for request in batch:
+                if request.result is not None or request.error is None:
+                    request.result = None
+                    request.error = _store_error(exc, self.path, "appending to it")
+            return 0
+        self._last_seq = seq
+        if len(known) > _VERSION_CACHE_LIMIT:
+            known.clear()
+        known.update(versions)
+        return len(rows)
+
+    # -------------------------------------------------------------- reading
+
+    async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
+        """Events of one stream with version > ``after_version``, in order."""
+        self._check_open()
+        return await trio.to_thread.run_sync(
+            _select_stream,
+            self._reader,
+            self.path,
+            stream,
+            after_version,
+            limiter=self._read_limiter,
+        )
+
+    async def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[RecordedEvent]:
+        """Events of all streams with seq > ``after_seq``, in order, at most ``limit``."""
+        _check_limit(limit)
+        self._check_open()
+        return await trio.to_thread.run_sync(
+            _select_all, self._reader, self.path, after_seq, limit, limiter=self._read_limiter
+        )
+
+    async def last_seq(self) -> int:
+        """The highest sequence number written (0 for an empty log)."""
+        self._check_open()
+        return await trio.to_thread.run_sync(
+            _select_last_seq, self._reader, self.path, limiter=self._read_limiter
+        )
+
+    async def tail(self, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Every event after ``after_seq``, then new ones as they land.
+
+        Never ends while the store is open; raises :class:`StoreClosedError`
+        when it closes.  Waits for the writer's next commit, never polls.
+        """
+        cursor = after_seq
+        while True:
+            self._check_open()
+            # Arm the waiter before reading: a commit after this line sets it.
+            changed = self._changed
+            batch = await self.read_all(cursor, _TAIL_BATCH)
+            for recorded in batch:
+                yield recorded
+                cursor = recorded.seq
+            if not batch:
+                await changed.wait()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"the plane log {self.path} is closed")
+
+    async def _close(self) -> None:
+        """Close both connections and wake the tails (after the writer ended)."""
+        self._closed = True
+        self._changed.set()
+        async with self._read_limiter:
+            self._reader.close()
+        await trio.to_thread.run_sync(self._writer.close)
+
+
+@asynccontextmanager
+async def open_sqlite_store(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: Synchronous = "FULL",
+    max_page_count: int | None = None,
+) -> AsyncIterator[SqliteEventStore]:
+    """Open (or create) the plane log at ``path`` and run its writer while in use.
+
+    ``synchronous`` is SQLite's; ``"FULL"`` (the default) makes every returned
+    append survive a crash of the process or the machine.  ``max_page_count``
+    caps the file's size in pages (a quota; tests use it to fill the "disk").
+    """
+    path = Path(path)
+    writer = await trio.to_thread.run_sync(_open_writer, path, synchronous, max_page_count)
+    try:
+        reader = await trio.to_thread.run_sync(
+            lambda: sqlite3.connect(
+                path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+        )
+    except BaseException:
+        writer.close()
+        raise
+    send, receive = trio.open_memory_channel[_AppendRequest](math.inf)
+    store = SqliteEventStore(path, writer, reader, send)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store._run_writer, receive)
+            try:
+                yield store
+            finally:
+                send.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store._close()
+
+
+# ---------------------------------------------------------- the sync reader
+
+
+class SqliteLogReader:
+    """A synchronous, read-only view of a plane log, for tools (``plane-replay``).
+
+    Safe to use while a running plane writes the same file (SQLite's WAL lets
+    readers see a consistent snapshot per query).  Raises
+    :class:`LogNotFoundError` if ``path`` does not exist, and the same errors as
+    :func:`open_sqlite_store` for a file that is not a readable log; an empty
+    file reads as an empty log.  ``check=False`` skips ``PRAGMA quick_check``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, check: bool = True) -> None:
+        self.path = Path(path)
+        self._conn = _open_reader(self.path, check=check)
+
+    def iter_events(self, after_seq: int = 0) -> Iterator[RecordedEvent]:
+        """Every event with seq > ``after_seq`` in seq order (one consistent snapshot)."""
+        conn, path = self._conn, self.path
+        try:
+            if not _has_events_table(conn):
+                return
+            cursor = conn.execute(_SELECT + " WHERE seq > ? ORDER BY seq", (after_seq,))
+            while rows := cursor.fetchmany(_FETCH_BATCH):
+                yield from _decode(rows, path)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, path, "reading it") from exc
+
+    def last_seq(self) -> int:
+        """The highest sequence number written (0 for an empty log)."""
+        if not _has_events_table(self._conn):
+            return 0
+        return _select_last_seq(self._conn, self.path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def read_log(path: str | os.PathLike[str], after_seq: int = 0) -> Iterator[RecordedEvent]:
+    """Every event of the log at ``path`` after ``after_seq``; opens the file now.
+
+    Errors about the file (missing, not a log, too new, corrupt) are raised by
+    this call, not by the first ``next()``.  The file is closed when the
+    iterator is exhausted or closed.
+    """
+    reader = SqliteLogReader(path)
+
+    def events() -> Iterator[RecordedEvent]:
+        with reader:
+            yield from reader.iter_events(after_seq)
+
+    return events()

@@ -1,0 +1,266 @@
+"""The event types of the log: everything that can happen to a backend.
+
+This module owns *what happened*.  Every event is a frozen attrs class named in
+the past tense and carries ``at``, the wall-clock time (seconds since the epoch)
+at which it happened.  Events split in two families:
+
+* **Inputs** are facts from outside the decider: a request, what the executor
+  observed, what the proxy saw, an API call.  They are recorded verbatim.
+* **Decisions** are what :func:`plane.actors.lifecycle.decide` concluded from
+  an input or from the passing of time.
+
+The split is what makes the log re-decidable: ``plane-replay verify`` feeds the
+recorded inputs back through ``decide`` and compares the decisions.
+
+Wire tags (``backend.ready.v1``) live in :mod:`plane.events.wire`, never here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from plane.events.spec import BackendKey, SpawnConfig
+
+
+class Status(enum.StrEnum):
+    """A backend's lifecycle status; the values are the wire strings."""
+
+    REQUESTED = "requested"
+    STARTING = "starting"
+    READY = "ready"
+    IDLE = "idle"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+
+
+class TerminationReason(enum.StrEnum):
+    """Why a backend ended; lowercase like Plane's (``external``, ``lost``...)."""
+
+    IDLE = "idle"
+    LIFETIME = "lifetime"
+    START_TIMEOUT = "startuptimeout"
+    SPAWN_FAILED = "spawnfailed"
+    EXITED = "exited"
+    LOST = "lost"
+    EXTERNAL = "external"
+    ORPHANED = "orphaned"
+
+
+class TerminationKind(enum.StrEnum):
+    SOFT = "soft"
+    HARD = "hard"
+
+
+# --------------------------------------------------------------------- inputs
+
+
+@attrs.frozen
+class BackendRequested:
+    """A client asked for a backend for ``key`` (input; opens the stream)."""
+
+    at: float
+    backend_id: str
+    key: BackendKey
+    spawn_config: SpawnConfig
+    fencing_token: int
+
+
+@attrs.frozen
+class ExecutorStarted:
+    """The executor reports the container/process running at ``address``."""
+
+    at: float
+    address: str
+    handle: str = ""
+
+
+@attrs.frozen
+class ReadinessObserved:
+    """The backend answered its first HTTP request (any status)."""
+
+    at: float
+
+
+@attrs.frozen
+class SpawnFailed:
+    """The executor could not start the backend (e.g. the image is missing)."""
+
+    at: float
+    message: str
+
+
+@attrs.frozen
+class ExecutorExited:
+    """The container/process exited with ``exit_code`` (None when unknown)."""
+
+    at: float
+    exit_code: int | None
+
+
+@attrs.frozen
+class ExecutorVanished:
+    """The executor no longer knows the backend (found missing on recovery)."""
+
+    at: float
+    message: str = ""
+
+
+@attrs.frozen
+class ConnectionOpened:
+    """The proxy opened a long-lived connection (WebSocket, stream)."""
+
+    at: float
+    connection_id: str
+
+
+@attrs.frozen
+class ConnectionClosed:
+    """A long-lived connection the proxy had opened is closed."""
+
+    at: float
+    connection_id: str
+
+
+@attrs.frozen
+class HttpActivityRecorded:
+    """Plain HTTP requests went through the proxy (coalesced, <= 1 per second)."""
+
+    at: float
+    requests: int = 1
+
+
+@attrs.frozen
+class TerminationRequested:
+    """The API asked to terminate the backend, softly or hard."""
+
+    at: float
+    kind: TerminationKind
+
+
+@attrs.frozen
+class TokenIssued:
+    """A connection token was minted; only its SHA-256 hash is stored."""
+
+    at: float
+    token_hash: str
+    expires_at: float
+    secret_token: str = ""
+    user: str | None = None
+    auth: str | None = None
+
+
+@attrs.frozen
+class TokenRevoked:
+    """Connection tokens were revoked: one by hash, or all when ``token_hash`` is None."""
+
+    at: float
+    token_hash: str | None = None
+
+
+@attrs.frozen
+class OrphanRemoved:
+    """Recovery found a plane-labelled backend the log does not hold as live, and
+    removed it.  Recorded in the supervisor's own stream, ``SYSTEM_STREAM``."""
+
+    at: float
+    backend_id: str
+    handle: str = ""
+
+
+SYSTEM_STREAM = "_plane"
+"""The stream of the supervisor's own facts; every other stream is a backend."""
+
+
+# ------------------------------------------------------------------ decisions
+
+
+@attrs.frozen
+class BackendStarting:
+    """Decided: start the backend's container/process."""
+
+    at: float
+
+
+@attrs.frozen
+class BackendReady:
+    """Decided: the backend is reachable at ``address``."""
+
+    at: float
+    address: str
+
+
+@attrs.frozen
+class BackendIdle:
+    """Decided: the last long-lived connection closed; the idle clock runs."""
+
+    at: float
+
+
+@attrs.frozen
+class BackendActive:
+    """Decided: a connection opened on an idle backend; it is ready again."""
+
+    at: float
+
+
+@attrs.frozen
+class BackendTerminating:
+    """Decided: stop the backend (soft: signal, grace, kill; hard: kill)."""
+
+    at: float
+    reason: TerminationReason
+    kind: TerminationKind
+
+
+@attrs.frozen
+class TerminationEscalated:
+    """Decided: the soft stop's grace period ran out; kill it now."""
+
+    at: float
+
+
+@attrs.frozen
+class BackendTerminated:
+    """Decided: the backend is gone for good.  Absorbing and last."""
+
+    at: float
+    reason: TerminationReason
+    exit_code: int | None = None
+    message: str = ""
+
+
+InputEvent = (
+    BackendRequested
+    | ExecutorStarted
+    | ReadinessObserved
+    | SpawnFailed
+    | ExecutorExited
+    | ExecutorVanished
+    | ConnectionOpened
+    | ConnectionClosed
+    | HttpActivityRecorded
+    | TerminationRequested
+    | TokenIssued
+    | TokenRevoked
+    | OrphanRemoved
+)
+DecisionEvent = (
+    BackendStarting
+    | BackendReady
+    | BackendIdle
+    | BackendActive
+    | BackendTerminating
+    | TerminationEscalated
+    | BackendTerminated
+)
+Event = InputEvent | DecisionEvent
+
+INPUT_TYPES: tuple[type, ...] = InputEvent.__args__
+DECISION_TYPES: tuple[type, ...] = DecisionEvent.__args__
+
+
+def is_input(event: Event) -> bool:
+    """True for facts from outside the decider, False for its decisions."""
+    return isinstance(event, INPUT_TYPES)

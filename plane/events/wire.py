@@ -1,0 +1,93 @@
+"""The one converter between events and their stored JSON, with stable tags.
+
+This module owns the log's wire format.  Each event type has an explicit,
+versioned tag (``backend.ready.v1``); class names never reach the log, so a
+class can be renamed freely.  A change to an event's meaning gets a new tag
+(``.v2``) and both stay readable forever: golden fixtures in
+``tests/golden/`` freeze every tag's JSON.
+
+Error handling: :class:`WireError` (a ``ValueError``) for an unknown tag or a
+payload that does not fit its type; it names the tag and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cattrs
+
+from plane.events import types as t
+
+TAGS: dict[type[t.Event], str] = {
+    # inputs
+    t.BackendRequested: "backend.requested.v1",
+    t.ExecutorStarted: "executor.started.v1",
+    t.ReadinessObserved: "executor.readiness_observed.v1",
+    t.SpawnFailed: "executor.spawn_failed.v1",
+    t.ExecutorExited: "executor.exited.v1",
+    t.ExecutorVanished: "executor.vanished.v1",
+    t.ConnectionOpened: "proxy.connection_opened.v1",
+    t.ConnectionClosed: "proxy.connection_closed.v1",
+    t.HttpActivityRecorded: "proxy.http_activity.v1",
+    t.TerminationRequested: "api.termination_requested.v1",
+    t.TokenIssued: "token.issued.v1",
+    t.TokenRevoked: "token.revoked.v1",
+    t.OrphanRemoved: "plane.orphan_removed.v1",
+    # decisions
+    t.BackendStarting: "backend.starting.v1",
+    t.BackendReady: "backend.ready.v1",
+    t.BackendIdle: "backend.idle.v1",
+    t.BackendActive: "backend.active.v1",
+    t.BackendTerminating: "backend.terminating.v1",
+    t.TerminationEscalated: "backend.termination_escalated.v1",
+    t.BackendTerminated: "backend.terminated.v1",
+}
+TYPES_BY_TAG: dict[str, type[t.Event]] = {tag: cls for cls, tag in TAGS.items()}
+
+
+class WireError(ValueError):
+    """An event could not be read from or written to the wire format."""
+
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def tag_of(event: t.Event) -> str:
+    return TAGS[type(event)]
+
+
+def unstructure(event: t.Event) -> dict[str, Any]:
+    """The event's JSON-ready payload (without its tag)."""
+    data: dict[str, Any] = converter.unstructure(event)
+    return data
+
+
+def structure(tag: str, data: Any) -> t.Event:
+    """Rebuild an event from its tag and payload; :class:`WireError` if they do not fit."""
+    cls = TYPES_BY_TAG.get(tag)
+    if cls is None:
+        raise WireError(f"unknown event type {tag!r}")
+    try:
+        event: t.Event = converter.structure(data, cls)
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+        detail = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
+        raise WireError(f"bad payload for {tag}: {detail}") from exc
+    return event
+
+
+def dumps(event: t.Event) -> str:
+    """Compact, key-sorted JSON of the event's payload."""
+    return json.dumps(unstructure(event), separators=(",", ":"), sort_keys=True)
+
+
+def loads(tag: str, text: str) -> t.Event:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WireError(f"payload of {tag} is not JSON: {exc}") from exc
+    return structure(tag, data)

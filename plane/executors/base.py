@@ -1,0 +1,171 @@
+"""The executor contract: how a backend is run, observed and cleaned up.
+
+This module owns the :class:`Executor` protocol, the value types that cross it
+(:class:`StartSpec`, :class:`Started`, :class:`Running`, :class:`ExitObserved`)
+and its two errors.  Two executors implement it: ``plane.executors.docker``
+(one container per backend) and ``plane.executors.process`` (one local process
+group per backend); tests use the fake in ``plane.testing``.
+
+An executor performs effects and reports observations; it decides nothing.  In
+particular the grace period between :meth:`Executor.stop` and
+:meth:`Executor.kill` is *not* the executor's job: the lifecycle decider owns
+that deadline and asks for the kill when it expires.
+
+Every running backend carries a label (a container label, or an environment
+variable of the process) naming its backend id, so :meth:`Executor.list_running`
+finds it again after plane restarts, and :meth:`Executor.serve_exits` reports
+the exit of any labelled backend, adopted or not.
+
+Resource handling
+-----------------
+Backends outlive the plane process on purpose: nothing here is tied to a
+nursery that would kill a backend when plane stops or crashes.  A backend ends
+only through ``stop``/``kill`` or by itself, and ``remove`` frees what is left
+after its exit (the container, the log file).  ``serve_exits`` is a
+long-running task; cancel it to stop watching.  ``logs`` is an async generator:
+drive it inside ``contextlib.aclosing`` so its stream is closed promptly.
+
+Error handling
+--------------
+:class:`ExecutorError` is transient (the engine did not answer, a call timed
+out): the caller retries with backoff.  :class:`SpawnError`, a subclass, is
+permanent for this spawn configuration (the image is missing and cannot be
+pulled, the command does not exist, the working directory is bad); retrying
+will not help, and its message is written for people.  ``stop``, ``kill`` and
+``remove`` treat an unknown or already finished backend as success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import attrs
+import trio
+
+from plane.events.spec import BackendKey, Executable
+
+__all__ = [
+    "Executor",
+    "ExecutorError",
+    "ExitObserved",
+    "Running",
+    "SpawnError",
+    "StartSpec",
+    "Started",
+]
+
+
+@attrs.frozen
+class StartSpec:
+    """Everything an executor needs to start one backend."""
+
+    backend_id: str
+    key: BackendKey
+    fencing_token: int
+    executable: Executable
+
+
+@attrs.frozen
+class Started:
+    """A backend is running (not necessarily ready yet).
+
+    ``address`` is ``"127.0.0.1:PORT"``, the loopback address the proxy
+    connects to; ``handle`` is the container id or the process id.
+    """
+
+    backend_id: str
+    address: str
+    handle: str
+
+
+@attrs.frozen
+class Running:
+    """What :meth:`Executor.list_running` reports for each live backend.
+
+    ``address`` is ``None`` when the executor cannot tell where it listens;
+    ``key`` is the key's display form (``BackendKey.display()``).
+    """
+
+    backend_id: str
+    address: str | None
+    handle: str
+    key: str
+
+
+@attrs.frozen
+class ExitObserved:
+    """A backend's main process ended.
+
+    ``exit_code`` follows the shell convention (``128 + N`` for death by
+    signal N) and is ``None`` when the executor could not learn it (an adopted
+    process that is not plane's child).
+    """
+
+    backend_id: str
+    exit_code: int | None
+
+
+class ExecutorError(Exception):
+    """Transient failure (engine unreachable, timeout): retry with backoff."""
+
+
+class SpawnError(ExecutorError):
+    """Permanent failure of a spawn configuration; the message is for people."""
+
+
+class Executor(Protocol):
+    """Runs backends; see the module docstring for the contract."""
+
+    #: ``"docker"`` or ``"process"`` (or ``"fake"`` in tests).
+    name: str
+
+    async def start(self, spec: StartSpec) -> Started:
+        """Create and start the backend; return once it runs, with its address.
+
+        Does not wait for readiness (see ``plane.executors.readiness``).
+        """
+        ...
+
+    async def stop(self, backend_id: str) -> None:
+        """Send the polite stop signal (SIGTERM) and return without waiting.
+
+        An unknown or finished backend is not an error.
+        """
+        ...
+
+    async def kill(self, backend_id: str) -> None:
+        """Send SIGKILL now.  An unknown or finished backend is not an error."""
+        ...
+
+    async def remove(self, backend_id: str) -> None:
+        """Forget the backend and free what is left after its exit.
+
+        An unknown backend is not an error.
+        """
+        ...
+
+    async def list_running(self) -> list[Running]:
+        """Every plane-labelled backend this executor runs now."""
+        ...
+
+    async def serve_exits(
+        self,
+        send: trio.MemorySendChannel[ExitObserved],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Report each exit of a plane backend on *send*, until cancelled.
+
+        Calls ``task_status.started()`` once it is watching: exits after that
+        point are not missed.
+        """
+        ...
+
+    def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+        """The backend's stdout and stderr so far; with *follow*, then new output.
+
+        Following ends when the backend has exited and its output is drained.
+        An unknown backend yields nothing.
+        """
+        ...

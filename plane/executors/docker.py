@@ -1,0 +1,632 @@
+"""The Docker executor: each backend is one container on a local Docker engine.
+
+This module owns :class:`DockerExecutor`.  It talks to the engine with the
+docker SDK; every SDK call blocks, so each runs in a worker thread
+(``trio.to_thread.run_sync``) under its own deadline (``timeout``, 30 s by
+default; pulls have ``pull_timeout``).
+
+What a backend container looks like
+-----------------------------------
+* name ``plane-<backend id>``;
+* labels ``<prefix>.backend=<id>``, ``<prefix>.key=<key display>``,
+  ``<prefix>.managed=true``, ``<prefix>.port=<container port>`` and
+  ``<prefix>.fencing-token=<token>`` (``<prefix>`` is ``dev.plane`` unless
+  configured);
+* ``<executable.port>/tcp`` published on ``127.0.0.1`` only, on a host port the
+  engine picks; :class:`~plane.executors.base.Started` carries
+  ``127.0.0.1:<host port>``, read back after start.  plane never connects to a
+  container's bridge IP;
+* environment: ``executable.env``, then ``PORT`` (the container port),
+  ``SESSION_BACKEND_ID``, ``SESSION_BACKEND_KEY`` (the key's name) and
+  ``SESSION_BACKEND_FENCING_TOKEN``; plane's variables win over
+  ``executable.env``;
+* ``executable.command`` replaces the image's command when given;
+  ``executable.cwd`` sets the working directory;
+* limits: ``memory_limit_bytes`` -> ``Memory``; ``cpu_period`` (default
+  100000 us) and ``cpu_period_percent`` -> ``CpuPeriod``/``CpuQuota`` (quota =
+  period * percent / 100); ``pids_limit`` -> ``PidsLimit`` (512 when not
+  given).  ``cpu_time_limit`` and ``disk_limit_bytes`` are not applied (the
+  engine has no per-container CPU-time limit, and disk quotas depend on the
+  storage driver);
+* hardening: ``privileged=False``, ``security_opt=["no-new-privileges"]``, the
+  capabilities in :data:`DEFAULT_CAP_DROP` dropped (none of which an ordinary
+  server, busybox httpd included, needs), and ``init=True`` so that PID 1 is
+  the engine's ``docker-init`` (tini): it forwards SIGTERM to the server and
+  reaps zombies.  When the engine has no ``docker-init`` (its version report
+  lists no such component), containers run without an init and a warning is
+  logged once; a server that is PID 1 then ignores SIGTERM unless it handles
+  it, and ``kill`` is what ends it.  One consequence of the init: a command
+  that does not exist in the image does not fail ``start``; the init reports
+  it and the container exits with code 127, observed like any other exit.
+
+Image pull policy (``executable.pull_policy``): ``Never`` with a missing image
+raises :class:`SpawnError`; ``IfNotPresent`` pulls a missing image; ``Always``
+pulls every time.  A failed or timed-out pull raises :class:`SpawnError`
+naming the image and the engine's message.
+
+A leftover container with the backend's name (plane crashed between create
+and recording the start, or an old one was never removed): if it is not
+running it is removed and a fresh one created; if it runs and carries the same
+backend label it *is* this backend, and ``start`` returns it (start is
+idempotent); if it runs but belongs to something else, :class:`SpawnError`.
+
+Resource handling
+-----------------
+Containers are not tied to plane's lifetime: they keep running when plane
+stops and are found again with :meth:`DockerExecutor.list_running`.
+:meth:`~DockerExecutor.remove` deletes a container and its anonymous volumes.
+A container that exits before its port can be read back is left in place (so
+its logs can be read) and ``start`` raises :class:`SpawnError`; ``remove``
+cleans it up.  :meth:`~DockerExecutor.serve_exits` holds one streaming
+``/events`` response; on cancellation a sibling task closes that response's
+socket, which ends the reading thread, so cancellation is prompt and leaves no
+thread behind.  :meth:`~DockerExecutor.logs` holds one streaming ``/logs``
+response and closes it when the generator is closed.  The docker client is
+created lazily (its constructor asks the engine for its API version) and is
+shared by all calls; :meth:`~DockerExecutor.aclose` closes it when plane made
+it.
+
+Error handling
+--------------
+A deadline that passes, an engine that does not answer and engine errors
+other than the ones below raise :class:`ExecutorError` (transient; the caller
+retries).  Missing images, failed pulls, invalid container configurations
+(HTTP 400 from the engine) and commands the runtime cannot execute raise
+:class:`SpawnError`.  ``stop``/``kill``/``remove`` of an unknown or already
+stopped container are no-ops.  When the event stream ends by itself (the
+engine restarted), ``serve_exits`` raises :class:`ExecutorError`; the caller
+starts it again and should reconcile with ``list_running``, since exits
+during the gap are not replayed.  A timed-out call's worker thread is
+abandoned and finishes in the background (the SDK's own HTTP timeout bounds
+it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+import docker
+import docker.errors
+import trio
+
+from plane.executors.base import (
+    ExecutorError,
+    ExitObserved,
+    Running,
+    SpawnError,
+    Started,
+    StartSpec,
+)
+
+__all__ = ["DEFAULT_CAP_DROP", "DEFAULT_PIDS_LIMIT", "DockerExecutor"]
+
+log = logging.getLogger(__name__)
+
+#: Capabilities dropped from every backend container (Docker's default set
+#: minus these still lets a server bind ports >= 1024, chown its files and
+#: switch users).
+DEFAULT_CAP_DROP: tuple[str, ...] = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP", "SYS_CHROOT")
+#: ``PidsLimit`` when the spawn's resource limits name none.
+DEFAULT_PIDS_LIMIT = 512
+#: ``CpuPeriod`` (microseconds) when only ``cpu_period_percent`` is given.
+DEFAULT_CPU_PERIOD = 100_000
+
+_PULL_POLICIES = ("IfNotPresent", "Always", "Never")
+_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_LIVE_STATES = ("running", "restarting", "paused")
+_START_FAILURE_HINTS = (
+    "OCI runtime",
+    "executable file not found",
+    "no such file or directory",
+    "permission denied",
+)
+
+
+class DockerExecutor:
+    """Runs each backend as a container; see the module docstring.
+
+    Pass an existing ``docker.DockerClient`` as *client*, or a *base_url*
+    (``"unix:///var/run/docker.sock"``); with neither, the client comes from
+    the environment (``DOCKER_HOST`` etc.).  *timeout* bounds every engine
+    call, *pull_timeout* every image pull.  *init* forces the use of the
+    engine's init on or off; ``None`` detects it.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: Any | None = None,
+        *,
+        base_url: str | None = None,
+        label_prefix: str = "dev.plane",
+        timeout: float = 30.0,
+        pull_timeout: float = 300.0,
+        default_pids_limit: int = DEFAULT_PIDS_LIMIT,
+        cap_drop: Sequence[str] = DEFAULT_CAP_DROP,
+        init: bool | None = None,
+    ) -> None:
+        self._docker: Any | None = client
+        self._owns_client = client is None
+        self._base_url = base_url
+        self._timeout = timeout
+        self._pull_timeout = pull_timeout
+        self._default_pids_limit = default_pids_limit
+        self._cap_drop = list(cap_drop)
+        self._init = init
+        self._client_lock = trio.Lock()
+        self.label_prefix = label_prefix
+        self.label_backend = f"{label_prefix}.backend"
+        self.label_key = f"{label_prefix}.key"
+        self.label_managed = f"{label_prefix}.managed"
+        self.label_port = f"{label_prefix}.port"
+        self.label_fencing_token = f"{label_prefix}.fencing-token"
+
+    @staticmethod
+    def container_name(backend_id: str) -> str:
+        """The name of the backend's container."""
+        return f"plane-{backend_id}"
+
+    # -- calling the engine ----------------------------------------------------
+
+    async def _call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        what: str,
+        timeout: float | None = None,
+        timeout_error: type[ExecutorError] = ExecutorError,
+        **kwargs: Any,
+    ) -> Any:
+        """Run a blocking SDK call in a thread under a deadline.
+
+        ``docker.errors.APIError`` (and its subclasses) propagate for the
+        caller to map; timeouts and connection failures become *timeout_error*
+        and :class:`ExecutorError`.
+        """
+        limit = self._timeout if timeout is None else timeout
+        try:
+            with trio.fail_after(limit):
+                return await trio.to_thread.run_sync(
+                    functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+                )
+        except trio.TooSlowError:
+            raise timeout_error(
+                f"the docker engine did not finish {what} within {limit:g} s"
+            ) from None
+        except docker.errors.APIError:
+            raise
+        except (docker.errors.DockerException, OSError) as exc:
+            raise ExecutorError(f"the docker engine is unreachable ({what}): {exc}") from exc
+
+    @staticmethod
+    def _api_error(what: str, exc: Any) -> ExecutorError:
+        explanation = getattr(exc, "explanation", None) or str(exc)
+        return ExecutorError(f"docker engine error during {what}: {explanation}")
+
+    def _make_client(self) -> Any:
+        timeout = max(1, int(self._timeout))
+        if self._base_url is not None:
+            return docker.DockerClient(base_url=self._base_url, timeout=timeout)
+        return docker.from_env(timeout=timeout)
+
+    async def _client(self) -> Any:
+        if self._docker is None:
+            async with self._client_lock:
+                if self._docker is None:
+                    self._docker = await self._call(self._make_client, what="connecting")
+        return self._docker
+
+    async def aclose(self) -> None:
+        """Close the docker client if this executor created it."""
+        client, self._docker = self._docker, None
+        if client is not None and self._owns_client:
+            await trio.to_thread.run_sync(client.close)
+
+    async def _use_init(self, client: Any) -> bool:
+        if self._init is None:
+            try:
+                version = await self._call(client.version, what="reading the engine version")
+            except docker.errors.APIError as exc:
+                raise self._api_error("reading the engine version", exc) from exc
+            names = {c.get("Name") for c in version.get("Components") or []}
+            self._init = "docker-init" in names
+            if not self._init:
+                log.warning(
+                    "the docker engine reports no docker-init; backend containers run "
+                    "without an init process (SIGTERM reaches PID 1 directly)"
+                )
+        return self._init
+
+    # -- images ----------------------------------------------------------------
+
+    async def _ensure_image(self, client: Any, image: str, policy: str) -> None:
+        if policy not in _PULL_POLICIES:
+            raise SpawnError(
+                f"unknown pull_policy {policy!r} for image {image!r}; "
+                f"expected one of {', '.join(_PULL_POLICIES)}"
+            )
+        if policy != "Always":
+            try:
+                await self._call(client.images.get, image, what=f"inspecting image {image!r}")
+                return
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.APIError as exc:
+                raise self._api_error(f"inspecting image {image!r}", exc) from exc
+            if policy == "Never":
+                raise SpawnError(f"image {image!r} is not present and pull_policy is Never")
+        try:
+            await self._call(
+                client.images.pull,
+                image,
+                what=f"pulling image {image!r}",
+                timeout=self._pull_timeout,
+                timeout_error=SpawnError,
+            )
+        except docker.errors.APIError as exc:
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            raise SpawnError(f"image {image!r} could not be pulled: {explanation}") from exc
+
+    # -- addresses ---------------------------------------------------------------
+
+    @staticmethod
+    def _address_from_inspect(attrs: dict[str, Any], port: int | str) -> str | None:
+        ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        for binding in ports.get(f"{port}/tcp") or []:
+            host_port = binding.get("HostPort")
+            if host_port and binding.get("HostIp") in ("127.0.0.1", "", "0.0.0.0"):
+                return f"127.0.0.1:{host_port}"
+        return None
+
+    @staticmethod
+    def _address_from_list(summary: dict[str, Any], port: str | None) -> str | None:
+        for entry in summary.get("Ports") or []:
+            if (
+                port is not None
+                and str(entry.get("PrivatePort")) == port
+                and entry.get("Type") == "tcp"
+                and entry.get("PublicPort")
+                and entry.get("IP") in ("127.0.0.1", "0.0.0.0", None)
+            ):
+                return f"127.0.0.1:{entry['PublicPort']}"
+        return None
+
+    # -- the Executor protocol ---------------------------------------------------
+
+    async def start(self, spec: StartSpec) -> Started:
+        """Ensure the image, create and start the container, read back its port."""
+        backend_id = spec.backend_id
+        if not _VALID_ID.match(backend_id):
+            raise SpawnError(f"invalid backend id {backend_id!r} (not usable in a container name)")
+        executable = spec.executable
+        image = executable.image
+        if not image:
+            raise SpawnError("the docker executor needs executable.image; none was given")
+        client = await self._client()
+        name = self.container_name(backend_id)
+
+        adopted = await self._handle_leftover(client, name, backend_id, executable.port)
+        if adopted is not None:
+            return adopted
+
+        await self._ensure_image(client, image, executable.pull_policy)
+        init = await self._use_init(client)
+        container = await self._create(client, spec, image, name, init)
+        try:
+            await self._call(container.start, what=f"starting container {name}")
+        except docker.errors.APIError as exc:
+            await self._remove_quietly(client, name)
+            explanation = str(getattr(exc, "explanation", None) or exc)
+            if exc.is_client_error() or any(h in explanation for h in _START_FAILURE_HINTS):
+                raise SpawnError(
+                    f"container for image {image!r} could not start: {explanation}"
+                ) from exc
+            raise self._api_error(f"starting container {name}", exc) from exc
+        except ExecutorError:
+            await self._remove_quietly(client, name)
+            raise
+        try:
+            await self._call(container.reload, what=f"inspecting container {name}")
+        except docker.errors.APIError as exc:
+            raise self._api_error(f"inspecting container {name}", exc) from exc
+        address = self._address_from_inspect(container.attrs, executable.port)
+        if address is None:
+            state = container.attrs.get("State") or {}
+            raise SpawnError(
+                f"container {name} (image {image!r}) stopped right after start "
+                f"(status {state.get('Status')!r}, exit code {state.get('ExitCode')!r}) "
+                "before its port could be read"
+            )
+        return Started(backend_id=backend_id, address=address, handle=str(container.id))
+
+    async def _handle_leftover(
+        self, client: Any, name: str, backend_id: str, port: int
+    ) -> Started | None:
+        try:
+            existing = await self._call(
+                client.containers.get, name, what=f"looking for container {name}"
+            )
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise self._api_error(f"looking for container {name}", exc) from exc
+        labels = existing.labels or {}
+        if existing.status in _LIVE_STATES:
+            if labels.get(self.label_backend) == backend_id:
+                address = self._address_from_inspect(existing.attrs, labels.get(self.label_port, port))
+                if address is not None:
+                    return Started(backend_id=backend_id, address=address, handle=str(existing.id))
+            raise SpawnError(
+                f"a running container named {name} is in the way and is not this backend; "
+                "remove it"
+            )
+        log.info("removing leftover container %s (status %s)", name, existing.status)
+        await self._remove(client, name)
+        return None
+
+    async def _create(self, client: Any, spec: StartSpec, image: str, name: str, init: bool) -> Any:
+        executable = spec.executable
+        limits = executable.resource_limits
+        environment = dict(executable.env)
+        environment.update(
+            {
+                "PORT": str(executable.port),
+                "SESSION_BACKEND_ID": spec.backend_id,
+                "SESSION_BACKEND_KEY": spec.key.name,
+                "SESSION_BACKEND_FENCING_TOKEN": str(spec.fencing_token),
+            }
+        )
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "detach": True,
+            "labels": {
+                self.label_backend: spec.backend_id,
+                self.label_key: spec.key.display(),
+                self.label_managed: "true",
+                self.label_port: str(executable.port),
+                self.label_fencing_token: str(spec.fencing_token),
+            },
+            "environment": environment,
+            "ports": {f"{executable.port}/tcp": ("127.0.0.1", None)},
+            "privileged": False,
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": list(self._cap_drop),
+            "pids_limit": limits.pids_limit or self._default_pids_limit,
+            "init": init,
+        }
+        if executable.command:
+            kwargs["command"] = list(executable.command)
+        if executable.cwd:
+            kwargs["working_dir"] = executable.cwd
+        if limits.memory_limit_bytes:
+            kwargs["mem_limit"] = limits.memory_limit_bytes
+        if limits.cpu_period_percent:
+            period = limits.cpu_period or DEFAULT_CPU_PERIOD
+            kwargs["cpu_period"] = period
+            kwargs["cpu_quota"] = max(1000, period * limits.cpu_period_percent // 100)
+        elif limits.cpu_period:
+            kwargs["cpu_period"] = limits.cpu_period
+        what = f"creating container {name}"
+        try:
+            return await self._call(client.containers.create, image, what=what, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise SpawnError(f"image {image!r} is not present: {exc.explanation}") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 400:
+                raise SpawnError(
+                    f"the engine rejected the container for image {image!r}: {exc.explanation}"
+                ) from exc
+            raise self._api_error(what, exc) from exc
+
+    async def _remove(self, client: Any, name: str) -> None:
+        what = f"removing container {name}"
+        try:
+            await self._call(client.api.remove_container, name, v=True, force=True, what=what)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # removal already in progress
+                return
+            raise self._api_error(what, exc) from exc
+
+    async def _remove_quietly(self, client: Any, name: str) -> None:
+        try:
+            await self._remove(client, name)
+        except ExecutorError as exc:
+            log.warning("could not remove failed container %s: %s", name, exc)
+
+    async def _signal(self, backend_id: str, sig: str) -> None:
+        client = await self._client()
+        name = self.container_name(backend_id)
+        what = f"sending {sig} to container {name}"
+        try:
+            await self._call(client.api.kill, name, signal=sig, what=what)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running
+                return
+            raise self._api_error(what, exc) from exc
+
+    async def stop(self, backend_id: str) -> None:
+        """SIGTERM to the container (through its init); does not wait."""
+        await self._signal(backend_id, "SIGTERM")
+
+    async def kill(self, backend_id: str) -> None:
+        """SIGKILL to the container now."""
+        await self._signal(backend_id, "SIGKILL")
+
+    async def remove(self, backend_id: str) -> None:
+        """Remove the container (forcibly, with its anonymous volumes)."""
+        client = await self._client()
+        await self._remove(client, self.container_name(backend_id))
+
+    async def list_running(self) -> list[Running]:
+        """Running containers labelled ``<prefix>.managed=true``, with their addresses."""
+        client = await self._client()
+        what = "listing containers"
+        try:
+            summaries = await self._call(
+                client.api.containers,
+                filters={"label": f"{self.label_managed}=true", "status": "running"},
+                what=what,
+            )
+        except docker.errors.APIError as exc:
+            raise self._api_error(what, exc) from exc
+        running: list[Running] = []
+        for summary in summaries:
+            labels = summary.get("Labels") or {}
+            backend_id = labels.get(self.label_backend)
+            if not backend_id:
+                continue
+            running.append(
+                Running(
+                    backend_id=str(backend_id),
+                    address=self._address_from_list(summary, labels.get(self.label_port)),
+                    handle=str(summary.get("Id")),
+                    key=str(labels.get(self.label_key, "")),
+                )
+            )
+        return running
+
+    async def serve_exits(
+        self,
+        send: trio.MemorySendChannel[ExitObserved],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Forward every ``die`` event of a managed container to *send*, until cancelled."""
+        client = await self._client()
+        what = "subscribing to events"
+        try:
+            stream = await self._call(
+                client.events,
+                decode=True,
+                filters={"type": "container", "event": "die", "label": f"{self.label_managed}=true"},
+                what=what,
+            )
+        except docker.errors.APIError as exc:
+            raise self._api_error(what, exc) from exc
+        closing = threading.Event()
+        failure: Exception | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._close_when_cancelled, stream, closing)
+                task_status.started()
+                try:
+                    # Not abandon_on_cancel: cancellation reaches the thread by the
+                    # sibling closing the stream, so the thread always ends here.
+                    await trio.to_thread.run_sync(self._pump_events, stream, send, closing)
+                except Exception as exc:  # re-raised below, outside the nursery's group
+                    failure = exc
+                # The pump ended: by itself, or because we are being cancelled
+                # (then this checkpoint raises Cancelled).
+                await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
+        finally:
+            closing.set()
+            _close_stream(stream)
+        if failure is not None:
+            raise failure
+        raise ExecutorError("the docker engine's event stream ended")
+
+    @staticmethod
+    async def _close_when_cancelled(stream: Any, closing: threading.Event) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            closing.set()
+            _close_stream(stream)
+
+    def _pump_events(
+        self,
+        stream: Any,
+        send: trio.MemorySendChannel[ExitObserved],
+        closing: threading.Event,
+    ) -> None:
+        """Worker thread: read die events, hand each to trio (blocking)."""
+        try:
+            for event in stream:
+                observed = self._exit_from_event(event)
+                if observed is not None:
+                    trio.from_thread.run(send.send, observed)
+        except (trio.Cancelled, trio.BrokenResourceError, trio.RunFinishedError):
+            raise
+        except Exception as exc:
+            if closing.is_set():
+                return
+            raise ExecutorError(f"reading the docker event stream failed: {exc}") from exc
+
+    def _exit_from_event(self, event: Any) -> ExitObserved | None:
+        if not isinstance(event, dict):
+            return None
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        backend_id = attributes.get(self.label_backend)
+        if not backend_id:
+            return None
+        code_text = attributes.get("exitCode")
+        try:
+            code = int(code_text) if code_text is not None else None
+        except ValueError:
+            code = None
+        return ExitObserved(backend_id=str(backend_id), exit_code=code)
+
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+        """The container's stdout and stderr (interleaved); with *follow*, until it exits.
+
+        An unknown backend yields nothing.
+        """
+        client = await self._client()
+        name = self.container_name(backend_id)
+        what = f"reading logs of container {name}"
+        try:
+            stream = await self._call(
+                client.api.logs, name, stdout=True, stderr=True, stream=True, follow=follow,
+                what=what,
+            )
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            raise self._api_error(what, exc) from exc
+        closing = threading.Event()
+        iterator = iter(stream)
+        try:
+            while True:
+                if follow:
+                    chunk = await trio.to_thread.run_sync(
+                        _next_chunk, iterator, closing, abandon_on_cancel=True
+                    )
+                else:
+                    chunk = await self._call(_next_chunk, iterator, closing, what=what)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            closing.set()
+            _close_stream(stream)
+
+
+def _close_stream(stream: Any) -> None:
+    """Close a streaming SDK response from any thread; never raises."""
+    with contextlib.suppress(Exception):
+        stream.close()
+
+
+def _next_chunk(iterator: Iterator[Any], closing: threading.Event) -> bytes | None:
+    """Worker thread: the next log chunk, or None at the end (or once closed)."""
+    try:
+        chunk = next(iterator)
+    except StopIteration:
+        return None
+    except Exception as exc:
+        if closing.is_set():
+            return None
+        raise ExecutorError(f"reading container logs failed: {exc}") from exc
+    return bytes(chunk)

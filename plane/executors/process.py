@@ -1,0 +1,452 @@
+"""The process executor: each backend is a local process group on this host.
+
+This module owns :class:`ProcessExecutor`, plane's embedded default where no
+Docker engine is reachable.  A backend is ``executable.command`` (an argv
+list, no shell) started in ``executable.cwd`` with a small, explicit
+environment:
+
+* ``PATH``, ``HOME`` and ``LANG`` copied from plane's own environment;
+* ``executable.env``;
+* ``PORT`` (a free loopback port, found by binding ``127.0.0.1:0`` and closing
+  the socket), ``SESSION_BACKEND_ID``, ``SESSION_BACKEND_KEY`` (the key's
+  name), ``SESSION_BACKEND_FENCING_TOKEN``;
+* ``PLANE_BACKEND_ID`` and ``PLANE_BACKEND_KEY`` (the key's display form),
+  which act as the process's *label*.
+
+Plane's variables are applied last, so ``executable.env`` cannot override
+them (a backend that listened on another ``PORT`` would never be reached).
+The backend must listen on ``127.0.0.1:$PORT``.  The free-port choice has the
+usual small race (another program may bind the port before the backend does);
+the backend then fails to bind and exits, which is reported as its exit.
+
+Finding backends again
+----------------------
+After plane restarts, :meth:`ProcessExecutor.list_running` scans
+``/proc/<pid>/environ`` for ``PLANE_BACKEND_ID``: a process carrying it whose
+process-group id equals its pid (the group leader plane started) is a running
+backend; its address is read back from its ``PORT``.  Children of a backend
+inherit the label but are not group leaders, so they are not listed.
+
+Resource handling
+-----------------
+Each backend runs in its own session and process group
+(``start_new_session=True``), so :meth:`~ProcessExecutor.stop` (SIGTERM) and
+:meth:`~ProcessExecutor.kill` (SIGKILL) signal the whole group with
+``os.killpg`` and reach the backend's children; they also signal any other
+group that still holds a process labelled with the backend id.  Backends are
+*not* tied to any nursery: when plane exits, or is killed with SIGKILL, they
+keep running and are adopted by the next plane.  Stdout and stderr are
+appended to ``<logs_dir>/<backend id>.log``, so logs survive a plane restart;
+:meth:`~ProcessExecutor.remove` deletes that file, SIGKILLs any process still
+labelled with the backend id and forgets the backend.  No resource limits are
+applied to processes (``executable.resource_limits`` is ignored here).
+
+:meth:`~ProcessExecutor.serve_exits` waits on the processes this executor
+started (their exit codes are exact) and polls the liveness of adopted ones
+every ``adopted_poll_interval`` seconds (their exit code is unknown:
+``None``).  Exit codes follow the shell: death by signal N is ``128 + N``
+(SIGTERM -> 143, SIGKILL -> 137).  Each exit is reported once per executor
+instance; run one ``serve_exits`` at a time.
+
+Error handling
+--------------
+A missing command, a command that is not executable, a missing or bad
+``cwd``, or an empty argv raise :class:`~plane.executors.base.SpawnError`
+with a message naming the culprit.  Other ``OSError`` at start (out of
+processes, out of file descriptors) raise
+:class:`~plane.executors.base.ExecutorError`.  ``stop``/``kill``/``remove`` of
+an unknown or finished backend do nothing.  Processes plane may not inspect
+(another user's ``/proc/<pid>/environ``) are skipped by the scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from plane.executors.base import (
+    ExecutorError,
+    ExitObserved,
+    Running,
+    SpawnError,
+    Started,
+    StartSpec,
+)
+
+__all__ = ["MARKER_ENV", "MARKER_KEY_ENV", "ProcessExecutor", "exit_code_from_returncode"]
+
+#: The environment variable that labels a backend's processes with its id.
+MARKER_ENV = "PLANE_BACKEND_ID"
+#: The environment variable that carries the key's display form.
+MARKER_KEY_ENV = "PLANE_BACKEND_KEY"
+
+_INHERITED_ENV: tuple[str, ...] = ("PATH", "HOME", "LANG")
+_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_READ_SIZE = 64 * 1024
+
+
+def exit_code_from_returncode(returncode: int) -> int:
+    """Turn ``Popen.returncode`` into a shell-style code: ``-N`` becomes ``128 + N``."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@attrs.frozen
+class _Labelled:
+    """A process found in /proc carrying a backend label."""
+
+    pid: int
+    pgid: int
+    backend_id: str
+    key: str
+    port: str | None
+
+
+def _read_environ(pid: int) -> dict[bytes, bytes] | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    env: dict[bytes, bytes] = {}
+    for item in raw.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep:
+            env[name] = value
+    return env
+
+
+def _scan_labelled() -> list[_Labelled]:
+    """Every live process on this host that carries ``PLANE_BACKEND_ID`` (blocking)."""
+    marker = MARKER_ENV.encode()
+    found: list[_Labelled] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        env = _read_environ(pid)  # a zombie's environ reads as empty
+        if not env or marker not in env:
+            continue
+        try:
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue
+        port = env.get(b"PORT")
+        found.append(
+            _Labelled(
+                pid=pid,
+                pgid=pgid,
+                backend_id=env[marker].decode(errors="replace"),
+                key=env.get(MARKER_KEY_ENV.encode(), b"").decode(errors="replace"),
+                port=port.decode(errors="replace") if port is not None else None,
+            )
+        )
+    return found
+
+
+def _still_labelled(pid: int, backend_id: str) -> bool:
+    """Is *pid* alive and still the process labelled *backend_id*? (blocking)
+
+    Checking the label, not just the pid, guards against pid reuse.
+    """
+    env = _read_environ(pid)
+    return env is not None and env.get(MARKER_ENV.encode()) == backend_id.encode()
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProcessExecutor:
+    """Runs each backend as a local process group; see the module docstring.
+
+    *logs_dir* receives one ``<backend id>.log`` per backend (created on
+    demand).  *inherit_env* names the variables copied from plane's own
+    environment.  *adopted_poll_interval* is how often ``serve_exits`` checks
+    whether an adopted process is still alive; *follow_poll_interval* how often
+    ``logs(follow=True)`` looks for new output.
+    """
+
+    name = "process"
+
+    def __init__(
+        self,
+        logs_dir: str | os.PathLike[str],
+        *,
+        inherit_env: Sequence[str] = _INHERITED_ENV,
+        adopted_poll_interval: float = 0.2,
+        follow_poll_interval: float = 0.05,
+    ) -> None:
+        self._logs_dir = Path(logs_dir)
+        self._inherit_env = tuple(inherit_env)
+        self._adopted_poll_interval = adopted_poll_interval
+        self._follow_poll_interval = follow_poll_interval
+        self._children: dict[str, trio.Process] = {}
+        self._child_ports: dict[str, str] = {}
+        self._adopted: dict[str, int] = {}
+        self._reported: set[str] = set()
+        self._changed = trio.Event()
+
+    # -- helpers -----------------------------------------------------------
+
+    def log_path(self, backend_id: str) -> Path:
+        """Where the backend's stdout and stderr go; ValueError for a bad id."""
+        if not _VALID_ID.match(backend_id):
+            raise ValueError(f"invalid backend id {backend_id!r}")
+        return self._logs_dir / f"{backend_id}.log"
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _child_alive(self, backend_id: str) -> trio.Process | None:
+        proc = self._children.get(backend_id)
+        if proc is not None and proc.returncode is None:
+            return proc
+        return None
+
+    async def _groups_of(self, backend_id: str) -> set[int]:
+        """Process groups holding the backend: its own group and any labelled stragglers."""
+        groups: set[int] = set()
+        proc = self._child_alive(backend_id)
+        if proc is not None:
+            # Not yet reaped, so its pid (== its pgid) cannot have been reused.
+            groups.add(proc.pid)
+        labelled = await trio.to_thread.run_sync(_scan_labelled)
+        groups.update(p.pgid for p in labelled if p.backend_id == backend_id)
+        groups.discard(os.getpgrp())  # never signal plane's own group
+        return groups
+
+    async def _signal(self, backend_id: str, sig: signal.Signals) -> None:
+        for pgid in await self._groups_of(backend_id):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+
+    def _started_from_scan(self, labelled: _Labelled) -> Started:
+        address = f"127.0.0.1:{labelled.port}" if labelled.port else ""
+        return Started(backend_id=labelled.backend_id, address=address, handle=str(labelled.pid))
+
+    # -- the Executor protocol -----------------------------------------------
+
+    async def start(self, spec: StartSpec) -> Started:
+        """Start ``spec.executable.command``; return its pid and loopback address.
+
+        Starting a backend id that is already running returns the running one.
+        """
+        backend_id = spec.backend_id
+        if not _VALID_ID.match(backend_id):
+            raise SpawnError(f"invalid backend id {backend_id!r}")
+        executable = spec.executable
+        argv = list(executable.command or ())
+        if not argv:
+            raise SpawnError(
+                "the process executor needs executable.command (an argv list); none was given"
+            )
+        cwd = executable.cwd
+        if cwd is not None and not await trio.Path(cwd).is_dir():
+            raise SpawnError(f"working directory {cwd!r} does not exist or is not a directory")
+
+        proc = self._child_alive(backend_id)
+        if proc is not None:
+            known_port = self._child_ports.get(backend_id, "")
+            return Started(backend_id, f"127.0.0.1:{known_port}", str(proc.pid))
+        for labelled in await trio.to_thread.run_sync(_scan_labelled):
+            if labelled.backend_id == backend_id and labelled.pid == labelled.pgid:
+                self._adopted[backend_id] = labelled.pid
+                self._notify_changed()
+                return self._started_from_scan(labelled)
+
+        port = _free_loopback_port()
+        env = {name: os.environ[name] for name in self._inherit_env if name in os.environ}
+        env.update(executable.env)
+        env.update(
+            {
+                "PORT": str(port),
+                "SESSION_BACKEND_ID": backend_id,
+                "SESSION_BACKEND_KEY": spec.key.name,
+                "SESSION_BACKEND_FENCING_TOKEN": str(spec.fencing_token),
+                MARKER_ENV: backend_id,
+                MARKER_KEY_ENV: spec.key.display(),
+            }
+        )
+        log_path = self.log_path(backend_id)
+        try:
+            self._logs_dir.mkdir(parents=True, exist_ok=True)
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise ExecutorError(f"cannot open log file {str(log_path)!r}: {exc}") from exc
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            raise SpawnError(self._spawn_failure_message(argv, cwd, exc)) from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOEXEC, errno.ELOOP, errno.EISDIR, errno.ENAMETOOLONG):
+                raise SpawnError(self._spawn_failure_message(argv, cwd, exc)) from exc
+            raise ExecutorError(f"could not start {argv[0]!r}: {exc}") from exc
+        finally:
+            os.close(log_fd)
+        self._children[backend_id] = proc
+        self._child_ports[backend_id] = str(port)
+        self._adopted.pop(backend_id, None)
+        self._reported.discard(backend_id)
+        self._notify_changed()
+        return Started(backend_id=backend_id, address=f"127.0.0.1:{port}", handle=str(proc.pid))
+
+    @staticmethod
+    def _spawn_failure_message(argv: list[str], cwd: str | None, exc: OSError) -> str:
+        if cwd is not None and exc.filename == cwd:
+            return f"cannot use working directory {cwd!r}: {exc.strerror}"
+        if isinstance(exc, FileNotFoundError):
+            return f"command {argv[0]!r} not found ({exc.strerror})"
+        if isinstance(exc, PermissionError):
+            return f"command {argv[0]!r} is not executable ({exc.strerror})"
+        return f"cannot run command {argv[0]!r}: {exc.strerror or exc}"
+
+    async def stop(self, backend_id: str) -> None:
+        """SIGTERM to the backend's process group(s); does not wait."""
+        await self._signal(backend_id, signal.SIGTERM)
+
+    async def kill(self, backend_id: str) -> None:
+        """SIGKILL to the backend's process group(s) now."""
+        await self._signal(backend_id, signal.SIGKILL)
+
+    async def remove(self, backend_id: str) -> None:
+        """SIGKILL leftovers, reap, delete the log file and forget the backend."""
+        await self._signal(backend_id, signal.SIGKILL)
+        proc = self._children.pop(backend_id, None)
+        if proc is not None:
+            with trio.move_on_after(5):
+                await proc.wait()
+        self._child_ports.pop(backend_id, None)
+        self._adopted.pop(backend_id, None)
+        self._reported.discard(backend_id)
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            self.log_path(backend_id).unlink()
+
+    async def list_running(self) -> list[Running]:
+        """Every running labelled process-group leader on this host, adopted or not."""
+        running: list[Running] = []
+        changed = False
+        for labelled in await trio.to_thread.run_sync(_scan_labelled):
+            if labelled.pid != labelled.pgid:
+                continue  # a child of a backend, not the backend itself
+            backend_id = labelled.backend_id
+            address = f"127.0.0.1:{labelled.port}" if labelled.port else None
+            running.append(Running(backend_id, address, str(labelled.pid), labelled.key))
+            if self._child_alive(backend_id) is None and self._adopted.get(backend_id) != (
+                labelled.pid
+            ):
+                self._adopted[backend_id] = labelled.pid
+                self._reported.discard(backend_id)
+                changed = True
+        if changed:
+            self._notify_changed()
+        return running
+
+    async def serve_exits(
+        self,
+        send: trio.MemorySendChannel[ExitObserved],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Report each exit of a started or adopted backend on *send*, until cancelled.
+
+        Adopted backends are those found by :meth:`list_running`, which this
+        method calls once when it begins.
+        """
+        watching: dict[str, object] = {}
+        async with trio.open_nursery() as nursery:
+            await self.list_running()
+            task_status.started()
+            while True:
+                changed = self._changed
+                for backend_id, target in self._watch_targets():
+                    if backend_id in self._reported or watching.get(backend_id) is target:
+                        continue
+                    watching[backend_id] = target
+                    nursery.start_soon(self._watch_one, backend_id, target, send, watching)
+                await changed.wait()
+
+    def _watch_targets(self) -> Iterator[tuple[str, trio.Process | int]]:
+        yield from self._children.items()
+        for backend_id, pid in self._adopted.items():
+            if backend_id not in self._children:
+                yield backend_id, pid
+
+    async def _watch_one(
+        self,
+        backend_id: str,
+        target: trio.Process | int,
+        send: trio.MemorySendChannel[ExitObserved],
+        watching: dict[str, object],
+    ) -> None:
+        code: int | None
+        if isinstance(target, trio.Process):
+            code = exit_code_from_returncode(await target.wait())
+        else:
+            # An adopted process is not our child: poll, since we cannot wait on it.
+            while True:
+                if not await trio.to_thread.run_sync(_still_labelled, target, backend_id):
+                    break
+                await trio.sleep(self._adopted_poll_interval)
+            code = None
+        current = self._children.get(backend_id, self._adopted.get(backend_id))
+        if current is target and backend_id not in self._reported:
+            await send.send(ExitObserved(backend_id=backend_id, exit_code=code))
+            self._reported.add(backend_id)
+        if watching.get(backend_id) is target:
+            del watching[backend_id]
+
+    async def _is_running(self, backend_id: str) -> bool:
+        if self._child_alive(backend_id) is not None:
+            return True
+        pid = self._adopted.get(backend_id)
+        if pid is not None:
+            return await trio.to_thread.run_sync(_still_labelled, pid, backend_id)
+        labelled = await trio.to_thread.run_sync(_scan_labelled)
+        return any(p.backend_id == backend_id and p.pid == p.pgid for p in labelled)
+
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+        """Read the backend's log file; with *follow*, keep reading until it exits.
+
+        Unknown backends (no log file) yield nothing.
+        """
+        try:
+            path = self.log_path(backend_id)
+            f = await trio.open_file(path, "rb")
+        except (ValueError, FileNotFoundError):
+            return
+        async with f:
+            while True:
+                chunk = await f.read(_READ_SIZE)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow:
+                    return
+                if not await self._is_running(backend_id):
+                    while chunk := await f.read(_READ_SIZE):
+                        yield chunk
+                    return
+                await trio.sleep(self._follow_poll_interval)

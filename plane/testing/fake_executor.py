@@ -1,0 +1,111 @@
+"""A fake executor for fast, deterministic tests (like ``trio.testing``).
+
+:class:`FakeExecutor` implements the :class:`~plane.executors.base.Executor`
+protocol in memory: nothing runs, every call is recorded in ``calls``, and the
+test decides when a backend answers (``make_ready``) or exits (``exit``).  It
+works under ``trio.testing.MockClock``; pair it with :meth:`FakeExecutor.probe`
+as the actor's readiness probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import trio
+
+from plane.executors.base import ExitObserved, Running, SpawnError, Started, StartSpec
+
+
+class FakeExecutor:
+    """In-memory executor; see the module docstring."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        start_delay: float = 0.0,
+        ready_after: float | None = 0.0,
+        stop_exit_code: int | None = 0,
+        missing_images: frozenset[str] = frozenset(),
+    ) -> None:
+        self.start_delay = start_delay
+        self.ready_after = ready_after  # None: only make_ready() makes it answer
+        self.stop_exit_code = stop_exit_code  # None: the backend ignores the stop signal
+        self.missing_images = missing_images
+        self.running: dict[str, Started] = {}
+        self.specs: dict[str, StartSpec] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.starts = 0
+        self._ready: dict[str, trio.Event] = {}
+        self._exits: trio.MemorySendChannel[ExitObserved] | None = None
+        self._next_port = 20000
+
+    # ----------------------------------------------------------- test controls
+
+    def make_ready(self, backend_id: str) -> None:
+        self._ready.setdefault(backend_id, trio.Event()).set()
+
+    def exit(self, backend_id: str, exit_code: int | None) -> None:
+        """The backend's process ends by itself with ``exit_code``."""
+        if self.running.pop(backend_id, None) is not None and self._exits is not None:
+            self._exits.send_nowait(ExitObserved(backend_id, exit_code))
+
+    def adopt(self, backend_id: str, address: str, key: str = "") -> None:
+        """Pretend a backend of an earlier plane is still running."""
+        self.running[backend_id] = Started(backend_id, address, f"fake-{backend_id}")
+
+    # ------------------------------------------------------------ the protocol
+
+    async def start(self, spec: StartSpec) -> Started:
+        self.calls.append(("start", spec.backend_id))
+        self.starts += 1
+        await trio.sleep(self.start_delay)
+        image = spec.executable.image or ""
+        if image in self.missing_images:
+            raise SpawnError(f"image {image!r} is not present and cannot be pulled")
+        self._next_port += 1
+        started = Started(
+            spec.backend_id, f"127.0.0.1:{self._next_port}", f"fake-{spec.backend_id}"
+        )
+        self.running[spec.backend_id] = started
+        self.specs[spec.backend_id] = spec
+        return started
+
+    async def probe(self, address: str, *, interval: float = 0.01) -> None:
+        backend_id = next((b for b, s in self.running.items() if s.address == address), None)
+        if backend_id is None:
+            await trio.sleep_forever()
+        assert backend_id is not None
+        if self.ready_after is not None:
+            await trio.sleep(self.ready_after)
+            return
+        await self._ready.setdefault(backend_id, trio.Event()).wait()
+
+    async def stop(self, backend_id: str) -> None:
+        self.calls.append(("stop", backend_id))
+        if self.stop_exit_code is not None:
+            self.exit(backend_id, self.stop_exit_code)
+
+    async def kill(self, backend_id: str) -> None:
+        self.calls.append(("kill", backend_id))
+        self.exit(backend_id, 137)
+
+    async def remove(self, backend_id: str) -> None:
+        self.calls.append(("remove", backend_id))
+
+    async def list_running(self) -> list[Running]:
+        return [Running(b, s.address, s.handle, b) for b, s in sorted(self.running.items())]
+
+    async def serve_exits(
+        self,
+        send: trio.MemorySendChannel[ExitObserved],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._exits = send
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+        yield f"fake log of {backend_id}\n".encode()

@@ -1,0 +1,34 @@
+"""Connection tokens: minted at random, stored and looked up only as hashes.
+
+This module owns the token format: 256 random bits as 43 characters of
+base64url (Plane's format), and their SHA-256 hex digest, the only form that
+reaches the log.  Lookups go through the hash, so no comparison ever touches a
+stored secret; :func:`same` compares two secrets in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+
+def mint() -> str:
+    """A new unguessable token: 32 random bytes, base64url, no padding (43 chars)."""
+    return secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    """The SHA-256 hex digest under which a token is stored and found."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two secrets."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def new_backend_id() -> str:
+    """A fresh backend id: 16 lowercase base32 characters (80 random bits)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    return "".join(secrets.choice(alphabet) for _ in range(16))

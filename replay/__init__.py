@@ -1,0 +1,1 @@
+"""plane-replay: rebuild and check state from an event log."""

@@ -1,0 +1,157 @@
+"""Replay's fold: rebuild every backend's state from recorded events, checking as it goes.
+
+This module owns the pure part of plane-replay.  :class:`LogFold` takes
+recorded events in sequence order and keeps, per stream, the state
+(:func:`plane.actors.lifecycle.evolve`) and the invariants of the log:
+
+* sequence numbers strictly increase, versions inside a stream are 1, 2, 3...;
+* every event is legal in the state it meets (so nothing follows terminated);
+* determinism: every recorded input, fed back through
+  :func:`~plane.actors.lifecycle.decide` with its recorded time, yields
+  exactly the decisions recorded after it, and every other run of decisions is
+  exactly what a :class:`~plane.actors.lifecycle.Tick` at its recorded time
+  yields.
+
+It does no I/O and reads no clock; the CLI feeds it from a log file.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import attrs
+
+from plane.actors import lifecycle
+from plane.actors.lifecycle import BackendState, IllegalTransition, Tick
+from plane.events.store import RecordedEvent
+from plane.events.types import SYSTEM_STREAM, Event, is_input
+from plane.events.wire import tag_of
+
+
+@attrs.frozen
+class Violation:
+    """One broken invariant, located by sequence number."""
+
+    seq: int
+    stream: str
+    kind: str  # "sequence" | "version" | "illegal" | "divergence" | "incomplete"
+    message: str
+
+
+@attrs.define
+class LogFold:
+    """Folds a log event by event; ``verify=False`` skips the determinism check."""
+
+    verify: bool = True
+    backends: dict[str, BackendState] = attrs.field(factory=dict)
+    last_seq: int = 0
+    events: int = 0
+    violations: list[Violation] = attrs.field(factory=list)
+    system: list[RecordedEvent] = attrs.field(factory=list)
+    _system_version: int = 0
+    _pending: dict[str, deque[Event]] = attrs.field(factory=dict)
+    _diverged: set[str] = attrs.field(factory=set)
+
+    def feed(self, record: RecordedEvent) -> None:
+        """Fold one recorded event into the state."""
+        stream, event = record.stream, record.event
+        self.events += 1
+        if record.seq <= self.last_seq:
+            self._violate(record, "sequence", f"seq {record.seq} after {self.last_seq}")
+        self.last_seq = max(self.last_seq, record.seq)
+        if stream == SYSTEM_STREAM:
+            if record.version != self._system_version + 1:
+                self._violate(
+                    record,
+                    "version",
+                    f"system version {record.version} follows {self._system_version}",
+                )
+            self._system_version = record.version
+            self.system.append(record)
+            return
+        state = self.backends.get(stream, lifecycle.initial)
+        if record.version != state.version + 1:
+            self._violate(
+                record,
+                "version",
+                f"version {record.version} follows version {state.version}",
+            )
+        if self.verify and stream not in self._diverged:
+            self._check_decision(record, state)
+        try:
+            self.backends[stream] = lifecycle.evolve(state, event)
+        except IllegalTransition as exc:
+            self._violate(record, "illegal", str(exc))
+
+    def feed_all(self, records: Iterable[RecordedEvent]) -> LogFold:
+        for record in records:
+            self.feed(record)
+        return self
+
+    def finish(self) -> list[Violation]:
+        """Close the fold: decisions that were due but never recorded are violations."""
+        for stream, pending in self._pending.items():
+            if pending and stream not in self._diverged:
+                missing = ", ".join(tag_of(e) for e in pending)
+                self.violations.append(
+                    Violation(self.last_seq, stream, "incomplete", f"decisions missing: {missing}")
+                )
+        return self.violations
+
+    def _check_decision(self, record: RecordedEvent, state: BackendState) -> None:
+        event = record.event
+        pending = self._pending.setdefault(record.stream, deque())
+        if pending:
+            expected = pending.popleft()
+            if event != expected:
+                self._diverge(record, f"recorded {_show(event)}, decide yields {_show(expected)}")
+            return
+        command: lifecycle.Command = event if is_input(event) else Tick(event.at)  # type: ignore[assignment]
+        try:
+            decided = lifecycle.decide(state, command)
+        except IllegalTransition as exc:
+            self._diverge(record, f"decide refuses {_show(event)}: {exc}")
+            return
+        if not decided:
+            what = "input" if is_input(event) else "decision"
+            self._diverge(record, f"{what} {_show(event)} is not what decide yields (nothing)")
+            return
+        if decided[0] != event:
+            self._diverge(record, f"recorded {_show(event)}, decide yields {_show(decided[0])}")
+            return
+        pending.extend(decided[1:])
+
+    def _diverge(self, record: RecordedEvent, message: str) -> None:
+        self._diverged.add(record.stream)
+        self._pending.pop(record.stream, None)
+        self._violate(record, "divergence", message)
+
+    def _violate(self, record: RecordedEvent, kind: str, message: str) -> None:
+        self.violations.append(Violation(record.seq, record.stream, kind, message))
+
+
+def _show(event: Event) -> str:
+    return f"{tag_of(event)} {attrs.asdict(event, recurse=False)}"
+
+
+def fold_until(
+    records: Iterable[RecordedEvent], *, seq: int | None = None, at: float | None = None
+) -> LogFold:
+    """The fold of every event up to sequence number ``seq``, or up to time ``at``.
+
+    By time, each stream keeps its events up to the first one later than ``at``.
+    """
+    fold = LogFold(verify=False)
+    cut: set[str] = set()
+    for record in records:
+        if seq is not None and record.seq > seq:
+            break
+        if at is not None:
+            if record.stream in cut:
+                continue
+            if record.event.at > at:
+                cut.add(record.stream)
+                continue
+        fold.feed(record)
+    return fold
