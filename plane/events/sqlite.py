@@ -13,7 +13,9 @@ JSON payload, ``recorded_at``) with a UNIQUE index on ``(stream, version)``;
 file's ``PRAGMA application_id`` is :data:`PLANE_APPLICATION_ID` and its
 ``PRAGMA user_version`` is :data:`SCHEMA_VERSION`.  Triggers abort every
 ``UPDATE`` and ``DELETE`` on both tables: the log is append-only in the schema,
-not only by habit.
+not only by habit.  (sqlite-utils creates the index, the ``meta`` table and
+turns on WAL; the ``events`` table is spelled out in SQL because sqlite-utils
+has no public way to ask for ``AUTOINCREMENT``.)
 
 Appends go through one writer task.  Each :meth:`~SqliteEventStore.append`
 encodes its events, hands a request to the writer over a memory channel and
@@ -22,7 +24,11 @@ drains every other pending one, and writes them all in one ``BEGIN IMMEDIATE
 ... COMMIT`` in a worker thread (group commit: one fsync for many appends).
 Each request's expected version is checked against the stream's version,
 counting earlier requests of the same batch; a mismatch fails only that
-request.
+request.  The writer remembers each stream's version and the last ``seq``; if
+``max(seq)`` in the file is not what it remembers (another process wrote), it
+forgets and asks the file again, and the UNIQUE index stays the last word.
+Per append the store adds only encoding, one request object and one task
+wake-up; the writer's thread hop is per batch.
 
 Resource handling:
     :func:`open_sqlite_store` is the only way to get a store.  It opens two
@@ -166,7 +172,10 @@ def _store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
 
 
 def _read_meta(conn: sqlite3.Connection) -> dict[str, str]:
-    return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    try:
+        return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    except sqlite3.OperationalError:  # some other application's "meta" table
+        return {}
 
 
 def _check_log(conn: sqlite3.Connection, path: Path) -> bool:
@@ -256,7 +265,9 @@ def _open_writer(
                     _create_schema(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
         else:
             _quick_check(conn, path)
@@ -277,14 +288,28 @@ def _set_max_page_count(conn: sqlite3.Connection, pages: int) -> None:
     conn.execute(f"PRAGMA max_page_count = {int(pages)}")
 
 
-def _open_reader(path: Path, *, check: bool) -> sqlite3.Connection:
-    """Open the log at ``path`` read-only (``mode=ro``); raise if it is not a readable log."""
-    if not path.exists():
-        raise LogNotFoundError(f"no plane log at {path}: the file does not exist")
-    uri = path.resolve().as_uri() + "?mode=ro"
+def _open_connections(
+    path: Path, synchronous: Synchronous, max_page_count: int | None
+) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
+    """The store's writer and reader connections, and the log's last seq."""
+    writer = _open_writer(path, synchronous, max_page_count)
     try:
-        conn = sqlite3.connect(
-            uri,
+        reader = _connect_read_only(path)
+        try:
+            last_seq = _select_last_seq(writer, path)
+        except BaseException:
+            reader.close()
+            raise
+    except BaseException:
+        writer.close()
+        raise
+    return writer, reader, last_seq
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(
+            path.resolve().as_uri() + "?mode=ro",
             uri=True,
             timeout=_BUSY_TIMEOUT_SECONDS,
             isolation_level=None,
@@ -292,6 +317,13 @@ def _open_reader(path: Path, *, check: bool) -> sqlite3.Connection:
         )
     except sqlite3.Error as exc:
         raise _store_error(exc, path, "opening it read-only") from exc
+
+
+def _open_reader(path: Path, *, check: bool) -> sqlite3.Connection:
+    """Open the log at ``path`` read-only (``mode=ro``); raise if it is not a readable log."""
+    if not path.exists():
+        raise LogNotFoundError(f"no plane log at {path}: the file does not exist")
+    conn = _connect_read_only(path)
     try:
         if _check_log(conn, path) and check:
             _quick_check(conn, path)
@@ -316,12 +348,12 @@ def _has_events_table(conn: sqlite3.Connection) -> bool:
 
 def _decode(rows: Iterator[_Row] | list[_Row], path: Path) -> Iterator[RecordedEvent]:
     loads = wire.loads
-    seq = 0
+    seq, tag = 0, ""
     try:
         for seq, stream, version, tag, data in rows:
             yield RecordedEvent(seq, stream, version, loads(tag, data))
     except wire.WireError as exc:
-        if str(exc).startswith("unknown event type"):
+        if tag not in wire.TYPES_BY_TAG:
             raise SchemaTooNewError(
                 f"event seq={seq} of the plane log {path} has a type this plane"
                 f" {__version__} does not know ({exc}); was it written by a newer plane?"
@@ -383,6 +415,13 @@ def _check_limit(limit: int | None) -> None:
 
 # ---------------------------------------------------------------- the store
 
+# Bound once: the append path runs these for every event.
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_current_task = trio.lowlevel.current_task
+_reschedule = trio.lowlevel.reschedule
+_tag_of = wire.tag_of
+_dumps = wire.dumps
+
 
 class _AppendRequest:
     """One append on its way through the writer: its rows, then its outcome."""
@@ -434,6 +473,7 @@ class SqliteEventStore:
         writer: sqlite3.Connection,
         reader: sqlite3.Connection,
         requests: trio.MemorySendChannel[_AppendRequest],
+        last_seq: int,
     ) -> None:
         self.path = path
         self.commits = 0
@@ -441,13 +481,16 @@ class SqliteEventStore:
         self._writer = writer
         self._reader = reader
         self._requests = requests
+        self._send_request = requests.send_nowait
         self._read_limiter = trio.CapacityLimiter(1)
-        self._write_lock = trio.Lock()
+        # Its own limiters, so that neither the writer nor the readers wait for
+        # threads that other code took from trio's default limiter.
+        self._write_limiter = trio.CapacityLimiter(1)
         self._changed = trio.Event()
         self._closed = False
         # The writer's knowledge of the log, valid while it is the only writer;
         # checked against max(seq) at the start of every batch.
-        self._last_seq = _select_last_seq(writer, path)
+        self._last_seq = last_seq
         self._versions: dict[str, int] = {}
 
     # ------------------------------------------------------------ appending
@@ -462,15 +505,19 @@ class SqliteEventStore:
         :class:`StoreFullError` if there is no space, :class:`StoreClosedError`
         after the store closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        _check_append(stream, expected_version, events)
-        tag_of, dumps = wire.tag_of, wire.dumps
-        encoded = [(tag_of(event), dumps(event)) for event in events]
-        request = _AppendRequest(
-            stream, expected_version, events, encoded, trio.lowlevel.current_task()
-        )
+        await _checkpoint_if_cancelled()
+        if not isinstance(events, list | tuple):
+            events = list(events)
+        if not (stream and isinstance(stream, str) and expected_version >= 0 and events):
+            _check_append(stream, expected_version, events)
         try:
-            self._requests.send_nowait(request)
+            encoded = [(_tag_of(event), _dumps(event)) for event in events]
+        except KeyError:
+            bad = [type(event).__name__ for event in events if type(event) not in wire.TAGS]
+            raise TypeError(f"not a plane event: {', '.join(bad)}") from None
+        request = _AppendRequest(stream, expected_version, events, encoded, _current_task())
+        try:
+            self._send_request(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StoreClosedError(f"the plane log {self.path} is closed") from None
         # Once the writer has the request, wait for its outcome whatever happens
@@ -482,8 +529,9 @@ class SqliteEventStore:
 
     async def set_max_page_count(self, pages: int) -> int:
         """Change the page limit of the log (a quota); returns the limit now in force."""
-        async with self._write_lock:
-            return await trio.to_thread.run_sync(self._set_max_page_count, pages)
+        return await trio.to_thread.run_sync(
+            self._set_max_page_count, pages, limiter=self._write_limiter
+        )
 
     def _set_max_page_count(self, pages: int) -> int:
         _set_max_page_count(self._writer, pages)
@@ -508,15 +556,20 @@ class SqliteEventStore:
                             batch.append(requests.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    async with self._write_lock:
-                        written = await trio.to_thread.run_sync(self._write_batch, batch)
+                    written = await trio.to_thread.run_sync(
+                        self._write_batch, batch, limiter=self._write_limiter
+                    )
                     if written:
                         self.commits += 1
                         self.appended += written
                         changed, self._changed = self._changed, trio.Event()
                         changed.set()
                     for request in batch:
-                        request.wake()
+                        if request.error is None:
+                            request.decided = True
+                            _reschedule(request.task, outcome.Value(request.result))
+                        else:
+                            request.wake()
                     batch = []
         finally:
             closed = f"the plane log {self.path} is closed"
@@ -644,7 +697,7 @@ class SqliteEventStore:
         self._changed.set()
         async with self._read_limiter:
             self._reader.close()
-        await trio.to_thread.run_sync(self._writer.close)
+        await trio.to_thread.run_sync(self._writer.close, limiter=self._write_limiter)
 
 
 @asynccontextmanager
@@ -661,28 +714,30 @@ async def open_sqlite_store(
     caps the file's size in pages (a quota; tests use it to fill the "disk").
     """
     path = Path(path)
-    writer = await trio.to_thread.run_sync(_open_writer, path, synchronous, max_page_count)
-    try:
-        reader = await trio.to_thread.run_sync(
-            lambda: sqlite3.connect(
-                path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-            )
-        )
-    except BaseException:
-        writer.close()
-        raise
+    writer, reader, last_seq = await trio.to_thread.run_sync(
+        _open_connections, path, synchronous, max_page_count
+    )
+    # Unbounded, yet bounded in practice: every appender waits for its outcome,
+    # so at most one request per appending task is ever queued.
     send, receive = trio.open_memory_channel[_AppendRequest](math.inf)
-    store = SqliteEventStore(path, writer, reader, send)
+    store = SqliteEventStore(path, writer, reader, send, last_seq)
+    # An error of the caller's block is held while the writer finishes and
+    # raised afterwards as it is, not wrapped in the nursery's ExceptionGroup.
+    raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._run_writer, receive)
             try:
                 yield store
+            except BaseException as exc:
+                raised = exc
             finally:
                 send.close()
     finally:
         with trio.CancelScope(shield=True):
             await store._close()
+    if raised is not None:
+        raise raised
 
 
 # ---------------------------------------------------------- the sync reader

@@ -64,7 +64,9 @@ thread behind.  :meth:`~DockerExecutor.logs` holds one streaming ``/logs``
 response and closes it when the generator is closed.  The docker client is
 created lazily (its constructor asks the engine for its API version) and is
 shared by all calls; :meth:`~DockerExecutor.aclose` closes it when plane made
-it.
+it.  When plane makes the client itself, a second one without an HTTP read
+timeout serves followed logs (a client's read timeout ends a follow that stays
+silent that long; pass in a client made with ``timeout=None`` to avoid that).
 
 Error handling
 --------------
@@ -88,7 +90,7 @@ import functools
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 
 import docker
@@ -153,6 +155,7 @@ class DockerExecutor:
         init: bool | None = None,
     ) -> None:
         self._docker: Any | None = client
+        self._streaming: Any | None = None
         self._owns_client = client is None
         self._base_url = base_url
         self._timeout = timeout
@@ -180,7 +183,7 @@ class DockerExecutor:
         fn: Callable[..., Any],
         *args: Any,
         what: str,
-        timeout: float | None = None,
+        limit: float | None = None,
         timeout_error: type[ExecutorError] = ExecutorError,
         **kwargs: Any,
     ) -> Any:
@@ -190,7 +193,8 @@ class DockerExecutor:
         caller to map; timeouts and connection failures become *timeout_error*
         and :class:`ExecutorError`.
         """
-        limit = self._timeout if timeout is None else timeout
+        if limit is None:
+            limit = self._timeout
         try:
             with trio.fail_after(limit):
                 return await trio.to_thread.run_sync(
@@ -210,8 +214,7 @@ class DockerExecutor:
         explanation = getattr(exc, "explanation", None) or str(exc)
         return ExecutorError(f"docker engine error during {what}: {explanation}")
 
-    def _make_client(self) -> Any:
-        timeout = max(1, int(self._timeout))
+    def _make_client(self, timeout: int | None) -> Any:
         if self._base_url is not None:
             return docker.DockerClient(base_url=self._base_url, timeout=timeout)
         return docker.from_env(timeout=timeout)
@@ -220,14 +223,33 @@ class DockerExecutor:
         if self._docker is None:
             async with self._client_lock:
                 if self._docker is None:
-                    self._docker = await self._call(self._make_client, what="connecting")
+                    self._docker = await self._call(
+                        self._make_client, max(1, int(self._timeout)), what="connecting"
+                    )
         return self._docker
 
+    async def _stream_client(self) -> Any:
+        """The client for following logs: without a read timeout when plane made it.
+
+        (A client's HTTP read timeout ends a followed log stream that stays
+        silent that long: docker/docker-py#931.)
+        """
+        if not self._owns_client:
+            return await self._client()
+        if self._streaming is None:
+            async with self._client_lock:
+                if self._streaming is None:
+                    self._streaming = await self._call(self._make_client, None, what="connecting")
+        return self._streaming
+
     async def aclose(self) -> None:
-        """Close the docker client if this executor created it."""
-        client, self._docker = self._docker, None
-        if client is not None and self._owns_client:
-            await trio.to_thread.run_sync(client.close)
+        """Close the docker clients this executor created (not one passed in)."""
+        clients = [self._docker, self._streaming]
+        self._docker = self._streaming = None
+        if self._owns_client:
+            for client in clients:
+                if client is not None:
+                    await trio.to_thread.run_sync(client.close)
 
     async def _use_init(self, client: Any) -> bool:
         if self._init is None:
@@ -267,7 +289,7 @@ class DockerExecutor:
                 client.images.pull,
                 image,
                 what=f"pulling image {image!r}",
-                timeout=self._pull_timeout,
+                limit=self._pull_timeout,
                 timeout_error=SpawnError,
             )
         except docker.errors.APIError as exc:
@@ -360,12 +382,16 @@ class DockerExecutor:
         labels = existing.labels or {}
         if existing.status in _LIVE_STATES:
             if labels.get(self.label_backend) == backend_id:
-                address = self._address_from_inspect(existing.attrs, labels.get(self.label_port, port))
+                port_label = labels.get(self.label_port, port)
+                address = self._address_from_inspect(existing.attrs, port_label)
                 if address is not None:
                     return Started(backend_id=backend_id, address=address, handle=str(existing.id))
+                raise ExecutorError(
+                    f"container {name} of this backend is {existing.status} "
+                    "and publishes no port yet"
+                )
             raise SpawnError(
-                f"a running container named {name} is in the way and is not this backend; "
-                "remove it"
+                f"a running container named {name} is in the way and is not this backend; remove it"
             )
         log.info("removing leftover container %s (status %s)", name, existing.status)
         await self._remove(client, name)
@@ -509,7 +535,11 @@ class DockerExecutor:
             stream = await self._call(
                 client.events,
                 decode=True,
-                filters={"type": "container", "event": "die", "label": f"{self.label_managed}=true"},
+                filters={
+                    "type": "container",
+                    "event": "die",
+                    "label": f"{self.label_managed}=true",
+                },
                 what=what,
             )
         except docker.errors.APIError as exc:
@@ -578,17 +608,22 @@ class DockerExecutor:
             code = None
         return ExitObserved(backend_id=str(backend_id), exit_code=code)
 
-    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
         """The container's stdout and stderr (interleaved); with *follow*, until it exits.
 
         An unknown backend yields nothing.
         """
-        client = await self._client()
+        client = await (self._stream_client() if follow else self._client())
         name = self.container_name(backend_id)
         what = f"reading logs of container {name}"
         try:
             stream = await self._call(
-                client.api.logs, name, stdout=True, stderr=True, stream=True, follow=follow,
+                client.api.logs,
+                name,
+                stdout=True,
+                stderr=True,
+                stream=True,
+                follow=follow,
                 what=what,
             )
         except docker.errors.NotFound:

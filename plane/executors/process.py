@@ -10,8 +10,9 @@ environment:
 * ``PORT`` (a free loopback port, found by binding ``127.0.0.1:0`` and closing
   the socket), ``SESSION_BACKEND_ID``, ``SESSION_BACKEND_KEY`` (the key's
   name), ``SESSION_BACKEND_FENCING_TOKEN``;
-* ``PLANE_BACKEND_ID`` and ``PLANE_BACKEND_KEY`` (the key's display form),
-  which act as the process's *label*.
+* ``PLANE_BACKEND_ID``, ``PLANE_BACKEND_KEY`` (the key's display form) and
+  ``PLANE_BACKEND_SCOPE`` (which plane owns it: by default the absolute path
+  of the executor's logs directory), which act as the process's *label*.
 
 Plane's variables are applied last, so ``executable.env`` cannot override
 them (a backend that listened on another ``PORT`` would never be reached).
@@ -22,7 +23,8 @@ the backend then fails to bind and exits, which is reported as its exit.
 Finding backends again
 ----------------------
 After plane restarts, :meth:`ProcessExecutor.list_running` scans
-``/proc/<pid>/environ`` for ``PLANE_BACKEND_ID``: a process carrying it whose
+``/proc/<pid>/environ`` for ``PLANE_BACKEND_ID`` (within its own
+``PLANE_BACKEND_SCOPE``): a process carrying it whose
 process-group id equals its pid (the group leader plane started) is a running
 backend; its address is read back from its ``PORT``.  Children of a backend
 inherit the label but are not group leaders, so they are not listed.
@@ -68,7 +70,7 @@ import re
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -83,12 +85,20 @@ from plane.executors.base import (
     StartSpec,
 )
 
-__all__ = ["MARKER_ENV", "MARKER_KEY_ENV", "ProcessExecutor", "exit_code_from_returncode"]
+__all__ = [
+    "MARKER_ENV",
+    "MARKER_KEY_ENV",
+    "MARKER_SCOPE_ENV",
+    "ProcessExecutor",
+    "exit_code_from_returncode",
+]
 
 #: The environment variable that labels a backend's processes with its id.
 MARKER_ENV = "PLANE_BACKEND_ID"
 #: The environment variable that carries the key's display form.
 MARKER_KEY_ENV = "PLANE_BACKEND_KEY"
+#: The environment variable naming the executor instance (its scope) that owns it.
+MARKER_SCOPE_ENV = "PLANE_BACKEND_SCOPE"
 
 _INHERITED_ENV: tuple[str, ...] = ("PATH", "HOME", "LANG")
 _VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -125,16 +135,17 @@ def _read_environ(pid: int) -> dict[bytes, bytes] | None:
     return env
 
 
-def _scan_labelled() -> list[_Labelled]:
-    """Every live process on this host that carries ``PLANE_BACKEND_ID`` (blocking)."""
+def _scan_labelled(scope: str) -> list[_Labelled]:
+    """Every live process on this host labelled with a backend id in *scope* (blocking)."""
     marker = MARKER_ENV.encode()
+    scope_bytes = scope.encode()
     found: list[_Labelled] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
         env = _read_environ(pid)  # a zombie's environ reads as empty
-        if not env or marker not in env:
+        if not env or marker not in env or env.get(MARKER_SCOPE_ENV.encode()) != scope_bytes:
             continue
         try:
             pgid = os.getpgid(pid)
@@ -153,13 +164,17 @@ def _scan_labelled() -> list[_Labelled]:
     return found
 
 
-def _still_labelled(pid: int, backend_id: str) -> bool:
+def _still_labelled(pid: int, backend_id: str, scope: str) -> bool:
     """Is *pid* alive and still the process labelled *backend_id*? (blocking)
 
     Checking the label, not just the pid, guards against pid reuse.
     """
     env = _read_environ(pid)
-    return env is not None and env.get(MARKER_ENV.encode()) == backend_id.encode()
+    return (
+        env is not None
+        and env.get(MARKER_ENV.encode()) == backend_id.encode()
+        and env.get(MARKER_SCOPE_ENV.encode()) == scope.encode()
+    )
 
 
 def _free_loopback_port() -> int:
@@ -176,7 +191,10 @@ class ProcessExecutor:
     demand).  *inherit_env* names the variables copied from plane's own
     environment.  *adopted_poll_interval* is how often ``serve_exits`` checks
     whether an adopted process is still alive; *follow_poll_interval* how often
-    ``logs(follow=True)`` looks for new output.
+    ``logs(follow=True)`` looks for new output.  *scope* tells this executor's
+    processes from those of another plane on the same host; it defaults to the
+    absolute path of *logs_dir*, so a plane restarted with the same data
+    directory adopts its backends and no other plane's.
     """
 
     name = "process"
@@ -188,8 +206,11 @@ class ProcessExecutor:
         inherit_env: Sequence[str] = _INHERITED_ENV,
         adopted_poll_interval: float = 0.2,
         follow_poll_interval: float = 0.05,
+        scope: str | None = None,
     ) -> None:
         self._logs_dir = Path(logs_dir)
+        #: Which processes are this executor's: those whose PLANE_BACKEND_SCOPE is this.
+        self.scope = scope if scope is not None else str(self._logs_dir.resolve())
         self._inherit_env = tuple(inherit_env)
         self._adopted_poll_interval = adopted_poll_interval
         self._follow_poll_interval = follow_poll_interval
@@ -224,7 +245,7 @@ class ProcessExecutor:
         if proc is not None:
             # Not yet reaped, so its pid (== its pgid) cannot have been reused.
             groups.add(proc.pid)
-        labelled = await trio.to_thread.run_sync(_scan_labelled)
+        labelled = await trio.to_thread.run_sync(_scan_labelled, self.scope)
         groups.update(p.pgid for p in labelled if p.backend_id == backend_id)
         groups.discard(os.getpgrp())  # never signal plane's own group
         return groups
@@ -262,7 +283,7 @@ class ProcessExecutor:
         if proc is not None:
             known_port = self._child_ports.get(backend_id, "")
             return Started(backend_id, f"127.0.0.1:{known_port}", str(proc.pid))
-        for labelled in await trio.to_thread.run_sync(_scan_labelled):
+        for labelled in await trio.to_thread.run_sync(_scan_labelled, self.scope):
             if labelled.backend_id == backend_id and labelled.pid == labelled.pgid:
                 self._adopted[backend_id] = labelled.pid
                 self._notify_changed()
@@ -279,6 +300,7 @@ class ProcessExecutor:
                 "SESSION_BACKEND_FENCING_TOKEN": str(spec.fencing_token),
                 MARKER_ENV: backend_id,
                 MARKER_KEY_ENV: spec.key.display(),
+                MARKER_SCOPE_ENV: self.scope,
             }
         )
         log_path = self.log_path(backend_id)
@@ -348,7 +370,7 @@ class ProcessExecutor:
         """Every running labelled process-group leader on this host, adopted or not."""
         running: list[Running] = []
         changed = False
-        for labelled in await trio.to_thread.run_sync(_scan_labelled):
+        for labelled in await trio.to_thread.run_sync(_scan_labelled, self.scope):
             if labelled.pid != labelled.pgid:
                 continue  # a child of a backend, not the backend itself
             backend_id = labelled.backend_id
@@ -382,7 +404,7 @@ class ProcessExecutor:
             while True:
                 changed = self._changed
                 for backend_id, target in self._watch_targets():
-                    if backend_id in self._reported or watching.get(backend_id) is target:
+                    if backend_id in self._reported or watching.get(backend_id) == target:
                         continue
                     watching[backend_id] = target
                     nursery.start_soon(self._watch_one, backend_id, target, send, watching)
@@ -407,15 +429,18 @@ class ProcessExecutor:
         else:
             # An adopted process is not our child: poll, since we cannot wait on it.
             while True:
-                if not await trio.to_thread.run_sync(_still_labelled, target, backend_id):
+                if not await trio.to_thread.run_sync(
+                    _still_labelled, target, backend_id, self.scope
+                ):
                     break
                 await trio.sleep(self._adopted_poll_interval)
             code = None
+        # Report only if the backend was not restarted or removed meanwhile.
         current = self._children.get(backend_id, self._adopted.get(backend_id))
-        if current is target and backend_id not in self._reported:
+        if current == target and backend_id not in self._reported:
             await send.send(ExitObserved(backend_id=backend_id, exit_code=code))
             self._reported.add(backend_id)
-        if watching.get(backend_id) is target:
+        if watching.get(backend_id) == target:
             del watching[backend_id]
 
     async def _is_running(self, backend_id: str) -> bool:
@@ -423,11 +448,11 @@ class ProcessExecutor:
             return True
         pid = self._adopted.get(backend_id)
         if pid is not None:
-            return await trio.to_thread.run_sync(_still_labelled, pid, backend_id)
-        labelled = await trio.to_thread.run_sync(_scan_labelled)
+            return await trio.to_thread.run_sync(_still_labelled, pid, backend_id, self.scope)
+        labelled = await trio.to_thread.run_sync(_scan_labelled, self.scope)
         return any(p.backend_id == backend_id and p.pid == p.pgid for p in labelled)
 
-    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
         """Read the backend's log file; with *follow*, keep reading until it exits.
 
         Unknown backends (no log file) yield nothing.

@@ -1,1 +1,27 @@
-"""plane.proxy."""
+"""plane.proxy: token -> backend routing, the HTTP/1.1 and WebSocket relay.
+
+The public face is three names::
+
+    ctx = ProxyContext(store, emit, clock, metrics, ProxySettings())
+    port = await nursery.start(serve_proxy, ctx, "127.0.0.1", 0)
+
+The modules behind it, each with one job:
+
+* :mod:`~plane.proxy.routes`: the routing table, a pure projection of the log;
+* :mod:`~plane.proxy.table_feed`: tails the store into the table;
+* :mod:`~plane.proxy.headers`: the header rules (dropped, added, forwarded);
+* :mod:`~plane.proxy.parsing`: httptools callbacks into queued pieces;
+* :mod:`~plane.proxy.relay`: one client connection, request by request;
+* :mod:`~plane.proxy.upstream`: the pool of kept-alive backend connections;
+* :mod:`~plane.proxy.sockio`: non-blocking socket I/O on trio's waits;
+* :mod:`~plane.proxy.tracking` and :mod:`~plane.proxy.activity`: connection
+  events, coalesced HTTP activity, metrics;
+* :mod:`~plane.proxy.errors`: the proxy's own error responses;
+* :mod:`~plane.proxy.settings`: limits and timeouts;
+* :mod:`~plane.proxy.server`: binding, accepting, the connection cap.
+"""
+
+from plane.proxy.server import ProxyContext, ProxyServer, serve_proxy
+from plane.proxy.settings import ProxySettings
+
+__all__ = ["ProxyContext", "ProxyServer", "ProxySettings", "serve_proxy"]

@@ -8,12 +8,12 @@ from typing import Any
 
 import attrs
 import trio
+from plane.events.memory import open_memory_store
 
 from plane.actors.backend import ExecutorPolicy
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import ConnectRequest, Supervisor
-from plane.events.memory import open_memory_store
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.store import EventStore
 from plane.events.types import Event, Status
@@ -34,12 +34,23 @@ class Harness:
     async def wait_for(
         self, backend_id: str, check: Callable[[BackendState], bool], limit: float = 10_000
     ) -> BackendState:
-        with trio.fail_after(limit):
-            while True:
-                state = self.supervisor.states.get(backend_id)
-                if state is not None and check(state):
-                    return state
-                await trio.sleep(0.001)
+        """Wait (without polling) until the backend's state satisfies ``check``."""
+        changed = trio.Event()
+
+        def observe(state: BackendState, events: list[Event]) -> None:
+            changed.set()
+
+        self.supervisor.observers.append(observe)
+        try:
+            with trio.fail_after(limit):
+                while True:
+                    state = self.supervisor.states.get(backend_id)
+                    if state is not None and check(state):
+                        return state
+                    await changed.wait()
+                    changed = trio.Event()
+        finally:
+            self.supervisor.observers.remove(observe)
 
     async def wait_status(self, backend_id: str, status: Status) -> BackendState:
         return await self.wait_for(backend_id, lambda s: s.status is status)

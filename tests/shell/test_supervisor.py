@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from plane.events.memory import open_memory_store
 
 from plane.actors.supervisor import ConnectRefused, ConnectRequest, UnknownBackend
-from plane.events.memory import open_memory_store
 from plane.events.spec import BackendKey
 from plane.events.types import (
     SYSTEM_STREAM,
@@ -93,6 +93,7 @@ async def test_fencing_token_increases_per_key_across_backends() -> None:
         second = await h.supervisor.connect(request("room"))
         assert second.backend_id != first.backend_id
         assert second.state.fencing_token == first.state.fencing_token + 1
+        await h.wait_status(second.backend_id, Status.READY)
         assert h.executor.specs[second.backend_id].fencing_token == second.state.fencing_token
 
 

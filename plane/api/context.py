@@ -1,0 +1,51 @@
+"""What the API serves from: :class:`ApiContext` (re-exported by :mod:`plane.api.app`).
+
+This module owns the one object every endpoint reads: the supervisor, the
+event store, the executor (for logs), the metrics, the public URLs that
+connect answers are built from, and the API's settings.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from plane.actors.supervisor import Supervisor
+from plane.events.store import EventStore
+from plane.executors.base import Executor
+from plane.metrics import Metrics
+
+
+def _executor_name(ctx: ApiContext) -> str:
+    return ctx.executor.name
+
+
+@attrs.define(kw_only=True)
+class ApiContext:
+    """Everything the API needs.  Keyword-only; ``executor_name`` defaults to the
+    executor's ``name``.
+
+    * ``public_proxy_url``: the proxy's base URL as clients reach it; a connect
+      answer's ``url`` is ``<public_proxy_url>/<token>/``.
+    * ``public_api_url``: this API's base URL as clients reach it; ``status_url``
+      is ``<public_api_url>/pub/b/<id>/status``.
+    * ``api_key``: when set, every ``/ctrl`` path and ``/metrics`` need
+      ``Authorization: Bearer <api_key>``; ``/pub`` and ``/openapi.json`` never do.
+    * ``max_body_bytes``: larger request bodies are refused with 413.
+    * ``keepalive_seconds``: the longest silence on an SSE stream before a
+      ``: keep-alive`` comment.
+    * ``header_timeout_seconds``: how long a request's head (and, again, its
+      body) may take to arrive; also how long an idle keep-alive connection
+      stays open.
+    """
+
+    supervisor: Supervisor
+    store: EventStore
+    executor: Executor
+    metrics: Metrics
+    public_proxy_url: str
+    public_api_url: str
+    api_key: str | None = None
+    max_body_bytes: int = 65536
+    keepalive_seconds: float = 15.0
+    header_timeout_seconds: float = 10.0
+    executor_name: str = attrs.field(default=attrs.Factory(_executor_name, takes_self=True))

@@ -1,0 +1,615 @@
+"""The OpenAPI 3.1 document of the API, written by hand.
+
+This module owns the published description of every endpoint, request body,
+parameter and response (errors included).  ``GET /openapi.json`` serves
+:func:`document`; the committed ``openapi.json`` at the repository root is
+its output, regenerated with::
+
+    python -m plane.api.openapi > openapi.json
+
+and ``tests/api/test_openapi.py`` checks that the two agree and runs
+schemathesis against a live server with it, so the document cannot drift
+from what the server does.  The constraints here mirror the checks in
+:mod:`plane.api.body` and :mod:`plane.api.routes` exactly (a value the
+document calls invalid is refused with 400).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from plane import __version__
+from plane.api.body import (
+    BACKEND_ID_PATTERN,
+    MAX_INT64,
+    MAX_KEY_CHARS,
+    MAX_SECONDS,
+    MAX_TEXT_CHARS,
+    PULL_POLICIES,
+)
+from plane.api.errors import ERROR_CODES
+from plane.events.types import Status, TerminationKind, TerminationReason
+
+JSON = "application/json"
+NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"
+NO_NUL = "^[^\\x00]*$"
+FLAG = {"type": "string", "enum": ["1", "0", "true", "false"]}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _text(limit: int, *, min_length: int = 0, pattern: str = NO_CONTROL) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "maxLength": limit, "pattern": pattern}
+    if min_length:
+        schema["minLength"] = min_length
+    return schema
+
+
+def _int_range(low: int, high: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+def _seconds(*, zero: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "number", "maximum": MAX_SECONDS}
+    schema["minimum" if zero else "exclusiveMinimum"] = 0
+    return _nullable(schema)
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "required": required or [], "properties": properties}
+
+
+def _schemas() -> dict[str, Any]:
+    statuses = [s.value for s in Status]
+    reasons = [r.value for r in TerminationReason]
+    kinds = [k.value for k in TerminationKind]
+    codes = sorted({code for group in ERROR_CODES.values() for code in group})
+    status_props = {
+        "status": {"type": "string", "enum": statuses},
+        "time": {"type": "integer", "description": "When the status began, ms since the epoch."},
+        "termination_reason": _nullable({"type": "string", "enum": reasons}),
+        "termination_kind": _nullable({"type": "string", "enum": kinds}),
+        "exit_error": {"type": "boolean"},
+        "exit_code": _nullable({"type": "integer"}),
+    }
+    status_required = list(status_props)
+    limit_props = {
+        "cpu_period": _nullable(_int_range(1, MAX_INT64)),
+        "cpu_period_percent": _nullable(_int_range(1, 100)),
+        "cpu_time_limit": _nullable(_int_range(1, MAX_INT64)),
+        "memory_limit_bytes": _nullable(_int_range(1, MAX_INT64)),
+        "disk_limit_bytes": _nullable(_int_range(1, MAX_INT64)),
+        "pids_limit": _nullable(_int_range(1, MAX_INT64)),
+    }
+    return {
+        "Error": {
+            **_obj(
+                {
+                    "error": _obj(
+                        {
+                            "code": {"type": "string", "enum": codes},
+                            "message": {"type": "string"},
+                        },
+                        ["code", "message"],
+                    )
+                },
+                ["error"],
+            ),
+            "description": "Every error: a Plane-style `code` and a message for people.",
+        },
+        "Key": {
+            **_obj(
+                {
+                    "name": _text(MAX_KEY_CHARS, min_length=1),
+                    "namespace": _nullable(_text(MAX_KEY_CHARS)),
+                    "tag": _nullable(_text(MAX_KEY_CHARS)),
+                },
+                ["name"],
+            ),
+            "description": "At most one live backend per (namespace, name).",
+        },
+        "ResourceLimits": _obj(limit_props),
+        "Executable": {
+            **_obj(
+                {
+                    "image": _nullable(_text(MAX_KEY_CHARS * 2, min_length=1)),
+                    "env": _nullable(
+                        {
+                            "type": "object",
+                            "propertyNames": {
+                                "minLength": 1,
+                                "maxLength": MAX_KEY_CHARS,
+                                "pattern": "^[^=\\x00]*$",
+                            },
+                            "additionalProperties": {"type": "string", "pattern": NO_NUL},
+                        }
+                    ),
+                    "pull_policy": _nullable({"type": "string", "enum": list(PULL_POLICIES)}),
+                    "resource_limits": _nullable(_ref("ResourceLimits")),
+                    "port": _nullable(_int_range(1, 65535)),
+                    "command": _nullable(
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "pattern": NO_NUL},
+                        }
+                    ),
+                    "cwd": _nullable(_text(MAX_TEXT_CHARS, min_length=1)),
+                }
+            ),
+            "description": "What to run: an image (Docker) and/or a command (local process).",
+            "anyOf": [
+                {"required": ["image"], "properties": {"image": {"type": "string"}}},
+                {"required": ["command"], "properties": {"command": {"type": "array"}}},
+            ],
+        },
+        "SpawnConfig": _obj(
+            {
+                "executable": _ref("Executable"),
+                "id": _nullable({"type": "string", "pattern": BACKEND_ID_PATTERN}),
+                "max_idle_seconds": _seconds(),
+                "lifetime_limit_seconds": _seconds(),
+                "start_timeout_seconds": _seconds(),
+                "stop_grace_seconds": _seconds(zero=True),
+            },
+            ["executable"],
+        ),
+        "ConnectRequest": {
+            **_obj(
+                {
+                    "key": _nullable(_ref("Key")),
+                    "spawn_config": _nullable(_ref("SpawnConfig")),
+                    "user": _nullable(_text(MAX_TEXT_CHARS)),
+                    "auth": {"description": "Any JSON; sent to the backend as compact JSON."},
+                }
+            ),
+            "description": "Plane's connect body; unknown fields are ignored.",
+        },
+        "ConnectResponse": _obj(
+            {
+                "backend_id": {"type": "string"},
+                "spawned": {"type": "boolean"},
+                "status": {"type": "string", "enum": statuses},
+                "token": {"type": "string"},
+                "url": {"type": "string"},
+                "secret_token": {"type": "string"},
+                "status_url": {"type": "string"},
+            },
+            [
+                "backend_id",
+                "spawned",
+                "status",
+                "token",
+                "url",
+                "secret_token",
+                "status_url",
+            ],
+        ),
+        "BackendStatus": {
+            **_obj(status_props, status_required),
+            "description": "Plane's status object (`exit_code` is ours).",
+        },
+        "BackendDetail": _obj(
+            {
+                "backend_id": {"type": "string"},
+                "key": _nullable(
+                    _obj(
+                        {
+                            "name": {"type": "string"},
+                            "namespace": {"type": "string"},
+                            "tag": {"type": "string"},
+                        },
+                        ["name", "namespace", "tag"],
+                    )
+                ),
+                **status_props,
+                "requested_at": {"type": "integer"},
+                "address": _nullable({"type": "string"}),
+                "fencing_token": {"type": "integer"},
+                "connections": {"type": "integer"},
+                "last_activity_at": _nullable({"type": "integer"}),
+                "message": _nullable({"type": "string"}),
+                "version": {"type": "integer"},
+                "spawn_config": _nullable(
+                    _obj(
+                        {
+                            "executable": _obj(
+                                {
+                                    "image": _nullable({"type": "string"}),
+                                    "command": _nullable(
+                                        {"type": "array", "items": {"type": "string"}}
+                                    ),
+                                    "cwd": _nullable({"type": "string"}),
+                                    "env_keys": {"type": "array", "items": {"type": "string"}},
+                                    "pull_policy": {"type": "string"},
+                                    "port": {"type": "integer"},
+                                    "resource_limits": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
+                                },
+                                ["env_keys", "pull_policy", "port", "resource_limits"],
+                            ),
+                            "max_idle_seconds": _nullable({"type": "number"}),
+                            "lifetime_limit_seconds": _nullable({"type": "number"}),
+                            "start_timeout_seconds": {"type": "number"},
+                            "stop_grace_seconds": {"type": "number"},
+                        },
+                        ["executable"],
+                    )
+                ),
+            },
+            [
+                "backend_id",
+                "key",
+                *status_required,
+                "requested_at",
+                "address",
+                "fencing_token",
+                "connections",
+                "last_activity_at",
+                "message",
+                "version",
+                "spawn_config",
+            ],
+        ),
+        "BackendList": _obj(
+            {
+                "backends": {"type": "array", "items": _ref("BackendDetail")},
+                "next": {
+                    **_nullable({"type": "string"}),
+                    "description": "Pass as `cursor` for the next page; null on the last.",
+                },
+            },
+            ["backends", "next"],
+        ),
+        "Event": {
+            **_obj(
+                {
+                    "seq": {"type": "integer", "minimum": 1},
+                    "stream": {"type": "string"},
+                    "version": {"type": "integer", "minimum": 1},
+                    "type": {"type": "string", "description": "The wire tag."},
+                    "data": {"type": "object"},
+                },
+                ["seq", "stream", "version", "type", "data"],
+            ),
+            "description": "A recorded event; env values and secret tokens are redacted.",
+        },
+        "EventList": _obj({"events": {"type": "array", "items": _ref("Event")}}, ["events"]),
+        "PlaneStatus": _obj(
+            {
+                "version": {"type": "string"},
+                "executor": {"type": "string"},
+                "live_backends": {"type": "integer", "minimum": 0},
+                "backends": {"type": "integer", "minimum": 0},
+                "last_seq": {"type": "integer", "minimum": 0},
+            },
+            ["version", "executor", "live_backends", "backends", "last_seq"],
+        ),
+        "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}, ["status"]),
+        "RevokeRequest": _obj({"token": _nullable({"type": "string", "minLength": 1})}),
+        "RevokeResponse": _obj(
+            {
+                "backend_id": {"type": "string"},
+                "revoked": {"type": "string", "enum": ["all", "token"]},
+                **status_props,
+            },
+            ["backend_id", "revoked", *status_required],
+        ),
+    }
+
+
+_ERROR_TEXT = {
+    400: "Malformed JSON, a field of the wrong type or out of range (the message "
+    "names the field), or a bad query parameter.",
+    401: "Missing or wrong `Authorization: Bearer <key>` (only when an API key is set).",
+    404: "No such backend (`NotFound`).",
+    409: "`KeyHeld` (a live backend holds the key with another tag), "
+    "`KeyUnheldNoSpawnConfig` or `BackendIdTaken`.",
+    413: "Request body over the size limit.",
+    500: "Unexpected failure; details are in the server log, never in the body.",
+    503: "`CapacityExceeded`: plane is at its limit of live backends.",
+}
+
+
+def _error(status: int) -> dict[str, Any]:
+    return {"description": _ERROR_TEXT[status], "content": {JSON: {"schema": _ref("Error")}}}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    errors: tuple[int, ...] = (),
+    protected: bool = True,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    operation_id: str,
+) -> dict[str, Any]:
+    all_errors = {*errors, 500}
+    if protected:
+        all_errors.add(401)
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "responses": {**responses, **{str(s): _error(s) for s in sorted(all_errors)}},
+    }
+    if not protected:
+        op["security"] = []
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+BACKEND_ID = {"$ref": "#/components/parameters/BackendId"}
+SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document as a JSON-ready dict."""
+    terminate = {"200": _json("The backend's status after the request.", "BackendStatus")}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "plane",
+            "version": __version__,
+            "description": (
+                "Session backends on trio. Plane-compatible spawn, status and terminate "
+                "(paths and JSON field names as in jamsocket/plane 0.5), plus list, inspect, "
+                "events, logs, revoke and metrics. Every error body is "
+                '`{"error": {"code", "message"}}`.'
+            ),
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/ctrl/connect": {
+                "post": _op(
+                    "Get or create the backend for a key, and mint a connection token",
+                    {"200": _json("The backend and a fresh token.", "ConnectResponse")},
+                    errors=(400, 409, 413, 503),
+                    body={
+                        "required": True,
+                        "content": {JSON: {"schema": _ref("ConnectRequest")}},
+                    },
+                    operation_id="connect",
+                )
+            },
+            "/ctrl/b/{id}/soft-terminate": {
+                "post": _op(
+                    "Stop a backend: stop signal, grace period, then kill",
+                    terminate,
+                    errors=(404,),
+                    parameters=[BACKEND_ID],
+                    operation_id="softTerminate",
+                )
+            },
+            "/ctrl/b/{id}/hard-terminate": {
+                "post": _op(
+                    "Kill a backend now",
+                    terminate,
+                    errors=(404,),
+                    parameters=[BACKEND_ID],
+                    operation_id="hardTerminate",
+                )
+            },
+            "/ctrl/b/{id}/revoke": {
+                "post": _op(
+                    "Revoke one connection token (by value) or, with no token, all of them",
+                    {"200": _json("What was revoked, and the status.", "RevokeResponse")},
+                    errors=(400, 404, 413),
+                    parameters=[BACKEND_ID],
+                    body={
+                        "required": False,
+                        "content": {JSON: {"schema": _ref("RevokeRequest")}},
+                    },
+                    operation_id="revoke",
+                )
+            },
+            "/ctrl/status": {
+                "get": _op(
+                    "This plane: version, executor, backend counts",
+                    {"200": _json("Plane's own status.", "PlaneStatus")},
+                    operation_id="planeStatus",
+                )
+            },
+            "/ctrl/backends": {
+                "get": _op(
+                    "List backends, oldest request first, with filters and cursor pagination",
+                    {"200": _json("One page of backends.", "BackendList")},
+                    errors=(400,),
+                    parameters=[
+                        _query(
+                            "status",
+                            {"type": "string", "enum": [s.value for s in Status]},
+                            "Only backends in this status.",
+                        ),
+                        _query("key", {"type": "string"}, "Only backends whose key name is this."),
+                        _query("namespace", {"type": "string"}, "Only this key namespace."),
+                        _query("live", FLAG, "1: only live backends (holding their key)."),
+                        _query("limit", _int_range(1, 1000), "Page size (default 100)."),
+                        _query("cursor", {"type": "string"}, "`next` of the previous page."),
+                    ],
+                    operation_id="listBackends",
+                )
+            },
+            "/ctrl/b/{id}": {
+                "get": _op(
+                    "Everything known about a backend (env values never shown)",
+                    {"200": _json("The backend.", "BackendDetail")},
+                    errors=(404,),
+                    parameters=[BACKEND_ID],
+                    operation_id="backendDetail",
+                )
+            },
+            "/ctrl/b/{id}/events": {
+                "get": _op(
+                    "A backend's events, in order",
+                    {"200": _json("The backend's stream.", "EventList")},
+                    errors=(404,),
+                    parameters=[BACKEND_ID],
+                    operation_id="backendEvents",
+                )
+            },
+            "/ctrl/b/{id}/logs": {
+                "get": _op(
+                    "A backend's output (stdout and stderr); with follow=1, streamed live",
+                    {
+                        "200": {
+                            "description": "The output, chunked.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                    errors=(400, 404),
+                    parameters=[
+                        BACKEND_ID,
+                        _query("follow", FLAG, "1: keep streaming until the backend exits."),
+                    ],
+                    operation_id="backendLogs",
+                )
+            },
+            "/ctrl/events": {
+                "get": _op(
+                    "The global event log after a sequence number, following live: SSE "
+                    "(each event's `id` is its seq; `Last-Event-ID` resumes) or, on a "
+                    "WebSocket upgrade, one JSON text message per event",
+                    {
+                        "200": {
+                            "description": "SSE; each `data` is an Event.",
+                            "content": SSE,
+                        },
+                        "101": {"description": "WebSocket feed of Event messages."},
+                    },
+                    errors=(400,),
+                    parameters=[
+                        _query("after", _int_range(0, MAX_INT64), "Start after this seq."),
+                        _query("follow", FLAG, "0: end after the events present now."),
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
+                        },
+                    ],
+                    operation_id="events",
+                )
+            },
+            "/pub/b/{id}/status": {
+                "get": _op(
+                    "A backend's status (Plane's status object)",
+                    {"200": _json("The status.", "BackendStatus")},
+                    errors=(404,),
+                    protected=False,
+                    parameters=[BACKEND_ID],
+                    operation_id="status",
+                )
+            },
+            "/pub/b/{id}/status-stream": {
+                "get": _op(
+                    "SSE of a backend's status changes: history, then live; ends after "
+                    "terminated. Each `id` is the event's stream version; `Last-Event-ID` "
+                    "resumes after it; `: keep-alive` comments in between",
+                    {
+                        "200": {
+                            "description": "SSE; each `data` is a BackendStatus.",
+                            "content": SSE,
+                        },
+                        "204": {
+                            "description": "Terminated and nothing left after Last-Event-ID "
+                            "(tells EventSource to stop reconnecting)."
+                        },
+                    },
+                    errors=(400, 404),
+                    protected=False,
+                    parameters=[
+                        BACKEND_ID,
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
+                        },
+                    ],
+                    operation_id="statusStream",
+                )
+            },
+            "/pub/health": {
+                "get": _op(
+                    "Liveness",
+                    {"200": _json("Alive.", "Health")},
+                    protected=False,
+                    operation_id="health",
+                )
+            },
+            "/metrics": {
+                "get": _op(
+                    "Prometheus metrics (needs the API key when one is set)",
+                    {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                    operation_id="metrics",
+                )
+            },
+            "/openapi.json": {
+                "get": _op(
+                    "This document",
+                    {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {JSON: {"schema": {"type": "object"}}},
+                        }
+                    },
+                    protected=False,
+                    operation_id="openapi",
+                )
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "parameters": {
+                "BackendId": {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def render() -> str:
+    """The document as the committed ``openapi.json`` holds it."""
+    return json.dumps(document(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,141 @@
+"""Routing: path patterns to handlers, authentication, error bodies, request metrics.
+
+This module owns the step between a parsed :class:`~plane.api.http.Request`
+and an endpoint: it matches the path against a table of :class:`Route`
+patterns (``/ctrl/b/{id}/status``; a ``{name}`` segment matches one
+percent-decoded, non-empty path segment), checks the bearer key for protected
+paths, calls the handler, and turns refusals and failures into the JSON error
+body of :mod:`plane.api.errors`.  It counts every answer by route pattern and
+status (``unmatched`` for paths no route knows).
+
+Order of checks: a protected path without the right key is 401 before
+anything else (so an unauthenticated caller learns nothing about which
+routes exist), then 404 ``NoSuchRoute`` for an unknown path, then 405
+``MethodNotAllowed`` (with ``Allow``) for a known path and a wrong method.
+
+Error handling
+--------------
+:class:`~plane.api.errors.ApiError` becomes its status and body.  Any other
+exception from a handler is logged with its traceback and answered 500
+``InternalError`` with a fixed message: a traceback never reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import attrs
+
+from plane.api.errors import ApiError, error_json
+from plane.api.http import Request, Response
+
+log = logging.getLogger("plane.api")
+
+Params = dict[str, str]
+RouteHandler = Callable[[Request, Params], Awaitable[Response]]
+JSON_TYPE = "application/json"
+
+
+def json_response(
+    data: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Response(status, (("content-type", JSON_TYPE), *headers), body)
+
+
+def error_response(error: ApiError) -> Response:
+    headers = (("content-type", JSON_TYPE), *error.headers)
+    return Response(error.status, headers, error_json(error.code, error.message))
+
+
+@attrs.frozen
+class Route:
+    method: str
+    pattern: str
+    handler: RouteHandler
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.pattern.split("/"))
+
+
+def _match(parts: tuple[str, ...], segments: list[str]) -> Params | None:
+    if len(parts) != len(segments):
+        return None
+    params: Params = {}
+    for part, segment in zip(parts, segments, strict=True):
+        if part.startswith("{") and part.endswith("}"):
+            if not segment:
+                return None
+            params[part[1:-1]] = segment
+        elif part != segment:
+            return None
+    return params
+
+
+class Router:
+    """Dispatches requests to routes; see the module docstring."""
+
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        is_protected: Callable[[str], bool],
+        is_authorized: Callable[[Request], bool],
+        observe: Callable[[str, int], None],
+    ) -> None:
+        self.routes = routes
+        self.is_protected = is_protected
+        self.is_authorized = is_authorized
+        self.observe = observe
+
+    async def __call__(self, request: Request) -> Response:
+        label, response = await self._dispatch(request)
+        self.observe(label, response.status)
+        return response
+
+    async def _dispatch(self, request: Request) -> tuple[str, Response]:
+        segments = [unquote(s) for s in request.path.split("/")]
+        found = [
+            (route, params)
+            for route in self.routes
+            if (params := _match(route.parts, segments)) is not None
+        ]
+        label = found[0][0].pattern if found else "unmatched"
+        if self.is_protected(request.path) and not self.is_authorized(request):
+            return label, error_response(
+                ApiError(
+                    401,
+                    "Unauthorized",
+                    "missing or wrong API key (send Authorization: Bearer <key>)",
+                    [("www-authenticate", "Bearer")],
+                )
+            )
+        if not found:
+            return label, error_response(
+                ApiError(404, "NoSuchRoute", f"no route for {request.path[:200]!r}")
+            )
+        for route, params in found:
+            if route.method == request.method:
+                try:
+                    return label, await route.handler(request, params)
+                except ApiError as error:
+                    return label, error_response(error)
+                except Exception:
+                    log.exception("%s %s failed", request.method, request.path)
+                    return label, error_response(
+                        ApiError(500, "InternalError", "internal error; see the server log")
+                    )
+        allowed = ", ".join(sorted({route.method for route, _ in found}))
+        return label, error_response(
+            ApiError(
+                405,
+                "MethodNotAllowed",
+                f"{request.method} is not allowed on {label}; allowed: {allowed}",
+                [("allow", allowed)],
+            )
+        )

@@ -1,0 +1,363 @@
+"""The endpoints: Plane's spawn, status and terminate API, plus our list, inspect,
+events, logs, revoke and metrics endpoints.
+
+This module owns what each path does; :func:`build_router` returns the route
+table wired to an :class:`~plane.api.context.ApiContext`.  Bodies are parsed
+in :mod:`plane.api.body`, streams are framed in :mod:`plane.api.sse` and fed
+from :mod:`plane.api.feeds`, views come from :mod:`plane.views`.
+
+Endpoints (the OpenAPI document, :mod:`plane.api.openapi`, describes each):
+
+* ``POST /ctrl/connect``; ``POST /ctrl/b/{id}/soft-terminate`` and
+  ``hard-terminate``; ``POST /ctrl/b/{id}/revoke``
+* ``GET /pub/b/{id}/status``, ``GET /pub/b/{id}/status-stream`` (SSE),
+  ``GET /pub/health``
+* ``GET /ctrl/status``, ``GET /ctrl/backends``, ``GET /ctrl/b/{id}``,
+  ``GET /ctrl/b/{id}/events``, ``GET /ctrl/events`` (SSE, or a WebSocket feed
+  on an upgrade request), ``GET /ctrl/b/{id}/logs``
+* ``GET /metrics``, ``GET /openapi.json``
+
+Status stream ids are the backend's stream **versions**; global event ids are
+**sequence numbers**.  A ``Last-Event-ID`` resumes after that id.  A status
+stream of a terminated backend with nothing left to send is answered 204,
+which tells ``EventSource`` to stop reconnecting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import trio
+import trio_websocket
+
+from plane import __version__, tokens
+from plane.actors import lifecycle
+from plane.actors.lifecycle import BackendState
+from plane.actors.supervisor import ConnectRefused, UnknownBackend
+from plane.api import body, feeds, sse
+from plane.api.context import ApiContext
+from plane.api.errors import ApiError, invalid, not_found
+from plane.api.http import Request, Response, Send
+from plane.api.openapi import document
+from plane.api.router import Params, Route, Router, json_response
+from plane.events.types import Status, TerminationKind
+from plane.views import detail_view, status_view
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+TEXT_PLAIN = "text/plain; charset=utf-8"
+FLAG_VALUES = ("1", "0", "true", "false")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+# ----------------------------------------------------------- query parsing
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.param(name)
+    if value is None:
+        return False
+    if value in FLAG_VALUES:
+        return value in ("1", "true")
+    raise invalid(f"{name} must be one of {', '.join(FLAG_VALUES)}, not {value[:40]!r}")
+
+
+def _integer(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if not _DIGITS.fullmatch(value):
+        raise invalid(f"{name} must be an integer, not {value[:40]!r}")
+    number = int(value)
+    if not low <= number <= high:
+        raise invalid(f"{name} must be between {low} and {high}")
+    return number
+
+
+MAX_ID = 2**63 - 1
+
+
+def _last_event_id(request: Request) -> int | None:
+    value = request.header("last-event-id")
+    if value is None or not value:
+        return None
+    return _integer(value, "Last-Event-ID", default=0, low=0, high=10**19 - 1)
+
+
+# ------------------------------------------------------------------ the API
+
+
+class Endpoints:
+    """The handlers, bound to one :class:`ApiContext`."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def _state(self, backend_id: str) -> BackendState:
+        try:
+            return self.ctx.supervisor.state_of(backend_id)
+        except UnknownBackend:
+            raise not_found(backend_id) from None
+
+    # ------------------------------------------------------------- Plane's
+
+    async def connect(self, request: Request, params: Params) -> Response:
+        connect = body.parse_connect(request.body)
+        try:
+            result = await self.ctx.supervisor.connect(connect)
+        except ConnectRefused as refused:
+            raise ApiError(refused.http_status, refused.code, str(refused)) from None
+        proxy = self.ctx.public_proxy_url.rstrip("/")
+        api = self.ctx.public_api_url.rstrip("/")
+        return json_response(
+            {
+                "backend_id": result.backend_id,
+                "spawned": result.spawned,
+                "status": result.status.value,
+                "token": result.token,
+                "url": f"{proxy}/{result.token}/",
+                "secret_token": result.secret_token,
+                "status_url": f"{api}/pub/b/{result.backend_id}/status",
+            }
+        )
+
+    async def _terminate(self, backend_id: str, kind: TerminationKind) -> Response:
+        self._state(backend_id)
+        try:
+            state = await self.ctx.supervisor.terminate(backend_id, kind)
+        except UnknownBackend:
+            raise not_found(backend_id) from None
+        return json_response(status_view(state))
+
+    async def soft_terminate(self, request: Request, params: Params) -> Response:
+        return await self._terminate(params["id"], TerminationKind.SOFT)
+
+    async def hard_terminate(self, request: Request, params: Params) -> Response:
+        return await self._terminate(params["id"], TerminationKind.HARD)
+
+    async def status(self, request: Request, params: Params) -> Response:
+        return json_response(status_view(self._state(params["id"])))
+
+    async def status_stream(self, request: Request, params: Params) -> Response:
+        backend_id = params["id"]
+        after = _last_event_id(request) or 0
+        self._state(backend_id)
+        history = await feeds.status_history(self.ctx.store, backend_id)
+        if history is None:
+            raise not_found(backend_id)
+        if history.ended and all(c.version <= after for c in history.changes):
+            return Response(204, (("cache-control", "no-cache"),))
+        store = self.ctx.store
+
+        async def source(send: trio.MemorySendChannel[feeds.StatusChange]) -> None:
+            await feeds.follow_status(store, history, after, send)
+
+        def render(change: feeds.StatusChange) -> bytes:
+            return sse.frame(change.view, event_id=change.version)
+
+        async def write(send: Send) -> None:
+            await sse.relay(send, source, render, keepalive=self.ctx.keepalive_seconds)
+
+        return Response(200, sse.HEADERS, stream=write)
+
+    async def health(self, request: Request, params: Params) -> Response:
+        return json_response({"status": "ok"})
+
+    # ------------------------------------------------------------------ ours
+
+    async def plane_status(self, request: Request, params: Params) -> Response:
+        supervisor = self.ctx.supervisor
+        return json_response(
+            {
+                "version": __version__,
+                "executor": self.ctx.executor_name,
+                "live_backends": supervisor.live_count(),
+                "backends": len(supervisor.states),
+                "last_seq": await self.ctx.store.last_seq(),
+            }
+        )
+
+    async def list_backends(self, request: Request, params: Params) -> Response:
+        status_filter = request.param("status")
+        if status_filter is not None and status_filter not in {s.value for s in Status}:
+            choices = ", ".join(s.value for s in Status)
+            raise invalid(f"status must be one of {choices}, not {status_filter[:40]!r}")
+        name = request.param("key")
+        namespace = request.param("namespace")
+        live = _flag(request, "live")
+        limit = _integer(
+            request.param("limit"), "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE
+        )
+        states = self.ctx.supervisor.states
+
+        def order(state: BackendState) -> tuple[float, str]:
+            return (state.requested_at, state.backend_id)
+
+        cursor = request.param("cursor")
+        after: tuple[float, str] | None = None
+        if cursor:
+            cursor_state = states.get(cursor)
+            if cursor_state is None:
+                raise invalid(f"unknown cursor {cursor[:40]!r}")
+            after = order(cursor_state)
+
+        def keep(state: BackendState) -> bool:
+            if status_filter is not None and (
+                state.status is None or state.status.value != status_filter
+            ):
+                return False
+            if live and not lifecycle.is_live(state):
+                return False
+            key = state.key
+            if name is not None and (key is None or key.name != name):
+                return False
+            return namespace is None or (key is not None and key.namespace == namespace)
+
+        chosen = sorted(
+            (s for s in states.values() if keep(s) and (after is None or order(s) > after)),
+            key=order,
+        )
+        page = chosen[:limit]
+        following = page[-1].backend_id if len(chosen) > limit else None
+        return json_response({"backends": [detail_view(s) for s in page], "next": following})
+
+    async def detail(self, request: Request, params: Params) -> Response:
+        return json_response(detail_view(self._state(params["id"])))
+
+    async def backend_events(self, request: Request, params: Params) -> Response:
+        backend_id = params["id"]
+        self._state(backend_id)
+        records = await self.ctx.store.read_stream(backend_id)
+        return json_response({"events": [feeds.event_json(r) for r in records]})
+
+    async def events(self, request: Request, params: Params) -> Response:
+        after = _integer(request.param("after"), "after", default=0, low=0, high=MAX_ID)
+        follow = True if request.param("follow") is None else _flag(request, "follow")
+        store = self.ctx.store
+
+        async def source(send: trio.MemorySendChannel[dict[str, Any]]) -> None:
+            await feeds.global_events(store, after, send, follow=follow)
+
+        if request.is_websocket:
+
+            async def session(ws: trio_websocket.WebSocketConnection) -> None:
+                await _websocket_feed(ws, source)
+
+            return Response(101, websocket=session)
+        resume = _last_event_id(request)
+        if resume is not None:
+            after = resume
+
+        def render(item: dict[str, Any]) -> bytes:
+            return sse.frame(item, event_id=item["seq"])
+
+        async def write(send: Send) -> None:
+            await sse.relay(send, source, render, keepalive=self.ctx.keepalive_seconds)
+
+        return Response(200, sse.HEADERS, stream=write)
+
+    async def logs(self, request: Request, params: Params) -> Response:
+        backend_id = params["id"]
+        self._state(backend_id)
+        follow = _flag(request, "follow")
+        executor = self.ctx.executor
+
+        async def write(send: Send) -> None:
+            chunks = executor.logs(backend_id, follow=follow)
+            try:
+                async for chunk in chunks:
+                    await send(chunk)
+            finally:
+                await feeds.aclose_iterator(chunks)
+
+        headers = (("content-type", TEXT_PLAIN), ("cache-control", "no-cache"))
+        return Response(200, headers, stream=write)
+
+    async def revoke(self, request: Request, params: Params) -> Response:
+        backend_id = params["id"]
+        token = body.parse_revoke(request.body)
+        self._state(backend_id)
+        token_hash = tokens.digest(token) if token is not None else None
+        try:
+            state = await self.ctx.supervisor.revoke(backend_id, token_hash)
+        except UnknownBackend:
+            raise not_found(backend_id) from None
+        return json_response(
+            {
+                "backend_id": backend_id,
+                "revoked": "all" if token is None else "token",
+                **status_view(state),
+            }
+        )
+
+    async def metrics(self, request: Request, params: Params) -> Response:
+        metrics = self.ctx.metrics
+        return Response(200, (("content-type", metrics.content_type),), metrics.render())
+
+    async def openapi(self, request: Request, params: Params) -> Response:
+        return json_response(document())
+
+
+async def _websocket_feed(
+    ws: trio_websocket.WebSocketConnection,
+    source: Any,
+) -> None:
+    """One JSON text message per event; ends when the client closes (or, without
+    ``follow``, when the events present at the start are sent)."""
+    send_channel, receive_channel = trio.open_memory_channel[dict[str, Any]](64)
+    async with trio.open_nursery() as nursery:
+
+        async def drain_client() -> None:
+            # the client sends nothing we need; reading notices its close at once
+            try:
+                while True:
+                    await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(source, send_channel)
+        nursery.start_soon(drain_client)
+        async with receive_channel:
+            async for item in receive_channel:
+                await ws.send_message(json.dumps(item, separators=(",", ":")))
+        nursery.cancel_scope.cancel()
+
+
+def _protected(path: str) -> bool:
+    return path == "/ctrl" or path.startswith("/ctrl/") or path == "/metrics"
+
+
+def build_router(ctx: ApiContext) -> Router:
+    """The route table, bound to ``ctx``."""
+    e = Endpoints(ctx)
+    routes = [
+        Route("POST", "/ctrl/connect", e.connect),
+        Route("POST", "/ctrl/b/{id}/soft-terminate", e.soft_terminate),
+        Route("POST", "/ctrl/b/{id}/hard-terminate", e.hard_terminate),
+        Route("POST", "/ctrl/b/{id}/revoke", e.revoke),
+        Route("GET", "/ctrl/status", e.plane_status),
+        Route("GET", "/ctrl/backends", e.list_backends),
+        Route("GET", "/ctrl/b/{id}", e.detail),
+        Route("GET", "/ctrl/b/{id}/events", e.backend_events),
+        Route("GET", "/ctrl/b/{id}/logs", e.logs),
+        Route("GET", "/ctrl/events", e.events),
+        Route("GET", "/pub/b/{id}/status", e.status),
+        Route("GET", "/pub/b/{id}/status-stream", e.status_stream),
+        Route("GET", "/pub/health", e.health),
+        Route("GET", "/metrics", e.metrics),
+        Route("GET", "/openapi.json", e.openapi),
+    ]
+    api_key = ctx.api_key
+
+    def authorized(request: Request) -> bool:
+        if api_key is None:
+            return True
+        given = request.header("authorization") or ""
+        scheme, _, credential = given.partition(" ")
+        return scheme.lower() == "bearer" and tokens.same(credential.strip(), api_key)
+
+    def observe(route: str, status: int) -> None:
+        ctx.metrics.api_requests.labels(route, str(status)).inc()
+
+    return Router(routes, is_protected=_protected, is_authorized=authorized, observe=observe)

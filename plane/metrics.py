@@ -1,0 +1,97 @@
+"""Prometheus metrics of one plane process (prometheus-client).
+
+This module owns the metric names.  :class:`Metrics` holds its own registry
+(so tests and several planes in one process never collide) and is fed by:
+
+* the supervisor's observer (:meth:`Metrics.observe_backend`): backends by
+  status, spawn latency (requested -> ready);
+* the proxy: proxied connections and requests;
+* the API: requests by route and status;
+* the event store: appended events (:meth:`Metrics.observe_append`).
+
+``GET /metrics`` serves :meth:`Metrics.render`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from plane.actors.lifecycle import BackendState
+from plane.events.types import BackendReady, Event, Status
+
+SPAWN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """Every metric plane exports; one instance per plane process."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.backends = Gauge(
+            "plane_backends", "Backends by lifecycle status", ["status"], registry=r
+        )
+        self.spawn_seconds = Histogram(
+            "plane_spawn_seconds",
+            "Time from request to ready",
+            buckets=SPAWN_BUCKETS,
+            registry=r,
+        )
+        self.proxy_connections = Counter(
+            "plane_proxy_connections", "Client connections accepted by the proxy", registry=r
+        )
+        self.proxy_requests = Counter(
+            "plane_proxy_requests", "Requests relayed by the proxy, by status", ["code"], registry=r
+        )
+        self.proxy_upgrades = Counter(
+            "plane_proxy_upgrades", "WebSocket/upgrade connections relayed", registry=r
+        )
+        self.proxy_open = Gauge(
+            "plane_proxy_open_connections", "Client connections open at the proxy", registry=r
+        )
+        self.api_requests = Counter(
+            "plane_api_requests", "API requests by route and status", ["route", "code"], registry=r
+        )
+        self.log_appends = Counter(
+            "plane_log_appended_events", "Events appended to the log", registry=r
+        )
+        self._statuses: dict[str, Status | None] = {}
+        for status in Status:
+            self.backends.labels(status.value).set(0)
+
+    def observe_backend(self, state: BackendState, events: list[Event]) -> None:
+        """Supervisor observer: keep the by-status gauge and spawn latency current."""
+        previous = self._statuses.get(state.backend_id)
+        if previous is not state.status:
+            if previous is not None:
+                self.backends.labels(previous.value).dec()
+            if state.status is not None:
+                self.backends.labels(state.status.value).inc()
+            self._statuses[state.backend_id] = state.status
+        for event in events:
+            if isinstance(event, BackendReady):
+                self.spawn_seconds.observe(max(0.0, event.at - state.requested_at))
+
+    def load_statuses(self, states: list[BackendState]) -> None:
+        """Seed the gauge from recovered states."""
+        tally = Tally(s.status for s in states if s.status is not None)
+        for status in Status:
+            self.backends.labels(status.value).set(tally.get(status, 0))
+        self._statuses = {s.backend_id: s.status for s in states}
+
+    def observe_append(self, count: int) -> None:
+        self.log_appends.inc(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

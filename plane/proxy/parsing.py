@@ -1,0 +1,398 @@
+"""Parsing requests and responses with httptools (llhttp), into queued pieces.
+
+This module owns the parser callbacks.  llhttp cannot be paused from Python,
+so each :class:`RequestSink`/:class:`ResponseSink` turns the callbacks of one
+``feed_data`` call into a queue of pieces, consumed afterwards by the relay
+in order: a head (:class:`RequestHead`/:class:`ResponseHead`), body chunks
+(``bytes``, already de-chunked) and :data:`END` per message.  A feed never
+holds more than one receive buffer's worth, so the queue is small.
+
+While a header arrives the sink applies :mod:`plane.proxy.headers`' rules:
+hop-by-hop and ``x-verified-*`` headers never enter the forwarded lines, and
+the facts the relay needs (framing, ``Connection``, ``Upgrade``,
+``Content-Type``) are noted on the way.  Trailers are dropped.
+
+Error handling
+--------------
+llhttp rejects what is malformed (bad request line, bad chunk, both
+``Content-Length`` and ``Transfer-Encoding``, duplicate ``Content-Length``...)
+with :class:`httptools.HttpParserError`.  The sinks add the size caps: past
+``max_bytes`` of request line and headers, or ``max_count`` header fields, a
+callback raises :class:`HeadTooLarge`, which llhttp reports as
+:class:`httptools.HttpParserCallbackError` with the cause as its
+``__context__`` (see :func:`head_too_large`).
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from plane.proxy.headers import BACKEND_ID_HEADER, CONNECTION_OPTIONS, connection_tokens
+
+
+class HeadTooLarge(Exception):
+    """The head passed a size or count cap (the peer's fault: 431 or 502)."""
+
+
+def head_too_large(error: BaseException) -> bool:
+    """True if a parser error was caused by :class:`HeadTooLarge`."""
+    return isinstance(error.__context__, HeadTooLarge)
+
+
+class EndOfMessage:
+    """The marker queued when a message is complete (use :data:`END`)."""
+
+    __slots__ = ()
+
+
+END = EndOfMessage()
+
+
+class RequestHead:
+    """A request's head, with the forwardable header lines already rendered."""
+
+    __slots__ = (
+        "chunked",
+        "has_body",
+        "has_host",
+        "keep_alive",
+        "lines",
+        "method",
+        "upgrade",
+        "url",
+        "version_10",
+        "xff",
+        "xfp",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        url: bytes,
+        lines: list[bytes],
+        *,
+        version_10: bool,
+        keep_alive: bool,
+        upgrade: bytes | None,
+        chunked: bool,
+        has_body: bool,
+        has_host: bool,
+        xff: bytes | None,
+        xfp: bytes | None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.lines = lines
+        self.version_10 = version_10
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.chunked = chunked
+        self.has_body = has_body
+        self.has_host = has_host
+        self.xff = xff
+        self.xfp = xfp
+
+
+class ResponseHead:
+    """A response's head, with the forwardable header lines already rendered."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "event_stream",
+        "keep_alive",
+        "lines",
+        "reason",
+        "status",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        lines: list[bytes],
+        *,
+        content_length: bytes | None,
+        chunked: bool,
+        event_stream: bool,
+        upgrade: bytes | None,
+        keep_alive: bool,
+    ) -> None:
+        self.status = status
+        self.keep_alive = keep_alive
+        self.reason = reason
+        self.lines = lines
+        self.content_length = content_length
+        self.chunked = chunked
+        self.event_stream = event_stream
+        self.upgrade = upgrade
+
+
+RequestPiece = RequestHead | bytes | EndOfMessage
+ResponsePiece = ResponseHead | bytes | EndOfMessage
+
+# What the request sink does with a header, by lowercase name.
+_KEEP, _DROP, _CONNECTION, _UPGRADE, _TE, _CL, _XFF, _XFP, _HOST, _CTYPE = range(10)
+_REQUEST_SPECIAL: dict[bytes, int] = {
+    b"connection": _CONNECTION,
+    b"keep-alive": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"upgrade": _UPGRADE,
+    b"transfer-encoding": _TE,
+    b"content-length": _CL,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"host": _HOST,
+}
+
+
+def _drop_named(lines: list[bytes], connection_values: list[bytes]) -> list[bytes]:
+    """Remove the headers that ``Connection`` names (other than its options)."""
+    named = {
+        t
+        for value in connection_values
+        for t in connection_tokens(value)
+        if t not in CONNECTION_OPTIONS
+    }
+    if not named:
+        return lines
+    return [ln for ln in lines if ln.split(b":", 1)[0].strip().lower() not in named]
+
+
+class RequestSink:
+    """Callbacks of one client connection's :class:`httptools.HttpRequestParser`."""
+
+    __slots__ = (
+        "chunked",
+        "connection",
+        "count",
+        "has_body",
+        "has_host",
+        "in_head",
+        "lines",
+        "max_bytes",
+        "max_count",
+        "parser",
+        "pieces",
+        "size",
+        "upgrade",
+        "url",
+        "xff",
+        "xfp",
+    )
+
+    def __init__(self, max_bytes: int, max_count: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+        self.pieces: list[RequestPiece] = []
+        self.in_head = False
+        self.parser = httptools.HttpRequestParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.lines: list[bytes] = []
+        self.count = 0
+        self.size = 0
+        self.connection: list[bytes] | None = None
+        self.upgrade: bytes | None = None
+        self.chunked = False
+        self.has_body = False
+        self.has_host = False
+        self.xff: bytes | None = None
+        self.xfp: bytes | None = None
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.size += len(url)
+        if self.size > self.max_bytes:
+            raise HeadTooLarge("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer
+        self.count += 1
+        self.size += len(name) + len(value) + 4
+        if self.size > self.max_bytes or self.count > self.max_count:
+            raise HeadTooLarge("too many header bytes or fields")
+        lname = name.lower()
+        kind = _REQUEST_SPECIAL.get(lname, _KEEP)
+        if kind == _KEEP:
+            if not (lname.startswith(b"x-verified-") or lname.startswith(b"proxy-")):
+                self.lines.append(name + b": " + value + b"\r\n")
+            return
+        if kind == _HOST:
+            self.has_host = True
+            self.lines.append(name + b": " + value + b"\r\n")
+        elif kind == _CL:
+            self.has_body = True
+            self.lines.append(name + b": " + value + b"\r\n")
+        elif kind == _TE:
+            self.chunked = self.has_body = True  # llhttp refuses a request TE not ending in chunked
+            self.lines.append(name + b": " + value + b"\r\n")
+        elif kind == _CONNECTION:
+            if self.connection is None:
+                self.connection = [value]
+            else:
+                self.connection.append(value)
+        elif kind == _UPGRADE:
+            self.upgrade = value
+        elif kind == _XFF:
+            self.xff = value if self.xff is None else self.xff + b", " + value
+        elif kind == _XFP:
+            self.xfp = value
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        lines = self.lines
+        if self.connection is not None:
+            lines = _drop_named(lines, self.connection)
+        upgrade = self.upgrade if parser.should_upgrade() else None
+        self.pieces.append(
+            RequestHead(
+                parser.get_method(),
+                self.url,
+                lines,
+                version_10=parser.get_http_version() == "1.0",
+                keep_alive=parser.should_keep_alive(),
+                upgrade=upgrade,
+                chunked=self.chunked,
+                has_body=self.has_body,
+                has_host=self.has_host,
+                xff=self.xff,
+                xfp=self.xfp,
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.pieces.append(END)
+
+
+_RESPONSE_SPECIAL: dict[bytes, int] = {
+    b"connection": _CONNECTION,
+    b"keep-alive": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"upgrade": _UPGRADE,
+    b"transfer-encoding": _TE,
+    b"content-length": _CL,
+    BACKEND_ID_HEADER: _DROP,
+    b"content-type": _CTYPE,
+}
+
+MAX_RESPONSE_HEAD = 65536
+MAX_RESPONSE_HEADERS = 256
+
+
+class ResponseSink:
+    """Callbacks of one upstream connection's :class:`httptools.HttpResponseParser`."""
+
+    __slots__ = (
+        "chunked",
+        "connection",
+        "content_length",
+        "count",
+        "event_stream",
+        "in_head",
+        "lines",
+        "parser",
+        "pieces",
+        "reason",
+        "size",
+        "upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.pieces: list[ResponsePiece] = []
+        self.in_head = False
+        self.parser = httptools.HttpResponseParser(self)
+        self._reset()
+
+    def new_parser(self) -> None:
+        """Start over (after a response to HEAD, whose body llhttp would wait for)."""
+        self.parser = httptools.HttpResponseParser(self)
+        self.in_head = False
+        self.pieces.clear()
+
+    def _reset(self) -> None:
+        self.reason = b""
+        self.lines: list[bytes] = []
+        self.count = 0
+        self.size = 0
+        self.connection: list[bytes] | None = None
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.event_stream = False
+        self.upgrade: bytes | None = None
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self._reset()
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+        self.size += len(reason)
+        if self.size > MAX_RESPONSE_HEAD:
+            raise HeadTooLarge("response reason too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer
+        self.count += 1
+        self.size += len(name) + len(value) + 4
+        if self.size > MAX_RESPONSE_HEAD or self.count > MAX_RESPONSE_HEADERS:
+            raise HeadTooLarge("response head too large")
+        lname = name.lower()
+        kind = _RESPONSE_SPECIAL.get(lname, _KEEP)
+        if kind == _KEEP:
+            if not lname.startswith(b"proxy-"):
+                self.lines.append(name + b": " + value + b"\r\n")
+            return
+        if kind == _CTYPE:
+            self.event_stream = value.lstrip().lower().startswith(b"text/event-stream")
+            self.lines.append(name + b": " + value + b"\r\n")
+        elif kind == _CL:
+            self.content_length = value.strip()
+        elif kind == _TE:
+            self.chunked = connection_tokens(value)[-1:] == [b"chunked"]
+        elif kind == _CONNECTION:
+            if self.connection is None:
+                self.connection = [value]
+            else:
+                self.connection.append(value)
+        elif kind == _UPGRADE:
+            self.upgrade = value
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        lines = self.lines
+        if self.connection is not None:
+            lines = _drop_named(lines, self.connection)
+        self.pieces.append(
+            ResponseHead(
+                self.parser.get_status_code(),
+                self.reason,
+                lines,
+                content_length=self.content_length,
+                chunked=self.chunked,
+                event_stream=self.event_stream,
+                upgrade=self.upgrade,
+                keep_alive=self.parser.should_keep_alive(),
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.pieces.append(END)

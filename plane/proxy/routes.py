@@ -1,0 +1,190 @@
+"""The routing table: token hash -> backend -> address, a pure projection of the log.
+
+This module owns the proxy's view of the world.  :class:`RouteTable` folds
+recorded events (:meth:`RouteTable.apply`) and answers
+:meth:`RouteTable.lookup` with either a :class:`Route` or a :class:`Refusal`.
+It does no I/O and reads no clock: ``now`` is passed in, and the shell that
+feeds it (:mod:`plane.proxy.table_feed`) tails the store.
+
+What it folds (every other event is ignored):
+
+* ``BackendRequested``/``BackendStarting``: the backend exists, not routable
+  yet (lookups return a :class:`Route` whose ``address`` is None: wait).
+* ``BackendReady(address)``: routable at ``address``; ``BackendIdle`` and
+  ``BackendActive`` change nothing for routing.
+* ``BackendTerminating``/``BackendTerminated``: refused (410
+  ``BackendTerminated``).
+* ``TokenIssued``: the token (by hash) routes to the event's stream (the
+  backend id) until ``expires_at``.
+* ``TokenRevoked``: that token, or (``token_hash`` None) every token the
+  backend had so far, is refused from now on (410 ``TokenRevoked``); tokens
+  issued later are not affected.
+
+Lookup order: unknown token, revoked, expired (``now >= expires_at``), backend
+terminating/terminated, else the route.
+
+Resource handling: tokens of ended backends are kept (so their lookups say
+*why* they are refused) until :meth:`RouteTable.forget_before` drops the
+expired ones.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from plane.events.store import RecordedEvent
+from plane.events.types import (
+    SYSTEM_STREAM,
+    BackendReady,
+    BackendRequested,
+    BackendStarting,
+    BackendTerminated,
+    BackendTerminating,
+    TokenIssued,
+    TokenRevoked,
+)
+from plane.proxy.headers import render_backend_id, render_verified
+
+
+@attrs.frozen
+class Route:
+    """Where a token's requests go.  ``address`` is None while the backend is
+    still requested or starting (the request should wait)."""
+
+    backend_id: str
+    address: str | None
+    user: str | None
+    auth: str | None
+    secret_token: str
+    verified_headers: bytes
+    """The rendered ``x-verified-*`` lines for this token (all but ``-path``)."""
+    backend_header: bytes
+    """The rendered ``x-plane-backend-id`` line for responses."""
+
+
+@attrs.frozen
+class Refusal:
+    """Why a token is not routed: an HTTP status and a Plane-style error code."""
+
+    status: int
+    code: str
+    message: str
+
+
+TOKEN_UNKNOWN = Refusal(410, "TokenUnknown", "no backend is known for this token")
+TOKEN_EXPIRED = Refusal(410, "TokenExpired", "the token has expired")
+TOKEN_REVOKED = Refusal(410, "TokenRevoked", "the token was revoked")
+BACKEND_TERMINATED = Refusal(410, "BackendTerminated", "the backend is terminating or terminated")
+
+
+@attrs.define
+class _Backend:
+    backend_id: str
+    address: str | None = None
+    ended: bool = False
+    generation: int = 0  # bumped whenever a route's content changes
+    tokens: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
+class _Token:
+    backend: _Backend
+    issued: TokenIssued
+    revoked: bool = False
+    route: Route | None = None
+    route_generation: int = -1
+
+
+class RouteTable:
+    """The projection; feed it every recorded event in order."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, _Token] = {}
+        self._backends: dict[str, _Backend] = {}
+        self.seq = 0
+        """The ``seq`` of the last event applied."""
+
+    # ------------------------------------------------------------------ fold
+
+    def apply(self, recorded: RecordedEvent) -> None:
+        """Fold one recorded event into the table."""
+        if recorded.seq > self.seq:
+            self.seq = recorded.seq
+        stream = recorded.stream
+        if stream == SYSTEM_STREAM:
+            return
+        event = recorded.event
+        match event:
+            case TokenIssued():
+                backend = self._backend(stream)
+                self._tokens[event.token_hash] = _Token(backend, event)
+                backend.tokens.append(event.token_hash)
+            case TokenRevoked(token_hash=None):
+                backend = self._backend(stream)
+                for token_hash in backend.tokens:
+                    token = self._tokens.get(token_hash)
+                    if token is not None and token.backend is backend:
+                        token.revoked = True
+            case TokenRevoked(token_hash=token_hash):
+                token = self._tokens.get(token_hash)
+                if token is not None and token.backend.backend_id == stream:
+                    token.revoked = True
+            case BackendReady(address=address):
+                backend = self._backend(stream)
+                backend.address = address
+                backend.generation += 1
+            case BackendTerminating() | BackendTerminated():
+                self._backend(stream).ended = True
+            case BackendRequested() | BackendStarting():
+                self._backend(stream)
+
+    def _backend(self, backend_id: str) -> _Backend:
+        backend = self._backends.get(backend_id)
+        if backend is None:
+            backend = self._backends[backend_id] = _Backend(backend_id)
+        return backend
+
+    def forget_before(self, now: float) -> int:
+        """Drop tokens that expired before ``now`` (they would look unknown from
+        then on, not expired), and backends left with no token; returns how many
+        tokens were dropped."""
+        gone = [h for h, t in self._tokens.items() if t.issued.expires_at < now]
+        for token_hash in gone:
+            token = self._tokens.pop(token_hash)
+            token.backend.tokens.remove(token_hash)
+        for backend_id in [b for b, x in self._backends.items() if x.ended and not x.tokens]:
+            del self._backends[backend_id]
+        return len(gone)
+
+    # ---------------------------------------------------------------- lookup
+
+    def lookup(self, token_hash: str, now: float) -> Route | Refusal:
+        """Where the token with this hash routes at ``now``, or why it does not."""
+        token = self._tokens.get(token_hash)
+        if token is None:
+            return TOKEN_UNKNOWN
+        if token.revoked:
+            return TOKEN_REVOKED
+        if now >= token.issued.expires_at:
+            return TOKEN_EXPIRED
+        backend = token.backend
+        if backend.ended:
+            return BACKEND_TERMINATED
+        route = token.route
+        if route is None or token.route_generation != backend.generation:
+            issued = token.issued
+            route = Route(
+                backend.backend_id,
+                backend.address,
+                issued.user,
+                issued.auth,
+                issued.secret_token,
+                render_verified(backend.backend_id, issued.user, issued.auth, issued.secret_token),
+                render_backend_id(backend.backend_id),
+            )
+            token.route = route
+            token.route_generation = backend.generation
+        return route
+
+    def __len__(self) -> int:
+        return len(self._tokens)

@@ -1,0 +1,71 @@
+"""The shell that keeps the routing table current: it tails the event store.
+
+This module owns :class:`TableFeed`, the only writer of the proxy's
+:class:`~plane.proxy.routes.RouteTable`.  :meth:`TableFeed.run` reads the log's
+history, reports started (so the proxy never serves before it knows every
+token that existed when it started), then applies each new event as the store
+announces it, and wakes every request waiting for a change (a backend still
+starting waits in :meth:`TableFeed.wait_for_change`).  Tokens that expired
+long ago are pruned once an hour.
+
+Resource handling
+-----------------
+:meth:`TableFeed.run` runs until cancelled; it holds nothing but the tail.
+
+Error handling
+--------------
+Store errors propagate (and so end the proxy): a proxy whose table went stale
+would keep routing revoked tokens.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from plane.actors.clock import TrioClock
+from plane.events.store import EventStore
+from plane.proxy.routes import RouteTable
+
+PRUNE_EVERY = 3600.0
+PRUNE_AFTER = 86400.0
+"""Tokens expired more than this long ago are forgotten (then look unknown)."""
+
+
+class TableFeed:
+    """Feeds ``table`` from ``store``; see the module docstring."""
+
+    def __init__(self, store: EventStore, table: RouteTable, clock: TrioClock) -> None:
+        self.store = store
+        self.table = table
+        self.clock = clock
+        self._changed = trio.Event()
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next change of the table (take it *before* the lookup
+        whose answer you want to wait on)."""
+        return self._changed
+
+    async def wait_for_change(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        table = self.table
+        for recorded in await self.store.read_all(after_seq=table.seq):
+            table.apply(recorded)
+        self._notify()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prune)
+            async for recorded in self.store.tail(after_seq=table.seq):
+                table.apply(recorded)
+                self._notify()
+
+    async def _prune(self) -> None:
+        while True:
+            await trio.sleep(PRUNE_EVERY)
+            self.table.forget_before(self.clock.now() - PRUNE_AFTER)

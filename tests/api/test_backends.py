@@ -1,0 +1,275 @@
+"""Status, terminate, list, inspect, events, revoke, logs, metrics, plane status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from plane import __version__, tokens
+from plane.events.types import Status, TokenRevoked
+from plane.testing.fake_executor import FakeExecutor
+from tests.api.conftest import Api, open_api, spawn_body
+
+STATUS_FIELDS = {
+    "status",
+    "time",
+    "termination_reason",
+    "termination_kind",
+    "exit_error",
+    "exit_code",
+}
+
+
+async def test_status_is_plane_status_json(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    response = await api.client.get(f"/pub/b/{backend_id}/status")
+    assert response.status_code == 200
+    data = response.json()
+    assert set(data) == STATUS_FIELDS
+    assert data["status"] == "ready"
+    assert isinstance(data["time"], int) and data["time"] > 1_600_000_000_000
+    assert data["termination_reason"] is None and data["exit_error"] is False
+
+
+@pytest.mark.parametrize(("path", "kind"), [("soft-terminate", "soft"), ("hard-terminate", "hard")])
+async def test_terminate_returns_the_status(api: Api, path: str, kind: str) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    response = await api.client.post(f"/ctrl/b/{backend_id}/{path}")
+    assert response.status_code == 200
+    data = response.json()
+    assert set(data) == STATUS_FIELDS
+    assert data["status"] in ("terminating", "terminated")
+    assert data["termination_reason"] == "external"
+    assert data["termination_kind"] == kind
+    await api.wait_status(backend_id, Status.TERMINATED)
+    final = (await api.client.get(f"/pub/b/{backend_id}/status")).json()
+    assert final["status"] == "terminated"
+    # terminating again is harmless
+    again = await api.client.post(f"/ctrl/b/{backend_id}/{path}")
+    assert again.status_code == 200
+    assert again.json()["status"] == "terminated"
+
+
+async def test_detail_hides_env_values(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    response = await api.client.get(f"/ctrl/b/{backend_id}")
+    assert response.status_code == 200
+    data = response.json()
+    assert data["backend_id"] == backend_id
+    assert data["key"] == {"name": "room", "namespace": "", "tag": ""}
+    assert data["spawn_config"]["executable"]["env_keys"] == ["SECRET"]
+    assert "hunter2" not in response.text
+
+
+async def test_events_of_a_backend(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    response = await api.client.get(f"/ctrl/b/{backend_id}/events")
+    events = response.json()["events"]
+    assert [e["version"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["type"] == "backend.requested.v1"
+    assert {"seq", "version", "type", "data"} <= set(events[0])
+    assert "backend.ready.v1" in [e["type"] for e in events]
+    assert events[0]["data"]["spawn_config"]["executable"]["env"] == {"SECRET": "<redacted>"}
+    issued = next(e for e in events if e["type"] == "token.issued.v1")
+    assert issued["data"]["secret_token"] == "<redacted>"
+    assert "hunter2" not in response.text
+
+
+# ---------------------------------------------------------------- list
+
+
+async def _ids(api: Api, query: str) -> list[str]:
+    response = await api.client.get(f"/ctrl/backends{query}")
+    assert response.status_code == 200, response.text
+    return [b["backend_id"] for b in response.json()["backends"]]
+
+
+async def test_list_filters(api: Api) -> None:
+    a = (await api.connect("alpha"))["backend_id"]
+    b = (
+        await api.client.post(
+            "/ctrl/connect",
+            json={**spawn_body("beta"), "key": {"name": "beta", "namespace": "ns1"}},
+        )
+    ).json()["backend_id"]
+    c = (await api.connect("gamma"))["backend_id"]
+    for backend_id in (a, b, c):
+        await api.wait_status(backend_id, Status.READY)
+    await api.client.post(f"/ctrl/b/{c}/hard-terminate")
+    await api.wait_status(c, Status.TERMINATED)
+
+    assert await _ids(api, "") == [a, b, c]
+    assert await _ids(api, "?status=ready") == [a, b]
+    assert await _ids(api, "?status=terminated") == [c]
+    assert await _ids(api, "?live=1") == [a, b]
+    assert await _ids(api, "?live=0") == [a, b, c]
+    assert await _ids(api, "?key=alpha") == [a]
+    assert await _ids(api, "?namespace=ns1") == [b]
+    assert await _ids(api, "?namespace=") == [a, c]
+    assert await _ids(api, "?key=beta&namespace=") == []
+    detail = (await api.client.get("/ctrl/backends?key=alpha")).json()["backends"][0]
+    assert detail == (await api.client.get(f"/ctrl/b/{a}")).json()
+
+
+async def test_list_paginates_with_a_cursor(api: Api) -> None:
+    created = [(await api.connect(f"k{i:02}"))["backend_id"] for i in range(7)]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        query = "?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        data = (await api.client.get(f"/ctrl/backends{query}")).json()
+        seen += [b["backend_id"] for b in data["backends"]]
+        pages += 1
+        cursor = data["next"]
+        if cursor is None:
+            break
+    assert seen == created
+    assert pages == 3
+    # a page that ends exactly at the last item says so
+    data = (await api.client.get("/ctrl/backends?limit=7")).json()
+    assert data["next"] is None and len(data["backends"]) == 7
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?limit=0",
+        "?limit=1001",
+        "?limit=ten",
+        "?limit=-1",
+        "?status=running",
+        "?live=yes",
+        "?cursor=unknown",
+    ],
+)
+async def test_list_rejects_bad_parameters(api: Api, query: str) -> None:
+    response = await api.client.get(f"/ctrl/backends{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "InvalidRequest"
+
+
+async def test_list_limit_defaults_to_100() -> None:
+    async with open_api() as api:
+        for i in range(105):
+            await api.connect(f"n{i}")
+        data = (await api.client.get("/ctrl/backends")).json()
+        assert len(data["backends"]) == 100
+        assert data["next"] is not None
+        rest = (await api.client.get(f"/ctrl/backends?cursor={data['next']}")).json()
+        assert len(rest["backends"]) == 5
+
+
+# --------------------------------------------------------------- revoke
+
+
+async def _revocations(api: Api, backend_id: str) -> list[str | None]:
+    return [
+        r.event.token_hash
+        for r in await api.store.read_stream(backend_id)
+        if isinstance(r.event, TokenRevoked)
+    ]
+
+
+async def test_revoke_one_token(api: Api) -> None:
+    data = await api.connect()
+    backend_id = data["backend_id"]
+    response = await api.client.post(f"/ctrl/b/{backend_id}/revoke", json={"token": data["token"]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["backend_id"] == backend_id and body["revoked"] == "token"
+    assert await _revocations(api, backend_id) == [tokens.digest(data["token"])]
+
+
+@pytest.mark.parametrize("content", [b"", b"{}", b'{"token": null}'])
+async def test_revoke_all_tokens(api: Api, content: bytes) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    response = await api.client.post(f"/ctrl/b/{backend_id}/revoke", content=content)
+    assert response.status_code == 200
+    assert response.json()["revoked"] == "all"
+    assert await _revocations(api, backend_id) == [None]
+
+
+@pytest.mark.parametrize("content", [b'{"token": 5}', b"[", b'{"token": ""}', b'"tok"'])
+async def test_revoke_rejects_bad_bodies(api: Api, content: bytes) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    response = await api.client.post(f"/ctrl/b/{backend_id}/revoke", content=content)
+    assert response.status_code == 400
+    assert await _revocations(api, backend_id) == []
+
+
+# ----------------------------------------------------------------- logs
+
+
+class LoggingExecutor(FakeExecutor):
+    """Logs that arrive when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines_send, self.lines_receive = trio.open_memory_channel[bytes](10)
+
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+        yield b"first line\n"
+        if follow:
+            async for line in self.lines_receive:
+                yield line
+
+
+async def test_logs(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    response = await api.client.get(f"/ctrl/b/{backend_id}/logs")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == f"fake log of {backend_id}\n"
+
+
+async def test_logs_follow_streams() -> None:
+    executor = LoggingExecutor()
+    async with open_api(executor=executor) as api:
+        backend_id = (await api.connect())["backend_id"]
+        async with api.client.stream("GET", f"/ctrl/b/{backend_id}/logs?follow=1") as response:
+            assert response.headers["transfer-encoding"] == "chunked"
+            chunks = response.aiter_bytes()
+            assert await chunks.__anext__() == b"first line\n"
+            await executor.lines_send.send(b"second\n")
+            assert await chunks.__anext__() == b"second\n"
+            await executor.lines_send.send(b"third\n")
+            assert await chunks.__anext__() == b"third\n"
+            await executor.lines_send.aclose()
+            assert [c async for c in chunks] == []
+
+
+# -------------------------------------------------------------- metrics
+
+
+async def test_metrics_count_requests_by_route_and_code(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    await api.client.get(f"/pub/b/{backend_id}/status")
+    await api.client.get("/pub/b/nope/status")
+    await api.client.get("/nowhere")
+    response = await api.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'plane_api_requests_total{code="200",route="/ctrl/connect"} 1.0' in text
+    assert 'plane_api_requests_total{code="200",route="/pub/b/{id}/status"} 1.0' in text
+    assert 'plane_api_requests_total{code="404",route="/pub/b/{id}/status"} 1.0' in text
+    assert 'plane_api_requests_total{code="404",route="unmatched"} 1.0' in text
+    assert "plane_backends{" in text
+
+
+async def test_plane_status_and_health(api: Api) -> None:
+    await api.connect("one")
+    data: dict[str, Any] = (await api.client.get("/ctrl/status")).json()
+    assert data["version"] == __version__
+    assert data["executor"] == "fake"
+    assert data["live_backends"] == 1
+    assert data["backends"] == 1
+    assert data["last_seq"] >= 2
+    assert (await api.client.get("/pub/health")).json() == {"status": "ok"}

@@ -1,0 +1,259 @@
+"""The HTTP layer and the router: auth, 404/405/413/408/400/500, keep-alive, framing."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import h11
+import httpx
+import pytest
+import trio
+
+from tests.api.conftest import API_KEY, Api, open_api, open_raw, raw_exchange, spawn_body
+
+
+def _error(body: bytes) -> dict[str, str]:
+    data = json.loads(body)
+    assert set(data) == {"error"}
+    assert set(data["error"]) == {"code", "message"}
+    error: dict[str, str] = data["error"]
+    return error
+
+
+# ----------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong", f"Basic {API_KEY}", f"Bearer {API_KEY}x", "Bearer", f"{API_KEY}"],
+)
+async def test_ctrl_needs_the_api_key(api: Api, authorization: str | None) -> None:
+    headers = {"authorization": authorization} if authorization is not None else {}
+    async with httpx.AsyncClient(base_url=api.base_url, headers=headers) as bare:
+        for method, path in [
+            ("GET", "/ctrl/status"),
+            ("POST", "/ctrl/connect"),
+            ("GET", "/ctrl/backends"),
+            ("GET", "/ctrl/nonexistent"),
+            ("GET", "/metrics"),
+        ]:
+            response = await bare.request(method, path)
+            assert response.status_code == 401, (method, path)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert _error(response.content)["code"] == "Unauthorized"
+    assert api.supervisor.states == {}
+
+
+async def test_scheme_is_case_insensitive(api: Api) -> None:
+    async with httpx.AsyncClient(
+        base_url=api.base_url, headers={"authorization": f"bearer {API_KEY}"}
+    ) as client:
+        assert (await client.get("/ctrl/status")).status_code == 200
+
+
+async def test_pub_and_openapi_need_no_key(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.base_url) as bare:
+        assert (await bare.get("/pub/health")).json() == {"status": "ok"}
+        assert (await bare.get("/openapi.json")).status_code == 200
+        assert (await bare.get("/pub/b/nope/status")).status_code == 404
+
+
+async def test_without_a_key_configured_ctrl_is_open() -> None:
+    async with open_api(api_key=None) as api:
+        response = await api.client.get("/ctrl/status")
+        assert response.status_code == 200
+        assert (await api.client.get("/metrics")).status_code == 200
+
+
+# ------------------------------------------------------------ 404 / 405
+
+
+async def test_unknown_route_is_404_json(api: Api) -> None:
+    for path in ["/", "/nope", "/pub/b", "/pub/b//status", "/ctrl/b/x/y/z"]:
+        response = await api.client.get(path)
+        assert response.status_code == 404, path
+        assert _error(response.content)["code"] == "NoSuchRoute"
+
+
+async def test_wrong_method_is_405_with_allow(api: Api) -> None:
+    response = await api.client.get("/ctrl/connect")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert _error(response.content)["code"] == "MethodNotAllowed"
+    response = await api.client.delete("/pub/b/some-id/status")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    response = await api.client.post("/ctrl/b/some-id")
+    assert response.headers["allow"] == "GET"
+
+
+async def test_unknown_backend_is_404_not_found(api: Api) -> None:
+    for method, path in [
+        ("GET", "/pub/b/nope/status"),
+        ("GET", "/pub/b/nope/status-stream"),
+        ("POST", "/ctrl/b/nope/soft-terminate"),
+        ("POST", "/ctrl/b/nope/hard-terminate"),
+        ("POST", "/ctrl/b/nope/revoke"),
+        ("GET", "/ctrl/b/nope"),
+        ("GET", "/ctrl/b/nope/events"),
+        ("GET", "/ctrl/b/nope/logs"),
+    ]:
+        response = await api.client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert _error(response.content) == {"code": "NotFound", "message": "no backend 'nope'"}
+
+
+# --------------------------------------------------------------- bodies
+
+
+async def test_body_over_the_limit_is_413() -> None:
+    async with open_api(max_body_bytes=1024) as api:
+        big = json.dumps({**spawn_body("room"), "user": "x" * 2000})
+        response = await api.client.post("/ctrl/connect", content=big)
+        assert response.status_code == 413
+        assert _error(response.content)["code"] == "PayloadTooLarge"
+        # a chunked body over the limit too
+        chunks = [big[i : i + 100].encode() for i in range(0, len(big), 100)]
+
+        async def body():  # type: ignore[no-untyped-def]
+            for chunk in chunks:
+                yield chunk
+
+        response = await api.client.post("/ctrl/connect", content=body())
+        assert response.status_code == 413
+        # and the server is fine afterwards
+        assert (await api.client.post("/ctrl/connect", json=spawn_body("r"))).status_code == 200
+
+
+async def test_chunked_request_body_is_read(api: Api) -> None:
+    raw = json.dumps(spawn_body("chunky")).encode()
+
+    async def body():  # type: ignore[no-untyped-def]
+        for i in range(0, len(raw), 7):
+            yield raw[i : i + 7]
+
+    response = await api.client.post("/ctrl/connect", content=body())
+    assert response.status_code == 200
+    assert response.json()["spawned"] is True
+
+
+async def test_expect_100_continue(api: Api) -> None:
+    body = json.dumps(spawn_body("expect")).encode()
+    async with open_raw(api.port) as raw:
+        await raw.send(
+            h11.Request(
+                method="POST",
+                target="/ctrl/connect",
+                headers=[
+                    ("host", "x"),
+                    ("authorization", f"Bearer {API_KEY}"),
+                    ("content-length", str(len(body))),
+                    ("expect", "100-continue"),
+                ],
+            )
+        )
+        informational = raw.conn.next_event()
+        while informational is h11.NEED_DATA:
+            raw.conn.receive_data(bytes(await raw.stream.receive_some(65536)))
+            informational = raw.conn.next_event()
+        assert isinstance(informational, h11.InformationalResponse)
+        assert informational.status_code == 100
+        await raw.send(h11.Data(data=body))
+        await raw.send(h11.EndOfMessage())
+        head, data = await raw.response()
+        assert head.status_code == 200
+        assert json.loads(data)["spawned"] is True
+
+
+# ------------------------------------------------------------ keep-alive
+
+
+async def test_keep_alive_serves_many_requests_on_one_connection(api: Api) -> None:
+    auth = [("authorization", f"Bearer {API_KEY}")]
+    async with open_raw(api.port) as raw:
+        for i in range(5):
+            head, body = await raw.request("GET", "/pub/health")
+            assert head.status_code == 200
+            assert json.loads(body) == {"status": "ok"}
+            head, body = await raw.request(
+                "POST", "/ctrl/connect", auth, json.dumps(spawn_body(f"k{i}")).encode()
+            )
+            assert head.status_code == 200
+            head, body = await raw.request("GET", "/nope")
+            assert head.status_code == 404
+
+
+async def test_pipelined_requests_are_answered_in_order(api: Api) -> None:
+    request = b"GET /pub/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /pub/b/none/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    data = await raw_exchange(api.port, request * 3 + last)
+    assert data.count(b"HTTP/1.1 200 ") == 3
+    assert data.count(b"HTTP/1.1 404 ") == 1
+    assert data.index(b"HTTP/1.1 404 ") > data.rindex(b"HTTP/1.1 200 ")
+
+
+async def test_http_1_0_is_answered_and_closed(api: Api) -> None:
+    data = await raw_exchange(api.port, b"GET /pub/health HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert data.endswith(b'{"status":"ok"}')
+
+
+# ---------------------------------------------------------- bad peers
+
+
+async def test_malformed_http_is_400_json(api: Api) -> None:
+    data = await raw_exchange(api.port, b"THIS IS NOT HTTP\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert _error(data.split(b"\r\n\r\n", 1)[1])["code"] == "BadRequest"
+
+
+async def test_oversized_head_is_431(api: Api) -> None:
+    data = await raw_exchange(
+        api.port, b"GET /pub/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"
+    )
+    assert data.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_slow_head_is_408_and_idle_connection_is_closed() -> None:
+    async with open_api(header_timeout_seconds=0.2) as api:
+        with trio.fail_after(3):
+            data = await raw_exchange(api.port, b"GET /pub/health HTTP/1.1\r\nHost: x\r\n")
+        assert data.startswith(b"HTTP/1.1 408 ")
+        assert _error(data.split(b"\r\n\r\n", 1)[1])["code"] == "RequestTimeout"
+        with trio.fail_after(3):
+            assert await raw_exchange(api.port, b"") == b""
+
+
+async def test_slow_body_is_408() -> None:
+    async with open_api(header_timeout_seconds=0.2) as api:
+        head = b"POST /ctrl/connect HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        with trio.fail_after(3):
+            data = await raw_exchange(api.port, head)
+        assert data.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_unexpected_exception_is_500_without_traceback(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def boom(request: object) -> object:
+        raise RuntimeError("secret internals")
+
+    api.supervisor.connect = boom  # type: ignore[assignment,method-assign]
+    with caplog.at_level(logging.ERROR, logger="plane.api"):
+        response = await api.client.post("/ctrl/connect", json=spawn_body("x"))
+    assert response.status_code == 500
+    error = _error(response.content)
+    assert error["code"] == "InternalError"
+    assert "secret" not in response.text and "Traceback" not in response.text
+    assert any("secret internals" in (r.exc_text or "") for r in caplog.records)
+    # the server keeps serving
+    assert (await api.client.get("/pub/health")).status_code == 200
+
+
+async def test_client_vanishing_mid_request_does_not_hurt_the_server(api: Api) -> None:
+    for data in [b"POST /ctrl/connect HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", b"GE"]:
+        stream = await trio.open_tcp_stream("127.0.0.1", api.port)
+        await stream.send_all(data)
+        await stream.aclose()
+    assert (await api.client.get("/pub/health")).status_code == 200

@@ -1,0 +1,362 @@
+"""End-to-end tests of DockerExecutor against the real Docker engine.
+
+Uses the busybox image built by ``plane.testing.images`` (no registry).  When
+no engine answers, the tests are skipped, or fail under ``CI=true``.  Every
+container a test creates is named ``plane-d<run id>-...`` and removed by the
+module fixture's finalizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from typing import Any
+
+import docker
+import pytest
+import trio
+
+from plane.events.spec import BackendKey, Executable, ResourceLimits
+from plane.executors.base import Executor, ExitObserved, SpawnError, Started, StartSpec
+from plane.executors.docker import DEFAULT_CAP_DROP, DockerExecutor
+from plane.executors.readiness import wait_until_answers
+from plane.testing.images import INDEX_HTML, build_test_image
+
+pytestmark = pytest.mark.docker
+
+RUN = uuid.uuid4().hex[:8]
+PREFIX = f"d{RUN}-"
+
+
+def backend_id(name: str) -> str:
+    return f"{PREFIX}{name}"
+
+
+@pytest.fixture(scope="module")
+def docker_client() -> Iterator[Any]:
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        message = f"no Docker engine answers: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    build_test_image(client)
+    yield client
+    leftovers = client.containers.list(all=True, filters={"name": f"plane-{PREFIX}"})
+    for container in leftovers:
+        container.remove(force=True, v=True)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def image(docker_client: Any) -> str:
+    return build_test_image(docker_client)
+
+
+@pytest.fixture
+def executor(docker_client: Any) -> DockerExecutor:
+    return DockerExecutor(docker_client, timeout=20, pull_timeout=15)
+
+
+@pytest.fixture
+async def exits(
+    executor: DockerExecutor,
+) -> AsyncIterator[trio.MemoryReceiveChannel[ExitObserved]]:
+    send, receive = trio.open_memory_channel[ExitObserved](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.serve_exits, send)
+        yield receive
+        nursery.cancel_scope.cancel()
+
+
+def make_spec(
+    bid: str,
+    image: str,
+    *,
+    command: tuple[str, ...] | None = None,
+    env: dict[str, str] | None = None,
+    limits: ResourceLimits | None = None,
+    pull_policy: str = "Never",
+) -> StartSpec:
+    return StartSpec(
+        backend_id=bid,
+        key=BackendKey(name=f"key-{bid}", namespace="ns"),
+        fencing_token=42,
+        executable=Executable(
+            image=image,
+            command=command,
+            env=env or {},
+            pull_policy=pull_policy,
+            resource_limits=limits or ResourceLimits(),
+            port=8080,
+        ),
+    )
+
+
+async def next_exit(
+    receive: trio.MemoryReceiveChannel[ExitObserved], bid: str, within: float = 15
+) -> ExitObserved:
+    with trio.fail_after(within):
+        async for observed in receive:
+            if observed.backend_id == bid:
+                return observed
+    raise AssertionError("exit channel closed")
+
+
+def _get(address: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as response:
+        return response.status, response.read()
+
+
+async def inspect(client: Any, bid: str) -> dict[str, Any]:
+    container = await trio.to_thread.run_sync(client.containers.get, f"plane-{bid}")
+    attrs: dict[str, Any] = container.attrs
+    return attrs
+
+
+async def start_ready(executor: DockerExecutor, spec: StartSpec) -> Started:
+    started = await executor.start(spec)
+    with trio.fail_after(15):
+        await wait_until_answers(started.address)
+    return started
+
+
+async def test_spawn_answers_http_on_loopback_with_labels_and_env(
+    executor: DockerExecutor, docker_client: Any, image: str
+) -> None:
+    bid = backend_id("http")
+    started = await start_ready(executor, make_spec(bid, image, env={"GREETING": "hi"}))
+    assert started.address.startswith("127.0.0.1:")
+    status, body = await trio.to_thread.run_sync(_get, started.address)
+    assert status == 200
+    assert body.decode() == INDEX_HTML
+
+    attrs = await inspect(docker_client, bid)
+    assert attrs["Id"] == started.handle
+    assert attrs["Name"] == f"/plane-{bid}"
+    labels = attrs["Config"]["Labels"]
+    assert labels["dev.plane.backend"] == bid
+    assert labels["dev.plane.key"] == f"ns/key-{bid}"
+    assert labels["dev.plane.managed"] == "true"
+    assert labels["dev.plane.port"] == "8080"
+    assert labels["dev.plane.fencing-token"] == "42"
+    env = set(attrs["Config"]["Env"])
+    assert {
+        "PORT=8080",
+        f"SESSION_BACKEND_ID={bid}",
+        f"SESSION_BACKEND_KEY=key-{bid}",
+        "SESSION_BACKEND_FENCING_TOKEN=42",
+        "GREETING=hi",
+    } <= env
+
+    # start is idempotent while the backend's container runs
+    assert await executor.start(make_spec(bid, image)) == started
+
+
+async def test_limits_and_hardening_are_applied(
+    executor: DockerExecutor, docker_client: Any, image: str
+) -> None:
+    bid = backend_id("limits")
+    limits = ResourceLimits(
+        cpu_period=100_000, cpu_period_percent=50, memory_limit_bytes=64 * 2**20, pids_limit=100
+    )
+    await executor.start(make_spec(bid, image, limits=limits))
+    host = (await inspect(docker_client, bid))["HostConfig"]
+    assert host["Memory"] == 64 * 2**20
+    assert host["CpuPeriod"] == 100_000
+    assert host["CpuQuota"] == 50_000
+    assert host["PidsLimit"] == 100
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["Init"] is True
+    assert host["Privileged"] is False
+    assert set(host["CapDrop"]) == set(DEFAULT_CAP_DROP)
+    assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+
+    bid2 = backend_id("default-pids")
+    started = await start_ready(executor, make_spec(bid2, image))
+    assert (await inspect(docker_client, bid2))["HostConfig"]["PidsLimit"] == 512
+    ports = (await inspect(docker_client, bid2))["NetworkSettings"]["Ports"]["8080/tcp"]
+    assert ports == [{"HostIp": "127.0.0.1", "HostPort": started.address.rpartition(":")[2]}]
+
+
+async def test_container_exiting_by_itself_reports_its_code(
+    executor: DockerExecutor, exits: trio.MemoryReceiveChannel[ExitObserved], image: str
+) -> None:
+    bid = backend_id("exit7")
+    await executor.start(make_spec(bid, image, command=("sh", "-c", "sleep 0.3; exit 7")))
+    assert await next_exit(exits, bid) == ExitObserved(bid, 7)
+
+    # Exiting at once: start may or may not still see it running; the exit is observed.
+    bid2 = backend_id("exit7-now")
+    with contextlib.suppress(SpawnError):
+        await executor.start(make_spec(bid2, image, command=("sh", "-c", "exit 7")))
+    assert await next_exit(exits, bid2) == ExitObserved(bid2, 7)
+
+
+async def test_missing_command_exits_with_127(
+    executor: DockerExecutor, exits: trio.MemoryReceiveChannel[ExitObserved], image: str
+) -> None:
+    bid = backend_id("nocmd")
+    with contextlib.suppress(SpawnError):
+        await executor.start(make_spec(bid, image, command=("/no/such/command",)))
+    assert await next_exit(exits, bid) == ExitObserved(bid, 127)
+
+
+async def test_stop_and_kill_end_the_container(
+    executor: DockerExecutor,
+    exits: trio.MemoryReceiveChannel[ExitObserved],
+    docker_client: Any,
+    image: str,
+) -> None:
+    stopped, killed = backend_id("stop"), backend_id("kill")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(start_ready, executor, make_spec(stopped, image))
+        nursery.start_soon(start_ready, executor, make_spec(killed, image))
+    await executor.stop(stopped)
+    assert await next_exit(exits, stopped) == ExitObserved(stopped, 143)  # SIGTERM via init
+    await executor.kill(killed)
+    assert await next_exit(exits, killed) == ExitObserved(killed, 137)
+    for bid in (stopped, killed):
+        assert (await inspect(docker_client, bid))["State"]["Running"] is False
+        # stopping or killing a stopped container is not an error
+        await executor.stop(bid)
+        await executor.kill(bid)
+        await executor.remove(bid)
+        with pytest.raises(docker.errors.NotFound):
+            await inspect(docker_client, bid)
+
+
+async def test_unknown_backend_is_not_an_error(executor: DockerExecutor) -> None:
+    bid = backend_id("unknown")
+    await executor.stop(bid)
+    await executor.kill(bid)
+    await executor.remove(bid)
+    async with aclosing(executor.logs(bid)) as chunks:
+        assert [chunk async for chunk in chunks] == []
+
+
+async def test_missing_image_with_pull_policy_never(executor: DockerExecutor) -> None:
+    with pytest.raises(SpawnError, match="is not present and pull_policy is Never"):
+        await executor.start(make_spec(backend_id("never"), "plane-no-such-image:1"))
+
+
+@pytest.mark.parametrize("policy", ["IfNotPresent", "Always"])
+async def test_unpullable_image_is_a_spawn_error_quickly(
+    executor: DockerExecutor, policy: str
+) -> None:
+    image = f"plane-no-such-image-{RUN}:1"
+    with trio.fail_after(20), pytest.raises(SpawnError, match="could not be pulled") as info:
+        await executor.start(make_spec(backend_id("pull"), image, pull_policy=policy))
+    assert image in str(info.value)
+
+
+async def test_unknown_pull_policy_is_a_spawn_error(executor: DockerExecutor, image: str) -> None:
+    with pytest.raises(SpawnError, match="pull_policy"):
+        await executor.start(make_spec(backend_id("policy"), image, pull_policy="Sometimes"))
+
+
+async def test_list_running_reports_the_backend_with_its_address(
+    executor: DockerExecutor, image: str
+) -> None:
+    bid = backend_id("list")
+    started = await executor.start(make_spec(bid, image))
+    running = {r.backend_id: r for r in await executor.list_running()}
+    assert bid in running
+    assert running[bid].address == started.address
+    assert running[bid].handle == started.handle
+    assert running[bid].key == f"ns/key-{bid}"
+    await executor.kill(bid)
+    with trio.fail_after(10):
+        while True:
+            if bid not in {r.backend_id for r in await executor.list_running()}:
+                break
+            await trio.sleep(0.05)
+
+
+async def test_logs_and_follow(executor: DockerExecutor, image: str) -> None:
+    bid = backend_id("logs")
+    started = await start_ready(executor, make_spec(bid, image))
+    async with aclosing(executor.logs(bid)) as chunks:
+        output = b"".join([chunk async for chunk in chunks])
+    assert output == b"plane-test-image: serving /www on port 8080\n"
+
+    bid2 = backend_id("follow")
+    command = ("sh", "-c", "echo one; sleep 0.5; echo two >&2; sleep 1000")
+    await executor.start(make_spec(bid2, image, command=command))
+    collected: list[bytes] = []
+
+    async def follow() -> None:
+        async with aclosing(executor.logs(bid2, follow=True)) as chunks:
+            async for chunk in chunks:
+                collected.append(chunk)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            while True:
+                if b"two" in b"".join(collected):
+                    break
+                await trio.sleep(0.05)
+            await executor.kill(bid2)  # following ends with the container
+    assert b"".join(collected) == b"one\ntwo\n"
+
+    # Cancelling a follow is prompt.
+    with trio.fail_after(5), trio.move_on_after(0.3):
+        async with aclosing(executor.logs(bid, follow=True)) as chunks:
+            async for _chunk in chunks:
+                pass
+    assert started.address
+
+
+async def test_leftover_container_with_the_same_name_is_replaced(
+    executor: DockerExecutor, docker_client: Any, image: str
+) -> None:
+    bid = backend_id("leftover")
+    old = await trio.to_thread.run_sync(
+        lambda: docker_client.containers.create(image, name=f"plane-{bid}", command=["true"])
+    )
+    started = await start_ready(executor, make_spec(bid, image))
+    assert started.handle != old.id
+
+    # A running container of that name that is not this backend is in the way.
+    bid2 = backend_id("squatter")
+    await trio.to_thread.run_sync(
+        lambda: docker_client.containers.run(
+            image, name=f"plane-{bid2}", command=["sleep", "1000"], detach=True
+        )
+    )
+    with pytest.raises(SpawnError, match="in the way"):
+        await executor.start(make_spec(bid2, image))
+
+
+async def test_serve_exits_stops_promptly_when_cancelled(executor: DockerExecutor) -> None:
+    send, _receive = trio.open_memory_channel[ExitObserved](1)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(executor.serve_exits, send)
+            await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+
+def test_satisfies_the_executor_protocol(docker_client: Any) -> None:
+    executor: Executor = DockerExecutor(docker_client)  # checked by mypy
+    assert executor.name == "docker"
+
+
+async def test_executor_makes_its_own_client(docker_client: Any, image: str) -> None:
+    executor = DockerExecutor(base_url="unix:///var/run/docker.sock", timeout=20)
+    try:
+        bid = backend_id("own-client")
+        started = await start_ready(executor, make_spec(bid, image))
+        assert bid in {r.backend_id for r in await executor.list_running()}
+        await executor.remove(bid)
+        assert bid not in {r.backend_id for r in await executor.list_running()}
+        assert started.handle
+    finally:
+        await executor.aclose()

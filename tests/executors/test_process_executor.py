@@ -1,0 +1,302 @@
+"""End-to-end tests of ProcessExecutor with real processes and real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from plane.events.spec import BackendKey, Executable
+from plane.executors.base import Executor, ExitObserved, SpawnError, StartSpec
+from plane.executors.process import ProcessExecutor, exit_code_from_returncode
+from plane.executors.readiness import wait_until_answers
+
+APP = Path(__file__).with_name("backend_app.py")
+RUN = uuid.uuid4().hex[:8]
+
+
+def backend_id(name: str) -> str:
+    return f"t{RUN}-{name}"
+
+
+def make_spec(
+    bid: str,
+    *args: str,
+    command: tuple[str, ...] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> StartSpec:
+    return StartSpec(
+        backend_id=bid,
+        key=BackendKey(name=f"key-{bid}", namespace="ns"),
+        fencing_token=7,
+        executable=Executable(
+            command=command if command is not None else (sys.executable, str(APP), *args),
+            env=env or {},
+            cwd=cwd,
+        ),
+    )
+
+
+def _get_json(address: str) -> Any:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+async def get_json(address: str) -> Any:
+    return await trio.to_thread.run_sync(_get_json, address)
+
+
+async def next_exit(
+    receive: trio.MemoryReceiveChannel[ExitObserved], bid: str, within: float = 10
+) -> ExitObserved:
+    with trio.fail_after(within):
+        async for observed in receive:
+            if observed.backend_id == bid:
+                return observed
+    raise AssertionError("exit channel closed")
+
+
+def process_state(pid: int) -> str | None:
+    """The /proc state letter of *pid*, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+async def wait_gone(pid: int) -> None:
+    """Wait until *pid* has exited (gone, or a zombie nobody reaped yet)."""
+    while True:
+        if process_state(pid) in (None, "Z"):
+            return
+        await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def executor(tmp_path: Path) -> AsyncIterator[ProcessExecutor]:
+    ex = ProcessExecutor(tmp_path / "logs", adopted_poll_interval=0.05)
+    yield ex
+    for running in await ex.list_running():
+        if running.backend_id.startswith(f"t{RUN}-"):
+            await ex.kill(running.backend_id)
+    for bid in list(ex._children):
+        await ex.remove(bid)
+
+
+@pytest.fixture
+async def exits(
+    executor: ProcessExecutor,
+) -> AsyncIterator[trio.MemoryReceiveChannel[ExitObserved]]:
+    send, receive = trio.open_memory_channel[ExitObserved](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.serve_exits, send)
+        yield receive
+        nursery.cancel_scope.cancel()
+
+
+async def test_start_answers_with_env_and_logs(executor: ProcessExecutor, tmp_path: Path) -> None:
+    bid = backend_id("env")
+    started = await executor.start(make_spec(bid, env={"GREETING": "hi", "PORT": "1"}, cwd="/"))
+    assert started.backend_id == bid
+    assert started.address.startswith("127.0.0.1:")
+    assert int(started.handle) > 0
+    with trio.fail_after(10):
+        await wait_until_answers(started.address)
+    answer = await get_json(started.address)
+    assert answer["pid"] == int(started.handle)
+    assert answer["cwd"] == "/"
+    env = answer["env"]
+    assert env["PORT"] == started.address.rpartition(":")[2]  # plane's PORT wins
+    assert env["SESSION_BACKEND_ID"] == bid
+    assert env["SESSION_BACKEND_KEY"] == f"key-{bid}"
+    assert env["SESSION_BACKEND_FENCING_TOKEN"] == "7"
+    assert env["PLANE_BACKEND_ID"] == bid
+    assert env["PLANE_BACKEND_KEY"] == f"ns/key-{bid}"
+    assert env["GREETING"] == "hi"
+    assert env["HOME"] == os.environ.get("HOME")
+
+    async with aclosing(executor.logs(bid)) as chunks:
+        output = b"".join([chunk async for chunk in chunks])
+    assert f"backend-app listening on {started.address}".encode() in output
+    assert b"backend-app stderr line" in output
+    assert (tmp_path / "logs" / f"{bid}.log").exists()
+
+    # start is idempotent for a running backend
+    again = await executor.start(make_spec(bid))
+    assert again == started
+
+
+async def test_stop_is_observed_with_exit_code(
+    executor: ProcessExecutor, exits: trio.MemoryReceiveChannel[ExitObserved]
+) -> None:
+    bid = backend_id("stop")
+    started = await executor.start(make_spec(bid))
+    with trio.fail_after(10):
+        await wait_until_answers(started.address)
+    await executor.stop(bid)
+    assert await next_exit(exits, bid) == ExitObserved(bid, 143)  # 128 + SIGTERM
+    assert bid not in {r.backend_id for r in await executor.list_running()}
+
+
+async def test_kill_ends_a_process_that_ignores_sigterm_and_its_child(
+    executor: ProcessExecutor, exits: trio.MemoryReceiveChannel[ExitObserved]
+) -> None:
+    bid = backend_id("stubborn")
+    started = await executor.start(make_spec(bid, "--ignore-term", "--spawn-child"))
+    with trio.fail_after(10):
+        await wait_until_answers(started.address)
+    child_pid = (await get_json(started.address))["child_pid"]
+    assert process_state(child_pid) not in (None, "Z")
+
+    await executor.stop(bid)
+    with trio.move_on_after(0.3):
+        observed = await next_exit(exits, bid)
+        pytest.fail(f"SIGTERM should have been ignored, got {observed}")
+    await executor.kill(bid)
+    assert await next_exit(exits, bid) == ExitObserved(bid, 137)  # 128 + SIGKILL
+
+    # The child (same process group) was killed too.
+    with trio.fail_after(5):
+        await wait_gone(child_pid)
+
+
+async def test_backend_exiting_by_itself_reports_its_code(
+    executor: ProcessExecutor, exits: trio.MemoryReceiveChannel[ExitObserved]
+) -> None:
+    bid = backend_id("exit3")
+    await executor.start(make_spec(bid, "--exit", "3"))
+    assert await next_exit(exits, bid) == ExitObserved(bid, 3)
+    async with aclosing(executor.logs(bid)) as chunks:
+        assert b"exiting with 3" in b"".join([chunk async for chunk in chunks])
+
+
+async def test_exit_before_serve_exits_is_still_reported(executor: ProcessExecutor) -> None:
+    bid = backend_id("early")
+    started = await executor.start(make_spec(bid, "--exit", "5"))
+    with trio.fail_after(5):
+        await wait_gone(int(started.handle))
+    send, receive = trio.open_memory_channel[ExitObserved](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.serve_exits, send)
+        assert await next_exit(receive, bid) == ExitObserved(bid, 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_follow_logs_ends_when_the_backend_exits(executor: ProcessExecutor) -> None:
+    bid = backend_id("follow")
+    started = await executor.start(make_spec(bid))
+    with trio.fail_after(10):
+        await wait_until_answers(started.address)
+    collected: list[bytes] = []
+
+    async def follow() -> None:
+        async with aclosing(executor.logs(bid, follow=True)) as chunks:
+            async for chunk in chunks:
+                collected.append(chunk)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            await get_json(started.address)  # logs a request line
+            await trio.sleep(0.2)
+            await executor.stop(bid)
+    output = b"".join(collected)
+    assert b"backend-app listening" in output
+    assert b"request:" in output
+
+
+@pytest.mark.parametrize(
+    ("command", "cwd", "message"),
+    [
+        (("/nonexistent/plane-test-command",), None, "not found"),
+        (("plane-test-command-that-does-not-exist",), None, "not found"),
+        ((sys.executable, "-c", "pass"), "/nonexistent/dir", "working directory"),
+        ((), None, "executable.command"),
+    ],
+)
+async def test_bad_command_or_cwd_is_a_spawn_error(
+    executor: ProcessExecutor, command: tuple[str, ...], cwd: str | None, message: str
+) -> None:
+    with pytest.raises(SpawnError, match=message):
+        await executor.start(make_spec(backend_id("bad"), command=command, cwd=cwd))
+
+
+async def test_unrunnable_files_are_spawn_errors(executor: ProcessExecutor, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    with pytest.raises(SpawnError, match="not executable"):
+        await executor.start(make_spec(backend_id("plain"), command=(str(plain),)))
+    plain.chmod(0o755)
+    with pytest.raises(SpawnError, match="Exec format error"):
+        await executor.start(make_spec(backend_id("plain"), command=(str(plain),)))
+
+
+async def test_list_running_and_adoption_by_a_fresh_executor(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    bid = backend_id("adopt")
+    started = await executor.start(make_spec(bid, "--spawn-child"))
+    with trio.fail_after(10):
+        await wait_until_answers(started.address)
+
+    listed = {r.backend_id: r for r in await executor.list_running()}
+    assert bid in listed
+    assert listed[bid].address == started.address
+    assert listed[bid].handle == started.handle
+    assert listed[bid].key == f"ns/key-{bid}"
+    # The backend's child carries the label too but is not listed separately.
+    assert sum(1 for r in await executor.list_running() if r.backend_id == bid) == 1
+
+    # A fresh executor (plane restarted) finds it, its address and its logs.
+    fresh = ProcessExecutor(tmp_path / "logs", adopted_poll_interval=0.05)
+    found = {r.backend_id: r for r in await fresh.list_running()}
+    assert found[bid] == listed[bid]
+    async with aclosing(fresh.logs(bid)) as chunks:
+        assert b"backend-app listening" in b"".join([chunk async for chunk in chunks])
+    again = await fresh.start(make_spec(bid))
+    assert again == started
+
+    send, receive = trio.open_memory_channel[ExitObserved](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fresh.serve_exits, send)
+        await fresh.stop(bid)
+        # Not plane's child any more: the exit is seen, its code is not.
+        assert await next_exit(receive, bid) == ExitObserved(bid, None)
+        nursery.cancel_scope.cancel()
+    await fresh.remove(bid)
+    assert not (tmp_path / "logs" / f"{bid}.log").exists()
+    assert bid not in {r.backend_id for r in await fresh.list_running()}
+
+
+async def test_unknown_backend_is_not_an_error(executor: ProcessExecutor) -> None:
+    bid = backend_id("unknown")
+    await executor.stop(bid)
+    await executor.kill(bid)
+    await executor.remove(bid)
+    async with aclosing(executor.logs(bid)) as chunks:
+        assert [chunk async for chunk in chunks] == []
+
+
+def test_satisfies_the_executor_protocol(tmp_path: Path) -> None:
+    executor: Executor = ProcessExecutor(tmp_path)  # checked by mypy
+    assert executor.name == "process"
+
+
+def test_exit_code_from_returncode() -> None:
+    assert exit_code_from_returncode(0) == 0
+    assert exit_code_from_returncode(3) == 3
+    assert exit_code_from_returncode(-15) == 143
+    assert exit_code_from_returncode(-9) == 137
