@@ -268,7 +268,7 @@ def _wait_ready(api: Api, backend_id: str, *, quiet: bool) -> str:
     show = not quiet and sys.stderr.isatty()
     status = "requested"
     for i, event in enumerate(api.sse(f"/pub/b/{backend_id}/status-stream")):
-        status = event.get("status", status)
+        status = str(event.get("status", status))
         if show:
             elapsed = time.monotonic() - started
             print(f"\r{frames[i % 4]} {status:<12} {elapsed:5.1f}s", end="", file=sys.stderr)
@@ -352,17 +352,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     api = _api(args)
-    if args.follow:
-        for event in api.sse("/ctrl/events", {"after": args.after}):
-            print(json.dumps(event) if args.json else _event_line(event), flush=True)
-        return 0
-    result = api.request("GET", "/ctrl/events", params={"after": args.after, "format": "json"})
-    events = result["events"]
-    if args.json:
-        _print_json(result)
-    else:
-        for event in events:
-            print(_event_line(event))
+    params = {"after": args.after, "follow": 1 if args.follow else 0}
+    for event in api.sse("/ctrl/events", params):
+        print(json.dumps(event) if args.json else _event_line(event), flush=True)
     return 0
 
 

@@ -34,7 +34,8 @@ from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
 from plane.executors.base import Executor
 from plane.metrics import Metrics
-from plane.proxy.server import ProxyContext, ProxySettings, serve_proxy
+from plane.proxy.server import ProxyContext, serve_proxy
+from plane.proxy.settings import ProxySettings
 
 log = logging.getLogger("plane.serve")
 
@@ -166,7 +167,7 @@ async def serve_plane(
                         supervisor.recovery_report,
                     )
                 )
-                await (shutdown or trio.Event()).wait()
+                await (shutdown if shutdown is not None else trio.Event()).wait()
                 if config.terminate_on_exit:
                     log.info("terminating every live backend before exit")
                     with trio.move_on_after(60):

@@ -25,8 +25,11 @@ def status_view(state: BackendState) -> dict[str, Any]:
     terminated = state.status is Status.TERMINATED
     reason = state.termination_reason.value if state.termination_reason else None
     kind = state.termination_kind.value if state.termination_kind else None
+    # An error exit is one plane did not ask for: a non-zero code of its own, or a
+    # failed spawn.  The 137/143 of a kill that plane decided on is not an error.
     exit_error = terminated and (
-        (state.exit_code is not None and state.exit_code != 0) or reason == "spawnfailed"
+        reason == "spawnfailed"
+        or (reason == "exited" and state.exit_code is not None and state.exit_code != 0)
     )
     return {
         "status": state.status.value if state.status else None,

@@ -101,7 +101,7 @@ class LogFold:
 
     def _check_decision(self, record: RecordedEvent, state: BackendState) -> None:
         event = record.event
-        pending = self._pending.setdefault(record.stream, deque())
+        pending = self._pending.get(record.stream)
         if pending:
             expected = pending.popleft()
             if event != expected:
@@ -120,7 +120,8 @@ class LogFold:
         if decided[0] != event:
             self._diverge(record, f"recorded {_show(event)}, decide yields {_show(decided[0])}")
             return
-        pending.extend(decided[1:])
+        if len(decided) > 1:
+            self._pending[record.stream] = deque(decided[1:])
 
     def _diverge(self, record: RecordedEvent, message: str) -> None:
         self._diverged.add(record.stream)

@@ -116,7 +116,7 @@ LIVE = frozenset({Status.REQUESTED, Status.STARTING, Status.READY, Status.IDLE})
 NOT_TERMINAL = LIVE | {Status.TERMINATING}
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class BackendState:
     """Everything the decider knows about one backend; a fold of its stream."""
 
@@ -175,13 +175,18 @@ _ALLOWED: dict[type[Event], frozenset[Status | None]] = {
 _INPUT_ALLOWED: frozenset[Status | None] = frozenset(NOT_TERMINAL)
 
 
-def _status(state: BackendState, status: Status, at: float, **changes: Any) -> BackendState:
-    return attrs.evolve(state, status=status, status_at=at, **changes)
+Changes = dict[str, Any]
+"""What an event changes in a state: field name -> new value."""
 
 
-def _ev_requested(s: BackendState, e: BackendRequested) -> BackendState:
-    return attrs.evolve(
-        s,
+def _status(state: BackendState, status: Status, at: float, **changes: Any) -> Changes:
+    changes["status"] = status
+    changes["status_at"] = at
+    return changes
+
+
+def _ev_requested(s: BackendState, e: BackendRequested) -> Changes:
+    return dict(
         status=Status.REQUESTED,
         status_at=e.at,
         backend_id=e.backend_id,
@@ -192,38 +197,38 @@ def _ev_requested(s: BackendState, e: BackendRequested) -> BackendState:
     )
 
 
-def _ev_started(s: BackendState, e: ExecutorStarted) -> BackendState:
-    return attrs.evolve(s, address=e.address, handle=e.handle)
+def _ev_started(s: BackendState, e: ExecutorStarted) -> Changes:
+    return {"address": e.address, "handle": e.handle}
 
 
-def _ev_opened(s: BackendState, e: ConnectionOpened) -> BackendState:
-    return attrs.evolve(s, connections=s.connections | {e.connection_id}, quiet_since=None)
+def _ev_opened(s: BackendState, e: ConnectionOpened) -> Changes:
+    return {"connections": s.connections | {e.connection_id}, "quiet_since": None}
 
 
-def _ev_closed(s: BackendState, e: ConnectionClosed) -> BackendState:
+def _ev_closed(s: BackendState, e: ConnectionClosed) -> Changes:
     if e.connection_id not in s.connections:
-        return s
+        return {}
     remaining = s.connections - {e.connection_id}
-    return attrs.evolve(s, connections=remaining, quiet_since=None if remaining else e.at)
+    return {"connections": remaining, "quiet_since": None if remaining else e.at}
 
 
-def _ev_activity(s: BackendState, e: HttpActivityRecorded) -> BackendState:
+def _ev_activity(s: BackendState, e: HttpActivityRecorded) -> Changes:
     quiet = s.quiet_since
     if quiet is not None:
         quiet = max(quiet, e.at)
-    return attrs.evolve(s, last_activity_at=e.at, quiet_since=quiet)
+    return {"last_activity_at": e.at, "quiet_since": quiet}
 
 
-def _ev_exited(s: BackendState, e: ExecutorExited) -> BackendState:
-    return attrs.evolve(s, exit_code=e.exit_code)
+def _ev_exited(s: BackendState, e: ExecutorExited) -> Changes:
+    return {"exit_code": e.exit_code}
 
 
-def _ev_ready(s: BackendState, e: BackendReady) -> BackendState:
+def _ev_ready(s: BackendState, e: BackendReady) -> Changes:
     quiet = None if s.connections else max(e.at, s.last_activity_at or e.at)
     return _status(s, Status.READY, e.at, address=e.address, quiet_since=quiet)
 
 
-def _ev_terminating(s: BackendState, e: BackendTerminating) -> BackendState:
+def _ev_terminating(s: BackendState, e: BackendTerminating) -> Changes:
     killed = e.at if e.kind is TerminationKind.HARD else None
     return _status(
         s,
@@ -236,11 +241,11 @@ def _ev_terminating(s: BackendState, e: BackendTerminating) -> BackendState:
     )
 
 
-def _ev_escalated(s: BackendState, e: TerminationEscalated) -> BackendState:
-    return attrs.evolve(s, killed_at=e.at, termination_kind=TerminationKind.HARD)
+def _ev_escalated(s: BackendState, e: TerminationEscalated) -> Changes:
+    return {"killed_at": e.at, "termination_kind": TerminationKind.HARD}
 
 
-def _ev_terminated(s: BackendState, e: BackendTerminated) -> BackendState:
+def _ev_terminated(s: BackendState, e: BackendTerminated) -> Changes:
     exit_code = e.exit_code if e.exit_code is not None else s.exit_code
     return _status(
         s,
@@ -254,11 +259,11 @@ def _ev_terminated(s: BackendState, e: BackendTerminated) -> BackendState:
     )
 
 
-def _unchanged(s: BackendState, e: Event) -> BackendState:
-    return s
+def _unchanged(s: BackendState, e: Event) -> Changes:
+    return {}
 
 
-_EVOLVERS: dict[type[Event], Callable[[BackendState, Event], BackendState]] = {
+_EVOLVERS: dict[type[Event], Callable[[BackendState, Event], Changes]] = {
     BackendRequested: _ev_requested,  # type: ignore[dict-item]
     ExecutorStarted: _ev_started,  # type: ignore[dict-item]
     ReadinessObserved: _unchanged,
@@ -288,8 +293,19 @@ def evolve(state: BackendState, event: Event) -> BackendState:
     if state.status not in allowed:
         current = state.status.value if state.status else "nothing"
         raise IllegalTransition(f"{type(event).__name__} cannot happen in {current}")
-    new = _EVOLVERS[type(event)](state, event)
-    return attrs.evolve(new, version=state.version + 1)
+    changes = _EVOLVERS[type(event)](state, event)
+    changes["version"] = state.version + 1
+    return _replace(state, changes)
+
+
+def _replace(state: BackendState, changes: Changes) -> BackendState:
+    """A copy of ``state`` with ``changes``: ``attrs.evolve`` without its per-call
+    introspection (replay folds hundreds of thousands of events)."""
+    new = object.__new__(BackendState)
+    fields = new.__dict__
+    fields.update(state.__dict__)
+    fields.update(changes)
+    return new
 
 
 def fold(events: Iterable[Event], state: BackendState = initial) -> BackendState:

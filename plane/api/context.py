@@ -28,8 +28,11 @@ class ApiContext:
       answer's ``url`` is ``<public_proxy_url>/<token>/``.
     * ``public_api_url``: this API's base URL as clients reach it; ``status_url``
       is ``<public_api_url>/pub/b/<id>/status``.
-    * ``api_key``: when set, every ``/ctrl`` path and ``/metrics`` need
-      ``Authorization: Bearer <api_key>``; ``/pub`` and ``/openapi.json`` never do.
+    * ``api_key``: when set (not None, not empty), every ``/ctrl`` path and
+      ``/metrics`` need ``Authorization: Bearer <api_key>`` (compared in constant
+      time); ``/pub`` and ``/openapi.json`` never do.  Metrics are behind the
+      key because they reveal load and activity; Prometheus sends a bearer
+      token with ``authorization: {credentials: ...}``.
     * ``max_body_bytes``: larger request bodies are refused with 413.
     * ``keepalive_seconds``: the longest silence on an SSE stream before a
       ``: keep-alive`` comment.

@@ -40,8 +40,8 @@ closed.
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -151,10 +151,6 @@ class _ReplayStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
-class _Closed(Exception):
-    """The connection must end now (the peer left, or we answered and close)."""
-
-
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -249,7 +245,11 @@ class _Connection:
             body = await self._read_body(head)
             if body is None:
                 return
-            split = urlsplit(head.target.decode("latin-1"))
+            try:
+                split = urlsplit(head.target.decode("latin-1"))
+            except ValueError:  # e.g. "http://[bad/": an invalid authority
+                await self._answer_and_close(400, "BadRequest", "malformed request target")
+                return
             request = Request(
                 method=head.method.decode("ascii", "replace"),
                 target=head.target.decode("latin-1"),

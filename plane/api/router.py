@@ -106,7 +106,12 @@ class Router:
             if (params := _match(route.parts, segments)) is not None
         ]
         label = found[0][0].pattern if found else "unmatched"
-        if self.is_protected(request.path) and not self.is_authorized(request):
+        # protection is decided on the decoded path, the one routes match against
+        # (so "/%63trl/status" is as protected as "/ctrl/status")
+        protected = self.is_protected("/".join(segments)) or any(
+            self.is_protected(route.pattern) for route, _ in found
+        )
+        if protected and not self.is_authorized(request):
             return label, error_response(
                 ApiError(
                     401,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -301,7 +302,7 @@ class Endpoints:
 
 async def _websocket_feed(
     ws: trio_websocket.WebSocketConnection,
-    source: Any,
+    source: Callable[[trio.MemorySendChannel[dict[str, Any]]], Awaitable[None]],
 ) -> None:
     """One JSON text message per event; ends when the client closes (or, without
     ``follow``, when the events present at the start are sent)."""
@@ -351,7 +352,7 @@ def build_router(ctx: ApiContext) -> Router:
     api_key = ctx.api_key
 
     def authorized(request: Request) -> bool:
-        if api_key is None:
+        if not api_key:  # None or "": no key configured, /ctrl is open
             return True
         given = request.header("authorization") or ""
         scheme, _, credential = given.partition(" ")

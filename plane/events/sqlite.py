@@ -204,9 +204,9 @@ def _check_log(conn: sqlite3.Connection, path: Path) -> bool:
             f"the plane log {path} has a bad schema_version {meta['schema_version']!r}"
         ) from None
     if recorded > SCHEMA_VERSION:
-        writer = meta.get("created_by", "a newer plane")
+        creator = meta.get("created_by", "an unknown plane")
         raise SchemaTooNewError(
-            f"{path} is a plane log with schema version {recorded}, written by {writer};"
+            f"{path} is a plane log with schema version {recorded} (created by {creator});"
             f" this plane {__version__} reads schema version {SCHEMA_VERSION} at most."
             " Upgrade plane to read it."
         )

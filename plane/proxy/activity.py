@@ -11,22 +11,24 @@ takes ``now``.
 
 from __future__ import annotations
 
+_FORGET_PAST = 4096
+
 
 class ActivityCoalescer:
-    """Per-backend counts and the time of each backend's last report."""
+    """Per-backend held counts and when each backend may be reported again."""
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self._last: dict[str, float] = {}
+        self._next: dict[str, float] = {}
         self._pending: dict[str, int] = {}
 
     def record(self, backend_id: str, now: float, count: int = 1) -> int:
         """Count ``count`` requests; returns how many to report now (0: held)."""
-        last = self._last.get(backend_id)
-        if last is None or now - last >= self.interval:
-            if last is None and len(self._last) >= 4096:
+        allowed = self._next.get(backend_id)
+        if allowed is None or now >= allowed:
+            if allowed is None and len(self._next) >= _FORGET_PAST:
                 self._forget_quiet(now)
-            self._last[backend_id] = now
+            self._next[backend_id] = now + self.interval
             return self._pending.pop(backend_id, 0) + count
         pending = self._pending
         pending[backend_id] = pending.get(backend_id, 0) + count
@@ -39,20 +41,20 @@ class ActivityCoalescer:
         """When the earliest held count may be reported, or None if none is held."""
         if not self._pending:
             return None
-        last = self._last
-        return min(last[b] for b in self._pending) + self.interval
+        allowed = self._next
+        return min(allowed[b] for b in self._pending)
 
     def due(self, now: float) -> list[tuple[str, int]]:
         """The held counts that may be reported at ``now``; they count as reported."""
-        ready = [(b, n) for b, n in self._pending.items() if now - self._last[b] >= self.interval]
+        allowed = self._next
+        ready = [(b, n) for b, n in self._pending.items() if now >= allowed[b]]
         for backend_id, _ in ready:
             del self._pending[backend_id]
-            self._last[backend_id] = now
+            allowed[backend_id] = now + self.interval
         return ready
 
     def _forget_quiet(self, now: float) -> None:
-        quiet = [
-            b for b, t in self._last.items() if now - t >= self.interval and b not in self._pending
-        ]
+        """Drop backends that may be reported again anyway (bounds the memory)."""
+        quiet = [b for b, t in self._next.items() if now >= t and b not in self._pending]
         for backend_id in quiet:
-            del self._last[backend_id]
+            del self._next[backend_id]

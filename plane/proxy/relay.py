@@ -16,7 +16,8 @@ client connection in order (keep-alive and pipelining included):
    others chunked to an HTTP/1.1 client, close-delimited to an HTTP/1.0
    one), then give the upstream connection back to the pool;
 5. an upgrade (WebSocket or other) gets the backend's 101 relayed, then the
-   bytes are spliced both ways until both sides have closed.
+   bytes are spliced both ways until the backend closes, or the client closes
+   and the backend has finished.
 
 Bodies are never held whole: at most one receive buffer's worth of a body is
 in the proxy at a time, and a slow reader slows the writer (each send waits
@@ -428,7 +429,7 @@ class ClientSession:
         request."""
         pool = self.relay.pool
         assert route.address is not None
-        upstream = await pool.acquire(route.address)
+        upstream = await pool.acquire(route.address, check=head.method not in IDEMPOTENT)
         for attempt in range(2):
             reusable = False
             try:
@@ -535,9 +536,16 @@ class ClientSession:
             nursery.cancel_scope.cancel()
 
     async def _relay_response(
-        self, upstream: Upstream, head: RequestHead, route: Route, flight: InFlight | None
+        self,
+        upstream: Upstream,
+        head: RequestHead,
+        route: Route,
+        flight: InFlight | None,
+        *,
+        close: bool = False,
     ) -> tuple[bool, bool]:
-        """Relay one response from ``upstream`` to the client.
+        """Relay one response from ``upstream`` to the client (``close``: then
+        close the client connection).
 
         Returns ``(keep the client connection, upstream reusable)``."""
         client = self.sock
@@ -545,7 +553,7 @@ class ClientSession:
         pieces = sink.pieces
         tracker = self.relay.tracker
         head_method = head.method == b"HEAD"
-        client_keep = head.keep_alive
+        client_keep = head.keep_alive and not close
         chunk_out = False  # frame the body as chunks for the client
         until_close = False  # the backend's body ends when it closes
         interim = False
@@ -675,10 +683,10 @@ class ClientSession:
             switched = await self._await_switch(upstream, route)
             if switched is None:
                 # Refused: relay the answer as a plain response, then close.
-                await self._relay_response(upstream, head, route, None)
+                await self._relay_response(upstream, head, route, None, close=True)
                 return False
             relay.tracker.upgrades += 1
-            await self._splice(upstream.sock, route, switched)
+            await self._splice(upstream.sock, route)
             return False
         finally:
             pool.discard(upstream)
@@ -730,8 +738,14 @@ class ClientSession:
                     502, "BadGateway", f"the backend's response is malformed ({exc})"
                 ) from None
 
-    async def _splice(self, upstream: socket.socket, route: Route, first: bytes) -> None:
-        """Copy bytes both ways until both sides have closed (or one failed)."""
+    async def _splice(self, upstream: socket.socket, route: Route) -> None:
+        """Copy bytes both ways until the connection ends.
+
+        The backend closing ends it (what it sent is delivered first; whatever
+        the client might still send could not be), like nginx.  The client
+        closing its side is passed on (``shutdown``) and the backend gets
+        ``half_close_timeout`` to finish (a WebSocket close reply, say).  An
+        error on either side ends it at once."""
         tracker = self.relay.tracker
         connection_id = tracker.open(route.backend_id)
         try:
@@ -739,12 +753,15 @@ class ClientSession:
                 await sockio.send_all(upstream, self.client_tail)
                 self.client_tail = b""
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pipe, self.sock, upstream, nursery)
-                nursery.start_soon(self._pipe, upstream, self.sock, nursery)
+                nursery.start_soon(self._pipe, self.sock, upstream, nursery, False)
+                nursery.start_soon(self._pipe, upstream, self.sock, nursery, True)
         finally:
             tracker.close(route.backend_id, connection_id)
 
-    async def _pipe(self, src: socket.socket, dst: socket.socket, nursery: trio.Nursery) -> None:
+    async def _pipe(
+        self, src: socket.socket, dst: socket.socket, nursery: trio.Nursery, ends: bool
+    ) -> None:
+        scope = nursery.cancel_scope
         try:
             while True:
                 data = await sockio.recv(src, SPLICE_CHUNK)
@@ -752,10 +769,13 @@ class ClientSession:
                     break
                 await sockio.send_all(dst, data)
         except OSError:
-            nursery.cancel_scope.cancel()
+            scope.cancel()
+            return
+        if ends:
+            scope.cancel()
             return
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-        scope = nursery.cancel_scope
-        if scope.deadline == float("inf"):
-            scope.deadline = trio.current_time() + self.relay.settings.half_close_timeout
+        scope.deadline = min(
+            scope.deadline, trio.current_time() + self.relay.settings.half_close_timeout
+        )

@@ -56,5 +56,6 @@ class ProxySettings:
     """HttpActivityRecorded is emitted at most once per backend per interval."""
 
     half_close_timeout: float = 30.0
-    """After one side of an upgraded (WebSocket) connection has closed, how
-    long the other side may keep sending before both are closed."""
+    """After the client has closed its side of an upgraded (WebSocket)
+    connection, how long the backend may keep sending before both are closed.
+    (The backend closing ends the connection at once.)"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 
 import h11
 import httpx
@@ -116,7 +117,7 @@ async def test_body_over_the_limit_is_413() -> None:
         # a chunked body over the limit too
         chunks = [big[i : i + 100].encode() for i in range(0, len(big), 100)]
 
-        async def body():  # type: ignore[no-untyped-def]
+        async def body() -> AsyncIterator[bytes]:
             for chunk in chunks:
                 yield chunk
 
@@ -129,7 +130,7 @@ async def test_body_over_the_limit_is_413() -> None:
 async def test_chunked_request_body_is_read(api: Api) -> None:
     raw = json.dumps(spawn_body("chunky")).encode()
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         for i in range(0, len(raw), 7):
             yield raw[i : i + 7]
 
@@ -257,3 +258,36 @@ async def test_client_vanishing_mid_request_does_not_hurt_the_server(api: Api) -
         await stream.send_all(data)
         await stream.aclose()
     assert (await api.client.get("/pub/health")).status_code == 200
+
+
+async def test_malformed_request_target_is_400(api: Api) -> None:
+    data = await raw_exchange(api.port, b"GET http://[bad/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert _error(data.split(b"\r\n\r\n", 1)[1])["code"] == "BadRequest"
+
+
+async def test_absolute_form_target_and_percent_encoded_ids(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    data = await raw_exchange(
+        api.port,
+        f"GET http://127.0.0.1/pub/b/{backend_id}/status HTTP/1.1\r\nHost: x\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    assert data.startswith(b"HTTP/1.1 200 ")
+    response = await api.client.get("/pub/b/a%2Fb/status")
+    assert response.status_code == 404
+    assert response.json()["error"] == {"code": "NotFound", "message": "no backend 'a/b'"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/%63trl/status", "/ctrl%2Fstatus", "/%6Detrics", "/ctrl/b/%78", "/%2Fctrl/status"]
+)
+async def test_percent_encoding_does_not_get_around_the_key(api: Api, path: str) -> None:
+    async with httpx.AsyncClient(base_url=api.base_url) as bare:
+        response = await bare.get(path)
+    if path == "/%2Fctrl/status":  # decodes to "//ctrl/status": no route, nothing revealed
+        assert response.json()["error"]["code"] == "NoSuchRoute"
+    else:
+        assert response.status_code == 401, path
+    # with the key, the decoded path reaches its route (or none)
+    assert (await api.client.get(path)).status_code != 401

@@ -119,11 +119,13 @@ schema = _schema()
 class _Bearer:
     """The API key as schemathesis auth, so its ignored_auth probes can take it away."""
 
-    def get(self, case: schemathesis.Case, context: schemathesis.AuthContext) -> str:
+    def get(self, case: schemathesis.Case[Any], context: schemathesis.AuthContext) -> str:
         return API_KEY
 
-    def set(self, case: schemathesis.Case, data: str, context: schemathesis.AuthContext) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+    def set(
+        self, case: schemathesis.Case[Any], data: str, context: schemathesis.AuthContext
+    ) -> None:
+        case.headers["Authorization"] = f"Bearer {data}"
 
 
 CHECKS = [
@@ -138,12 +140,12 @@ CHECKS = [
 ]
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]
 @hypothesis.settings(
     max_examples=25,
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
     derandomize=os.environ.get("PLANE_FUZZ_RANDOM") is None,
 )
-def test_api_conforms_to_its_document(case: schemathesis.Case, live_api: str) -> None:
+def test_api_conforms_to_its_document(case: schemathesis.Case[Any], live_api: str) -> None:
     case.call_and_validate(base_url=live_api, checks=CHECKS, timeout=10)

@@ -10,7 +10,7 @@ import trio_websocket
 
 from plane.events.types import Status
 from plane.testing.fake_executor import FakeExecutor
-from tests.api.conftest import API_KEY, Api, open_api, sse_events
+from tests.api.conftest import API_KEY, Api, open_api, raw_exchange, sse_events
 
 
 async def _status_events(
@@ -211,4 +211,15 @@ async def test_websocket_feed_client_closing_ends_the_session(api: Api) -> None:
         async with trio_websocket.open_websocket_url(url, extra_headers=auth) as ws:
             await ws.send_message("hello")  # ignored
     # the API still works; no connection task is stuck
+    assert (await api.client.get("/pub/health")).status_code == 200
+
+
+async def test_malformed_websocket_upgrade_is_refused(api: Api) -> None:
+    request = (
+        b"GET /ctrl/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Authorization: Bearer " + API_KEY.encode() + b"\r\n\r\n"
+    )  # no Sec-WebSocket-Key: wsproto refuses the handshake
+    with trio.fail_after(5):
+        data = await raw_exchange(api.port, request)
+    assert data.startswith(b"HTTP/1.1 400 ")
     assert (await api.client.get("/pub/health")).status_code == 200

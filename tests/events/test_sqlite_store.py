@@ -197,7 +197,7 @@ async def test_a_log_from_a_newer_plane_is_refused_clearly(
     assert f"schema version {SCHEMA_VERSION + 1}" in message
     assert f"this plane {__version__} reads schema version {SCHEMA_VERSION} at most" in message
     if make_too_new is too_new_by_meta:
-        assert "written by plane 9.0.0" in message
+        assert "(created by plane 9.0.0)" in message
     with pytest.raises(SchemaTooNewError):
         SqliteLogReader(path)
 

@@ -16,7 +16,8 @@ Endpoints (any path prefix works; the last path segment picks the behaviour):
 * ``/status/NNN``: answers status NNN with an empty body.
 * ``/head-length``: answers ``Content-Length: 1234``; to HEAD without a body.
 * a WebSocket handshake (any path but ``/refuse-upgrade``): echoes every
-  message; ``/refuse-upgrade`` answers 403 instead of 101.
+  message; ``/refuse-upgrade`` answers 403 instead of 101;
+  ``/close-after-one`` closes (code 1000) after the first echo.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class TestBackend:
         self.gate = trio.Event()
         self.ws_messages = 0
         self.ws_closed = trio.Event()
+        self._idle: set[trio.SocketStream] = set()
+        self.download_sent = 0
 
     @property
     def address(self) -> str:
@@ -72,6 +75,14 @@ class TestBackend:
         task_status.started(self.port)
         await trio.serve_listeners(self._connection, listeners)
 
+    async def drop_idle(self) -> int:
+        """Close every connection waiting for its next request (like a
+        keep-alive timeout); returns how many."""
+        idle = list(self._idle)
+        for stream in idle:
+            await stream.aclose()
+        return len(idle)
+
     # ---------------------------------------------------------------- http
 
     async def _connection(self, stream: trio.SocketStream) -> None:
@@ -80,7 +91,11 @@ class TestBackend:
         try:
             async with stream:
                 while True:
-                    event = await self._next(conn, stream)
+                    self._idle.add(stream)
+                    try:
+                        event = await self._next(conn, stream)
+                    finally:
+                        self._idle.discard(stream)
                     if not isinstance(event, h11.Request):
                         return
                     if _header(event.headers, b"upgrade") is not None:
@@ -190,6 +205,7 @@ class TestBackend:
             piece = PATTERN[: min(len(PATTERN), size - sent)]
             await self._send(conn, stream, h11.Data(data=piece))
             sent += len(piece)
+            self.download_sent = sent
             if sent == len(piece) and query.get("gate") == "1":
                 await self.gate.wait()
         await self._send(conn, stream, h11.EndOfMessage())
@@ -233,6 +249,9 @@ class TestBackend:
                         else:
                             out = ws.send(ws_events.BytesMessage(data=event.data, message_finished=event.message_finished))
                         await stream.send_all(out)
+                        if target.rstrip("/").endswith("close-after-one"):
+                            await stream.send_all(ws.send(ws_events.CloseConnection(code=1000)))
+                            return
                     elif isinstance(event, ws_events.Ping):
                         await stream.send_all(ws.send(event.response()))
                     elif isinstance(event, ws_events.CloseConnection):

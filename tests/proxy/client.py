@@ -172,7 +172,10 @@ def parse_responses(raw: bytes) -> list[Response]:
         response: Response | None = None
         body = bytearray()
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return responses  # the server closed after its last response
             if isinstance(event, h11.Response):
                 response = Response(event.status_code, _decode_headers(event.headers))
             elif isinstance(event, h11.Data):

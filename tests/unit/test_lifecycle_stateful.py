@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import attrs
-
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -25,6 +24,7 @@ from hypothesis.stateful import (
 )
 
 from plane.actors.lifecycle import (
+    KILL_CONFIRM_SECONDS,
     BackendState,
     Command,
     Tick,
@@ -55,6 +55,7 @@ from plane.events.types import (
     ReadinessObserved,
     SpawnFailed,
     Status,
+    TerminationEscalated,
     TerminationKind,
     TerminationReason,
     TerminationRequested,
@@ -117,6 +118,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.ready_at: float | None = None
         self.zero_at: float | None = None  # when open connections last went to zero
         self.last_http: float | None = None
+        # When the stop began and when the kill was sent, from the decisions.
+        self.terminating_at: float | None = None
+        self.killed_at: float | None = None
 
     # ------------------------------------------------------------- driving
 
@@ -183,6 +187,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         for event in events:
             if isinstance(event, BackendReady):
                 self.ready_at = event.at
+            if isinstance(event, BackendTerminating):
+                self.terminating_at = event.at
+                if event.kind is TerminationKind.HARD:
+                    self.killed_at = event.at
+            if isinstance(event, TerminationEscalated):
+                self.killed_at = event.at
             if isinstance(event, BackendTerminated):
                 self.open.clear()
 
@@ -249,12 +259,17 @@ class LifecycleMachine(RuleBasedStateMachine):
         cfg=spawn_configs,
         delay=delays,
         steps=st.sampled_from([0, 1, 2, 3, 3, 3, 3, 3]),
+        early_connection=st.booleans(),
     )
-    def request(self, cfg: SpawnConfig, delay: float, steps: int) -> None:
+    def request(
+        self, cfg: SpawnConfig, delay: float, steps: int, early_connection: bool
+    ) -> None:
         self.now += delay
         command = BackendRequested(self.now, "b-1", BackendKey("room", "ns"), cfg, 1)
         assert self.apply(command) == [command]
-        for _ in range(steps):  # most runs begin ready, to spend their steps there
+        for n in range(steps):  # most runs begin ready, to spend their steps there
+            if n == 2 and early_connection:  # a connection that opens before ready
+                self.feed(ConnectionOpened, 0.25, "c1")
             self.bring_up(0.5)
 
     @not_terminated
@@ -418,6 +433,30 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert next_deadline(self.state) is None
         else:
             assert not is_terminal(self.state)
+
+    @invariant()
+    def deadline_matches_the_model(self) -> None:
+        """next_deadline is the earliest of the timers the docstring describes."""
+        s = self.state
+        if s.status is None or is_terminal(s):
+            assert next_deadline(s) is None
+            return
+        lifetime = self.model_lifetime_deadline()
+        timers: list[float | None]
+        if s.status is Status.REQUESTED:
+            timers = [s.requested_at]
+        elif s.status is Status.STARTING:
+            timers = [s.requested_at + self.cfg.start_timeout_seconds, lifetime]
+        elif s.status is Status.TERMINATING:
+            assert self.terminating_at is not None
+            if self.killed_at is None:
+                timers = [self.terminating_at + self.cfg.stop_grace_seconds]
+            else:
+                timers = [self.killed_at + KILL_CONFIRM_SECONDS]
+        else:
+            timers = [self.model_idle_deadline(s), lifetime]
+        expected = min((t for t in timers if t is not None), default=None)
+        assert next_deadline(s) == expected
 
     @invariant()
     def ready_or_idle_has_an_address(self) -> None:

@@ -1,0 +1,133 @@
+"""Benchmark: replay (the ``plane-replay verify`` fold) against a bare json.loads fold.
+
+Side by side in one run, over the same SQLite log file:
+
+* **verify**: ``plane.events.sqlite.read_log`` + :class:`replay.fold.LogFold`
+  with the determinism check on: every row decoded through the wire
+  converter, every event evolved, every input re-decided and compared.
+* **bare**: ``sqlite3`` reads the same rows and ``json.loads`` each payload,
+  keeping the last status-bearing payload per stream (the least a hand-rolled
+  replay would do).
+
+The log holds ``--backends`` realistic lifecycles (request, start, ready,
+connections, activity, idle, terminate), produced by the real decider.  Each
+round runs both back to back; the verdict is the median ratio verify/bare
+against the target (>= 0.5).  Exit 0 on PASS, 1 on FAIL.
+
+    python bench/bench_replay.py [--backends 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from plane.actors import lifecycle
+from plane.actors.lifecycle import Tick
+from plane.events import types as t
+from plane.events.spec import BackendKey, Executable, SpawnConfig
+from plane.events.sqlite import open_sqlite_store, read_log
+from replay.fold import LogFold
+
+TARGET_RATIO = 0.5
+
+
+def lifecycle_events(n: int) -> list[t.Event]:
+    """One backend's life through the real decider: about 20 events."""
+    at = 1_700_000_000.0 + n
+    cfg = SpawnConfig(Executable(image="app:1", env={"A": "1"}), max_idle_seconds=30)
+    state = lifecycle.initial
+    out: list[t.Event] = []
+
+    def feed(command: lifecycle.Command) -> None:
+        nonlocal state
+        for event in lifecycle.decide(state, command):
+            state = lifecycle.evolve(state, event)
+            out.append(event)
+
+    feed(t.BackendRequested(at, f"b{n:07d}", BackendKey(f"room-{n}"), cfg, 1))
+    feed(t.TokenIssued(at, f"{n:064x}", at + 3600, "s" * 43, "user", '{"a":1}'))
+    feed(Tick(at))
+    feed(t.ExecutorStarted(at + 0.1, f"127.0.0.1:{20000 + n % 40000}", f"h{n}"))
+    feed(t.ReadinessObserved(at + 0.2))
+    for i in range(4):
+        feed(t.ConnectionOpened(at + 1 + i, f"c{i}"))
+        feed(t.HttpActivityRecorded(at + 1.5 + i, 3))
+        feed(t.ConnectionClosed(at + 2 + i, f"c{i}"))
+    deadline = lifecycle.next_deadline(state)
+    assert deadline is not None
+    feed(Tick(deadline))
+    feed(t.ExecutorExited(deadline + 0.5, 0))
+    return out
+
+
+async def write_log(path: Path, backends: int) -> int:
+    count = 0
+    async with open_sqlite_store(path, synchronous="OFF") as store:
+        for n in range(backends):
+            events = lifecycle_events(n)
+            await store.append(f"b{n:07d}", 0, events)
+            count += len(events)
+    return count
+
+
+def run_verify(path: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    fold = LogFold(verify=True).feed_all(read_log(path))
+    violations = fold.finish()
+    elapsed = time.perf_counter() - start
+    assert not violations, violations[:3]
+    return elapsed, fold.events
+
+
+def run_bare(path: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    loads = json.loads
+    last: dict[str, tuple[str, object]] = {}
+    count = 0
+    cursor = db.execute("SELECT seq, stream, version, type, data FROM events ORDER BY seq")
+    while rows := cursor.fetchmany(1024):
+        for _seq, stream, _version, tag, data in rows:
+            last[stream] = (tag, loads(data))
+            count += 1
+    db.close()
+    return time.perf_counter() - start, count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "events.db"
+        total = trio.run(write_log, path, args.backends)
+        print(f"log: {total} events of {args.backends} backends")
+        ratios = []
+        for r in range(args.rounds):
+            v_time, v_count = run_verify(path)
+            b_time, b_count = run_bare(path)
+            assert v_count == b_count == total
+            v_rate, b_rate = v_count / v_time, b_count / b_time
+            ratios.append(v_rate / b_rate)
+            print(
+                f"round {r + 1}: verify {v_rate:10,.0f} ev/s   bare json.loads {b_rate:10,.0f} ev/s"
+                f"   ratio {v_rate / b_rate:.2f}"
+            )
+    ratio = statistics.median(ratios)
+    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+    print(f"replay verify / bare json.loads fold: {ratio:.2f} (target >= {TARGET_RATIO}) {verdict}")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""End to end through the real proxy to a real backend: routing, keep-alive, headers, codes."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from plane.events.types import (
+    BackendReady,
+    BackendStarting,
+    BackendTerminated,
+    BackendTerminating,
+    TerminationKind,
+    TerminationReason,
+    TokenRevoked,
+)
+from plane.tokens import digest
+
+from .client import HttpClient, get, parse_responses, raw_exchange
+from .conftest import Harness
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def header_map(echo: dict[str, object]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    headers = echo["headers"]
+    assert isinstance(headers, list)
+    for name, value in headers:
+        out.setdefault(name, []).append(value)
+    return out
+
+
+# ------------------------------------------------------------------- routing
+
+
+async def test_token_is_stripped_and_query_kept(proxied: Harness) -> None:
+    h = proxied
+    backend_id, token = await h.add_backend()
+    r = await get(h.port, f"/{token}/a/b?x=1&y=%20")
+    assert r.status == 200
+    assert r.json()["target"] == "/a/b?x=1&y=%20"
+    assert r.header("x-plane-backend-id") == backend_id
+
+
+async def test_token_alone_maps_to_root(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    assert (await get(h.port, f"/{token}")).json()["target"] == "/"
+    assert (await get(h.port, f"/{token}?q=1")).json()["target"] == "/?q=1"
+    assert (await get(h.port, f"/{token}/")).json()["target"] == "/"
+
+
+async def test_absolute_form_targets_are_routed_by_their_path(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    r = await get(h.port, f"http://proxy.test/{token}/abs")
+    assert r.status == 200 and r.json()["target"] == "/abs"
+
+
+# ---------------------------------------------------------------- keep-alive
+
+
+async def test_keep_alive_and_upstream_reuse(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    async with await HttpClient.connect(h.port) as client:
+        for i in range(10):
+            r = await client.request("GET", f"/{token}/n{i}")
+            assert r.status == 200 and r.json()["target"] == f"/n{i}"
+            assert client.reusable()
+        r = await client.request("POST", f"/{token}/post", body=b"hello")
+        assert r.json()["body_len"] == 5
+    # A second client connection, later: the pooled upstream connection again.
+    for i in range(3):
+        assert (await get(h.port, f"/{token}/again{i}")).status == 200
+    assert h.backend.accepts == 1
+    assert len(h.backend.requests) == 14
+
+
+async def test_concurrent_requests_use_a_bounded_pool(harness: Harness) -> None:
+    h = harness
+    await h.start_proxy(upstream_pool_size=4)
+    _, token = await h.add_backend()
+
+    async def one(i: int) -> None:
+        async with await HttpClient.connect(h.port) as client:
+            for j in range(5):
+                r = await client.request("GET", f"/{token}/c{i}-{j}")
+                assert r.status == 200
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(one, i)
+    assert len(h.backend.requests) == 100
+    assert h.backend.accepts < 60  # connections are reused, though only 4 stay idle
+    assert h.proxy is not None and h.proxy.pool.idle_count() <= 4
+
+
+async def test_pipelined_requests_are_answered_in_order(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    raw = b"".join(
+        f"GET /{token}/p{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3)
+    ) + f"GET /{token}/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    responses = parse_responses(await raw_exchange(h.port, raw))
+    assert [r.json()["target"] for r in responses] == ["/p0", "/p1", "/p2", "/last"]
+    assert responses[-1].header("connection") == "close"
+
+
+async def test_backend_closing_its_connection_is_not_reused(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    async with await HttpClient.connect(h.port) as client:
+        r = await client.request("GET", f"/{token}/close")
+        assert r.status == 200 and r.body == b"bye"
+        # The client connection stays usable; a fresh upstream is opened.
+        assert client.reusable()
+        r = await client.request("GET", f"/{token}/after")
+        assert r.status == 200
+    assert h.backend.accepts == 2
+
+
+async def test_a_stale_pooled_connection_is_replaced(proxied: Harness) -> None:
+    """The backend closes an idle kept-alive connection: a GET (trusted, recent)
+    is retried on a fresh one; a POST (checked before reuse) never uses it."""
+    h = proxied
+    _, token = await h.add_backend()
+    assert (await get(h.port, f"/{token}/one")).status == 200
+    assert await h.backend.drop_idle() == 1
+    await trio.sleep(0.05)  # the FIN reaches the proxy's socket
+    assert (await get(h.port, f"/{token}/two")).status == 200
+    assert await h.backend.drop_idle() == 1
+    await trio.sleep(0.05)
+    async with await HttpClient.connect(h.port) as client:
+        r = await client.request("POST", f"/{token}/three", body=b"data")
+        assert r.status == 200 and r.json()["body_len"] == 4
+    assert h.backend.accepts == 3
+    assert [s.target for s in h.backend.requests] == ["/one", "/two", "/three"]
+
+
+async def test_http_10_client_gets_a_close_delimited_body(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    raw = await raw_exchange(
+        h.port, f"GET /{token}/download?size=1000&chunked=1 HTTP/1.0\r\n\r\n".encode()
+    )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert len(body) == 1000
+
+
+async def test_head_and_204_have_no_body(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    async with await HttpClient.connect(h.port) as client:
+        r = await client.request("HEAD", f"/{token}/head-length")
+        assert r.status == 200 and r.header("content-length") == "1234" and r.body == b""
+        r = await client.request("GET", f"/{token}/status/204")
+        assert r.status == 204 and r.body == b""
+        r = await client.request("GET", f"/{token}/head-length")
+        assert len(r.body) == 1234
+    assert h.backend.accepts == 1
+
+
+# ------------------------------------------------------------------- headers
+
+
+async def test_verified_headers_are_added_and_forged_ones_dropped(proxied: Harness) -> None:
+    h = proxied
+    backend_id, token = await h.add_backend(user="ann", auth='{"role":"editor"}')
+    r = await get(
+        h.port,
+        f"/{token}/who?x=1",
+        [
+            ("x-verified-username", "mallory"),
+            ("X-Verified-Backend", "elsewhere"),
+            ("x-verified-anything", "forged"),
+            ("x-custom", "kept"),
+        ],
+    )
+    headers = header_map(r.json())
+    assert headers["x-verified-username"] == ["ann"]
+    assert headers["x-verified-backend"] == [backend_id]
+    assert headers["x-verified-user-data"] == ['{"role":"editor"}']
+    assert headers["x-verified-secret"] == ["s3cret-" + backend_id]
+    assert headers["x-verified-path"] == [f"/{token}/who"]
+    assert "x-verified-anything" not in headers
+    assert headers["x-custom"] == ["kept"]
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["http"]
+    assert headers["host"] == ["proxy.test"]
+    assert r.header("x-plane-backend-id") == backend_id
+
+
+async def test_a_token_without_user_gets_null_user_data(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend(user=None, auth=None)
+    headers = header_map((await get(h.port, f"/{token}/")).json())
+    assert "x-verified-username" not in headers
+    assert headers["x-verified-user-data"] == ["null"]
+
+
+async def test_hop_by_hop_headers_are_removed(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    r = await get(
+        h.port,
+        f"/{token}/hop",
+        [
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("X-Secret-Hop", "drop me"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Foo"),
+            ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+            ("Proxy-Connection", "keep-alive"),
+            ("Upgrade", "h2c"),
+            ("X-Forwarded-For", "10.0.0.1"),
+        ],
+    )
+    headers = header_map(r.json())
+    for name in (
+        "connection",
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ):
+        assert name not in headers, name
+    # Like Plane: the peer is appended to an incoming chain.
+    assert headers["x-forwarded-for"] == ["10.0.0.1, 127.0.0.1"]
+
+
+async def test_request_bodies_are_forwarded_sized_and_chunked(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    async with await HttpClient.connect(h.port) as client:
+        await client.start("POST", f"/{token}/up", chunked=True)
+        for piece in (b"abc", b"defg", b"h" * 100_000):
+            await client.send(piece)
+        await client.end()
+        r = await client.finish(await client.head())
+        echo = r.json()
+        assert echo["body_len"] == 100_007
+        assert "transfer-encoding" in header_map(echo)
+        r = await client.request("PUT", f"/{token}/up", body=b"x" * 70_000)
+        assert r.json()["body_len"] == 70_000
+        assert header_map(r.json())["content-length"] == ["70000"]
+
+
+# ------------------------------------------------------------- status codes
+
+
+async def test_unknown_token_is_410(proxied: Harness) -> None:
+    h = proxied
+    r = await get(h.port, "/not-a-token/x")
+    assert r.status == 410
+    assert r.json() == {
+        "error": {"code": "TokenUnknown", "message": "no backend is known for this token"}
+    }
+    assert (await get(h.port, "/")).json()["error"]["code"] == "TokenUnknown"
+
+
+async def test_expired_token_is_410(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend(expires_in=-1)
+    r = await get(h.port, f"/{token}/x")
+    assert r.status == 410 and r.json()["error"]["code"] == "TokenExpired"
+
+
+async def test_revoked_token_is_refused_at_once(proxied: Harness) -> None:
+    """Refused from the moment the table has the event (a scheduler tick after it
+    lands in the store), on a connection that used the token a moment before:
+    nothing is cached per connection but the token's hash."""
+    h = proxied
+    backend_id, token = await h.add_backend()
+    async with await HttpClient.connect(h.port) as client:
+        assert (await client.request("GET", f"/{token}/ok")).status == 200
+        await h.append(backend_id, TokenRevoked(h.clock.now(), digest(token)))
+        with trio.fail_after(0.05):
+            await h.settle()
+        r = await client.request("GET", f"/{token}/after")
+        assert r.status == 410 and r.json()["error"]["code"] == "TokenRevoked"
+        # The refusal keeps the connection.
+        assert client.reusable()
+    assert [s.target for s in h.backend.requests] == ["/ok"]
+
+
+async def test_revoke_all_refuses_every_earlier_token(proxied: Harness) -> None:
+    h = proxied
+    backend_id, token = await h.add_backend()
+    other = await h.issue(backend_id)
+    await h.append(backend_id, TokenRevoked(h.clock.now(), None))
+    later = await h.issue(backend_id)
+    for t in (token, other):
+        assert (await get(h.port, f"/{t}/")).json()["error"]["code"] == "TokenRevoked"
+    assert (await get(h.port, f"/{later}/")).status == 200
+
+
+async def test_terminating_and_terminated_backends_are_410(proxied: Harness) -> None:
+    h = proxied
+    backend_id, token = await h.add_backend()
+    now = h.clock.now()
+    await h.append(
+        backend_id, BackendTerminating(now, TerminationReason.EXTERNAL, TerminationKind.SOFT)
+    )
+    await h.settle()
+    r = await get(h.port, f"/{token}/x")
+    assert r.status == 410 and r.json()["error"]["code"] == "BackendTerminated"
+    await h.append(backend_id, BackendTerminated(now, TerminationReason.EXTERNAL))
+    await h.settle()
+    assert (await get(h.port, f"/{token}/x")).json()["error"]["code"] == "BackendTerminated"
+
+
+async def test_a_request_waits_for_a_starting_backend(proxied: Harness) -> None:
+    h = proxied
+    backend_id, token = await h.add_backend(ready=False)
+    result = []
+
+    async def request() -> None:
+        result.append(await get(h.port, f"/{token}/waited"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request)
+        await trio.sleep(0.3)
+        assert not result
+        now = h.clock.now()
+        await h.append(backend_id, BackendStarting(now), BackendReady(now, h.backend.address))
+    (r,) = result
+    assert r.status == 200 and r.json()["target"] == "/waited"
+
+
+async def test_a_waiting_request_sees_the_backend_fail(proxied: Harness) -> None:
+    h = proxied
+    backend_id, token = await h.add_backend(ready=False)
+    result = []
+
+    async def request() -> None:
+        result.append(await get(h.port, f"/{token}/"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request)
+        await trio.sleep(0.1)
+        await h.append(
+            backend_id, BackendTerminated(h.clock.now(), TerminationReason.SPAWN_FAILED)
+        )
+    assert result[0].status == 410
+    assert result[0].json()["error"]["code"] == "BackendTerminated"
+
+
+async def test_a_backend_stuck_starting_gives_504(harness: Harness) -> None:
+    h = harness
+    await h.start_proxy(ready_wait_timeout=0.3)
+    backend_id, token = await h.add_backend(ready=False)
+    start = trio.current_time()
+    r = await get(h.port, f"/{token}/")
+    assert 0.25 <= trio.current_time() - start < 2
+    assert r.status == 504 and r.json()["error"]["code"] == "BackendNotReady"
+    assert r.header("x-plane-backend-id") == backend_id
+
+
+async def test_a_refused_connection_gives_502(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend(address=f"127.0.0.1:{free_port()}")
+    async with await HttpClient.connect(h.port) as client:
+        r = await client.request("GET", f"/{token}/")
+        assert r.status == 502 and r.json()["error"]["code"] == "BackendUnreachable"
+        assert client.reusable()
+
+
+async def test_a_backend_that_dies_mid_exchange_gives_502(proxied: Harness) -> None:
+    h = proxied
+    port = free_port()
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", port))
+    listener.listen(5)
+    _, token = await h.add_backend(address=f"127.0.0.1:{port}")
+
+    async def rude_backend() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            await conn.recv(65536)  # read the request, answer nothing, close
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rude_backend)
+        r = await get(h.port, f"/{token}/")
+    listener.close()
+    assert r.status == 502 and r.json()["error"]["code"] == "BackendClosed"
+
+
+async def test_a_malformed_backend_response_gives_502(proxied: Harness) -> None:
+    h = proxied
+    port = free_port()
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", port))
+    listener.listen(5)
+    _, token = await h.add_backend(address=f"127.0.0.1:{port}")
+
+    async def bad_backend() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            await conn.recv(65536)
+            await conn.send(b"NOT HTTP AT ALL\r\n\r\n")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bad_backend)
+        r = await get(h.port, f"/{token}/")
+    listener.close()
+    assert r.status == 502 and r.json()["error"]["code"] == "BadGateway"
+
+
+async def test_connect_is_refused_with_405(proxied: Harness) -> None:
+    raw = await raw_exchange(proxied.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+    (r,) = parse_responses(raw)
+    assert r.status == 405
