@@ -41,7 +41,9 @@ async def main(address: str, token: str) -> None:
             "bench",
             0,
             [
-                BackendRequested(now, "bench", BackendKey("bench"), SpawnConfig(Executable("x")), 1),
+                BackendRequested(
+                    now, "bench", BackendKey("bench"), SpawnConfig(Executable("x")), 1
+                ),
                 TokenIssued(now, tokens.digest(token), now + 86400, "secret", "bench-user", "{}"),
                 BackendStarting(now),
                 BackendReady(now, address),

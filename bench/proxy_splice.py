@@ -33,10 +33,9 @@ async def main(backend: str) -> None:
         except OSError:
             await client.aclose()
             return
-        async with client, upstream:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pipe, client, upstream)
-                nursery.start_soon(pipe, upstream, client)
+        async with client, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(pipe, client, upstream)
+            nursery.start_soon(pipe, upstream, client)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     print(f"PORT {listeners[0].socket.getsockname()[1]}", flush=True)

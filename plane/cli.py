@@ -86,17 +86,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
     _setup_logging(config.log_format)
-    try:
-        trio.run(_serve_until_signal, config)
-    except OSError as exc:
-        raise CliError(f"cannot serve: {exc}", 2) from None
-    return 0
-
-
-async def _serve_until_signal(config: PlaneConfig) -> None:
     from plane.events.store import StoreError
     from plane.serve import AlreadyServing
 
+    try:
+        trio.run(_serve_until_signal, config)
+    except BaseException as exc:  # an ExceptionGroup from the nurseries, most of the time
+        known = _find(exc, (AlreadyServing, ConfigError, StoreError, OSError))
+        if known is None:
+            raise
+        prefix = "cannot serve: " if isinstance(known, OSError) else ""
+        raise CliError(f"{prefix}{known}", 2) from None
+    return 0
+
+
+def _find(exc: BaseException, kinds: tuple[type[Exception], ...]) -> Exception | None:
+    """The first exception of ``kinds`` in ``exc`` or in the groups it nests."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kinds)
+            if found is not None:
+                return found
+    return None
+
+
+async def _serve_until_signal(config: PlaneConfig) -> None:
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -110,10 +126,7 @@ async def _serve_until_signal(config: PlaneConfig) -> None:
                     return
 
             nursery.start_soon(watch_signals)
-            try:
-                serving = await nursery.start(_serve, config, shutdown)
-            except (AlreadyServing, ConfigError, StoreError) as exc:
-                raise CliError(str(exc), 2) from None
+            serving = await nursery.start(_serve, config, shutdown)
             report = serving.recovered
             print(
                 f"plane {__version__} serving\n"

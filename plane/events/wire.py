@@ -12,7 +12,6 @@ payload that does not fit its type; it names the tag and the problem.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -63,10 +62,16 @@ def tag_of(event: t.Event) -> str:
     return TAGS[type(event)]
 
 
+_UNHOOKS: dict[type[t.Event], Callable[[Any], dict[str, Any]]] = {}
+
+
 def unstructure(event: t.Event) -> dict[str, Any]:
     """The event's JSON-ready payload (without its tag)."""
-    data: dict[str, Any] = converter.unstructure(event)
-    return data
+    cls = type(event)
+    hook = _UNHOOKS.get(cls)
+    if hook is None:
+        hook = _UNHOOKS[cls] = converter.get_unstructure_hook(cls)
+    return hook(event)
 
 
 _HOOKS: dict[str, Callable[[Any, Any], t.Event]] = {}
@@ -104,7 +109,7 @@ def structure(tag: str, data: Any) -> t.Event:
 
 def dumps(event: t.Event) -> str:
     """Compact, key-sorted JSON of the event's payload."""
-    return json.dumps(unstructure(event), separators=(",", ":"), sort_keys=True)
+    return orjson.dumps(unstructure(event), option=orjson.OPT_SORT_KEYS).decode()
 
 
 def loads(tag: str, text: str) -> t.Event:

@@ -39,8 +39,8 @@ group that still holds a process labelled with the backend id.  Backends are
 *not* tied to any nursery: when plane exits, or is killed with SIGKILL, they
 keep running and are adopted by the next plane.  Stdout and stderr are
 appended to ``<logs_dir>/<backend id>.log``, so logs survive a plane restart;
-:meth:`~ProcessExecutor.remove` deletes that file, SIGKILLs any process still
-labelled with the backend id and forgets the backend.  No resource limits are
+:meth:`~ProcessExecutor.remove` SIGKILLs any process still labelled with the
+backend id and forgets the backend; the log file stays for ``plane logs``.  No resource limits are
 applied to processes (``executable.resource_limits`` is ignored here).
 
 :meth:`~ProcessExecutor.serve_exits` waits on the processes this executor
@@ -354,7 +354,11 @@ class ProcessExecutor:
         await self._signal(backend_id, signal.SIGKILL)
 
     async def remove(self, backend_id: str) -> None:
-        """SIGKILL leftovers, reap, delete the log file and forget the backend."""
+        """SIGKILL leftovers, reap and forget the backend.
+
+        The log file stays: ``plane logs`` of a terminated backend is how people
+        learn why it ended.
+        """
         await self._signal(backend_id, signal.SIGKILL)
         proc = self._children.pop(backend_id, None)
         if proc is not None:
@@ -363,8 +367,6 @@ class ProcessExecutor:
         self._child_ports.pop(backend_id, None)
         self._adopted.pop(backend_id, None)
         self._reported.discard(backend_id)
-        with contextlib.suppress(ValueError, FileNotFoundError):
-            self.log_path(backend_id).unlink()
 
     async def list_running(self) -> list[Running]:
         """Every running labelled process-group leader on this host, adopted or not."""

@@ -178,12 +178,12 @@ class ClientSession:
 
     async def _serve_one(self, first: bool) -> bool:
         """Serve one request; True to keep the connection for the next."""
-        head = await self._read_head(first)
-        if head is None:
-            return False
         self.request_done = False
         self.response_started = False
         self.backend_header = b""
+        head = await self._read_head(first)
+        if head is None:
+            return False
         try:
             return await self._handle(head)
         except GatewayFault as fault:

@@ -41,7 +41,6 @@ from plane.proxy.errors import GatewayFault
 from plane.proxy.parsing import ResponseSink
 from plane.proxy.settings import ProxySettings
 
-
 TRUST_IDLE_FOR = 1.0
 """Seconds an idle connection is trusted without a liveness check (for
 idempotent requests, which are retried once if it fails anyway)."""

@@ -1,7 +1,7 @@
 """One contract, every store: the SQLite store and its in-memory twin pass the same suite.
 
 What the contract is lives in :mod:`plane.events.store`; each test below names
-the promise it checks.  The ``store_kind`` fixture runs every test once per
+the promise it checks.  The ``open_store`` fixture runs every test once per
 store.
 """
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.lowlevel
 import trio.testing
 
 from plane.events.memory import open_memory_store

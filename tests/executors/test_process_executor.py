@@ -277,7 +277,7 @@ async def test_list_running_and_adoption_by_a_fresh_executor(
         assert await next_exit(receive, bid) == ExitObserved(bid, None)
         nursery.cancel_scope.cancel()
     await fresh.remove(bid)
-    assert not (tmp_path / "logs" / f"{bid}.log").exists()
+    assert (tmp_path / "logs" / f"{bid}.log").exists(), "logs outlive the backend"
     assert bid not in {r.backend_id for r in await fresh.list_running()}
 
 

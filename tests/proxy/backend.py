@@ -117,7 +117,9 @@ class TestBackend:
                 continue
             return event
 
-    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, event: h11.Event) -> None:
+    async def _send(
+        self, conn: h11.Connection, stream: trio.SocketStream, event: h11.Event
+    ) -> None:
         data = conn.send(event)
         if data:
             await stream.send_all(data)
@@ -230,7 +232,9 @@ class TestBackend:
         headers = [(n.decode(), v.decode()) for n, v in request.headers]
         self.requests.append(Seen(request.method.decode(), target, headers))
         if target.rstrip("/").endswith("refuse-upgrade"):
-            await self._simple(stream, conn, 403, b"no upgrade for you", [(b"connection", b"close")])
+            await self._simple(
+                stream, conn, 403, b"no upgrade for you", [(b"connection", b"close")]
+            )
             return
         ws = wsproto.WSConnection(ConnectionType.SERVER)
         ws.initiate_upgrade_connection(request.headers, request.target)
@@ -245,9 +249,17 @@ class TestBackend:
                     elif isinstance(event, ws_events.Message):
                         self.ws_messages += 1
                         if isinstance(event, ws_events.TextMessage):
-                            out = ws.send(ws_events.TextMessage(data=event.data, message_finished=event.message_finished))
+                            out = ws.send(
+                                ws_events.TextMessage(
+                                    data=event.data, message_finished=event.message_finished
+                                )
+                            )
                         else:
-                            out = ws.send(ws_events.BytesMessage(data=event.data, message_finished=event.message_finished))
+                            out = ws.send(
+                                ws_events.BytesMessage(
+                                    data=event.data, message_finished=event.message_finished
+                                )
+                            )
                         await stream.send_all(out)
                         if target.rstrip("/").endswith("close-after-one"):
                             await stream.send_all(ws.send(ws_events.CloseConnection(code=1000)))
@@ -270,4 +282,3 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if n.lower() == name:
             return v
     return None
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -139,16 +140,14 @@ async def get(port: int, target: str, headers: Iterable[tuple[str, str]] = ()) -
         return await client.request("GET", target, headers)
 
 
-async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+async def raw_exchange(port: int, data: bytes, *, limit: float = 5.0) -> bytes:
     """Send raw bytes, return everything received until the proxy closes."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     received = bytearray()
     async with stream:
-        with trio.fail_after(timeout):
-            try:
+        with trio.fail_after(limit):
+            with contextlib.suppress(trio.BrokenResourceError):
                 await stream.send_all(data)
-            except trio.BrokenResourceError:
-                pass
             while True:
                 try:
                     chunk = await stream.receive_some(65536)
@@ -185,8 +184,10 @@ def parse_responses(raw: bytes) -> list[Response]:
                 response.body = bytes(body)
                 responses.append(response)
                 break
-            elif event is h11.PAUSED or event is h11.NEED_DATA or isinstance(
-                event, h11.ConnectionClosed
+            elif (
+                event is h11.PAUSED
+                or event is h11.NEED_DATA
+                or isinstance(event, h11.ConnectionClosed)
             ):
                 return responses
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

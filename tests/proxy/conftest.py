@@ -8,7 +8,7 @@ emits.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -27,11 +27,21 @@ from plane.events.types import (
     InputEvent,
     TokenIssued,
 )
+from plane.metrics import Metrics
 from plane.proxy import ProxyContext, ProxyServer, ProxySettings
 
 from .backend import TestBackend
 
 _ids = itertools.count(1)
+
+
+async def eventually(check: Callable[[], object], limit: float = 5.0) -> None:
+    """Poll ``check`` until it is true; TooSlowError after ``limit`` seconds."""
+    with trio.fail_after(limit):
+        while True:
+            if check():
+                return
+            await trio.sleep(0.005)
 
 
 @attrs.define
@@ -47,8 +57,8 @@ class Harness:
     def emit(self, backend_id: str, event: InputEvent) -> None:
         self.emitted.append((backend_id, event))
 
-    async def start_proxy(self, **settings: Any) -> int:
-        ctx = ProxyContext(self.store, self.emit, self.clock, None, ProxySettings(**settings))
+    async def start_proxy(self, metrics: Metrics | None = None, **settings: Any) -> int:
+        ctx = ProxyContext(self.store, self.emit, self.clock, metrics, ProxySettings(**settings))
         self.proxy = ProxyServer(ctx)
         self.port = await self.nursery.start(self.proxy.serve, "127.0.0.1", 0)
         return self.port
@@ -71,8 +81,12 @@ class Harness:
         token = tokens.mint()
         now = self.clock.now()
         events: list[Event] = [
-            BackendRequested(now, backend_id, BackendKey(backend_id), SpawnConfig(Executable("t")), 1),
-            TokenIssued(now, tokens.digest(token), now + expires_in, "s3cret-" + backend_id, user, auth),
+            BackendRequested(
+                now, backend_id, BackendKey(backend_id), SpawnConfig(Executable("t")), 1
+            ),
+            TokenIssued(
+                now, tokens.digest(token), now + expires_in, "s3cret-" + backend_id, user, auth
+            ),
         ]
         if ready:
             events += [BackendStarting(now), BackendReady(now, address or self.backend.address)]
@@ -94,9 +108,8 @@ class Harness:
         if self.proxy is None:
             return
         last = await self.store.last_seq()
-        with trio.fail_after(5):
-            while self.proxy.table.seq < last:
-                await trio.sleep(0.001)
+        table = self.proxy.table
+        await eventually(lambda: table.seq >= last)
 
     def events_of(self, kind: type) -> list[tuple[str, Any]]:
         return [(b, e) for b, e in self.emitted if isinstance(e, kind)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -56,5 +58,5 @@ def test_every_request_is_counted_and_reports_are_spaced(steps: list[tuple[str, 
     for backend, n in counted.items():
         assert sum(k for _, k in reports[backend]) == n
     for times in reports.values():
-        for (t1, _), (t2, _) in zip(times, times[1:], strict=False):
+        for (t1, _), (t2, _) in itertools.pairwise(times):
             assert t2 - t1 >= 1.0 - 1e-9

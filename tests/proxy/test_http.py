@@ -105,9 +105,10 @@ async def test_concurrent_requests_use_a_bounded_pool(harness: Harness) -> None:
 async def test_pipelined_requests_are_answered_in_order(proxied: Harness) -> None:
     h = proxied
     _, token = await h.add_backend()
-    raw = b"".join(
-        f"GET /{token}/p{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3)
-    ) + f"GET /{token}/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    raw = (
+        b"".join(f"GET /{token}/p{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3))
+        + f"GET /{token}/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
     responses = parse_responses(await raw_exchange(h.port, raw))
     assert [r.json()["target"] for r in responses] == ["/p0", "/p1", "/p2", "/last"]
     assert responses[-1].header("connection") == "close"
@@ -352,9 +353,7 @@ async def test_a_waiting_request_sees_the_backend_fail(proxied: Harness) -> None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(request)
         await trio.sleep(0.1)
-        await h.append(
-            backend_id, BackendTerminated(h.clock.now(), TerminationReason.SPAWN_FAILED)
-        )
+        await h.append(backend_id, BackendTerminated(h.clock.now(), TerminationReason.SPAWN_FAILED))
     assert result[0].status == 410
     assert result[0].json()["error"]["code"] == "BackendTerminated"
 

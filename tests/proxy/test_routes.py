@@ -259,7 +259,9 @@ def _to_event(backend: str, op: str, n: int) -> Event:
     return TokenRevoked(T0, token_hash)
 
 
-def _model(ops: list[tuple[str, Event]], token_hash: str, now: float) -> Refusal | tuple[str, str | None]:
+def _model(
+    ops: list[tuple[str, Event]], token_hash: str, now: float
+) -> Refusal | tuple[str, str | None]:
     """The rule restated naively: replay the whole history for one token."""
     owner: str | None = None
     issued_event: TokenIssued | None = None
@@ -267,9 +269,12 @@ def _model(ops: list[tuple[str, Event]], token_hash: str, now: float) -> Refusal
     for stream, event in ops:
         if isinstance(event, TokenIssued) and event.token_hash == token_hash:
             owner, issued_event, revoked = stream, event, False
-        elif isinstance(event, TokenRevoked) and stream == owner:
-            if event.token_hash is None or event.token_hash == token_hash:
-                revoked = True
+        elif (
+            isinstance(event, TokenRevoked)
+            and stream == owner
+            and event.token_hash in (None, token_hash)
+        ):
+            revoked = True
     if owner is None or issued_event is None:
         return TOKEN_UNKNOWN
     if revoked:

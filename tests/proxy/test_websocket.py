@@ -13,7 +13,7 @@ from wsproto.connection import Connection as WsConnection
 from plane.events.types import ConnectionClosed, ConnectionOpened
 
 from .client import parse_responses, raw_exchange
-from .conftest import Harness
+from .conftest import Harness, eventually
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -81,9 +81,7 @@ async def test_websocket_emits_opened_then_closed(proxied: Harness) -> None:
         opened = h.events_of(ConnectionOpened)
         assert len(opened) == 1 and opened[0][0] == backend_id
         assert not h.events_of(ConnectionClosed)
-    with trio.fail_after(5):
-        while not h.events_of(ConnectionClosed):
-            await trio.sleep(0.01)
+    await eventually(lambda: h.events_of(ConnectionClosed))
     (closed,) = h.events_of(ConnectionClosed)
     assert closed[0] == backend_id
     assert closed[1].connection_id == opened[0][1].connection_id
@@ -99,9 +97,7 @@ async def test_each_websocket_gets_its_own_connection_id(proxied: Harness) -> No
         await a.send_message("a")
         await b.send_message("b")
         assert (await a.get_message(), await b.get_message()) == ("a", "b")
-    with trio.fail_after(5):
-        while len(h.events_of(ConnectionClosed)) < 2:
-            await trio.sleep(0.01)
+    await eventually(lambda: len(h.events_of(ConnectionClosed)) >= 2)
     ids = {e.connection_id for _, e in h.events_of(ConnectionOpened)}
     assert len(ids) == 2
     assert ids == {e.connection_id for _, e in h.events_of(ConnectionClosed)}
@@ -116,9 +112,7 @@ async def test_backend_closing_the_websocket_closes_the_client(proxied: Harness)
         with trio.fail_after(5), pytest.raises(WsClosed) as info:
             await ws.get_message()
         assert info.value.reason.code == 1000
-    with trio.fail_after(5):
-        while not h.events_of(ConnectionClosed):
-            await trio.sleep(0.01)
+    await eventually(lambda: h.events_of(ConnectionClosed))
 
 
 async def test_a_refused_upgrade_is_relayed_and_the_connection_closed(proxied: Harness) -> None:
@@ -161,7 +155,4 @@ async def test_client_disconnect_ends_the_splice(proxied: Harness) -> None:
     await stream.aclose()  # no closing handshake: just gone
     with trio.fail_after(5):
         await h.backend.ws_closed.wait()
-        while not h.events_of(ConnectionClosed):
-            await trio.sleep(0.01)
-
-
+    await eventually(lambda: h.events_of(ConnectionClosed))

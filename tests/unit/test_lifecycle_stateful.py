@@ -11,6 +11,7 @@ independent reading of the docstring, not against the decider's own fields.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 from hypothesis import HealthCheck, settings
@@ -42,6 +43,7 @@ from plane.events.types import (
     BackendIdle,
     BackendReady,
     BackendRequested,
+    BackendStarting,
     BackendTerminated,
     BackendTerminating,
     ConnectionClosed,
@@ -87,6 +89,17 @@ spawn_configs = st.builds(
 )
 
 
+Timer = Callable[[float], list[Event]]
+"""What a timer decides when it fires at a given time."""
+
+
+def summary(event: Event) -> tuple[object, ...]:
+    """An event without its free-text message, for comparing with the model."""
+    fields = attrs.asdict(event, recurse=False)  # type: ignore[arg-type]
+    fields.pop("message", None)
+    return (type(event), *sorted(fields.items()))
+
+
 not_terminated = precondition(lambda self: not is_terminal(self.state))
 """Most rules stop once the backend is terminated, so that steps are spent on a
 live backend; ``late_fact`` covers what arrives after the end."""
@@ -121,6 +134,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         # When the stop began and when the kill was sent, from the decisions.
         self.terminating_at: float | None = None
         self.killed_at: float | None = None
+        self.reason: TerminationReason | None = None
 
     # ------------------------------------------------------------- driving
 
@@ -145,6 +159,47 @@ class LifecycleMachine(RuleBasedStateMachine):
         if self.cfg.lifetime_limit_seconds is None:
             return None
         return self.state.requested_at + self.cfg.lifetime_limit_seconds
+
+    def model_timers(self, s: BackendState) -> list[tuple[float, Timer]]:
+        """The timers the docstring describes for ``s``, in the decider's tie order.
+
+        Call it before updating the model with the command being checked.
+        """
+        if s.status is None or is_terminal(s):
+            return []
+        cfg = self.cfg
+        soft, hard = TerminationKind.SOFT, TerminationKind.HARD
+        reasons = TerminationReason
+        if s.status is Status.REQUESTED:
+            return [(s.requested_at, lambda at: [BackendStarting(at)])]
+        if s.status is Status.TERMINATING:
+            assert self.terminating_at is not None and self.reason is not None
+            reason = self.reason
+            if self.killed_at is None:
+                grace = self.terminating_at + cfg.stop_grace_seconds
+                return [(grace, lambda at: [TerminationEscalated(at)])]
+            confirm = self.killed_at + KILL_CONFIRM_SECONDS
+            return [(confirm, lambda at: [BackendTerminated(at, reason, None)])]
+        timers: list[tuple[float | None, Timer]]
+        lifetime = self.model_lifetime_deadline()
+        life: Timer = lambda at: [BackendTerminating(at, reasons.LIFETIME, soft)]  # noqa: E731
+        if s.status is Status.STARTING:
+            timers = [
+                (
+                    s.requested_at + cfg.start_timeout_seconds,
+                    lambda at: [BackendTerminating(at, reasons.START_TIMEOUT, hard)],
+                ),
+                (lifetime, life),
+            ]
+        else:
+            timers = [
+                (lifetime, life),
+                (
+                    self.model_idle_deadline(s),
+                    lambda at: [BackendTerminating(at, reasons.IDLE, soft)],
+                ),
+            ]
+        return [(when, fire) for when, fire in timers if when is not None]
 
     def apply(self, command: Command) -> list[Event]:
         before = self.state
@@ -189,6 +244,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.ready_at = event.at
             if isinstance(event, BackendTerminating):
                 self.terminating_at = event.at
+                self.reason = event.reason
                 if event.kind is TerminationKind.HARD:
                     self.killed_at = event.at
             if isinstance(event, TerminationEscalated):
@@ -235,23 +291,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             assert events, f"tick at {at} at/after the deadline {due} decided nothing"
             assert all(e.at == at for e in events)
-        if before.status not in (Status.READY, Status.IDLE):
-            return
-        # Ready or idle: the only timers are the lifetime limit and the idle reap;
-        # the earlier due one fires (the lifetime limit on a tie).
-        idle_at = self.model_idle_deadline(before)
-        life_at = self.model_lifetime_deadline()
-        assert due == min((d for d in (idle_at, life_at) if d is not None), default=None)
-        candidates = []
-        if life_at is not None and life_at <= at:
-            candidates.append((life_at, 0, TerminationReason.LIFETIME))
-        if idle_at is not None and idle_at <= at:
-            candidates.append((idle_at, 1, TerminationReason.IDLE))
-        if not candidates:
+        # The earliest due timer of the model fires (the first listed on a tie).
+        timers = [(when, n, fire) for n, (when, fire) in enumerate(self.model_timers(before))]
+        fired = [timer for timer in timers if timer[0] <= at]
+        if not fired:
             assert events == []
             return
-        _, _, reason = min(candidates)
-        assert events == [BackendTerminating(at, reason, TerminationKind.SOFT)]
+        _, _, fire = min(fired, key=lambda timer: (timer[0], timer[1]))
+        assert [summary(e) for e in events] == [summary(e) for e in fire(at)]
 
     # --------------------------------------------------------------- rules
 
@@ -437,26 +484,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     @invariant()
     def deadline_matches_the_model(self) -> None:
         """next_deadline is the earliest of the timers the docstring describes."""
-        s = self.state
-        if s.status is None or is_terminal(s):
-            assert next_deadline(s) is None
-            return
-        lifetime = self.model_lifetime_deadline()
-        timers: list[float | None]
-        if s.status is Status.REQUESTED:
-            timers = [s.requested_at]
-        elif s.status is Status.STARTING:
-            timers = [s.requested_at + self.cfg.start_timeout_seconds, lifetime]
-        elif s.status is Status.TERMINATING:
-            assert self.terminating_at is not None
-            if self.killed_at is None:
-                timers = [self.terminating_at + self.cfg.stop_grace_seconds]
-            else:
-                timers = [self.killed_at + KILL_CONFIRM_SECONDS]
-        else:
-            timers = [self.model_idle_deadline(s), lifetime]
-        expected = min((t for t in timers if t is not None), default=None)
-        assert next_deadline(s) == expected
+        whens = [when for when, _ in self.model_timers(self.state)]
+        assert next_deadline(self.state) == min(whens, default=None)
 
     @invariant()
     def ready_or_idle_has_an_address(self) -> None:
@@ -480,7 +509,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 LifecycleMachine.TestCase.settings = settings(
-    max_examples=200,
+    max_examples=300,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -1,0 +1,112 @@
+"""Run ``plane serve`` as a real subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BANNER = re.compile(r"^\s+(api|proxy|executor):\s+(\S+)", re.MULTILINE)
+
+
+class PlaneServe:
+    """A ``plane serve`` child process on free loopback ports."""
+
+    def __init__(self, data_dir: Path, executor: str, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.log_path = data_dir / "serve.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "plane.cli",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--api-listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--executor",
+                executor,
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.urls = self._read_banner()
+        self.api = httpx.Client(base_url=self.urls["api"], timeout=30)
+
+    def _read_banner(self, timeout: float = 60) -> dict[str, str]:
+        assert self.process.stdout is not None
+        found: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < 3:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"plane serve exited early: {self.log_path.read_text()}")
+            match = BANNER.match(line)
+            if match:
+                found[match.group(1)] = match.group(2)
+            if time.monotonic() > deadline:
+                raise RuntimeError("plane serve printed no banner")
+        return found
+
+    def connect(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.api.post("/ctrl/connect", json=body)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def status(self, backend_id: str) -> dict[str, Any]:
+        response = self.api.get(f"/pub/b/{backend_id}/status")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait_status(self, backend_id: str, *wanted: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(backend_id)
+            if status["status"] in wanted:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{backend_id} still {status} after {timeout}s")
+            time.sleep(0.05)
+
+    def backends(self, live: bool = False) -> list[dict[str, Any]]:
+        params = {"limit": 1000, **({"live": 1} if live else {})}
+        response = self.api.get("/ctrl/backends", params=params)
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()["backends"]
+        return result
+
+    def kill9(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.api.close()
+        self._log.close()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.api.close()
+        if not self._log.closed:
+            self._log.close()
+        return self.process.returncode
