@@ -52,6 +52,7 @@ from plane.events.types import (
     Event,
     ExecutorExited,
     ExecutorStarted,
+    ExecutorVanished,
     OrphanRemoved,
     Status,
     TerminationKind,
@@ -148,7 +149,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             exits_send, exits_recv = trio.open_memory_channel[ExitObserved](math.inf)
-            await nursery.start(self.executor.serve_exits, exits_send)
+            await nursery.start(self._watch_exits, exits_send)
             await self._recover()
             nursery.start_soon(self._route_exits, exits_recv)
             task_status.started()
@@ -318,6 +319,42 @@ class Supervisor:
                 del self._live_by_slot[slot]
         for observer in self.observers:
             observer(state, events)
+
+    async def _watch_exits(
+        self,
+        send: trio.MemorySendChannel[ExitObserved],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the executor's exit watch running; after a gap, reconcile.
+
+        If the engine's event stream breaks, exits during the gap are not seen:
+        once watching again, every started backend the executor no longer runs
+        is told it vanished.
+        """
+        delay = self.policy.backoff_initial
+        started = False
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.executor.serve_exits, send)
+                    if not started:
+                        started = True
+                        task_status.started()
+                    else:
+                        await self._reconcile_running()
+                    delay = self.policy.backoff_initial
+            except* ExecutorError as group:
+                log.warning("watching exits failed, retrying in %.1fs: %s", delay, group.exceptions)
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.policy.backoff_max)
+
+    async def _reconcile_running(self) -> None:
+        running = {r.backend_id for r in await self._list_running()}
+        for backend_id, actor in list(self.actors.items()):
+            state = actor.state
+            if state.address is not None and backend_id not in running:
+                actor.tell(ExecutorVanished(0.0, "exit not observed: the executor lost track"))
 
     async def _route_exits(self, exits: trio.MemoryReceiveChannel[ExitObserved]) -> None:
         async for observed in exits:

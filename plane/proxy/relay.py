@@ -47,6 +47,7 @@ client that goes away (``OSError`` on its socket) ends the session quietly.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 
 import attrs
@@ -150,20 +151,38 @@ class ClientSession:
         self.request_done = False
         self.response_started = False
         self.backend_header = b""
+        # timeouts: the watchdog cancels ``scope`` once ``deadline`` (trio time) passes
+        self.scope = trio.CancelScope()
+        self.deadline = math.inf
 
     # ------------------------------------------------------------------- run
 
     async def run(self) -> None:
         try:
-            first = True
-            while await self._serve_one(first):
-                first = False
-        except ClientFault as fault:
-            await self._last_words(fault)
+            fault: ClientFault | None = None
+            with self.scope:
+                try:
+                    first = True
+                    while await self._serve_one(first):
+                        first = False
+                except ClientFault as exc:
+                    fault = exc
+            if self.scope.cancelled_caught and self.sink.in_head:
+                fault = ClientFault(
+                    408, "RequestTimeout", "the request head did not arrive in time"
+                )
+            if fault is not None:
+                await self._last_words(fault)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
             sockio.close(self.sock)
+
+    def expire(self, now: float) -> None:
+        """Called by the server's watchdog: end the session if its deadline passed."""
+        if self.deadline <= now:
+            self.deadline = math.inf
+            self.scope.cancel()
 
     async def _last_words(self, fault: ProxyFault) -> None:
         """Answer a fault on a connection about to close, if the client listens."""
@@ -193,15 +212,15 @@ class ClientSession:
 
     # ---------------------------------------------------------- client input
 
-    async def _fill(self, deadline: float | None) -> int:
-        """Receive from the client and parse; -1 on deadline, 0 at end of stream."""
-        sock = self.sock
-        if deadline is None:
-            n = await sockio.recv_into(sock, _view)
+    async def _fill(self, wait_first: bool = False) -> int:
+        """Receive from the client and parse; returns the count, 0 at end of stream.
+
+        ``wait_first`` when nothing is likely to have arrived yet (saves a
+        failed receive)."""
+        if wait_first:
+            n = await sockio.wait_recv_into(self.sock, _view)
         else:
-            n = await sockio.recv_into_before(sock, _view, deadline)
-            if n < 0:
-                return -1
+            n = await sockio.recv_into(self.sock, _view)
         if n == 0:
             self.eof = True
             return 0
@@ -239,12 +258,14 @@ class ClientSession:
         del pieces[cut:]
 
     async def _read_head(self, first: bool) -> RequestHead | None:
+        """The next request head; None when the client is done.  While waiting,
+        ``self.deadline`` is armed for the server's watchdog: the keep-alive
+        timeout while idle, the header timeout from a head's first byte (from
+        the accept for a connection's first request)."""
         settings = self.relay.settings
         sink = self.sink
         timing_head = first
-        deadline = trio.current_time() + (
-            settings.header_timeout if first else settings.keepalive_timeout
-        )
+        wait_first = not first
         while True:
             pieces = sink.pieces
             pos = self.pos
@@ -252,6 +273,7 @@ class ClientSession:
                 piece = pieces[pos]
                 self.pos = pos + 1
                 if type(piece) is RequestHead:
+                    self.deadline = math.inf
                     return piece
                 continue  # cannot happen: bodies are consumed with their request
             if pos:
@@ -261,16 +283,15 @@ class ClientSession:
                 raise self.fault
             if self.eof or self.upgraded:
                 return None
-            n = await self._fill(deadline)
-            if n < 0:
-                if sink.in_head:
-                    raise ClientFault(
-                        408, "RequestTimeout", "the request head did not arrive in time"
-                    )
-                return None
+            if self.deadline == math.inf:
+                self.deadline = trio.current_time() + (
+                    settings.header_timeout if first else settings.keepalive_timeout
+                )
+            await self._fill(wait_first)
+            wait_first = False
             if not timing_head and sink.in_head:
                 timing_head = True
-                deadline = trio.current_time() + settings.header_timeout
+                self.deadline = trio.current_time() + settings.header_timeout
 
     def _take_body_into(self, parts: list[bytes], chunked: bool) -> bool:
         """Move the queued body pieces of the current request into ``parts``,
@@ -328,7 +349,8 @@ class ClientSession:
                 head, 400, "BadRequest", "the request target is not a path"
             )
         token, path, original = target
-        found = self._lookup(token)
+        now = trio.current_time()
+        found = self._lookup(token, now)
         if type(found) is not Route:
             assert isinstance(found, Refusal)
             return await self._reply_error(head, found.status, found.code, found.message)
@@ -339,16 +361,17 @@ class ClientSession:
             if isinstance(waited, Refusal):
                 return await self._reply_error(head, waited.status, waited.code, waited.message)
             route = waited
+            now = trio.current_time()
         if head.upgrade is not None:
             return await self._upgrade(head, route, path, original)
-        return await self._exchange(head, route, path, original)
+        return await self._exchange(head, route, path, original, now)
 
-    def _lookup(self, token: bytes) -> Route | Refusal:
+    def _lookup(self, token: bytes, now: float) -> Route | Refusal:
         if token != self.token:
             self.token = token
             self.token_hash = tokens.digest(token.decode("utf-8", "surrogateescape"))
         relay = self.relay
-        return relay.table.lookup(self.token_hash, relay.clock.now())
+        return relay.table.lookup(self.token_hash, now + relay.clock.offset)
 
     async def _wait_ready(self) -> Route | Refusal:
         relay = self.relay
@@ -409,27 +432,27 @@ class ClientSession:
         return parts
 
     async def _exchange(
-        self, head: RequestHead, route: Route, path: bytes, original: bytes
+        self, head: RequestHead, route: Route, path: bytes, original: bytes, now: float
     ) -> bool:
         tracker = self.relay.tracker
-        flight = tracker.request(route.backend_id)
+        flight = tracker.request(route.backend_id, now)
         try:
             parts = self._upstream_head(head, route, path, original)
             if self._take_body_into(parts, head.chunked):
-                return await self._exchange_whole(head, route, b"".join(parts), flight)
-            return await self._exchange_streaming(head, route, parts, flight)
+                return await self._exchange_whole(head, route, b"".join(parts), flight, now)
+            return await self._exchange_streaming(head, route, parts, flight, now)
         finally:
             tracker.done(flight)
 
     async def _exchange_whole(
-        self, head: RequestHead, route: Route, request: bytes, flight: InFlight
+        self, head: RequestHead, route: Route, request: bytes, flight: InFlight, now: float
     ) -> bool:
         """The whole request is here: send it, relay the response.  A reused
         connection that turns out stale is replaced once for an idempotent
         request."""
         pool = self.relay.pool
         assert route.address is not None
-        upstream = await pool.acquire(route.address, check=head.method not in IDEMPOTENT)
+        upstream = await pool.acquire(route.address, now, check=head.method not in IDEMPOTENT)
         for attempt in range(2):
             reusable = False
             try:
@@ -458,12 +481,12 @@ class ClientSession:
         raise AssertionError("unreachable")
 
     async def _exchange_streaming(
-        self, head: RequestHead, route: Route, parts: list[bytes], flight: InFlight
+        self, head: RequestHead, route: Route, parts: list[bytes], flight: InFlight, now: float
     ) -> bool:
         """The body is still arriving: stream it while the response comes back."""
         pool = self.relay.pool
         assert route.address is not None
-        upstream = await pool.acquire(route.address)
+        upstream = await pool.acquire(route.address, now)
         reusable = False
         try:
             upstream.sink.pieces.clear()
@@ -526,7 +549,7 @@ class ClientSession:
                 if self.eof:
                     raise ClientFault(400, "IncompleteBody", "the request body ended early")
                 try:
-                    await self._fill(None)
+                    await self._fill()
                 except OSError:
                     raise ClientFault(
                         400, "IncompleteBody", "the client went away during the body"
@@ -560,6 +583,7 @@ class ClientSession:
         started = False
         received = False
         upstream_keep = False
+        wait_first = True  # the answer cannot be there yet
         while True:
             out: list[bytes] = []
             done = False
@@ -630,7 +654,11 @@ class ClientSession:
                     sink.new_parser()
                 return client_keep, upstream_keep and not until_close
             try:
-                n = await sockio.recv_into(upstream.sock, _view)
+                if wait_first:
+                    wait_first = False
+                    n = await sockio.wait_recv_into(upstream.sock, _view)
+                else:
+                    n = await sockio.recv_into(upstream.sock, _view)
             except OSError:
                 n = 0
             if n == 0:

@@ -24,7 +24,11 @@ Error handling
 A failure to bind raises ``OSError`` before ``task_status.started``.  Running
 out of file descriptors while accepting pauses accepting for 100 ms (logged)
 rather than spinning.  A bug that escapes a client session is logged and ends
-that session only.  Store errors in the table feed end the proxy (a stale
+that session only.
+
+Timeouts (header, keep-alive) are enforced by one watchdog task that looks at
+every session's deadline each :data:`WATCHDOG_TICK` and cancels the sessions
+past theirs.  Store errors in the table feed end the proxy (a stale
 table would route revoked tokens).
 """
 
@@ -50,6 +54,9 @@ from plane.proxy.tracking import Emit, Tracker
 from plane.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("plane.proxy")
+
+WATCHDOG_TICK = 0.1
+"""How often the timeouts are checked (seconds)."""
 
 MAX_REJECTING = 64
 """Over-cap connections being answered 503 at once; past this they are just closed."""
@@ -83,6 +90,7 @@ class ProxyServer:
         self.tracker = Tracker(ctx.emit, ctx.clock, ctx.metrics, settings)
         self.relay = Relay(self.table, self.feed, self.pool, self.tracker, settings, ctx.clock)
         self.active = 0
+        self.sessions: set[ClientSession] = set()
         self._rejecting = 0
 
     async def serve(
@@ -94,6 +102,7 @@ class ProxyServer:
                 await nursery.start(self.feed.run)
                 nursery.start_soon(self.tracker.run)
                 nursery.start_soon(self.pool.run)
+                nursery.start_soon(self._watchdog)
                 task_status.started(listener.getsockname()[1])
                 await self._accept(listener, nursery)
         finally:
@@ -138,14 +147,30 @@ class ProxyServer:
             nursery.start_soon(self._session, sock, str(address[0]))
 
     async def _session(self, sock: socket.socket, peer: str) -> None:
+        session = ClientSession(self.relay, sock, peer)
+        self.sessions.add(session)
         try:
-            await ClientSession(self.relay, sock, peer).run()
+            await session.run()
         except Exception:
             log.exception("client session from %s failed", peer)
         finally:
+            self.sessions.discard(session)
             self.active -= 1
             if self.ctx.metrics is not None:
                 self.ctx.metrics.proxy_open.dec()
+
+    async def _watchdog(self) -> None:
+        """Enforce the header and keep-alive timeouts: a session whose deadline
+        has passed is cancelled (one timer for all, rather than a cancel scope
+        per request on the hot path; precision: one tick)."""
+        settings = self.ctx.settings
+        tick = min(WATCHDOG_TICK, settings.header_timeout / 5, settings.keepalive_timeout / 5)
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for session in list(self.sessions):
+                if session.deadline <= now:
+                    session.expire(now)
 
     async def _reject(self, sock: socket.socket) -> None:
         """Answer 503 and close, reading (and dropping) what the client sends

@@ -79,26 +79,15 @@ async def recv_into(sock: socket.socket, buffer: memoryview) -> int:
             continue
 
 
-async def recv_into_before(sock: socket.socket, buffer: memoryview, deadline: float) -> int:
-    """Like :func:`recv_into`, but returns -1 if nothing arrived by ``deadline``
-    (trio time)."""
-    global _budget
-    _budget -= 1
-    if _budget <= 0:
-        _budget = BUDGET
-        await trio.lowlevel.checkpoint()
-    try:
-        return sock.recv_into(buffer)
-    except BlockingIOError:
-        pass
+async def wait_recv_into(sock: socket.socket, buffer: memoryview) -> int:
+    """Like :func:`recv_into`, but waits first: for when the bytes cannot be
+    there yet (a response just asked for), which saves a failed receive."""
     while True:
-        with trio.move_on_at(deadline):
-            await _wait_readable(sock)
+        await _wait_readable(sock)
         try:
             return sock.recv_into(buffer)
         except BlockingIOError:
-            if trio.current_time() >= deadline:
-                return -1
+            continue
 
 
 async def recv(sock: socket.socket, size: int) -> bytes:
@@ -129,7 +118,11 @@ async def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
     except BlockingIOError:
         sent = 0
     if sent == len(data):
-        await _spend()
+        global _budget
+        _budget -= 1
+        if _budget <= 0:
+            _budget = BUDGET
+            await trio.lowlevel.checkpoint()
         return
     view = memoryview(data)[sent:]
     while view:

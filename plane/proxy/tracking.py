@@ -96,15 +96,16 @@ class Tracker:
 
     # ------------------------------------------------------------ the relay
 
-    def request(self, backend_id: str) -> InFlight:
-        """A plain request was forwarded: count it, watch it until :meth:`done`."""
-        now = self._clock.now()
+    def request(self, backend_id: str, at: float) -> InFlight:
+        """A plain request was forwarded at ``at`` (trio time): count it, watch
+        it until :meth:`done`."""
+        now = at + self._clock.offset
         count = self._activity.record(backend_id, now)
         if count:
             self.emit(backend_id, HttpActivityRecorded(now, count))
         elif self._wake_flusher is not None:
             self._wake_flusher.set()
-        flight = InFlight(backend_id, trio.current_time())
+        flight = InFlight(backend_id, at)
         self._inflight.add(flight)
         if self._wake_watcher is not None:
             self._wake_watcher.set()

@@ -71,15 +71,15 @@ class UpstreamPool:
         self.opened = 0
         """Connections opened so far (a measure of reuse)."""
 
-    async def acquire(self, address: str, *, check: bool = True) -> Upstream:
+    async def acquire(self, address: str, now: float, *, check: bool = True) -> Upstream:
         """A connection to ``address``: a pooled one if alive, else a new one.
 
         A pooled connection idle for less than :data:`TRUST_IDLE_FOR` is
         trusted without a check unless ``check`` (the relay checks for requests
-        it could not replay)."""
+        it could not replay).  ``now`` is the trio time."""
         idle = self._idle.get(address)
         if idle:
-            recent = trio.current_time() - TRUST_IDLE_FOR
+            recent = now - TRUST_IDLE_FOR
             while idle:
                 upstream = idle.pop()
                 if (not check and upstream.idle_since >= recent) or sockio.is_idle_alive(

@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from plane.executors.base import ExitObserved, Running, SpawnError, Started, StartSpec
+from plane.executors.base import (
+    ExecutorError,
+    ExitObserved,
+    Running,
+    SpawnError,
+    Started,
+    StartSpec,
+)
 
 
 class FakeExecutor:
@@ -40,6 +47,8 @@ class FakeExecutor:
         self._ready: dict[str, trio.Event] = {}
         self._exits: trio.MemorySendChannel[ExitObserved] | None = None
         self._next_port = 20000
+        self._broken = trio.Event()
+        self.watches = 0
 
     # ----------------------------------------------------------- test controls
 
@@ -50,6 +59,14 @@ class FakeExecutor:
         """The backend's process ends by itself with ``exit_code``."""
         if self.running.pop(backend_id, None) is not None and self._exits is not None:
             self._exits.send_nowait(ExitObserved(backend_id, exit_code))
+
+    def break_exit_watch(self) -> None:
+        """The engine's event stream breaks: ``serve_exits`` raises ExecutorError."""
+        self._broken.set()
+
+    def vanish(self, backend_id: str) -> None:
+        """The backend ends without any exit being reported (e.g. during a watch gap)."""
+        self.running.pop(backend_id, None)
 
     def adopt(self, backend_id: str, address: str, key: str = "") -> None:
         """Pretend a backend of an earlier plane is still running."""
@@ -104,8 +121,11 @@ class FakeExecutor:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self._exits = send
+        self.watches += 1
         task_status.started()
-        await trio.sleep_forever()
+        await self._broken.wait()
+        self._broken = trio.Event()
+        raise ExecutorError("event stream ended")
 
     async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
         yield f"fake log of {backend_id}\n".encode()

@@ -8,12 +8,12 @@ from typing import Any
 
 import attrs
 import trio
-from plane.events.memory import open_memory_store
 
 from plane.actors.backend import ExecutorPolicy
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import ConnectRequest, Supervisor
+from plane.events.memory import open_memory_store
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.store import EventStore
 from plane.events.types import Event, Status

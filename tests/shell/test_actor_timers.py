@@ -116,8 +116,11 @@ async def test_hard_terminate_kills_at_once(autojump_clock: trio.testing.MockClo
         result = await h.supervisor.connect(request())
         bid = result.backend_id
         await h.wait_status(bid, Status.READY)
+        actor = h.supervisor.actors[bid]
         await h.supervisor.terminate(bid, TerminationKind.HARD)
         state = await h.wait_status(bid, Status.TERMINATED)
+        await actor.ended.wait()  # the actor ends once its clean-up effects are done
+        assert bid not in h.supervisor.actors
         assert ("kill", bid) in h.executor.calls
         assert ("stop", bid) not in h.executor.calls
         assert state.termination_kind is TerminationKind.HARD

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from plane.events.memory import open_memory_store
 
 from plane.actors.supervisor import ConnectRefused, ConnectRequest, UnknownBackend
+from plane.events.memory import open_memory_store
 from plane.events.spec import BackendKey
 from plane.events.types import (
     SYSTEM_STREAM,
@@ -145,3 +145,22 @@ async def test_recovery_adopts_running_records_lost_and_removes_orphans(
             assert executor.starts == 3
             ended = [e for e in await h.events(gone.backend_id) if isinstance(e, BackendTerminated)]
             assert len(ended) == 1
+
+
+async def test_a_broken_exit_watch_is_restarted_and_missed_exits_reconciled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_harness() as h:
+        first = await h.supervisor.connect(request("a"))
+        second = await h.supervisor.connect(request("b"))
+        for r in (first, second):
+            await h.wait_status(r.backend_id, Status.READY)
+        h.executor.vanish(first.backend_id)  # exits unseen...
+        h.executor.break_exit_watch()  # ...because the event stream broke
+        state = await h.wait_status(first.backend_id, Status.TERMINATED)
+        assert state.termination_reason is TerminationReason.LOST
+        assert h.executor.watches == 2
+        assert h.supervisor.states[second.backend_id].status is Status.READY
+        h.executor.exit(second.backend_id, 5)  # the new watch reports exits again
+        state = await h.wait_status(second.backend_id, Status.TERMINATED)
+        assert state.exit_code == 5
