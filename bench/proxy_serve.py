@@ -1,10 +1,11 @@
-"""Run plane's proxy for the benchmark: a token routed to a backend address.
+"""Run plane's proxy for the benchmark, with tokens routed to backend addresses.
 
-    python bench/proxy_serve.py BACKEND_ADDRESS TOKEN
+    python bench/proxy_serve.py TOKEN=HOST:PORT [TOKEN=HOST:PORT ...]
 
-Prepares an in-memory store (BackendRequested, TokenIssued for TOKEN,
-BackendStarting, BackendReady at BACKEND_ADDRESS), serves the proxy on a free
-127.0.0.1 port, prints ``PORT <n>`` on stdout and serves until killed.
+Prepares an in-memory store (for each pair: BackendRequested, TokenIssued for
+TOKEN, BackendStarting, BackendReady at the address), serves the proxy with
+default settings on a free 127.0.0.1 port, prints ``PORT <n>`` and serves
+until killed.  Emitted connection events are counted and dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from plane.events.types import (
 from plane.proxy import ProxyContext, ProxySettings, serve_proxy
 
 
-async def main(address: str, token: str) -> None:
+async def main(routes: list[tuple[str, str]]) -> None:
     clock = TrioClock()
     now = clock.now()
     emitted = 0
@@ -37,18 +38,19 @@ async def main(address: str, token: str) -> None:
         emitted += 1
 
     async with open_memory_store() as store:
-        await store.append(
-            "bench",
-            0,
-            [
-                BackendRequested(
-                    now, "bench", BackendKey("bench"), SpawnConfig(Executable("x")), 1
-                ),
-                TokenIssued(now, tokens.digest(token), now + 86400, "secret", "bench-user", "{}"),
-                BackendStarting(now),
-                BackendReady(now, address),
-            ],
-        )
+        for n, (token, address) in enumerate(routes):
+            backend_id = f"bench{n}"
+            spawn = SpawnConfig(Executable("bench"))
+            await store.append(
+                backend_id,
+                0,
+                [
+                    BackendRequested(now, backend_id, BackendKey(backend_id), spawn, 1),
+                    TokenIssued(now, tokens.digest(token), now + 86400, "s", "bench", "{}"),
+                    BackendStarting(now),
+                    BackendReady(now, address),
+                ],
+            )
         ctx = ProxyContext(store, emit, clock, None, ProxySettings())
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_proxy, ctx, "127.0.0.1", 0)
@@ -56,4 +58,5 @@ async def main(address: str, token: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2])
+    pairs = [arg.split("=", 1) for arg in sys.argv[1:]]
+    trio.run(main, [(token, address) for token, address in pairs])

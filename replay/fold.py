@@ -25,8 +25,13 @@ import attrs
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState, IllegalTransition, Tick
 from plane.events.store import RecordedEvent
-from plane.events.types import SYSTEM_STREAM, Event, is_input
+from plane.events.types import INPUT_TYPES, SYSTEM_STREAM, Event, is_input
 from plane.events.wire import tag_of
+
+_INITIAL = lifecycle.initial
+_INPUT_TYPES = frozenset(INPUT_TYPES)
+_evolve = lifecycle.evolve
+_decide = lifecycle.decide
 
 
 @attrs.frozen
@@ -55,11 +60,12 @@ class LogFold:
 
     def feed(self, record: RecordedEvent) -> None:
         """Fold one recorded event into the state."""
-        stream, event = record.stream, record.event
+        stream = record.stream
         self.events += 1
-        if record.seq <= self.last_seq:
+        if record.seq > self.last_seq:
+            self.last_seq = record.seq
+        else:
             self._violate(record, "sequence", f"seq {record.seq} after {self.last_seq}")
-        self.last_seq = max(self.last_seq, record.seq)
         if stream == SYSTEM_STREAM:
             if record.version != self._system_version + 1:
                 self._violate(
@@ -70,7 +76,7 @@ class LogFold:
             self._system_version = record.version
             self.system.append(record)
             return
-        state = self.backends.get(stream, lifecycle.initial)
+        state = self.backends.get(stream, _INITIAL)
         if record.version != state.version + 1:
             self._violate(
                 record,
@@ -80,7 +86,7 @@ class LogFold:
         if self.verify and stream not in self._diverged:
             self._check_decision(record, state)
         try:
-            self.backends[stream] = lifecycle.evolve(state, event)
+            self.backends[stream] = _evolve(state, record.event)
         except IllegalTransition as exc:
             self._violate(record, "illegal", str(exc))
 
@@ -104,12 +110,13 @@ class LogFold:
         pending = self._pending.get(record.stream)
         if pending:
             expected = pending.popleft()
-            if event != expected:
+            if not event == expected:  # noqa: SIM201 - __eq__ directly: this is the hot path
                 self._diverge(record, f"recorded {_show(event)}, decide yields {_show(expected)}")
             return
-        command: lifecycle.Command = event if is_input(event) else Tick(event.at)  # type: ignore[assignment]
+        command: lifecycle.Command
+        command = event if type(event) in _INPUT_TYPES else Tick(event.at)  # type: ignore[assignment]
         try:
-            decided = lifecycle.decide(state, command)
+            decided = _decide(state, command)
         except IllegalTransition as exc:
             self._diverge(record, f"decide refuses {_show(event)}: {exc}")
             return

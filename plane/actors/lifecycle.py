@@ -289,13 +289,18 @@ _EVOLVERS: dict[type[Event], Callable[[BackendState, Event], Changes]] = {
 
 def evolve(state: BackendState, event: Event) -> BackendState:
     """The state after ``event``; :class:`IllegalTransition` if it cannot happen now."""
-    allowed = _ALLOWED.get(type(event), _INPUT_ALLOWED)
+    allowed, evolver = _TABLE[type(event)]
     if state.status not in allowed:
         current = state.status.value if state.status else "nothing"
         raise IllegalTransition(f"{type(event).__name__} cannot happen in {current}")
-    changes = _EVOLVERS[type(event)](state, event)
+    changes = evolver(state, event)
     changes["version"] = state.version + 1
     return _replace(state, changes)
+
+
+_TABLE: dict[type[Event], tuple[frozenset[Status | None], Callable[[BackendState, Event], Changes]]]
+_TABLE = {cls: (_ALLOWED.get(cls, _INPUT_ALLOWED), fn) for cls, fn in _EVOLVERS.items()}
+"""The transition table: event type -> (statuses it may happen in, what it changes)."""
 
 
 def _replace(state: BackendState, changes: Changes) -> BackendState:
@@ -387,6 +392,8 @@ def decide(state: BackendState, command: Command) -> list[Event]:
     """The events that ``command`` implies in ``state`` (inputs first, then decisions)."""
     if isinstance(command, Tick):
         return _decide_tick(state, command.at)
+    if isinstance(command, OrphanRemoved):
+        raise IllegalTransition("OrphanRemoved belongs to the system stream, not a backend's")
     if isinstance(command, BackendRequested):
         if state.status is not None:
             raise IllegalTransition(f"backend {state.backend_id} was already requested")

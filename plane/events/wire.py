@@ -51,10 +51,64 @@ class WireError(ValueError):
     """An event could not be read from or written to the wire format."""
 
 
-converter = cattrs.Converter(forbid_extra_keys=True)
+def _strict_str(value: Any, _: Any) -> str:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return float(value)
+    raise TypeError(f"expected a number, got {kind.__name__}")
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _strict_argv(value: Any, _: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(type(v) is str for v in value):
+        raise TypeError("expected a list of strings")
+    return tuple(value)
+
+
+def _make_converter(*, detailed: bool) -> cattrs.Converter:
+    """A converter that never coerces: "12" is not a number and 5 is not a string."""
+    made = cattrs.Converter(forbid_extra_keys=True, detailed_validation=detailed)
+    made.register_structure_hook(str, _strict_str)
+    made.register_structure_hook(int, _strict_int)
+    made.register_structure_hook(float, _strict_float)
+    made.register_structure_hook(bool, _strict_bool)
+    made.register_structure_hook_func(lambda cls: cls == tuple[str, ...], _strict_argv)
+    for enum_cls in (t.Status, t.TerminationReason, t.TerminationKind):
+        # exact registrations: these enums are str subclasses, and must not fall
+        # through to the plain-string hook
+        made.register_structure_hook(enum_cls, _strict_enum)
+    return made
+
+
+def _strict_enum(value: Any, cls: Any) -> Any:
+    if isinstance(value, cls):
+        return value
+    return cls(_strict_str(value, cls))
+
+
+converter = _make_converter(detailed=True)
 """The converter of record: unstructures events, and explains bad payloads field by field."""
 
-_fast = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
+_fast = _make_converter(detailed=False)
 """The same rules without per-field error bookkeeping: reading a log is hot (replay)."""
 
 
@@ -89,7 +143,7 @@ def _hook(tag: str) -> Callable[[Any, Any], t.Event]:
 
 def structure(tag: str, data: Any) -> t.Event:
     """Rebuild an event from its tag and payload; :class:`WireError` if they do not fit."""
-    hook = _hook(tag)
+    hook = _HOOKS.get(tag) or _hook(tag)
     cls = TYPES_BY_TAG[tag]
     try:
         return hook(data, cls)

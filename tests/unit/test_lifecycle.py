@@ -45,6 +45,7 @@ from plane.events.types import (
     ExecutorStarted,
     ExecutorVanished,
     HttpActivityRecorded,
+    OrphanRemoved,
     ReadinessObserved,
     SpawnFailed,
     Status,
@@ -251,6 +252,17 @@ def test_start_timeout_terminates_hard() -> None:
     assert state.killed_at == deadline
 
 
+def test_start_timeout_counts_from_the_request_even_when_starting_late() -> None:
+    # A first tick that comes late (e.g. after a restart) starts the backend, and
+    # the very next tick at that time already finds the start timeout due.
+    late = T0 + START_TIMEOUT + 80
+    state, events = step(requested(), Tick(late))
+    assert events == [BackendStarting(late)]
+    assert decide(state, Tick(late)) == [
+        BackendTerminating(late, TerminationReason.START_TIMEOUT, HARD)
+    ]
+
+
 def test_start_timeout_does_not_apply_once_ready() -> None:
     cfg = config(max_idle=None)
     assert decide(ready(cfg), Tick(T0 + START_TIMEOUT + 1)) == []
@@ -412,9 +424,7 @@ def test_no_max_idle_means_no_idle_deadline() -> None:
 
 def test_zero_max_idle_reaps_on_the_next_tick() -> None:
     state = ready(config(max_idle=0.0), at=T0 + 5)
-    assert decide(state, Tick(T0 + 5)) == [
-        BackendTerminating(T0 + 5, TerminationReason.IDLE, SOFT)
-    ]
+    assert decide(state, Tick(T0 + 5)) == [BackendTerminating(T0 + 5, TerminationReason.IDLE, SOFT)]
 
 
 # ------------------------------------------------------------ lifetime limit
@@ -563,9 +573,7 @@ def test_kill_confirm_timeout_terminates_without_an_exit() -> None:
     assert decide(state, Tick(deadline - NS)) == []
     state, events = step(state, Tick(deadline))
     assert events == [
-        BackendTerminated(
-            deadline, TerminationReason.EXTERNAL, None, "no exit observed after kill"
-        )
+        BackendTerminated(deadline, TerminationReason.EXTERNAL, None, "no exit observed after kill")
     ]
     assert is_terminal(state)
     assert state.exit_code is None
@@ -577,9 +585,7 @@ def test_kill_confirm_timeout_after_escalation_keeps_the_reason() -> None:
     deadline = escalate + KILL_CONFIRM_SECONDS
     assert next_deadline(state) == deadline
     assert decide(state, Tick(deadline)) == [
-        BackendTerminated(
-            deadline, TerminationReason.EXTERNAL, None, "no exit observed after kill"
-        )
+        BackendTerminated(deadline, TerminationReason.EXTERNAL, None, "no exit observed after kill")
     ]
 
 
@@ -759,6 +765,34 @@ def test_decide_rejects_a_request_for_a_terminated_backend() -> None:
 def test_decide_rejects_an_input_before_the_request() -> None:
     with pytest.raises(IllegalTransition, match="never requested"):
         decide(initial, ExecutorStarted(T0, ADDRESS))
+
+
+STATES = {
+    "initial": lambda: initial,
+    "requested": requested,
+    "starting": starting,
+    "ready": ready,
+    "idle": idle,
+    "terminating": terminating_soft,
+    "terminated": terminated,
+}
+
+
+@pytest.mark.parametrize("state_name", sorted(STATES))
+def test_evolve_rejects_orphan_removed_in_any_backend_state(state_name: str) -> None:
+    # OrphanRemoved belongs to the supervisor's own stream, never to a backend's.
+    with pytest.raises(IllegalTransition, match="OrphanRemoved"):
+        evolve(STATES[state_name](), OrphanRemoved(T0 + 40, "b-9", "h-9"))
+
+
+@pytest.mark.parametrize("state_name", ["requested", "starting", "ready", "idle", "terminating"])
+def test_decide_never_returns_what_evolve_rejects(state_name: str) -> None:
+    state = STATES[state_name]()
+    try:
+        events = decide(state, OrphanRemoved(T0 + 40, "b-9", "h-9"))
+    except IllegalTransition:
+        return  # rejecting it up front is fine
+    fold(events, state)  # whatever decide returns, the shell must be able to evolve
 
 
 def test_config_of_the_initial_state_raises() -> None:

@@ -308,9 +308,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         steps=st.sampled_from([0, 1, 2, 3, 3, 3, 3, 3]),
         early_connection=st.booleans(),
     )
-    def request(
-        self, cfg: SpawnConfig, delay: float, steps: int, early_connection: bool
-    ) -> None:
+    def request(self, cfg: SpawnConfig, delay: float, steps: int, early_connection: bool) -> None:
         self.now += delay
         command = BackendRequested(self.now, "b-1", BackendKey("room", "ns"), cfg, 1)
         assert self.apply(command) == [command]

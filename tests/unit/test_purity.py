@@ -128,9 +128,7 @@ def test_the_closure_is_what_the_decider_needs() -> None:
 
 @pytest.mark.parametrize("module", sorted(CLOSURE))
 def test_module_imports_no_io_or_clock(module: str) -> None:
-    offending = sorted(
-        name for name in CLOSURE[module] if name.split(".")[0] in FORBIDDEN
-    )
+    offending = sorted(name for name in CLOSURE[module] if name.split(".")[0] in FORBIDDEN)
     assert offending == [], f"{module} imports {offending}"
 
 
@@ -166,9 +164,7 @@ def test_the_walker_sees_dynamic_imports() -> None:
 
 def test_importing_the_decider_loads_no_io_framework() -> None:
     script = (
-        "import json, sys\n"
-        "import plane.actors.lifecycle\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+        "import json, sys\nimport plane.actors.lifecycle\nprint(json.dumps(sorted(sys.modules)))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(

@@ -79,9 +79,7 @@ EXPECTED: dict[str, Event] = {
         ),
         fencing_token=12,
     ),
-    "executor.started.v1": ExecutorStarted(
-        at=1700000001.5, address=ADDRESS, handle="c0ffee123456"
-    ),
+    "executor.started.v1": ExecutorStarted(at=1700000001.5, address=ADDRESS, handle="c0ffee123456"),
     "executor.readiness_observed.v1": ReadinessObserved(at=1700000002.75),
     "executor.spawn_failed.v1": SpawnFailed(
         at=1700000003.0, message="pull access denied for acme/missing"
@@ -330,46 +328,37 @@ def test_payload_that_is_not_an_object_raises_wire_error(payload: Any) -> None:
         wire.structure("executor.exited.v1", payload)
 
 
-LAX = "wire converter coerces instead of rejecting: "
-
-# Payloads whose field does not fit its type, which the converter currently
-# accepts by coercion (cattrs' default str()/int()/float() hooks).  Each should
-# raise WireError; they are strict xfails until wire.py validates scalar types.
+# Payloads whose field does not fit its type, which cattrs' default hooks would
+# coerce (str()/int()/float()): the wire converter must reject each one.
 COERCED = [
     pytest.param(
         "executor.exited.v1",
         {"at": 1.0, "exit_code": 1.5},
-        marks=pytest.mark.xfail(strict=True, reason=LAX + "exit_code 1.5 read as 1"),
         id="float-exit-code-truncated",
     ),
     pytest.param(
         "executor.exited.v1",
         {"at": 1.0, "exit_code": True},
-        marks=pytest.mark.xfail(strict=True, reason=LAX + "exit_code true read as 1"),
         id="bool-exit-code",
     ),
     pytest.param(
         "executor.exited.v1",
         {"at": "12", "exit_code": 0},
-        marks=pytest.mark.xfail(strict=True, reason=LAX + 'at "12" read as 12.0'),
         id="string-time",
     ),
     pytest.param(
         "backend.ready.v1",
         {"at": 1.0, "address": None},
-        marks=pytest.mark.xfail(strict=True, reason=LAX + "address null read as 'None'"),
         id="null-address",
     ),
     pytest.param(
         "executor.started.v1",
         {"at": 1.0, "address": 5, "handle": ""},
-        marks=pytest.mark.xfail(strict=True, reason=LAX + "address 5 read as '5'"),
         id="number-address",
     ),
     pytest.param(
         "proxy.http_activity.v1",
         {"at": 1.0, "requests": 2.9},
-        marks=pytest.mark.xfail(strict=True, reason=LAX + "requests 2.9 read as 2"),
         id="float-requests-truncated",
     ),
     pytest.param(
@@ -378,9 +367,6 @@ COERCED = [
             wire.unstructure(EXPECTED["backend.requested.v1"]),
             ("spawn_config", "executable", "command"),
             "python app.py",
-        ),
-        marks=pytest.mark.xfail(
-            strict=True, reason=LAX + "command 'python app.py' read as ('p','y','t',...)"
         ),
         id="string-command-split-into-characters",
     ),
@@ -391,7 +377,6 @@ COERCED = [
             ("spawn_config", "executable", "env"),
             {"WORKERS": 4},
         ),
-        marks=pytest.mark.xfail(strict=True, reason=LAX + "env value 4 read as '4'"),
         id="number-env-value",
     ),
 ]

@@ -1,0 +1,307 @@
+"""Benchmark: plane's proxy side by side with nginx and a bare trio splice, in one run.
+
+What runs (all on 127.0.0.1, each server its own process):
+
+* **backend**: nginx (``worker_processes 1``) serving a 100-byte file and a
+  1 MiB file from a temp dir;
+* **nginx-proxy**: a second nginx (``worker_processes 1``) as a reverse proxy
+  to the backend with upstream keep-alive (``keepalive 64``, HTTP/1.1): the
+  reference;
+* **plane**: ``serve_proxy`` in a subprocess (``bench/proxy_serve.py``) with
+  an in-memory store holding a token routed to the backend (and one to the
+  WebSocket echo server);
+* **splice**: a bare trio byte-splice proxy (``bench/proxy_splice.py``), one
+  upstream connection per client connection, no parsing;
+* **ws-echo**: a trio-websocket echo server (``bench/proxy_ws_echo.py``).
+
+Measurements (``wrk -t1``, so one core is left for the servers):
+
+1. small responses, ``-c50``: requests/s direct, via nginx-proxy, via plane.
+   Target: plane >= 0.5 x nginx-proxy.
+2. one connection, ``-c1 --latency``: median latency direct and via plane.
+   Target: plane's median - direct's median <= 150 us.
+3. 1 MiB responses, ``-c8``: MiB/s via splice and via plane.
+   Target: plane >= 0.7 x splice.
+4. WebSocket echo: messages/s with 8 connections each sending 64-byte
+   messages one after the other (trio-websocket client in this process),
+   direct and via plane (reported, no target).
+
+Every configuration is measured ``--rounds`` times, interleaved, and the best
+round is kept (the machine may be shared).  Prints each number, each ratio
+and PASS/FAIL; exit status 0 if every target passes.
+
+    python bench/bench_proxy.py [--duration 4] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+from trio_websocket import open_websocket_url
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = sys.executable
+TOKEN = "benchtoken0000000000000000000000000000000000"
+WS_TOKEN = "benchwstoken000000000000000000000000000000"
+
+RPS_TARGET = 0.5
+LATENCY_TARGET_US = 150.0
+MIB_TARGET = 0.7
+
+NGINX_BACKEND = """
+worker_processes 1;
+daemon off;
+pid {dir}/backend.pid;
+error_log {dir}/backend-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; root {dir}/www; }}
+}}
+"""
+
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, limit: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextmanager
+def process(args: list[str], *, port_line: bool = True) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        port = 0
+        if port_line:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.match(r"PORT (\d+)", line)
+            if not match:
+                raise RuntimeError(f"{args[1]} did not start: {line!r}")
+            port = int(match.group(1))
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wrk(url: str, connections: int, duration: float, *, latency: bool = False) -> dict[str, float]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", url]
+    if latency:
+        args.insert(1, "--latency")
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = {}
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
+        result["rps"] = float(m.group(1))
+    if m := re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out):
+        scale = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0}[m.group(2)]
+        result["mibps"] = float(m.group(1)) * scale
+    if m := re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE):
+        scale = {"us": 1.0, "ms": 1000.0, "s": 1e6}[m.group(2)]
+        result["p50_us"] = float(m.group(1)) * scale
+    if re.search(r"Non-2xx or 3xx responses", out) or "Socket errors" in out:
+        result["errors"] = 1.0
+    return result
+
+
+async def _ws_load(url: str, connections: int, duration: float) -> float:
+    payload = "x" * 64
+    count = 0
+    deadline = trio.current_time() + duration
+
+    async def one() -> None:
+        nonlocal count
+        async with open_websocket_url(url) as ws:
+            while trio.current_time() < deadline:
+                await ws.send_message(payload)
+                await ws.get_message()
+                count += 1
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(connections):
+            nursery.start_soon(one)
+    return count / (trio.current_time() - start)
+
+
+def ws_load(url: str, connections: int, duration: float) -> float:
+    return trio.run(_ws_load, url, connections, duration)
+
+
+def ratio_line(name: str, value: float, target: float, *, higher: bool = True) -> bool:
+    ok = value >= target if higher else value <= target
+    sign = ">=" if higher else "<="
+    print(f"  {name:<44} {value:10.3f}  (target {sign} {target:g})  {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("nginx") is None:
+        print("needs wrk and nginx on PATH", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="plane-bench-"))
+    workdir.chmod(0o755)  # nginx workers run as another user
+    (workdir / "www").mkdir()
+    (workdir / "www" / "small.txt").write_bytes(b"s" * 100)
+    (workdir / "www" / "1mib.bin").write_bytes(os.urandom(1 << 20))
+    backend_port, nginx_proxy_port = free_port(), free_port()
+    (workdir / "backend.conf").write_text(NGINX_BACKEND.format(dir=workdir, port=backend_port))
+    (workdir / "proxy.conf").write_text(
+        NGINX_PROXY.format(dir=workdir, port=nginx_proxy_port, backend=backend_port)
+    )
+    nginx = shutil.which("nginx") or "nginx"
+    started = time.monotonic()
+    best: dict[str, dict[str, float]] = {}
+
+    def keep(name: str, result: dict[str, float], key: str, *, low: bool = False) -> None:
+        old = best.get(name)
+        if old is None or key not in old or (
+            result.get(key, 0) < old[key] if low else result.get(key, 0) > old[key]
+        ):
+            best[name] = result
+        print(f"    {name:<22} {key}={result.get(key, float('nan')):.1f}"
+              + ("  (errors!)" if result.get("errors") else ""), flush=True)
+
+    try:
+        with (
+            process([nginx, "-c", str(workdir / "backend.conf"), "-p", str(workdir)], port_line=False),
+            process([nginx, "-c", str(workdir / "proxy.conf"), "-p", str(workdir)], port_line=False),
+            process([PYTHON, str(HERE / "proxy_ws_echo.py")]) as (_, ws_port),
+            process([PYTHON, str(HERE / "proxy_splice.py"), f"127.0.0.1:{backend_port}"]) as (
+                _,
+                splice_port,
+            ),
+            process(
+                [
+                    PYTHON,
+                    str(HERE / "proxy_serve.py"),
+                    f"{TOKEN}=127.0.0.1:{backend_port}",
+                    f"{WS_TOKEN}=127.0.0.1:{ws_port}",
+                ]
+            ) as (_, plane_port),
+        ):
+            wait_port(backend_port)
+            wait_port(nginx_proxy_port)
+            direct = f"http://127.0.0.1:{backend_port}"
+            via_nginx = f"http://127.0.0.1:{nginx_proxy_port}"
+            via_plane = f"http://127.0.0.1:{plane_port}/{TOKEN}"
+            via_splice = f"http://127.0.0.1:{splice_port}"
+            d = args.duration
+            # warm up (connections, pools, caches)
+            for url in (direct, via_nginx, via_plane, via_splice):
+                wrk(f"{url}/small.txt", 10, 1)
+            for n in range(args.rounds):
+                print(f"round {n + 1}/{args.rounds}", flush=True)
+                keep("direct", wrk(f"{direct}/small.txt", 50, d), "rps")
+                keep("nginx-proxy", wrk(f"{via_nginx}/small.txt", 50, d), "rps")
+                keep("plane", wrk(f"{via_plane}/small.txt", 50, d), "rps")
+                keep("direct c1", wrk(f"{direct}/small.txt", 1, d * 0.75, latency=True), "p50_us", low=True)
+                keep("nginx-proxy c1", wrk(f"{via_nginx}/small.txt", 1, d * 0.75, latency=True), "p50_us", low=True)
+                keep("plane c1", wrk(f"{via_plane}/small.txt", 1, d * 0.75, latency=True), "p50_us", low=True)
+                keep("splice 1MiB", wrk(f"{via_splice}/1mib.bin", 8, d), "mibps")
+                keep("plane 1MiB", wrk(f"{via_plane}/1mib.bin", 8, d), "mibps")
+                keep("ws direct", {"mps": ws_load(f"ws://127.0.0.1:{ws_port}/", 8, d * 0.75)}, "mps")
+                keep(
+                    "ws plane",
+                    {"mps": ws_load(f"ws://127.0.0.1:{plane_port}/{WS_TOKEN}/", 8, d * 0.75)},
+                    "mps",
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print(f"results (best of {args.rounds}; wrk -t1; nginx worker_processes 1; "
+          f"{time.monotonic() - started:.0f} s):")
+    print(f"  small response, -c50:  direct {best['direct']['rps']:9.0f} req/s | "
+          f"nginx-proxy {best['nginx-proxy']['rps']:9.0f} req/s | "
+          f"plane {best['plane']['rps']:9.0f} req/s")
+    print(f"  one connection p50:    direct {best['direct c1']['p50_us']:7.0f} us | "
+          f"nginx-proxy {best['nginx-proxy c1']['p50_us']:7.0f} us | "
+          f"plane {best['plane c1']['p50_us']:7.0f} us")
+    print(f"  1 MiB responses, -c8:  splice {best['splice 1MiB']['mibps']:8.0f} MiB/s | "
+          f"plane {best['plane 1MiB']['mibps']:8.0f} MiB/s")
+    print(f"  WebSocket echo, 8 conns: direct {best['ws direct']['mps']:8.0f} msg/s | "
+          f"plane {best['ws plane']['mps']:8.0f} msg/s")
+    print()
+    ok = True
+    ok &= ratio_line(
+        "plane / nginx-proxy requests/s", best["plane"]["rps"] / best["nginx-proxy"]["rps"], RPS_TARGET
+    )
+    ok &= ratio_line(
+        "plane added median latency, us (c1)",
+        best["plane c1"]["p50_us"] - best["direct c1"]["p50_us"],
+        LATENCY_TARGET_US,
+        higher=False,
+    )
+    ok &= ratio_line(
+        "plane / splice MiB/s (1 MiB responses)",
+        best["plane 1MiB"]["mibps"] / best["splice 1MiB"]["mibps"],
+        MIB_TARGET,
+    )
+    ws_ratio = best["ws plane"]["mps"] / best["ws direct"]["mps"]
+    print(f"  {'plane / direct WebSocket messages/s':<44} {ws_ratio:10.3f}  (no target)")
+    print(f"  {'(info) nginx-proxy / direct requests/s':<44} "
+          f"{best['nginx-proxy']['rps'] / best['direct']['rps']:10.3f}")
+    print(f"  {'(info) plane / direct requests/s':<44} "
+          f"{best['plane']['rps'] / best['direct']['rps']:10.3f}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

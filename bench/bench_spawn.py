@@ -1,0 +1,483 @@
+"""Benchmark: spawn-to-ready through plane vs the bare mechanism, side by side.
+
+Three comparisons in one run, each against a real ``plane serve`` subprocess on
+free loopback ports (``--api-listen 127.0.0.1:0 --proxy-listen 127.0.0.1:0``,
+its own temporary data directory, the SQLite log with its default durability):
+
+a. **docker, sequential** (target plane/bare <= 1.3, on the medians).
+   *plane*: ``POST /ctrl/connect`` for a new key with the busybox test image
+   (``plane.testing.images``, ``pull_policy: Never``), then, as soon as the
+   connect returns, ``GET /pub/b/{id}/status-stream`` (SSE); the time ends at
+   the first event whose status is ``ready``.
+   *bare*: the docker SDK on the same image:
+   ``containers.create(image, ports={"8080/tcp": ("127.0.0.1", None)},
+   environment={"PORT": "8080"})`` + ``start`` + ``reload`` (to read the host
+   port), then ``GET http://127.0.0.1:PORT/`` every 10 ms until HTTP 200.
+b. **process, sequential** (target plane/bare <= 1.25).
+   *plane*: the same, ``--executor process``, with the command
+   ``sh -c 'exec busybox httpd -f -p 127.0.0.1:$PORT -h DIR'``.
+   *bare*: ``subprocess.Popen`` of the same command with ``PORT`` set to a
+   free port, then ``GET /`` every 10 ms until HTTP 200.
+c. **docker, concurrent** (target rate ratio plane/bare >= 0.8).
+   *plane*: ``N`` threads connect at once, each then follows its status
+   stream; the time ends when all ``N`` are ready.  *bare*: ``N`` threads, each
+   create + start + reload + poll as in (a).  Rate = ``N`` / time.
+
+Sides alternate run by run (plane, bare, bare, plane, ...), after one untimed
+warm-up of each.  Between runs, untimed, every backend is hard-terminated and
+its container removed (plane: ``POST /ctrl/b/{id}/hard-terminate`` and wait
+for ``terminated``; bare: ``remove(force=True)`` / kill).  The verdicts use the
+medians; each line prints PASS or FAIL; the exit status is 1 when any FAILs.
+
+    python bench/bench_spawn.py [--runs 8] [--concurrent 16] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+
+from plane.testing.images import INDEX_HTML, build_test_image
+
+BANNER = re.compile(r"^\s+(api|proxy|executor):\s+(\S+)", re.MULTILINE)
+POLL = 0.01
+BUSYBOX = "/bin/busybox"
+RUN = uuid.uuid4().hex[:6]
+
+DOCKER_TARGET = 1.3
+PROCESS_TARGET = 1.25
+RATE_TARGET = 0.8
+
+
+# ------------------------------------------------------------------ plane serve
+
+
+class Plane:
+    """A ``plane serve`` child process on free loopback ports."""
+
+    def __init__(self, executor: str, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "plane.cli",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--api-listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--executor",
+                executor,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        urls: dict[str, str] = {}
+        assert self.process.stdout is not None
+        while len(urls) < 3:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"plane serve exited early; see {data_dir / 'serve.log'}")
+            if match := BANNER.match(line):
+                urls[match.group(1)] = match.group(2)
+        self.api_url = urls["api"]
+        self.api = httpx.Client(base_url=self.api_url, timeout=60)
+
+    def spawn_to_ready(self, body: dict[str, Any], client: httpx.Client | None = None) -> str:
+        """Connect, follow the status stream until ``ready``; returns the backend id."""
+        client = client or self.api
+        response = client.post("/ctrl/connect", json=body)
+        response.raise_for_status()
+        backend_id: str = response.json()["backend_id"]
+        with client.stream("GET", f"/pub/b/{backend_id}/status-stream") as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                status = json.loads(line[5:])
+                if status["status"] == "ready":
+                    return backend_id
+                if status["status"] == "terminated":
+                    raise RuntimeError(f"backend {backend_id} ended before ready: {status}")
+        raise RuntimeError(f"status stream of {backend_id} ended before ready")
+
+    def terminate(self, backend_ids: list[str], docker_client: Any = None) -> None:
+        """Hard-terminate each and wait until it is terminated (and, with
+        ``docker_client``, until its container is removed)."""
+        for backend_id in backend_ids:
+            self.api.post(f"/ctrl/b/{backend_id}/hard-terminate").raise_for_status()
+        deadline = time.monotonic() + 30
+        for backend_id in backend_ids:
+            while self.api.get(f"/pub/b/{backend_id}/status").json()["status"] != "terminated" or (
+                docker_client is not None
+                and docker_client.api.containers(
+                    all=True, filters={"label": f"dev.plane.backend={backend_id}"}
+                )
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{backend_id} not terminated and removed after 30 s")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.api.close()
+        self._log.close()
+
+
+# ------------------------------------------------------------------------ bare
+
+
+def wait_http_ok(port: int, timeout: float = 30) -> None:
+    """GET http://127.0.0.1:PORT/ every POLL seconds until HTTP 200."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/"
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+        time.sleep(POLL)
+
+
+def bare_docker_spawn(client: Any, image: str, made: list[Any]) -> None:
+    container = client.containers.create(
+        image,
+        ports={"8080/tcp": ("127.0.0.1", None)},
+        environment={"PORT": "8080"},
+        labels={"dev.plane.bench": RUN},
+    )
+    made.append(container)
+    container.start()
+    container.reload()
+    port = int(container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
+    wait_http_ok(port)
+
+
+def remove_containers(
+    client: Any, label: str, keep: Callable[[dict[str, str]], bool] = lambda _: True
+) -> None:
+    """Remove every container with ``label`` (``NAME=VALUE``) whose labels pass ``keep``."""
+    for summary in client.api.containers(all=True, filters={"label": label}):
+        if keep(summary.get("Labels") or {}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                client.api.remove_container(summary["Id"], force=True, v=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------------- timing
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def alternate(
+    runs: int, plane_run: Callable[[], float], bare_run: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """One warm-up of each, then ``runs`` of each, taking turns at going first."""
+    plane_run()
+    bare_run()
+    plane_times: list[float] = []
+    bare_times: list[float] = []
+    for i in range(runs):
+        if i % 2 == 0:
+            plane_times.append(plane_run())
+            bare_times.append(bare_run())
+        else:
+            bare_times.append(bare_run())
+            plane_times.append(plane_run())
+    return plane_times, bare_times
+
+
+def in_threads(count: int, work: Callable[[int], None]) -> float:
+    """Run ``work(i)`` in ``count`` threads released together; seconds until all finish."""
+    barrier = threading.Barrier(count + 1)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        barrier.wait()
+        try:
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+# ----------------------------------------------------------------- the benches
+
+
+def docker_body(name: str, image: str) -> dict[str, Any]:
+    return {
+        "key": {"name": f"bench-{RUN}-{name}"},
+        "spawn_config": {
+            "executable": {"image": image, "pull_policy": "Never"},
+            "max_idle_seconds": 600,
+        },
+    }
+
+
+def bench_docker(
+    client: Any, image: str, root: Path, runs: int, concurrent: int, rounds: int
+) -> tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]]:
+    plane = Plane("docker", root / "docker")
+    counter = iter(range(1_000_000))
+    try:
+
+        def plane_run() -> float:
+            body = docker_body(f"seq-{next(counter)}", image)
+            backend_id = ""
+
+            def spawn() -> None:
+                nonlocal backend_id
+                backend_id = plane.spawn_to_ready(body)
+
+            elapsed = timed(spawn)
+            plane.terminate([backend_id], client)
+            return elapsed
+
+        def bare_run() -> float:
+            made: list[Any] = []
+            elapsed = timed(lambda: bare_docker_spawn(client, image, made))
+            for container in made:
+                container.remove(force=True, v=True)
+            return elapsed
+
+        sequential = alternate(runs, plane_run, bare_run)
+
+        def plane_burst() -> float:
+            batch = next(counter)
+            ids: list[str] = [""] * concurrent
+            clients = [httpx.Client(base_url=plane.api_url, timeout=60) for _ in range(concurrent)]
+
+            def work(i: int) -> None:
+                ids[i] = plane.spawn_to_ready(docker_body(f"c{batch}-{i}", image), clients[i])
+
+            try:
+                elapsed = in_threads(concurrent, work)
+            finally:
+                for c in clients:
+                    c.close()
+            plane.terminate([i for i in ids if i], client)
+            return elapsed
+
+        def bare_burst() -> float:
+            made: list[Any] = []
+            try:
+                return in_threads(concurrent, lambda i: bare_docker_spawn(client, image, made))
+            finally:
+                for container in made:
+                    container.remove(force=True, v=True)
+
+        burst = alternate(rounds, plane_burst, bare_burst)
+    finally:
+        plane.stop()
+        # plane leaves backends running for adoption: remove any this run left behind
+        remove_containers(
+            client,
+            "dev.plane.managed=true",
+            lambda labels: f"bench-{RUN}-" in labels.get("dev.plane.key", ""),
+        )
+    return sequential, burst
+
+
+def bench_process(root: Path, runs: int) -> tuple[list[float], list[float]]:
+    www = root / "www"
+    www.mkdir()
+    (www / "index.html").write_text(INDEX_HTML)
+    command = ["sh", "-c", f"exec {BUSYBOX} httpd -f -p 127.0.0.1:$PORT -h {www}"]
+    plane = Plane("process", root / "process")
+    counter = iter(range(1_000_000))
+    try:
+
+        def plane_run() -> float:
+            body = {
+                "key": {"name": f"bench-{RUN}-proc-{next(counter)}"},
+                "spawn_config": {"executable": {"command": command}, "max_idle_seconds": 600},
+            }
+            backend_id = ""
+
+            def spawn() -> None:
+                nonlocal backend_id
+                backend_id = plane.spawn_to_ready(body)
+
+            elapsed = timed(spawn)
+            plane.terminate([backend_id])
+            return elapsed
+
+        def bare_run() -> float:
+            port = free_port()
+            procs: list[subprocess.Popen[bytes]] = []
+
+            def spawn() -> None:
+                procs.append(
+                    subprocess.Popen(
+                        command,
+                        env={**os.environ, "PORT": str(port)},
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+                wait_http_ok(port)
+
+            elapsed = timed(spawn)
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            return elapsed
+
+        return alternate(runs, plane_run, bare_run)
+    finally:
+        plane.stop()
+
+
+# ------------------------------------------------------------------- reporting
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+class Row:
+    def __init__(self, name: str, plane: str, bare: str, target: str, ratio: float, ok: bool):
+        self.name, self.plane, self.bare, self.target = name, plane, bare, target
+        self.ratio, self.ok = ratio, ok
+
+
+def latency_row(name: str, plane: list[float], bare: list[float], target: float) -> Row:
+    p, b = statistics.median(plane), statistics.median(bare)
+    return Row(name, ms(p), ms(b), f"<= {target:g}", p / b, p / b <= target)
+
+
+def rate_row(name: str, count: int, plane: list[float], bare: list[float]) -> Row:
+    p, b = count / statistics.median(plane), count / statistics.median(bare)
+    return Row(
+        name, f"{p:8.2f} /s", f"{b:8.2f} /s", f">= {RATE_TARGET:g}", p / b, p / b >= RATE_TARGET
+    )
+
+
+def show(label: str, values: list[float]) -> None:
+    print(f"  {label:28} {' '.join(f'{v * 1000:7.1f}' for v in values)}  (ms)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=8, help="sequential spawns per side")
+    parser.add_argument("--concurrent", type=int, default=16, help="spawns per burst")
+    parser.add_argument("--rounds", type=int, default=3, help="bursts per side")
+    parser.add_argument("--keep", action="store_true", help="keep plane's data directories")
+    parser.add_argument("--skip-docker", action="store_true", help="only the process comparison")
+    args = parser.parse_args(argv)
+
+    if not Path(BUSYBOX).exists():
+        print(f"{BUSYBOX} is missing", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="plane-bench-spawn-"))
+    client: Any = None
+    rows: list[Row] = []
+    print("runs, in order of measurement (plane: POST /ctrl/connect -> 'ready' on the SSE stream)")
+    try:
+        if not args.skip_docker:
+            # a pool as large as the burst: the SDK's default of 10 connections breaks
+            # (urllib3 "queue.Full", then a closed pool) with 16 threads
+            client = docker.from_env(timeout=60, max_pool_size=max(10, args.concurrent))
+            client.ping()
+            image = build_test_image(client)
+            (seq_plane, seq_bare), (burst_plane, burst_bare) = bench_docker(
+                client, image, root, args.runs, args.concurrent, args.rounds
+            )
+            show("a. docker plane", seq_plane)
+            show("a. docker bare", seq_bare)
+            rows.append(latency_row("a. docker spawn-to-ready", seq_plane, seq_bare, DOCKER_TARGET))
+        proc_plane, proc_bare = bench_process(root, args.runs)
+        show("b. process plane", proc_plane)
+        show("b. process bare", proc_bare)
+        rows.append(latency_row("b. process spawn-to-ready", proc_plane, proc_bare, PROCESS_TARGET))
+        if not args.skip_docker:
+            show(f"c. docker plane x{args.concurrent}", burst_plane)
+            show(f"c. docker bare x{args.concurrent}", burst_bare)
+            rows.append(
+                rate_row(
+                    f"c. docker {args.concurrent} concurrent, rate",
+                    args.concurrent,
+                    burst_plane,
+                    burst_bare,
+                )
+            )
+    finally:
+        if client is not None:
+            remove_containers(client, f"dev.plane.bench={RUN}")
+            client.close()
+        if args.keep:
+            print(f"data directories kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print()
+    print(f"{'comparison (medians)':36} {'plane':>12} {'bare':>12} {'target':>8} {'ratio':>6}")
+    for row in rows:
+        verdict = "PASS" if row.ok else "FAIL"
+        print(
+            f"{row.name:36} {row.plane:>12} {row.bare:>12} {row.target:>8} {row.ratio:6.2f}  "
+            f"{verdict}"
+        )
+    return 0 if all(row.ok for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
