@@ -97,7 +97,7 @@ def run_bare(path: Path) -> tuple[float, int]:
     count = 0
     cursor = db.execute("SELECT seq, stream, version, type, data FROM events ORDER BY seq")
     while rows := cursor.fetchmany(1024):
-        for _seq, stream, version, tag, data in rows:
+        for _seq, stream, version, _tag, data in rows:
             states[stream] = {**states.get(stream, empty), **loads(data), "version": version}
             count += 1
     db.close()

@@ -5,6 +5,7 @@ request is in the log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,7 +21,10 @@ from replay.cli import main as replay_main
 from .serve_process import PlaneServe
 
 BACKEND_APP = Path(__file__).parent.parent / "executors" / "backend_app.py"
-SLOW_START = "import time, runpy, sys; time.sleep(1.5); sys.argv=[sys.argv[1]]; runpy.run_path(sys.argv[0], run_name='__main__')"
+SLOW_START = (
+    "import time, runpy, sys; time.sleep(1.5); sys.argv = [sys.argv[1]]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 def labelled_pids(scope: str) -> dict[str, int]:
@@ -56,10 +60,8 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield path
     scope = str((path / "logs").resolve())
     for pid in labelled_pids(scope).values():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 def test_sigkill_with_running_and_starting_backends_then_adopt(data_dir: Path) -> None:

@@ -78,10 +78,10 @@ def cleanup(docker_client: Any) -> Iterator[Cleanup]:
     for plane in mine.planes:
         if plane.process.poll() is None:
             plane.stop()
-    for container in docker_client.containers.list(all=True, filters={"label": f"{MANAGED}=true"}):
-        if (container.labels or {}).get(BACKEND) in mine.ids:
+    for summary in docker_client.api.containers(all=True, filters={"label": f"{MANAGED}=true"}):
+        if (summary.get("Labels") or {}).get(BACKEND) in mine.ids:
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True, v=True)
+                docker_client.api.remove_container(summary["Id"], force=True, v=True)
 
 
 def docker_body(name: str, image: str) -> dict[str, Any]:
@@ -96,13 +96,16 @@ def docker_body(name: str, image: str) -> dict[str, Any]:
 
 def running_labelled(client: Any, ids: set[str]) -> set[str]:
     """Backend ids among ``ids`` with a running container labelled managed by plane."""
-    containers = client.containers.list(filters={"label": f"{MANAGED}=true", "status": "running"})
-    labelled = {(c.labels or {}).get(BACKEND) for c in containers}
+    # the low-level list: containers.list() inspects each one and fails on one being removed
+    summaries = client.api.containers(filters={"label": f"{MANAGED}=true", "status": "running"})
+    labelled = {(s.get("Labels") or {}).get(BACKEND) for s in summaries}
     return {bid for bid in labelled if bid in ids}
 
 
-def containers_of(client: Any, backend_id: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{BACKEND}={backend_id}"})
+def containers_of(client: Any, backend_id: str) -> list[str]:
+    """Ids of every container (any state) labelled with ``backend_id``."""
+    summaries = client.api.containers(all=True, filters={"label": f"{BACKEND}={backend_id}"})
+    return [str(s["Id"]) for s in summaries]
 
 
 def start_stranger(client: Any, image: str, backend_id: str, name: str | None) -> Any:
@@ -158,8 +161,8 @@ def test_sigkill_with_running_and_starting_containers_then_adopt(
     victim = ready[0]["backend_id"]
     victim_containers = containers_of(docker_client, victim)
     assert victim_containers, "the ready victim has a container"
-    for container in victim_containers:
-        container.remove(force=True, v=True)
+    for container_id in victim_containers:
+        docker_client.api.remove_container(container_id, force=True, v=True)
     # ... and a plane-labelled container appears for an id the log does not know
     # (named as plane names its own containers: e.g. left by a plane whose log was lost)
     stranger = f"stranger-{uuid.uuid4().hex[:12]}"
@@ -224,7 +227,7 @@ def test_orphan_container_under_another_name_is_removed(
     try:
         events = plane.api.get("/ctrl/events", params={"follow": 0}).text
         assert "plane.orphan_removed.v1" in events and stranger in events
-        left = [c.name for c in containers_of(docker_client, stranger)]
+        left = containers_of(docker_client, stranger)
         assert not left, f"orphan recorded as removed but still there: {left}"
     finally:
         assert plane.stop() == 0
