@@ -29,13 +29,22 @@ its container removed (plane: ``POST /ctrl/b/{id}/hard-terminate`` and wait
 for ``terminated``; bare: ``remove(force=True)`` / kill).  The verdicts use the
 medians; each line prints PASS or FAIL; the exit status is 1 when any FAILs.
 
-    python bench/bench_spawn.py [--runs 8] [--concurrent 16] [--rounds 3]
+Reading the numbers: the bare sides poll every 10 ms, so a bare spawn that is
+really up after ~1 ms (a local process) is measured at ~11 ms; plane's
+readiness probe also retries every 10 ms.  The bare docker client has a
+connection pool as large as the burst (with the SDK's default of 10 and 16
+threads, urllib3 fails with ``queue.Full`` then a closed pool).  The bare
+readiness GETs use ``http.client`` (``httpx.get`` costs ~10 ms of CPU per call
+building a client).  On a loaded host, every number is noisy: compare runs.
+
+    python bench/bench_spawn.py [--runs 8] [--process-runs 20] [--concurrent 16] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -160,17 +169,25 @@ class Plane:
 
 
 def wait_http_ok(port: int, timeout: float = 30) -> None:
-    """GET http://127.0.0.1:PORT/ every POLL seconds until HTTP 200."""
+    """GET http://127.0.0.1:PORT/ every POLL seconds until HTTP 200.
+
+    ``http.client`` on a fresh connection per attempt: cheap (``httpx.get``
+    builds a client and an SSL context per call, ~10 ms of CPU that would count
+    against the bare side).
+    """
     deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/"
     while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            conn.request("GET", "/")
+            if conn.getresponse().status == 200:
                 return
-        except httpx.HTTPError:
+        except (OSError, http.client.HTTPException):
             pass
+        finally:
+            conn.close()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+            raise RuntimeError(f"127.0.0.1:{port} did not answer 200 within {timeout} s")
         time.sleep(POLL)
 
 
@@ -417,7 +434,10 @@ def show(label: str, values: list[float]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=8, help="sequential spawns per side")
+    parser.add_argument("--runs", type=int, default=8, help="sequential docker spawns per side")
+    parser.add_argument(
+        "--process-runs", type=int, default=20, help="sequential process spawns per side (cheap)"
+    )
     parser.add_argument("--concurrent", type=int, default=16, help="spawns per burst")
     parser.add_argument("--rounds", type=int, default=3, help="bursts per side")
     parser.add_argument("--keep", action="store_true", help="keep plane's data directories")
@@ -444,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             show("a. docker plane", seq_plane)
             show("a. docker bare", seq_bare)
             rows.append(latency_row("a. docker spawn-to-ready", seq_plane, seq_bare, DOCKER_TARGET))
-        proc_plane, proc_bare = bench_process(root, args.runs)
+        proc_plane, proc_bare = bench_process(root, args.process_runs)
         show("b. process plane", proc_plane)
         show("b. process bare", proc_bare)
         rows.append(latency_row("b. process spawn-to-ready", proc_plane, proc_bare, PROCESS_TARGET))

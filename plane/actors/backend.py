@@ -217,7 +217,8 @@ class BackendActor:
         delay = self._policy.backoff_initial
         while True:
             try:
-                with trio.fail_after(self._policy.call_timeout):
+                # a start may pull an image: it gets the whole start timeout
+                with trio.fail_after(state.config.start_timeout_seconds):
                     started = await self._executor.start(spec)
             except SpawnError as exc:
                 self.tell(SpawnFailed(self._clock.now(), str(exc)))
@@ -231,6 +232,12 @@ class BackendActor:
                 await trio.sleep(delay)
                 delay = min(delay * 2, self._policy.backoff_max)
                 continue
+            if lifecycle.is_terminal(self.state):
+                # it ended (start timeout, terminate) while the start was in flight:
+                # nothing can be recorded any more, but nothing may be left running
+                await self._retry("kill", self._executor.kill, spec.backend_id)
+                await self._retry("remove", self._executor.remove, spec.backend_id)
+                return
             self.tell(ExecutorStarted(self._clock.now(), started.address, started.handle))
             return
 

@@ -55,6 +55,7 @@ import attrs
 
 from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.types import (
+    INPUT_TYPES,
     BackendActive,
     BackendIdle,
     BackendReady,
@@ -350,7 +351,7 @@ def _deadlines(s: BackendState) -> list[tuple[float, Callable[[float], list[Even
     if s.status is Status.STARTING:
         timers.append(
             (
-                s.requested_at + cfg.start_timeout_seconds,
+                s.status_at + cfg.start_timeout_seconds,  # from the start, not the request
                 lambda at: [
                     BackendTerminating(at, TerminationReason.START_TIMEOUT, TerminationKind.HARD)
                 ],
@@ -392,6 +393,8 @@ def decide(state: BackendState, command: Command) -> list[Event]:
     """The events that ``command`` implies in ``state`` (inputs first, then decisions)."""
     if isinstance(command, Tick):
         return _decide_tick(state, command.at)
+    if not isinstance(command, INPUT_TYPES):
+        raise IllegalTransition(f"{type(command).__name__} is a decision, not a command")
     if isinstance(command, OrphanRemoved):
         raise IllegalTransition("OrphanRemoved belongs to the system stream, not a backend's")
     if isinstance(command, BackendRequested):

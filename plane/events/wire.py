@@ -66,6 +66,8 @@ def _strict_int(value: Any, _: Any) -> int:
 def _strict_float(value: Any, _: Any) -> float:
     kind = type(value)
     if kind is float:
+        if value - value != 0.0:  # NaN or infinity: not a time, not a limit
+            raise ValueError(f"expected a finite number, got {value}")
         return value  # type: ignore[no-any-return]
     if kind is int:
         return float(value)

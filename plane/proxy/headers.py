@@ -54,12 +54,6 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [t for t in (part.strip().lower() for part in value.split(b",")) if t]
 
 
-def is_upgrade(connection_values: list[bytes]) -> bool:
-    """True when any token of any ``Connection`` header is ``upgrade``
-    (Firefox sends ``keep-alive, Upgrade``)."""
-    return any(b"upgrade" in connection_tokens(v) for v in connection_values)
-
-
 def clean_value(text: str) -> bytes:
     """A header value from free text: UTF-8, with control characters (CR, LF,
     NUL...) removed so that no value can end the header early."""

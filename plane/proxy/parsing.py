@@ -16,14 +16,18 @@ Error handling
 --------------
 llhttp rejects what is malformed (bad request line, bad chunk, both
 ``Content-Length`` and ``Transfer-Encoding``, duplicate ``Content-Length``...)
-with :class:`httptools.HttpParserError`.  The sinks add the size caps: past
-``max_bytes`` of request line and headers, or ``max_count`` header fields, a
-callback raises :class:`HeadTooLarge`, which llhttp reports as
+with :class:`httptools.HttpParserError`.  The request sink adds the size caps:
+past ``max_bytes`` of request line and headers, or ``max_count`` header
+fields, a callback raises :class:`HeadTooLarge`, which llhttp reports as
 :class:`httptools.HttpParserCallbackError` with the cause as its
-``__context__`` (see :func:`head_too_large`).
+``__context__`` (see :func:`head_too_large`).  (Bytes of a head still
+arriving are also counted by the relay, which caps a backend's head at
+:data:`MAX_RESPONSE_HEAD`.)
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import httptools
 
@@ -70,7 +74,6 @@ class RequestHead:
         method: bytes,
         url: bytes,
         lines: list[bytes],
-        *,
         version_10: bool,
         keep_alive: bool,
         upgrade: bytes | None,
@@ -112,7 +115,6 @@ class ResponseHead:
         status: int,
         reason: bytes,
         lines: list[bytes],
-        *,
         content_length: bytes | None,
         chunked: bool,
         event_stream: bool,
@@ -161,8 +163,20 @@ def _drop_named(lines: list[bytes], connection_values: list[bytes]) -> list[byte
     return [ln for ln in lines if ln.split(b":", 1)[0].strip().lower() not in named]
 
 
+def _first_letters(names: Iterable[bytes]) -> frozenset[int]:
+    """The first bytes of (lowercase) ``names``: a header whose first byte,
+    lowercased, is not among them needs no closer look."""
+    return frozenset(name[0] for name in names)
+
+
+_REQUEST_FIRST = _first_letters(_REQUEST_SPECIAL) | {ord("x"), ord("p")}
+
+
 class RequestSink:
-    """Callbacks of one client connection's :class:`httptools.HttpRequestParser`."""
+    """Callbacks of one client connection's :class:`httptools.HttpRequestParser`.
+
+    Headers whose first letter cannot start a special name are rendered at
+    once (the fast path); the others are looked at by :meth:`_special`."""
 
     __slots__ = (
         "chunked",
@@ -189,24 +203,20 @@ class RequestSink:
         self.pieces: list[RequestPiece] = []
         self.in_head = False
         self.parser = httptools.HttpRequestParser(self)
-        self._reset()
+        self.on_message_begin()
+        self.in_head = False
 
-    def _reset(self) -> None:
+    def on_message_begin(self) -> None:
+        self.in_head = True
         self.url = b""
         self.lines: list[bytes] = []
         self.count = 0
         self.size = 0
         self.connection: list[bytes] | None = None
         self.upgrade: bytes | None = None
-        self.chunked = False
-        self.has_body = False
-        self.has_host = False
+        self.chunked = self.has_body = self.has_host = False
         self.xff: bytes | None = None
         self.xfp: bytes | None = None
-
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self._reset()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -221,26 +231,33 @@ class RequestSink:
         self.size += len(name) + len(value) + 4
         if self.size > self.max_bytes or self.count > self.max_count:
             raise HeadTooLarge("too many header bytes or fields")
+        if name[0] | 0x20 in _REQUEST_FIRST:
+            self._special(name, value)
+        else:
+            self.lines.append(b"%s: %s\r\n" % (name, value))
+
+    def _special(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         kind = _REQUEST_SPECIAL.get(lname, _KEEP)
         if kind == _KEEP:
             if not (lname.startswith(b"x-verified-") or lname.startswith(b"proxy-")):
-                self.lines.append(name + b": " + value + b"\r\n")
-            return
-        if kind == _HOST:
+                self.lines.append(b"%s: %s\r\n" % (name, value))
+        elif kind == _HOST:
             self.has_host = True
-            self.lines.append(name + b": " + value + b"\r\n")
+            self.lines.append(b"%s: %s\r\n" % (name, value))
         elif kind == _CL:
             self.has_body = True
-            self.lines.append(name + b": " + value + b"\r\n")
+            self.lines.append(b"%s: %s\r\n" % (name, value))
         elif kind == _TE:
             self.chunked = self.has_body = True  # llhttp refuses a request TE not ending in chunked
-            self.lines.append(name + b": " + value + b"\r\n")
+            self.lines.append(b"%s: %s\r\n" % (name, value))
         elif kind == _CONNECTION:
-            if self.connection is None:
-                self.connection = [value]
-            else:
-                self.connection.append(value)
+            # Only a value naming other headers needs a closer look later.
+            if value.strip().lower() not in CONNECTION_OPTIONS:
+                if self.connection is None:
+                    self.connection = [value]
+                else:
+                    self.connection.append(value)
         elif kind == _UPGRADE:
             self.upgrade = value
         elif kind == _XFF:
@@ -254,20 +271,19 @@ class RequestSink:
         lines = self.lines
         if self.connection is not None:
             lines = _drop_named(lines, self.connection)
-        upgrade = self.upgrade if parser.should_upgrade() else None
         self.pieces.append(
             RequestHead(
                 parser.get_method(),
                 self.url,
                 lines,
-                version_10=parser.get_http_version() == "1.0",
-                keep_alive=parser.should_keep_alive(),
-                upgrade=upgrade,
-                chunked=self.chunked,
-                has_body=self.has_body,
-                has_host=self.has_host,
-                xff=self.xff,
-                xfp=self.xfp,
+                parser.get_http_version() == "1.0",
+                parser.should_keep_alive(),
+                self.upgrade if parser.should_upgrade() else None,
+                self.chunked,
+                self.has_body,
+                self.has_host,
+                self.xff,
+                self.xfp,
             )
         )
 
@@ -290,33 +306,37 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"content-type": _CTYPE,
 }
 
+_RESPONSE_FIRST = _first_letters(_RESPONSE_SPECIAL) | {ord("p")}
+
 MAX_RESPONSE_HEAD = 65536
-MAX_RESPONSE_HEADERS = 256
+"""A backend's response head larger than this (counted in received bytes): 502."""
 
 
 class ResponseSink:
-    """Callbacks of one upstream connection's :class:`httptools.HttpResponseParser`."""
+    """Callbacks of one upstream connection's :class:`httptools.HttpResponseParser`.
+
+    The backend's head is not capped per header here (the relay counts the
+    bytes it feeds while a head is incomplete, against
+    :data:`MAX_RESPONSE_HEAD`)."""
 
     __slots__ = (
         "chunked",
         "connection",
         "content_length",
-        "count",
         "event_stream",
         "in_head",
         "lines",
         "parser",
         "pieces",
         "reason",
-        "size",
         "upgrade",
     )
 
     def __init__(self) -> None:
         self.pieces: list[ResponsePiece] = []
-        self.in_head = False
         self.parser = httptools.HttpResponseParser(self)
-        self._reset()
+        self.on_message_begin()
+        self.in_head = False
 
     def new_parser(self) -> None:
         """Start over (after a response to HEAD, whose body llhttp would wait for)."""
@@ -324,52 +344,46 @@ class ResponseSink:
         self.in_head = False
         self.pieces.clear()
 
-    def _reset(self) -> None:
-        self.reason = b""
-        self.lines: list[bytes] = []
-        self.count = 0
-        self.size = 0
-        self.connection: list[bytes] | None = None
-        self.content_length: bytes | None = None
-        self.chunked = False
-        self.event_stream = False
-        self.upgrade: bytes | None = None
-
     def on_message_begin(self) -> None:
         self.in_head = True
-        self._reset()
+        self.reason = b""
+        self.lines: list[bytes] = []
+        self.connection: list[bytes] | None = None
+        self.content_length: bytes | None = None
+        self.chunked = self.event_stream = False
+        self.upgrade: bytes | None = None
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
-        self.size += len(reason)
-        if self.size > MAX_RESPONSE_HEAD:
-            raise HeadTooLarge("response reason too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
             return  # a trailer
-        self.count += 1
-        self.size += len(name) + len(value) + 4
-        if self.size > MAX_RESPONSE_HEAD or self.count > MAX_RESPONSE_HEADERS:
-            raise HeadTooLarge("response head too large")
+        if name[0] | 0x20 in _RESPONSE_FIRST:
+            self._special(name, value)
+        else:
+            self.lines.append(b"%s: %s\r\n" % (name, value))
+
+    def _special(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         kind = _RESPONSE_SPECIAL.get(lname, _KEEP)
         if kind == _KEEP:
             if not lname.startswith(b"proxy-"):
-                self.lines.append(name + b": " + value + b"\r\n")
-            return
-        if kind == _CTYPE:
+                self.lines.append(b"%s: %s\r\n" % (name, value))
+        elif kind == _CTYPE:
             self.event_stream = value.lstrip().lower().startswith(b"text/event-stream")
-            self.lines.append(name + b": " + value + b"\r\n")
+            self.lines.append(b"%s: %s\r\n" % (name, value))
         elif kind == _CL:
             self.content_length = value.strip()
         elif kind == _TE:
             self.chunked = connection_tokens(value)[-1:] == [b"chunked"]
         elif kind == _CONNECTION:
-            if self.connection is None:
-                self.connection = [value]
-            else:
-                self.connection.append(value)
+            # Only a value naming other headers needs a closer look later.
+            if value.strip().lower() not in CONNECTION_OPTIONS:
+                if self.connection is None:
+                    self.connection = [value]
+                else:
+                    self.connection.append(value)
         elif kind == _UPGRADE:
             self.upgrade = value
 
@@ -378,16 +392,17 @@ class ResponseSink:
         lines = self.lines
         if self.connection is not None:
             lines = _drop_named(lines, self.connection)
+        parser = self.parser
         self.pieces.append(
             ResponseHead(
-                self.parser.get_status_code(),
+                parser.get_status_code(),
                 self.reason,
                 lines,
-                content_length=self.content_length,
-                chunked=self.chunked,
-                event_stream=self.event_stream,
-                upgrade=self.upgrade,
-                keep_alive=self.parser.should_keep_alive(),
+                self.content_length,
+                self.chunked,
+                self.event_stream,
+                self.upgrade,
+                parser.should_keep_alive(),
             )
         )
 

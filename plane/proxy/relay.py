@@ -60,6 +60,7 @@ from plane.proxy import sockio
 from plane.proxy.errors import ClientFault, GatewayFault, ProxyFault, render_error
 from plane.proxy.parsing import (
     END,
+    MAX_RESPONSE_HEAD,
     RequestHead,
     RequestSink,
     ResponseHead,
@@ -76,6 +77,8 @@ _buffer = bytearray(BUFFER_SIZE)
 _view = memoryview(_buffer)
 
 SPLICE_CHUNK = 65536
+
+_wait_readable = trio.lowlevel.wait_readable
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -217,10 +220,15 @@ class ClientSession:
 
         ``wait_first`` when nothing is likely to have arrived yet (saves a
         failed receive)."""
+        sock = self.sock
         if wait_first:
-            n = await sockio.wait_recv_into(self.sock, _view)
+            await _wait_readable(sock)
+            try:
+                n = sock.recv_into(_view)
+            except BlockingIOError:
+                n = await sockio.recv_into(sock, _view)
         else:
-            n = await sockio.recv_into(self.sock, _view)
+            n = await sockio.recv_into(sock, _view)
         if n == 0:
             self.eof = True
             return 0
@@ -452,13 +460,21 @@ class ClientSession:
         request."""
         pool = self.relay.pool
         assert route.address is not None
-        upstream = await pool.acquire(route.address, now, check=head.method not in IDEMPOTENT)
+        upstream = pool.take(route.address, now, check=head.method not in IDEMPOTENT)
+        if upstream is None:
+            upstream = await pool.connect(route.address)
         for attempt in range(2):
             reusable = False
             try:
                 upstream.sink.pieces.clear()
                 try:
-                    await sockio.send_all(upstream.sock, request)
+                    usock = upstream.sock
+                    try:
+                        sent = usock.send(request)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent < len(request):
+                        await sockio.send_all(usock, memoryview(request)[sent:])
                 except OSError as exc:
                     if upstream.reused:
                         raise _StaleUpstream from exc
@@ -584,6 +600,7 @@ class ClientSession:
         received = False
         upstream_keep = False
         wait_first = True  # the answer cannot be there yet
+        head_bytes = 0
         while True:
             out: list[bytes] = []
             done = False
@@ -648,17 +665,31 @@ class ClientSession:
                         break
             pieces.clear()
             if out:
-                await sockio.send_parts(client, out)
+                if len(out) < 16:  # a head, or a few pieces: one small write
+                    data = b"".join(out)
+                    try:
+                        sent = client.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent < len(data):
+                        await sockio.send_all(client, memoryview(data)[sent:])
+                else:
+                    await sockio.send_parts(client, out)
             if done:
                 if head_method:
                     sink.new_parser()
                 return client_keep, upstream_keep and not until_close
+            usock = upstream.sock
             try:
                 if wait_first:
                     wait_first = False
-                    n = await sockio.wait_recv_into(upstream.sock, _view)
+                    await _wait_readable(usock)
+                    try:
+                        n = usock.recv_into(_view)
+                    except BlockingIOError:
+                        n = await sockio.recv_into(usock, _view)
                 else:
-                    n = await sockio.recv_into(upstream.sock, _view)
+                    n = await sockio.recv_into(usock, _view)
             except OSError:
                 n = 0
             if n == 0:
@@ -688,6 +719,16 @@ class ClientSession:
                         502, "BadGateway", f"the backend's response is malformed ({exc})"
                     ) from None
                 return False, False
+            if sink.in_head:  # bytes of a head still incomplete: capped
+                head_bytes += n
+                if head_bytes > MAX_RESPONSE_HEAD:
+                    if not started:
+                        raise GatewayFault(
+                            502, "BadGateway", "the backend's response head is too large"
+                        )
+                    return False, False
+            else:
+                head_bytes = 0
 
     # -------------------------------------------------------------- upgrades
 
@@ -726,6 +767,7 @@ class ClientSession:
         sink = upstream.sink
         pieces = sink.pieces
         tail: bytes | None = None
+        head_bytes = 0
         while True:
             for index, piece in enumerate(pieces):
                 if not isinstance(piece, ResponseHead) or (
@@ -765,6 +807,12 @@ class ClientSession:
                 raise GatewayFault(
                     502, "BadGateway", f"the backend's response is malformed ({exc})"
                 ) from None
+            if sink.in_head:
+                head_bytes += n
+                if head_bytes > MAX_RESPONSE_HEAD:
+                    raise GatewayFault(
+                        502, "BadGateway", "the backend's response head is too large"
+                    )
 
     async def _splice(self, upstream: socket.socket, route: Route) -> None:
         """Copy bytes both ways until the connection ends.

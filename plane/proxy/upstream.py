@@ -71,8 +71,8 @@ class UpstreamPool:
         self.opened = 0
         """Connections opened so far (a measure of reuse)."""
 
-    async def acquire(self, address: str, now: float, *, check: bool = True) -> Upstream:
-        """A connection to ``address``: a pooled one if alive, else a new one.
+    def take(self, address: str, now: float, *, check: bool = True) -> Upstream | None:
+        """A pooled connection to ``address`` that still looks alive, or None.
 
         A pooled connection idle for less than :data:`TRUST_IDLE_FOR` is
         trusted without a check unless ``check`` (the relay checks for requests
@@ -88,7 +88,14 @@ class UpstreamPool:
                     upstream.reused = True
                     return upstream
                 sockio.close(upstream.sock)
-        return await self.connect(address)
+        return None
+
+    async def acquire(self, address: str, now: float, *, check: bool = True) -> Upstream:
+        """A pooled connection (see :meth:`take`), else a new one."""
+        upstream = self.take(address, now, check=check)
+        if upstream is None:
+            upstream = await self.connect(address)
+        return upstream
 
     async def connect(self, address: str) -> Upstream:
         """A new connection to ``address``."""

@@ -147,3 +147,20 @@ async def test_missing_image_ends_in_spawn_failed(autojump_clock: trio.testing.M
         state = await h.wait_status(result.backend_id, Status.TERMINATED)
         assert state.termination_reason is TerminationReason.SPAWN_FAILED
         assert "nope:1" in state.message
+
+
+async def test_a_start_that_lands_after_the_backend_ended_is_killed_and_removed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the start takes longer than the start timeout plus the kill confirmation
+    executor = FakeExecutor(start_delay=100)
+    async with open_harness(executor=executor) as h:
+        result = await h.supervisor.connect(request(start_timeout_seconds=200))
+        bid = result.backend_id
+        actor = h.supervisor.actors[bid]
+        await h.supervisor.terminate(bid, TerminationKind.HARD)
+        state = await h.wait_status(bid, Status.TERMINATED)
+        assert state.termination_reason is TerminationReason.EXTERNAL
+        await actor.ended.wait()
+        assert bid not in executor.running
+        assert [c for c, b in executor.calls if b == bid][-2:] == ["kill", "remove"]

@@ -8,6 +8,7 @@ append what it returned, ``evolve`` through it.  Times are small round numbers
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 import pytest
@@ -156,6 +157,17 @@ def terminated() -> BackendState:
     return state
 
 
+STATES: dict[str, Callable[[], BackendState]] = {
+    "initial": lambda: initial,
+    "requested": requested,
+    "starting": starting,
+    "ready": ready,
+    "idle": idle,
+    "terminating": terminating_soft,
+    "terminated": terminated,
+}
+
+
 # ----------------------------------------------------------------- requested
 
 
@@ -252,15 +264,22 @@ def test_start_timeout_terminates_hard() -> None:
     assert state.killed_at == deadline
 
 
-def test_start_timeout_counts_from_the_request_even_when_starting_late() -> None:
-    # A first tick that comes late (e.g. after a restart) starts the backend, and
-    # the very next tick at that time already finds the start timeout due.
+def test_start_timeout_counts_from_the_start_even_when_starting_late() -> None:
+    # A first tick that comes late (e.g. after a restart) starts the backend, which
+    # then gets its whole start timeout: it is not killed for plane's own delay.
     late = T0 + START_TIMEOUT + 80
     state, events = step(requested(), Tick(late))
     assert events == [BackendStarting(late)]
-    assert decide(state, Tick(late)) == [
-        BackendTerminating(late, TerminationReason.START_TIMEOUT, HARD)
+    assert decide(state, Tick(late)) == []
+    assert next_deadline(state) == late + START_TIMEOUT
+    assert decide(state, Tick(late + START_TIMEOUT)) == [
+        BackendTerminating(late + START_TIMEOUT, TerminationReason.START_TIMEOUT, HARD)
     ]
+
+
+def test_a_decision_is_not_a_command() -> None:
+    with pytest.raises(IllegalTransition, match="decision"):
+        decide(starting(), BackendReady(T0 + 1, "127.0.0.1:1"))
 
 
 def test_start_timeout_does_not_apply_once_ready() -> None:
@@ -685,7 +704,7 @@ def test_terminated_has_no_deadline_and_is_terminal() -> None:
 
 
 DECISIONS_AND_INPUTS: list[Event] = [
-    *[c for c in ANY_INPUT if not isinstance(c, Tick)],  # type: ignore[misc]
+    *[c for c in ANY_INPUT if not isinstance(c, Tick)],
     BackendStarting(T0 + 40),
     BackendReady(T0 + 40, ADDRESS),
     BackendIdle(T0 + 40),
@@ -726,15 +745,8 @@ def test_evolve_rejects_ready_while_requested() -> None:
     ],
 )
 def test_evolve_rejects_decisions_out_of_place(state_name: str, event: Event) -> None:
-    states = {
-        "requested": requested,
-        "starting": starting,
-        "ready": ready,
-        "idle": idle,
-        "terminating": terminating_soft,
-    }
     with pytest.raises(IllegalTransition):
-        evolve(states[state_name](), event)
+        evolve(STATES[state_name](), event)
 
 
 @pytest.mark.parametrize(
@@ -765,17 +777,6 @@ def test_decide_rejects_a_request_for_a_terminated_backend() -> None:
 def test_decide_rejects_an_input_before_the_request() -> None:
     with pytest.raises(IllegalTransition, match="never requested"):
         decide(initial, ExecutorStarted(T0, ADDRESS))
-
-
-STATES = {
-    "initial": lambda: initial,
-    "requested": requested,
-    "starting": starting,
-    "ready": ready,
-    "idle": idle,
-    "terminating": terminating_soft,
-    "terminated": terminated,
-}
 
 
 @pytest.mark.parametrize("state_name", sorted(STATES))

@@ -6,12 +6,15 @@ through it.  Next to the decider it keeps its own small model of the idle clock
 (open connections, when they last went to zero or the backend became ready, the
 last HTTP activity), so the idleness invariants are checked against an
 independent reading of the docstring, not against the decider's own fields.
+Once a backend has ended (and a late fact or two was dropped), the run goes on
+with a new backend in a new stream.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from hypothesis import HealthCheck, settings
@@ -95,14 +98,15 @@ Timer = Callable[[float], list[Event]]
 
 def summary(event: Event) -> tuple[object, ...]:
     """An event without its free-text message, for comparing with the model."""
-    fields = attrs.asdict(event, recurse=False)  # type: ignore[arg-type]
+    fields = attrs.asdict(event, recurse=False)
     fields.pop("message", None)
     return (type(event), *sorted(fields.items()))
 
 
 not_terminated = precondition(lambda self: not is_terminal(self.state))
-"""Most rules stop once the backend is terminated, so that steps are spent on a
-live backend; ``late_fact`` covers what arrives after the end."""
+"""Most rules stop once the backend is terminated: ``late_fact`` covers what
+arrives after the end, then ``next_backend`` starts a fresh stream, so that a
+run's steps are spent on live backends."""
 
 late_facts = st.one_of(
     st.builds(ExecutorStarted, st.just(0.0), st.just("127.0.0.1:40009")),
@@ -122,9 +126,15 @@ late_facts = st.one_of(
 class LifecycleMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.now = EPOCH
+        self.backends = 0
+        self.new_stream()
+
+    def new_stream(self) -> None:
+        """Forget the previous backend: a new stream, log and model."""
         self.state: BackendState = initial
         self.log: list[Event] = []
-        self.now = EPOCH
+        self.late_facts = 0  # inputs fed after termination
         self.checked = 0  # events already round-tripped through the wire format
         # The model of the idle clock, kept from the inputs alone.
         self.open: set[str] = set()
@@ -186,7 +196,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if s.status is Status.STARTING:
             timers = [
                 (
-                    s.requested_at + cfg.start_timeout_seconds,
+                    s.status_at + cfg.start_timeout_seconds,
                     lambda at: [BackendTerminating(at, reasons.START_TIMEOUT, hard)],
                 ),
                 (lifetime, life),
@@ -217,9 +227,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.update_model(before, command, events)
         return events
 
-    def feed(self, make: type[InputEvent], delay: float, *args: object) -> list[Event]:
+    def feed(self, make: Callable[..., InputEvent], delay: float, *args: Any) -> list[Event]:
         self.now += delay
-        command = make(self.now, *args)  # type: ignore[call-arg]
+        command = make(self.now, *args)
         return self.apply(command)
 
     def tick(self, at: float) -> list[Event]:
@@ -310,7 +320,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     )
     def request(self, cfg: SpawnConfig, delay: float, steps: int, early_connection: bool) -> None:
         self.now += delay
-        command = BackendRequested(self.now, "b-1", BackendKey("room", "ns"), cfg, 1)
+        self.backends += 1
+        backend_id = f"b-{self.backends}"
+        command = BackendRequested(self.now, backend_id, BackendKey("room", "ns"), cfg, 1)
         assert self.apply(command) == [command]
         for n in range(steps):  # most runs begin ready, to spend their steps there
             if n == 2 and early_connection:  # a connection that opens before ready
@@ -323,11 +335,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         """The happy path's next step: first tick, executor started, readiness."""
         if self.state.status is Status.REQUESTED:
             self.tick(max(self.now, self.state.requested_at))
-            assert self.state.status is Status.STARTING
+            after = self.state
+            assert after.status is Status.STARTING
         elif self.state.status is Status.STARTING and self.state.address is None:
             self.feed(ExecutorStarted, delay, "127.0.0.1:40000", "h-0")
         elif self.state.status is Status.STARTING:
             address = self.state.address
+            assert address is not None
             events = self.feed(ReadinessObserved, delay)
             assert events[1:] == [BackendReady(self.now, address)]
 
@@ -452,6 +466,22 @@ class LifecycleMachine(RuleBasedStateMachine):
         before = self.state
         assert self.apply(fact) == []
         assert self.state == before
+        self.late_facts += 1
+
+    @precondition(lambda self: is_terminal(self.state) and self.late_facts > 0)
+    @rule(
+        cfg=spawn_configs,
+        delay=delays,
+        steps=st.sampled_from([0, 1, 2, 3, 3, 3, 3, 3]),
+        early_connection=st.booleans(),
+    )
+    def next_backend(
+        self, cfg: SpawnConfig, delay: float, steps: int, early_connection: bool
+    ) -> None:
+        """A new backend for the key after the old one ended: a fresh stream, so
+        that the rest of the run is spent on a live backend again."""
+        self.new_stream()
+        self.request(cfg, delay, steps, early_connection)
 
     # ---------------------------------------------------------- invariants
 
@@ -507,8 +537,8 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 LifecycleMachine.TestCase.settings = settings(
-    max_examples=300,
-    stateful_step_count=50,
+    max_examples=250,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -180,7 +180,7 @@ def non_default_fields(obj: Any, path: str) -> list[str]:
         value = getattr(obj, field.name)
         default = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()  # type: ignore[call-arg]
+            default = default.factory()
         if default is not attrs.NOTHING and value == default:
             found.append(f"{path}.{field.name}")
         if attrs.has(type(value)):
