@@ -26,8 +26,11 @@ c. **docker, concurrent** (target rate ratio plane/bare >= 0.8).
 Sides alternate run by run (plane, bare, bare, plane, ...), after one untimed
 warm-up of each.  Between runs, untimed, every backend is hard-terminated and
 its container removed (plane: ``POST /ctrl/b/{id}/hard-terminate`` and wait
-for ``terminated``; bare: ``remove(force=True)`` / kill).  The verdicts use the
-medians; each line prints PASS or FAIL; the exit status is 1 when any FAILs.
+for ``terminated``; bare: ``remove(force=True)`` / kill).  Each line prints the
+medians of both sides, their ratio, and the median of the per-pair ratios
+(each plane run against the bare run beside it, which shares the host's load
+of the moment); the verdict (PASS or FAIL) rests on the paired ratio, as in
+``bench_store.py``.  The exit status is 1 when any FAILs.
 
 Reading the numbers: the bare sides poll every 10 ms, so a bare spawn that is
 really up after ~1 ms (a local process) is measured at ~11 ms; plane's
@@ -37,13 +40,14 @@ threads, urllib3 fails with ``queue.Full`` then a closed pool).  The bare
 readiness GETs use ``http.client`` (``httpx.get`` costs ~10 ms of CPU per call
 building a client).  On a loaded host, every number is noisy: compare runs.
 
-    python bench/bench_spawn.py [--runs 8] [--process-runs 20] [--concurrent 16] [--rounds 3]
+    python bench/bench_spawn.py [--runs 8] [--process-runs 20] [--concurrent 16] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -410,21 +414,40 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
 
 
+@dataclasses.dataclass
 class Row:
-    def __init__(self, name: str, plane: str, bare: str, target: str, ratio: float, ok: bool):
-        self.name, self.plane, self.bare, self.target = name, plane, bare, target
-        self.ratio, self.ok = ratio, ok
+    """One comparison: the medians of both sides, the ratio of the medians, and
+    the median of the per-pair ratios (each plane run against the bare run next
+    to it), on which the verdict rests (pairs share the host's load of the moment).
+    """
+
+    name: str
+    plane: str
+    bare: str
+    target: str
+    ratio: float
+    paired: float
+    ok: bool
 
 
 def latency_row(name: str, plane: list[float], bare: list[float], target: float) -> Row:
     p, b = statistics.median(plane), statistics.median(bare)
-    return Row(name, ms(p), ms(b), f"<= {target:g}", p / b, p / b <= target)
+    paired = statistics.median(x / y for x, y in zip(plane, bare, strict=True))
+    return Row(name, ms(p), ms(b), f"<= {target:g}", p / b, paired, paired <= target)
 
 
 def rate_row(name: str, count: int, plane: list[float], bare: list[float]) -> Row:
     p, b = count / statistics.median(plane), count / statistics.median(bare)
+    # rate ratio of a pair = bare time / plane time
+    paired = statistics.median(y / x for x, y in zip(plane, bare, strict=True))
     return Row(
-        name, f"{p:8.2f} /s", f"{b:8.2f} /s", f">= {RATE_TARGET:g}", p / b, p / b >= RATE_TARGET
+        name,
+        f"{p:8.2f} /s",
+        f"{b:8.2f} /s",
+        f">= {RATE_TARGET:g}",
+        p / b,
+        paired,
+        paired >= RATE_TARGET,
     )
 
 
@@ -439,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         "--process-runs", type=int, default=20, help="sequential process spawns per side (cheap)"
     )
     parser.add_argument("--concurrent", type=int, default=16, help="spawns per burst")
-    parser.add_argument("--rounds", type=int, default=3, help="bursts per side")
+    parser.add_argument("--rounds", type=int, default=5, help="bursts per side")
     parser.add_argument("--keep", action="store_true", help="keep plane's data directories")
     parser.add_argument("--skip-docker", action="store_true", help="only the process comparison")
     args = parser.parse_args(argv)
@@ -489,13 +512,17 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     print()
-    print(f"{'comparison (medians)':36} {'plane':>12} {'bare':>12} {'target':>8} {'ratio':>6}")
+    print(
+        f"{'comparison':36} {'plane med':>12} {'bare med':>12} {'target':>8} "
+        f"{'ratio':>6} {'paired':>7}"
+    )
     for row in rows:
         verdict = "PASS" if row.ok else "FAIL"
         print(
-            f"{row.name:36} {row.plane:>12} {row.bare:>12} {row.target:>8} {row.ratio:6.2f}  "
-            f"{verdict}"
+            f"{row.name:36} {row.plane:>12} {row.bare:>12} {row.target:>8} {row.ratio:6.2f} "
+            f"{row.paired:7.2f}  {verdict}"
         )
+    print("ratio: of the medians; paired: median of per-pair ratios (the verdict)")
     return 0 if all(row.ok for row in rows) else 1
 
 

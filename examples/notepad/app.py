@@ -25,11 +25,14 @@ HTTP
     works behind plane's proxy at ``http://<proxy>/<token>/``).
 ``GET /ws``
     the WebSocket.  The server sends
-    ``{"type": "state", "text", "editors", "rev", "by", "you"?}`` on connect
-    (``you`` is this connection's editor id) and after every change, to every
-    connected client (``by`` is the editor id that made the change, or null
-    when only the editor count changed).  Clients send
-    ``{"type": "set", "text": "..."}`` (the full text, last writer wins).
+    ``{"type": "state", "text", "editors", "rev", "by", "you", "ack"}`` on
+    connect and after every change (an edit, an editor joining or leaving) to
+    every connected client: ``you`` is the recipient's editor id, ``by`` the
+    editor who wrote the current text (null before any edit), ``ack`` how many
+    of the recipient's ``set`` messages the server has applied.  A client that
+    falls behind receives only the newest state.  Clients send
+    ``{"type": "set", "text": "..."}`` (the full text; the last one the server
+    receives wins).
 ``GET /state``
     ``{"text", "editors", "rev", "key", "backend_id"}`` as JSON.
 ``GET /healthz``
@@ -84,23 +87,29 @@ class Editor:
     """One WebSocket client: a wsproto connection and a single writer task.
 
     Everything written to the socket goes through :meth:`pump`, the only task
-    that writes and drains; others queue control frames in ``outbox`` or the
-    latest state in ``pending`` (older states are overwritten, so a slow client
-    only ever receives the newest document).
+    that writes and drains.  Others queue control frames in ``outbox`` or mark
+    the editor ``stale``; the pump then renders the document's state *as it is
+    when the socket can take it*, so a slow client skips intermediate states
+    and only ever receives the newest one.
     """
 
-    def __init__(self, editor_id: int, ws: Connection, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, notepad: Notepad, editor_id: int, ws: Connection, writer: asyncio.StreamWriter
+    ) -> None:
+        self.notepad = notepad
         self.id = editor_id
         self.ws = ws
         self.writer = writer
+        #: How many ``set`` messages this editor sent (echoed back as ``ack``).
+        self.sets = 0
         self.outbox: list[bytes] = []
-        self.pending: str | None = None
+        self.stale = False
         self.finished = False
         self.close_code: int | None = None
         self._wake = asyncio.Event()
 
-    def queue_state(self, payload: str) -> None:
-        self.pending = payload
+    def mark_stale(self) -> None:
+        self.stale = True
         self._wake.set()
 
     def queue_frame(self, data: bytes) -> None:
@@ -122,9 +131,9 @@ class Editor:
             await self._wake.wait()
             self._wake.clear()
             chunks, self.outbox = self.outbox, []
-            if self.pending is not None and self.ws.state is ConnectionState.OPEN:
-                chunks.append(self.ws.send(TextMessage(data=self.pending)))
-            self.pending = None
+            if self.stale and self.ws.state is ConnectionState.OPEN:
+                chunks.append(self.ws.send(TextMessage(data=self.notepad.state_for(self))))
+            self.stale = False
             if chunks:
                 self.writer.write(b"".join(chunks))
                 await self.writer.drain()
@@ -133,27 +142,37 @@ class Editor:
 
 
 class Notepad:
-    """The session's document and the editors connected to it."""
+    """The session's document and the editors connected to it.
+
+    Concurrent edits: the last ``set`` the server receives wins.  Each state
+    message tells its recipient how many of its own ``set`` messages the
+    server had applied (``ack``); a client whose later edits are still in
+    flight ignores the text (its own edit will supersede it), and applies it
+    once ``ack`` equals what it sent, so every tab converges on the server's
+    text.
+    """
 
     def __init__(self, key: str, backend_id: str) -> None:
         self.key = key
         self.backend_id = backend_id
         self.text = ""
         self.rev = 0
+        self.last_by: int | None = None
         self.editors: dict[int, Editor] = {}
         self._ids = itertools.count(1)
 
     def next_id(self) -> int:
         return next(self._ids)
 
-    def state(self, by: int | None = None, **extra: Any) -> str:
+    def state_for(self, editor: Editor) -> str:
         message = {
             "type": "state",
             "text": self.text,
             "editors": len(self.editors),
             "rev": self.rev,
-            "by": by,
-            **extra,
+            "by": self.last_by,
+            "you": editor.id,
+            "ack": editor.sets,
         }
         return json.dumps(message, ensure_ascii=False)
 
@@ -166,25 +185,24 @@ class Notepad:
             "backend_id": self.backend_id,
         }
 
-    def broadcast(self, by: int | None = None, *, skip: int | None = None) -> None:
-        payload = self.state(by)
+    def broadcast(self) -> None:
         for editor in self.editors.values():
-            if editor.id != skip:
-                editor.queue_state(payload)
+            editor.mark_stale()
 
     def join(self, editor: Editor) -> None:
         self.editors[editor.id] = editor
-        editor.queue_state(self.state(None, you=editor.id))
-        self.broadcast(skip=editor.id)
+        self.broadcast()
 
     def leave(self, editor: Editor) -> None:
         if self.editors.pop(editor.id, None) is not None:
             self.broadcast()
 
-    def set_text(self, text: str, by: int) -> None:
+    def set_text(self, text: str, editor: Editor) -> None:
+        editor.sets += 1
         self.text = text
         self.rev += 1
-        self.broadcast(by)
+        self.last_by = editor.id
+        self.broadcast()
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -354,7 +372,7 @@ class NotepadServer:
         # Bytes the client sent after its request (h11 paused at the upgrade).
         trailing, _closed = conn.trailing_data
         notepad = self.notepad
-        editor = Editor(notepad.next_id(), ws, writer)
+        editor = Editor(notepad, notepad.next_id(), ws, writer)
         peer = _header(request, b"x-forwarded-for") or _peer_name(writer)
         notepad.join(editor)
         log(f"editor {editor.id} connected from {peer} ({len(notepad.editors)} connected)")
@@ -424,7 +442,7 @@ class NotepadServer:
             and message.get("type") == "set"
             and isinstance(message.get("text"), str)
         ):
-            self.notepad.set_text(message["text"], by=editor.id)
+            self.notepad.set_text(message["text"], editor)
         else:
             error = {"type": "error", "message": 'expected {"type": "set", "text": "..."}'}
             editor.queue_frame(editor.ws.send(TextMessage(data=json.dumps(error))))
@@ -525,7 +543,7 @@ PAGE = """\
   var text = document.getElementById("text");
   var status = document.getElementById("status");
   var editors = document.getElementById("editors");
-  var ws = null, me = null, inflight = 0, attempts = 0;
+  var ws = null, sent = 0, attempts = 0;
 
   // The page may sit behind plane's proxy at http://proxy/<token>/: keep the
   // path prefix (the token) and only append "ws" to it.
@@ -561,17 +579,14 @@ PAGE = """\
   function connect() {
     show(false, "connecting\\u2026");
     ws = new WebSocket(socketUrl());
-    ws.onopen = function () { attempts = 0; inflight = 0; show(true, "connected"); };
+    ws.onopen = function () { attempts = 0; sent = 0; show(true, "connected"); };
     ws.onmessage = function (e) {
       var msg = JSON.parse(e.data);
       if (msg.type !== "state") return;
-      if (msg.you !== undefined) me = msg.you;
       editors.textContent = msg.editors;
-      if (msg.by !== null && msg.by === me) {
-        inflight = Math.max(0, inflight - 1);   // our own edit, echoed back
-      } else if (inflight === 0) {
-        applyText(msg.text);  // otherwise our pending edit will supersede it
-      }
+      // ack: how many of our edits the server had applied.  While some are
+      // still in flight they will supersede this text, so keep ours.
+      if (msg.ack >= sent) applyText(msg.text);
     };
     ws.onclose = function (e) {
       ws = null;
@@ -586,7 +601,7 @@ PAGE = """\
 
   text.addEventListener("input", function () {
     if (ws && ws.readyState === WebSocket.OPEN) {
-      inflight++;
+      sent++;
       ws.send(JSON.stringify({ type: "set", text: text.value }));
     }
   });

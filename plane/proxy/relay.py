@@ -24,6 +24,12 @@ in the proxy at a time, and a slow reader slows the writer (each send waits
 for the socket).  All receives go into one shared buffer: httptools copies
 out what it keeps, and nothing awaits between a receive and its parse.
 
+The hot path uses :mod:`plane.proxy.sockio` and, for the common small
+exchange, calls the socket directly (a send that completes at once, a receive
+right after a readiness wait); such calls do not yield, but every request
+waits twice (for its head and for its answer), so each task still yields
+regularly.
+
 Resource handling
 -----------------
 The session owns its client socket and closes it when it ends, however it
@@ -513,17 +519,13 @@ class ClientSession:
                     502, "BackendUnreachable", f"sending to the backend failed ({exc})"
                 ) from None
             state = _PumpState()
-            failure: GatewayFault | None = None
+            failure: Exception | None = None
             keep = False
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, upstream.sock, head.chunked, state, nursery)
                 try:
                     keep, reusable = await self._relay_response(upstream, head, route, flight)
-                except _StaleUpstream:
-                    failure = GatewayFault(
-                        502, "BackendClosed", "the backend closed the connection"
-                    )
-                except GatewayFault as exc:
+                except Exception as exc:  # raised again below, not as an ExceptionGroup
                     failure = exc
                 if not state.body_done:
                     nursery.cancel_scope.cancel()
@@ -532,6 +534,8 @@ class ClientSession:
                 if self.response_started:
                     return False
                 raise state.fault
+            if isinstance(failure, _StaleUpstream):
+                raise GatewayFault(502, "BackendClosed", "the backend closed the connection")
             if failure is not None:
                 raise failure
             if not state.body_done:
@@ -838,11 +842,16 @@ class ClientSession:
         self, src: socket.socket, dst: socket.socket, nursery: trio.Nursery, ends: bool
     ) -> None:
         scope = nursery.cancel_scope
+        drained = False
         try:
             while True:
-                data = await sockio.recv(src, SPLICE_CHUNK)
+                if drained:  # the last read took all there was: wait, don't try
+                    data = await sockio.wait_recv(src, SPLICE_CHUNK)
+                else:
+                    data = await sockio.recv(src, SPLICE_CHUNK)
                 if not data:
                     break
+                drained = len(data) < SPLICE_CHUNK
                 await sockio.send_all(dst, data)
         except OSError:
             scope.cancel()

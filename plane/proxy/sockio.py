@@ -30,11 +30,9 @@ The kernel's errors propagate as :class:`OSError` (``ConnectionResetError``,
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
-import struct
 from collections.abc import Sequence
 
 import trio
@@ -79,17 +77,6 @@ async def recv_into(sock: socket.socket, buffer: memoryview) -> int:
             continue
 
 
-async def wait_recv_into(sock: socket.socket, buffer: memoryview) -> int:
-    """Like :func:`recv_into`, but waits first: for when the bytes cannot be
-    there yet (a response just asked for), which saves a failed receive."""
-    while True:
-        await _wait_readable(sock)
-        try:
-            return sock.recv_into(buffer)
-        except BlockingIOError:
-            continue
-
-
 async def recv(sock: socket.socket, size: int) -> bytes:
     """Receive up to ``size`` bytes as a new bytes object (b"" at end of stream)."""
     try:
@@ -107,8 +94,14 @@ async def recv(sock: socket.socket, size: int) -> bytes:
             continue
 
 
-async def wait_readable(sock: socket.socket) -> None:
-    await _wait_readable(sock)
+async def wait_recv(sock: socket.socket, size: int) -> bytes:
+    """Like :func:`recv`, but waits first (the socket was just drained)."""
+    while True:
+        await _wait_readable(sock)
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            continue
 
 
 async def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
@@ -203,11 +196,3 @@ def close(sock: socket.socket) -> None:
     if sock.fileno() >= 0:
         trio.lowlevel.notify_closing(sock)
         sock.close()
-
-
-def abort(sock: socket.socket) -> None:
-    """Close ``sock`` with a reset (SO_LINGER 0): nothing more is sent."""
-    if sock.fileno() >= 0:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        close(sock)

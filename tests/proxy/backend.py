@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -148,6 +149,8 @@ class TestBackend:
         url = urlsplit(target)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         last = url.path.rstrip("/").rsplit("/", 1)[-1]
+        if conn.they_are_waiting_for_100_continue:
+            await self._send(conn, stream, h11.InformationalResponse(status_code=100, headers=[]))
         size, sha = await self._body(conn, stream)
         if last == "download":
             await self._download(stream, conn, int(query.get("size", "0")), query)
@@ -237,7 +240,7 @@ class TestBackend:
             )
             return
         ws = wsproto.WSConnection(ConnectionType.SERVER)
-        ws.initiate_upgrade_connection(request.headers, request.target)
+        ws.initiate_upgrade_connection(list(request.headers), request.target)
         tail, _closed = conn.trailing_data
         if tail:
             ws.receive_data(bytes(tail))
@@ -277,7 +280,7 @@ class TestBackend:
             self.ws_closed.set()
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     for n, v in headers:
         if n.lower() == name:
             return v

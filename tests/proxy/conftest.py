@@ -8,6 +8,7 @@ emits.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -116,12 +117,16 @@ class Harness:
 
 
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+async def harness(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Harness]:
+    caplog.set_level(logging.WARNING, logger="plane.proxy")
     async with open_memory_store() as store, trio.open_nursery() as nursery:
         backend = TestBackend()
         await nursery.start(backend.serve)
         yield Harness(store, backend, nursery, TrioClock())
         nursery.cancel_scope.cancel()
+    # No bug may escape a client session (the server would log it and go on).
+    errors = [r for r in caplog.records if r.name == "plane.proxy" and r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 @pytest.fixture

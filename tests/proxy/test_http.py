@@ -423,3 +423,85 @@ async def test_connect_is_refused_with_405(proxied: Harness) -> None:
     raw = await raw_exchange(proxied.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n")
     (r,) = parse_responses(raw)
     assert r.status == 405
+
+
+async def test_expect_100_continue_is_relayed(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    stream = await trio.open_tcp_stream("127.0.0.1", h.port)
+    async with stream:
+        await stream.send_all(
+            (
+                f"POST /{token}/expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                "Expect: 100-continue\r\n\r\n"
+            ).encode()
+        )
+        received = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(4096)
+        assert received.startswith(b"HTTP/1.1 100")
+        await stream.send_all(b"hello")
+        with trio.fail_after(5):
+            while b'"body_len": 5' not in received:
+                received += await stream.receive_some(4096)
+    final = received.split(b"\r\n\r\n", 1)[1]
+    assert final.startswith(b"HTTP/1.1 200")
+
+
+async def test_http_10_keep_alive_is_honoured(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    raw = await raw_exchange(
+        h.port,
+        (
+            f"GET /{token}/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            f"GET /{token}/b HTTP/1.0\r\n\r\n"
+        ).encode(),
+    )
+    first, second = parse_responses(raw)
+    assert first.header("connection") == "keep-alive"
+    assert second.header("connection") == "close"
+    assert [first.json()["target"], second.json()["target"]] == ["/a", "/b"]
+    # HTTP/1.0 requests reach the backend as HTTP/1.1, with a Host header added.
+    assert header_map(first.json())["host"] == [h.backend.address]
+
+
+async def test_an_idle_client_connection_is_closed_after_the_keepalive_timeout(
+    harness: Harness,
+) -> None:
+    h = harness
+    await h.start_proxy(keepalive_timeout=0.5)
+    _, token = await h.add_backend()
+    async with await HttpClient.connect(h.port) as client:
+        assert (await client.request("GET", f"/{token}/")).status == 200
+        start = trio.current_time()
+        with trio.fail_after(5):
+            assert await client.stream.receive_some(1) == b""
+        assert 0.4 <= trio.current_time() - start < 2
+
+
+async def test_an_oversized_backend_head_gives_502(proxied: Harness) -> None:
+    h = proxied
+    port = free_port()
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", port))
+    listener.listen(5)
+    _, token = await h.add_backend(address=f"127.0.0.1:{port}")
+
+    async def endless_headers() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            await conn.recv(65536)
+            await conn.send(b"HTTP/1.1 200 OK\r\n")
+            try:
+                for i in range(10_000):
+                    await conn.send(b"x-filler-%d: %s\r\n" % (i, b"f" * 100))
+            except OSError:
+                pass  # the proxy hung up
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endless_headers)
+        r = await get(h.port, f"/{token}/")
+    listener.close()
+    assert r.status == 502 and r.json()["error"]["code"] == "BadGateway"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,8 +58,13 @@ def requested(backend_id: str) -> BackendRequested:
     return BackendRequested(T0, backend_id, BackendKey(backend_id), SpawnConfig(Executable("x")), 1)
 
 
-def issued(token_hash: str, expires_at: float = T0 + 100, **kw: object) -> TokenIssued:
-    return attrs.evolve(TokenIssued(T0, token_hash, expires_at, "secret"), **kw)
+def issued(
+    token_hash: str,
+    expires_at: float = T0 + 100,
+    user: str | None = None,
+    auth: str | None = None,
+) -> TokenIssued:
+    return TokenIssued(T0, token_hash, expires_at, "secret", user, auth)
 
 
 def table_of(*pairs: tuple[str, Event]) -> RouteTable:
@@ -163,7 +167,11 @@ def test_a_revocation_in_another_stream_does_not_apply() -> None:
 
 
 def test_terminating_and_terminated_backends_are_refused() -> None:
-    base = [("b1", requested("b1")), ("b1", issued("h1")), ("b1", BackendStarting(T0))]
+    base: list[tuple[str, Event]] = [
+        ("b1", requested("b1")),
+        ("b1", issued("h1")),
+        ("b1", BackendStarting(T0)),
+    ]
     terminating = table_of(
         *base,
         ("b1", BackendTerminating(T0, TerminationReason.EXTERNAL, TerminationKind.SOFT)),

@@ -103,3 +103,33 @@ async def test_a_slow_reader_slows_the_backend(proxied: Harness) -> None:
             if received >= 4 * MiB:
                 break
     assert received >= 4 * MiB
+
+
+async def test_a_client_leaving_mid_upload_is_contained(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    stream = await trio.open_tcp_stream("127.0.0.1", h.port)
+    await stream.send_all(
+        f"POST /{token}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\n\r\n".encode()
+    )
+    await stream.send_all(b"x" * MiB)
+    with trio.fail_after(5):
+        await h.backend.first_body.wait()
+    await stream.aclose()
+    await trio.sleep(0.1)
+    async with await HttpClient.connect(h.port) as client:
+        assert (await client.request("GET", f"/{token}/after")).status == 200
+
+
+async def test_a_client_leaving_mid_download_is_contained(proxied: Harness) -> None:
+    h = proxied
+    _, token = await h.add_backend()
+    async with await HttpClient.connect(h.port) as client:
+        await client.start("GET", f"/{token}/download?size={SIZE}")
+        await client.end()
+        await client.head()
+        async for _ in client.chunks():
+            break
+    await trio.sleep(0.2)
+    async with await HttpClient.connect(h.port) as client:
+        assert (await client.request("GET", f"/{token}/after")).status == 200

@@ -111,7 +111,7 @@ async def test_backend_closing_the_websocket_closes_the_client(proxied: Harness)
         assert await ws.get_message() == "x"
         with trio.fail_after(5), pytest.raises(WsClosed) as info:
             await ws.get_message()
-        assert info.value.reason.code == 1000
+        assert info.value.reason is not None and info.value.reason.code == 1000
     await eventually(lambda: h.events_of(ConnectionClosed))
 
 
