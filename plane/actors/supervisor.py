@@ -410,6 +410,13 @@ class Supervisor:
         with trio.fail_after(self.policy.call_timeout):
             await self.executor.kill(orphan.backend_id)
             await self.executor.remove(orphan.backend_id)
+        if any(r.backend_id == orphan.backend_id for r in await self._list_running()):
+            log.error(
+                "could not remove orphan %s (%s); not recording it",
+                orphan.backend_id,
+                orphan.handle,
+            )
+            return
         event = OrphanRemoved(self.clock.now(), orphan.backend_id, orphan.handle)
         await self.store.append(SYSTEM_STREAM, self._system_version, [event])
         self._system_version += 1

@@ -153,8 +153,12 @@ class DockerExecutor:
         default_pids_limit: int = DEFAULT_PIDS_LIMIT,
         cap_drop: Sequence[str] = DEFAULT_CAP_DROP,
         init: bool | None = None,
+        scope: str = "default",
+        max_pool_size: int = 64,
     ) -> None:
         self._docker: Any | None = client
+        self.scope = scope
+        self._max_pool_size = max_pool_size
         self._streaming: Any | None = None
         self._owns_client = client is None
         self._base_url = base_url
@@ -170,6 +174,9 @@ class DockerExecutor:
         self.label_managed = f"{label_prefix}.managed"
         self.label_port = f"{label_prefix}.port"
         self.label_fencing_token = f"{label_prefix}.fencing-token"
+        self.label_scope = f"{label_prefix}.scope"
+        #: label filters that select this executor's containers (and no other plane's)
+        self.ours = [f"{self.label_managed}=true", f"{self.label_scope}={scope}"]
 
     @staticmethod
     def container_name(backend_id: str) -> str:
@@ -208,6 +215,8 @@ class DockerExecutor:
             raise
         except (docker.errors.DockerException, OSError) as exc:
             raise ExecutorError(f"the docker engine is unreachable ({what}): {exc}") from exc
+        except Exception as exc:  # the SDK's own failures (e.g. its connection pools)
+            raise ExecutorError(f"the docker SDK failed ({what}): {exc!r}") from exc
 
     @staticmethod
     def _api_error(what: str, exc: Any) -> ExecutorError:
@@ -215,9 +224,12 @@ class DockerExecutor:
         return ExecutorError(f"docker engine error during {what}: {explanation}")
 
     def _make_client(self, timeout: int | None) -> Any:
+        # A pool as large as the worker threads that may call the engine at once.
         if self._base_url is not None:
-            return docker.DockerClient(base_url=self._base_url, timeout=timeout)
-        return docker.from_env(timeout=timeout)
+            return docker.DockerClient(
+                base_url=self._base_url, timeout=timeout, max_pool_size=self._max_pool_size
+            )
+        return docker.from_env(timeout=timeout, max_pool_size=self._max_pool_size)
 
     async def _client(self) -> Any:
         if self._docker is None:
@@ -416,6 +428,7 @@ class DockerExecutor:
                 self.label_backend: spec.backend_id,
                 self.label_key: spec.key.display(),
                 self.label_managed: "true",
+                self.label_scope: self.scope,
                 self.label_port: str(executable.port),
                 self.label_fencing_token: str(spec.fencing_token),
             },
@@ -468,6 +481,20 @@ class DockerExecutor:
         except ExecutorError as exc:
             log.warning("could not remove failed container %s: %s", name, exc)
 
+    async def _containers_of(self, client: Any, backend_id: str) -> list[str]:
+        """Ids of this scope's containers labelled with ``backend_id`` (any name)."""
+        what = f"finding the containers of backend {backend_id}"
+        try:
+            found = await self._call(
+                client.api.containers,
+                all=True,
+                filters={"label": [*self.ours, f"{self.label_backend}={backend_id}"]},
+                what=what,
+            )
+        except docker.errors.APIError as exc:
+            raise self._api_error(what, exc) from exc
+        return [str(c["Id"]) for c in found]
+
     async def _signal(self, backend_id: str, sig: str) -> None:
         client = await self._client()
         name = self.container_name(backend_id)
@@ -475,7 +502,10 @@ class DockerExecutor:
         try:
             await self._call(client.api.kill, name, signal=sig, what=what)
         except docker.errors.NotFound:
-            return
+            # not under plane's name (a stranger found by label): signal by label
+            for container in await self._containers_of(client, backend_id):
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    await self._call(client.api.kill, container, signal=sig, what=what)
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # not running
                 return
@@ -490,9 +520,12 @@ class DockerExecutor:
         await self._signal(backend_id, "SIGKILL")
 
     async def remove(self, backend_id: str) -> None:
-        """Remove the container (forcibly, with its anonymous volumes)."""
+        """Remove the container (forcibly, with its anonymous volumes), and any other
+        container of this scope labelled with the backend id."""
         client = await self._client()
         await self._remove(client, self.container_name(backend_id))
+        for container in await self._containers_of(client, backend_id):
+            await self._remove(client, container)
 
     async def list_running(self) -> list[Running]:
         """Running containers labelled ``<prefix>.managed=true``, with their addresses."""
@@ -501,7 +534,7 @@ class DockerExecutor:
         try:
             summaries = await self._call(
                 client.api.containers,
-                filters={"label": f"{self.label_managed}=true", "status": "running"},
+                filters={"label": self.ours, "status": "running"},
                 what=what,
             )
         except docker.errors.APIError as exc:
@@ -538,7 +571,7 @@ class DockerExecutor:
                 filters={
                     "type": "container",
                     "event": "die",
-                    "label": f"{self.label_managed}=true",
+                    "label": self.ours,
                 },
                 what=what,
             )

@@ -252,13 +252,14 @@ class ClientSession:
             if sink.in_head:
                 self.head_raw += n
                 if self.head_raw > self.head_raw_limit:
-                    self._parse_failed(httptools.HttpParserError("head too large"))
+                    self._parse_failed(None)
             else:
                 self.head_raw = 0
         return n
 
-    def _parse_failed(self, exc: BaseException) -> None:
-        if head_too_large(exc) or str(exc) == "head too large":
+    def _parse_failed(self, exc: httptools.HttpParserError | None) -> None:
+        """Record the client's fault (``exc`` None: the head outgrew the raw guard)."""
+        if exc is None or head_too_large(exc):
             self.fault = ClientFault(
                 431, "RequestHeaderFieldsTooLarge", "the request head is too large"
             )

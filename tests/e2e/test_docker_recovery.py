@@ -108,13 +108,17 @@ def containers_of(client: Any, backend_id: str) -> list[str]:
     return [str(s["Id"]) for s in summaries]
 
 
-def start_stranger(client: Any, image: str, backend_id: str, name: str | None) -> Any:
-    """A running container with plane's labels for an id that no log knows."""
+def start_stranger(
+    client: Any, image: str, backend_id: str, name: str | None, data_dir: Path
+) -> Any:
+    """A running container with plane's labels (this plane's scope: its data directory)
+    for an id that no log knows."""
+    scope = str(data_dir.resolve())
     return client.containers.run(
         image,
         detach=True,
         name=name,
-        labels={MANAGED: "true", BACKEND: backend_id},
+        labels={MANAGED: "true", BACKEND: backend_id, "dev.plane.scope": scope},
         ports={"8080/tcp": ("127.0.0.1", None)},
         environment={"PORT": "8080"},
     )
@@ -167,7 +171,7 @@ def test_sigkill_with_running_and_starting_containers_then_adopt(
     # (named as plane names its own containers: e.g. left by a plane whose log was lost)
     stranger = f"stranger-{uuid.uuid4().hex[:12]}"
     cleanup.ids.add(stranger)
-    start_stranger(docker_client, image, stranger, f"plane-{stranger}")
+    start_stranger(docker_client, image, stranger, f"plane-{stranger}", data_dir)
 
     plane = cleanup.serve(data_dir)
     try:
@@ -221,7 +225,7 @@ def test_orphan_container_under_another_name_is_removed(
     cleanup.serve(data_dir).kill9()
     stranger = f"stranger-{uuid.uuid4().hex[:12]}"
     cleanup.ids.add(stranger)
-    start_stranger(docker_client, image, stranger, name=None)  # the engine names it
+    start_stranger(docker_client, image, stranger, None, data_dir)  # the engine names it
 
     plane = cleanup.serve(data_dir)
     try:
@@ -231,3 +235,25 @@ def test_orphan_container_under_another_name_is_removed(
         assert not left, f"orphan recorded as removed but still there: {left}"
     finally:
         assert plane.stop() == 0
+
+
+def test_another_planes_containers_are_left_alone(
+    docker_client: Any, image: str, cleanup: Cleanup, tmp_path: Path
+) -> None:
+    """Two planes on one engine (different data directories) never touch each other's."""
+    first = cleanup.serve(tmp_path / "a")
+    result = first.connect(
+        {
+            "key": {"name": "mine"},
+            "spawn_config": {"executable": {"image": image, "pull_policy": "Never"}},
+        }
+    )
+    cleanup.ids.add(result["backend_id"])
+    first.wait_status(result["backend_id"], "ready")
+    second = cleanup.serve(tmp_path / "b")
+    try:
+        assert second.backends() == []
+        assert first.status(result["backend_id"])["status"] in ("ready", "idle")
+    finally:
+        assert second.stop() == 0
+        assert first.stop() == 0
