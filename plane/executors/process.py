@@ -283,11 +283,12 @@ class ProcessExecutor:
         if proc is not None:
             known_port = self._child_ports.get(backend_id, "")
             return Started(backend_id, f"127.0.0.1:{known_port}", str(proc.pid))
-        for labelled in await trio.to_thread.run_sync(_scan_labelled, self.scope):
-            if labelled.backend_id == backend_id and labelled.pid == labelled.pgid:
-                self._adopted[backend_id] = labelled.pid
-                self._notify_changed()
-                return self._started_from_scan(labelled)
+        if backend_id in self._adopted:
+            # adopted by list_running after a restart: scan /proc only then, not on
+            # every start (the scan grows with the host's processes)
+            for labelled in await trio.to_thread.run_sync(_scan_labelled, self.scope):
+                if labelled.backend_id == backend_id and labelled.pid == labelled.pgid:
+                    return self._started_from_scan(labelled)
 
         port = _free_loopback_port()
         env = {name: os.environ[name] for name in self._inherit_env if name in os.environ}

@@ -90,10 +90,13 @@ async def _answers_once(host: str, port: int) -> bool:
 async def wait_until_answers(address: str, *, interval: float = 0.01) -> None:
     """Return once ``GET /`` to *address* (``"127.0.0.1:PORT"``) gets an HTTP response.
 
-    Retries every *interval* seconds; no overall timeout (see module docstring).
+    Retries after 1 ms, then doubling up to every *interval* seconds; no overall
+    timeout (see module docstring).
     """
     host, port = parse_loopback_address(address)
+    delay = min(0.001, interval)  # most backends answer within milliseconds: ask soon
     while True:
         if await _answers_once(host, port):
             return
-        await trio.sleep(interval)
+        await trio.sleep(delay)
+        delay = min(delay * 2, interval)
