@@ -606,11 +606,14 @@ class ClientSession:
         upstream_keep = False
         wait_first = True  # the answer cannot be there yet
         head_bytes = 0
+        bulk = False  # large body pieces to send
         while True:
             out: list[bytes] = []
             done = False
             for piece in pieces:
                 if type(piece) is bytes:
+                    if len(piece) > 4096:
+                        bulk = True
                     if chunk_out:
                         out.append(b"%x\r\n" % len(piece))
                         out.append(piece)
@@ -670,16 +673,17 @@ class ClientSession:
                         break
             pieces.clear()
             if out:
-                if len(out) < 16:  # a head, or a few pieces: one small write
-                    data = b"".join(out)
+                if bulk:  # body pieces: gathered, not copied
+                    bulk = False
+                    await sockio.send_parts(client, out)
+                else:  # a head and small pieces: one write
+                    data = b"".join(out) if len(out) > 1 else out[0]
                     try:
                         sent = client.send(data)
                     except BlockingIOError:
                         sent = 0
                     if sent < len(data):
                         await sockio.send_all(client, memoryview(data)[sent:])
-                else:
-                    await sockio.send_parts(client, out)
             if done:
                 if head_method:
                     sink.new_parser()

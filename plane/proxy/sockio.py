@@ -138,6 +138,10 @@ async def send_parts(sock: socket.socket, parts: Sequence[bytes]) -> None:
     if total <= 16384:
         await send_all(sock, b"".join(parts))
         return
+    if len(parts) > 512:  # the kernel's IOV_MAX is 1024; stay well below
+        for start in range(0, len(parts), 512):
+            await send_parts(sock, parts[start : start + 512])
+        return
     try:
         sent = sock.sendmsg(parts)
     except BlockingIOError:

@@ -505,3 +505,20 @@ async def test_an_oversized_backend_head_gives_502(proxied: Harness) -> None:
         r = await get(h.port, f"/{token}/")
     listener.close()
     assert r.status == 502 and r.json()["error"]["code"] == "BadGateway"
+
+
+async def test_tiny_chunks_in_bulk(proxied: Harness) -> None:
+    """100 000 one-byte chunks arrive in a few large reads: many pieces per read."""
+    h = proxied
+    _, token = await h.add_backend()
+    body = b"".join(b"1\r\n%c\r\n" % (65 + i % 26) for i in range(100_000)) + b"0\r\n\r\n"
+    raw = await raw_exchange(
+        h.port,
+        (
+            f"POST /{token}/tiny HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        + body,
+    )
+    (r,) = parse_responses(raw)
+    assert r.status == 200 and r.json()["body_len"] == 100_000
