@@ -60,40 +60,51 @@ class LogFold:
 
     def feed(self, record: RecordedEvent) -> None:
         """Fold one recorded event into the state."""
-        stream = record.stream
-        self.events += 1
-        if record.seq > self.last_seq:
-            self.last_seq = record.seq
-        else:
-            self._violate(record, "sequence", f"seq {record.seq} after {self.last_seq}")
-        if stream == SYSTEM_STREAM:
-            if record.version != self._system_version + 1:
-                self._violate(
-                    record,
-                    "version",
-                    f"system version {record.version} follows {self._system_version}",
-                )
-            self._system_version = record.version
-            self.system.append(record)
-            return
-        state = self.backends.get(stream, _INITIAL)
-        if record.version != state.version + 1:
-            self._violate(
-                record,
-                "version",
-                f"version {record.version} follows version {state.version}",
-            )
-        if self.verify and stream not in self._diverged:
-            self._check_decision(record, state)
-        try:
-            self.backends[stream] = _evolve(state, record.event)
-        except IllegalTransition as exc:
-            self._violate(record, "illegal", str(exc))
+        self.feed_all((record,))
 
     def feed_all(self, records: Iterable[RecordedEvent]) -> LogFold:
+        """Fold recorded events in order.  (One loop for the common case, with the
+        rare ones handed to helpers: replay folds hundreds of thousands of events.)"""
+        backends = self.backends
+        pending_by_stream = self._pending
+        diverged = self._diverged
+        verify = self.verify
+        evolve = _evolve
+        initial = _INITIAL
         for record in records:
-            self.feed(record)
+            seq, stream, version, event = record
+            self.events += 1
+            if seq > self.last_seq:
+                self.last_seq = seq
+            else:
+                self._violate(record, "sequence", f"seq {seq} after {self.last_seq}")
+            if stream == SYSTEM_STREAM:
+                self._feed_system(record)
+                continue
+            state = backends.get(stream, initial)
+            if version != state.version + 1:
+                self._violate(record, "version", f"version {version} follows {state.version}")
+            if verify and stream not in diverged:
+                pending = pending_by_stream.get(stream)
+                if not pending:
+                    self._decide_afresh(record, state)
+                elif not event == (expected := pending.popleft()):  # noqa: SIM201 - hot path
+                    self._diverge(
+                        record, f"recorded {_show(event)}, decide yields {_show(expected)}"
+                    )
+            try:
+                backends[stream] = evolve(state, event)
+            except IllegalTransition as exc:
+                self._violate(record, "illegal", str(exc))
         return self
+
+    def _feed_system(self, record: RecordedEvent) -> None:
+        if record.version != self._system_version + 1:
+            self._violate(
+                record, "version", f"system version {record.version} follows {self._system_version}"
+            )
+        self._system_version = record.version
+        self.system.append(record)
 
     def finish(self) -> list[Violation]:
         """Close the fold: decisions that were due but never recorded are violations."""
@@ -105,14 +116,10 @@ class LogFold:
                 )
         return self.violations
 
-    def _check_decision(self, record: RecordedEvent, state: BackendState) -> None:
+    def _decide_afresh(self, record: RecordedEvent, state: BackendState) -> None:
+        """No decision is pending: the event must be an input, or a deadline's decision;
+        what ``decide`` yields for it must start with it."""
         event = record.event
-        pending = self._pending.get(record.stream)
-        if pending:
-            expected = pending.popleft()
-            if not event == expected:  # noqa: SIM201 - __eq__ directly: this is the hot path
-                self._diverge(record, f"recorded {_show(event)}, decide yields {_show(expected)}")
-            return
         command: lifecycle.Command
         command = event if type(event) in _INPUT_TYPES else Tick(event.at)  # type: ignore[assignment]
         try:

@@ -296,22 +296,17 @@ def evolve(state: BackendState, event: Event) -> BackendState:
         raise IllegalTransition(f"{type(event).__name__} cannot happen in {current}")
     changes = evolver(state, event)
     changes["version"] = state.version + 1
-    return _replace(state, changes)
-
-
-_TABLE: dict[type[Event], tuple[frozenset[Status | None], Callable[[BackendState, Event], Changes]]]
-_TABLE = {cls: (_ALLOWED.get(cls, _INPUT_ALLOWED), fn) for cls, fn in _EVOLVERS.items()}
-"""The transition table: event type -> (statuses it may happen in, what it changes)."""
-
-
-def _replace(state: BackendState, changes: Changes) -> BackendState:
-    """A copy of ``state`` with ``changes``: ``attrs.evolve`` without its per-call
-    introspection (replay folds hundreds of thousands of events)."""
+    # attrs.evolve without its per-call introspection (replay folds many events)
     new = object.__new__(BackendState)
     fields = new.__dict__
     fields.update(state.__dict__)
     fields.update(changes)
     return new
+
+
+_TABLE: dict[type[Event], tuple[frozenset[Status | None], Callable[[BackendState, Event], Changes]]]
+_TABLE = {cls: (_ALLOWED.get(cls, _INPUT_ALLOWED), fn) for cls, fn in _EVOLVERS.items()}
+"""The transition table: event type -> (statuses it may happen in, what it changes)."""
 
 
 def fold(events: Iterable[Event], state: BackendState = initial) -> BackendState:
@@ -389,23 +384,32 @@ def next_deadline(state: BackendState) -> float | None:
 # -------------------------------------------------------------------- decide
 
 
+_PLAIN_INPUTS = frozenset(INPUT_TYPES) - {BackendRequested, OrphanRemoved}
+
+
 def decide(state: BackendState, command: Command) -> list[Event]:
     """The events that ``command`` implies in ``state`` (inputs first, then decisions)."""
-    if isinstance(command, Tick):
+    kind = type(command)
+    if kind is Tick:
         return _decide_tick(state, command.at)
-    if not isinstance(command, INPUT_TYPES):
-        raise IllegalTransition(f"{type(command).__name__} is a decision, not a command")
-    if isinstance(command, OrphanRemoved):
-        raise IllegalTransition("OrphanRemoved belongs to the system stream, not a backend's")
+    if kind not in _PLAIN_INPUTS:
+        return _decide_unusual(state, command)
+    status = state.status
+    if status is Status.TERMINATED:
+        return []
+    if status is None:
+        raise IllegalTransition(f"{kind.__name__} for a backend never requested")
+    return [command, *_decisions_after(state, command)]  # type: ignore[arg-type, list-item]
+
+
+def _decide_unusual(state: BackendState, command: Command) -> list[Event]:
     if isinstance(command, BackendRequested):
         if state.status is not None:
             raise IllegalTransition(f"backend {state.backend_id} was already requested")
         return [command]
-    if state.status is None:
-        raise IllegalTransition(f"{type(command).__name__} for a backend never requested")
-    if state.status is Status.TERMINATED:
-        return []
-    return [command, *_decisions_after(state, command)]
+    if isinstance(command, OrphanRemoved):
+        raise IllegalTransition("OrphanRemoved belongs to the system stream, not a backend's")
+    raise IllegalTransition(f"{type(command).__name__} is a decision, not a command")
 
 
 def _decide_tick(state: BackendState, now: float) -> list[Event]:

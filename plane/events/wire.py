@@ -168,7 +168,14 @@ def dumps(event: t.Event) -> str:
     return orjson.dumps(unstructure(event), option=orjson.OPT_SORT_KEYS).decode()
 
 
-def loads(tag: str, text: str) -> t.Event:
+def loads(tag: str, text: str | bytes) -> t.Event:
+    """Rebuild an event from its tag and JSON text; :class:`WireError` if they do not fit."""
+    hook = _HOOKS.get(tag)
+    if hook is not None:  # the fast path: a known tag and a payload that fits
+        try:
+            return hook(orjson.loads(text), TYPES_BY_TAG[tag])
+        except Exception:
+            pass
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
