@@ -131,7 +131,7 @@ class LogFold:
             what = "input" if is_input(event) else "decision"
             self._diverge(record, f"{what} {_show(event)} is not what decide yields (nothing)")
             return
-        if decided[0] != event:
+        if decided[0] is not event and decided[0] != event:
             self._diverge(record, f"recorded {_show(event)}, decide yields {_show(decided[0])}")
             return
         if len(decided) > 1:
