@@ -14,7 +14,6 @@ a test creates (plane's and the strangers) is removed by the fixtures' finalizer
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +25,6 @@ import docker.errors
 import httpx
 import pytest
 
-from plane.testing.images import build_test_image
 from replay.cli import main as replay_main
 
 from .serve_process import PlaneServe
@@ -39,23 +37,13 @@ BACKEND = "dev.plane.backend"
 
 
 @pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except Exception as exc:
-        message = f"no Docker engine answers: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    build_test_image(client)
-    yield client
-    client.close()
+def docker_client(docker_engine: Any) -> Any:
+    return docker_engine
 
 
 @pytest.fixture(scope="module")
-def image(docker_client: Any) -> str:
-    return build_test_image(docker_client)
+def image(busybox_image: str) -> str:
+    return busybox_image
 
 
 class Cleanup:

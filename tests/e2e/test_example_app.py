@@ -260,19 +260,8 @@ async def test_notepad_under_the_process_executor(plane_process: PlaneServer) ->
 
 
 @pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:
-        message = f"no Docker engine answers: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    yield client
-    client.close()
+def docker_client(docker_engine: Any) -> Any:
+    return docker_engine
 
 
 @pytest.fixture(scope="module")

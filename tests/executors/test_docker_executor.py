@@ -9,7 +9,6 @@ module fixture's finalizer.
 from __future__ import annotations
 
 import contextlib
-import os
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,21 +36,11 @@ def backend_id(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:
-        message = f"no Docker engine answers: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    build_test_image(client)
-    yield client
-    leftovers = client.containers.list(all=True, filters={"name": f"plane-{PREFIX}"})
+def docker_client(docker_engine: Any, busybox_image: str) -> Iterator[Any]:
+    yield docker_engine
+    leftovers = docker_engine.containers.list(all=True, filters={"name": f"plane-{PREFIX}"})
     for container in leftovers:
         container.remove(force=True, v=True)
-    client.close()
 
 
 @pytest.fixture(scope="module")
