@@ -1,0 +1,127 @@
+"""The ``plane`` CLI client against a real ``plane serve`` (process executor)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .serve_process import PlaneServe
+
+BACKEND_APP = Path(__file__).parent.parent / "executors" / "backend_app.py"
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[PlaneServe]:
+    serving = PlaneServe(tmp_path / "data", "process", "--api-key", API_KEY)
+    serving.api.headers["Authorization"] = f"Bearer {API_KEY}"
+    yield serving
+    serving.stop()
+
+
+def cli(plane: PlaneServe | None, *args: str, key: str | None = API_KEY) -> tuple[int, str, str]:
+    api = plane.urls["api"] if plane else "http://127.0.0.1:9"
+    argv = [sys.executable, "-m", "plane.cli", *args, "--api", api]
+    if key:
+        argv += ["--api-key", key]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_connect_ls_status_logs_events_terminate(plane: PlaneServe) -> None:
+    command = f"{sys.executable} {BACKEND_APP}"
+    code, out, err = cli(
+        plane,
+        "connect",
+        "--key",
+        "room-1",
+        "--command",
+        command,
+        "--env",
+        "GREETING=hi",
+        "--idle",
+        "300",
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    backend = result["backend_id"]
+    assert result["status"] == "ready" and result["spawned"] is True
+    assert result["url"].startswith(plane.urls["proxy"])
+
+    code, out, _ = cli(plane, "connect", "--key", "room-1", "--command", command)
+    assert code == 0 and f"joined backend {backend} (ready)" in out
+
+    code, out, _ = cli(plane, "ls")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split()[:2] == ["BACKEND", "STATUS"]
+    assert any(backend in row and "ready" in row and "room-1" in row for row in rows)
+
+    code, out, _ = cli(plane, "status", backend)
+    assert code == 0 and backend in out and "ready" in out
+
+    code, out, _ = cli(plane, "logs", backend)
+    assert code == 0 and out.strip(), "the backend printed a line at start"
+
+    code, out, _ = cli(plane, "terminate", backend, "--hard")
+    assert code == 0
+    plane.wait_status(backend, "terminated")
+    code, out, _ = cli(plane, "status", backend, "--json")
+    status = json.loads(out)
+    assert status["status"] == "terminated" and status["termination_reason"] == "external"
+
+    code, out, _ = cli(plane, "events", "--json")
+    types = [json.loads(line)["type"] for line in out.splitlines()]
+    assert types[0] == "backend.requested.v1" and "backend.terminated.v1" in types
+
+    code, out, _ = cli(plane, "status", backend, "--follow")
+    assert code == 0 and out.strip().splitlines()[-1].split()[1] == "terminated"
+
+
+def test_clear_messages_for_bad_key_unknown_backend_and_no_server(plane: PlaneServe) -> None:
+    code, _, err = cli(plane, "ls", key="wrong-key-0000")
+    assert code == 1 and "refused the key" in err and "Traceback" not in err
+
+    code, _, err = cli(plane, "status", "nosuchbackend")
+    assert code == 1 and "nosuchbackend" in err and "404" in err
+
+    code, _, err = cli(None, "ls")
+    assert code == 2 and "cannot reach the plane API" in err and "Traceback" not in err
+
+    code, _, err = cli(plane, "connect", "--key", "x")
+    assert code == 2 and "--image" in err
+
+    code, _, err = cli(plane, "connect", "--command", "true", "--env", "NOEQUALS")
+    assert code == 2 and "NAME=VALUE" in err
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path: Path) -> None:
+    for args, needle in (
+        (["--executor", "kubernetes"], "--executor"),
+        (["--api-listen", "nonsense:port"], "--api-listen"),
+        (["--max-backends", "0"], "--max-backends"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "plane.cli", "serve", "--data-dir", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_logs_json_lines_when_asked(tmp_path: Path) -> None:
+    serving = PlaneServe(tmp_path / "data", "process", "--log-format", "json")
+    assert serving.stop() == 0
+    lines = [line for line in serving.log_path.read_text().splitlines() if line.strip()]
+    assert lines, "plane serve logged its shutdown"
+    entries = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any("shutting down" in e["message"] for e in entries)
