@@ -266,12 +266,20 @@ def cmd_connect(args: argparse.Namespace) -> int:
     result["status"] = status
     if args.json:
         _print_json(result)
-    else:
-        verb = "spawned" if result["spawned"] else "joined"
-        print(f"{verb} backend {result['backend_id']} ({status})")
-        print(result["url"])
+        return 3 if status == "terminated" else 0
     if status == "terminated":
-        return 3
+        detail = api.request("GET", f"/ctrl/b/{result['backend_id']}")
+        why = detail.get("termination_reason")
+        message = detail.get("message")
+        raise CliError(
+            f"backend {result['backend_id']} ended before it was ready: {why}"
+            + (f" ({message})" if message else "")
+            + f"; see `plane logs {result['backend_id']}`",
+            3,
+        )
+    verb = "spawned" if result["spawned"] else "joined"
+    print(f"{verb} backend {result['backend_id']} ({status})")
+    print(result["url"])
     return 0
 
 
@@ -290,10 +298,8 @@ def _wait_ready(api: Api, backend_id: str, *, quiet: bool) -> str:
         if status in ("ready", "idle"):
             break
         if status == "terminated":
-            reason = event.get("termination_reason")
             if show:
                 print(file=sys.stderr)
-            print(f"backend {backend_id} ended before it was ready: {reason}", file=sys.stderr)
             return status
     if show:
         print(f"\r{status} after {time.monotonic() - started:.1f}s{' ' * 10}", file=sys.stderr)

@@ -203,6 +203,7 @@ class Supervisor:
                 f"no live backend holds key {key.display()!r} and no spawn_config was given",
                 409,
             )
+        self._check_runnable(request.spawn_config)
         limit = self.max_backends
         if limit is not None and self.live_count() + self._reserved >= limit:
             raise ConnectRefused(
@@ -235,6 +236,24 @@ class Supervisor:
         finally:
             self._reserved -= 1
         return ConnectResult(backend_id, True, _status(state), token, secret, state)
+
+    def _check_runnable(self, spawn_config: SpawnConfig) -> None:
+        """Refuse at once what this executor could never start."""
+        executable = spawn_config.executable
+        if self.executor.name == "docker" and not executable.image:
+            raise ConnectRefused(
+                "InvalidRequest",
+                "this plane runs backends as Docker containers: spawn_config.executable.image "
+                "is required (run `plane serve --executor process` for local commands)",
+                400,
+            )
+        if self.executor.name == "process" and not executable.command:
+            raise ConnectRefused(
+                "InvalidRequest",
+                "this plane runs backends as local processes: spawn_config.executable.command "
+                "is required (run `plane serve --executor docker` for images)",
+                400,
+            )
 
     def _token_event(self, request: ConnectRequest) -> tuple[str, str, TokenIssued]:
         token = tokens.mint()

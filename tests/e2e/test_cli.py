@@ -125,3 +125,16 @@ def test_serve_logs_json_lines_when_asked(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     assert any("shutting down" in e["message"] for e in entries)
+
+
+def test_connect_to_a_backend_that_dies_says_why_and_exits_3(plane: PlaneServe) -> None:
+    command = f"{sys.executable} {BACKEND_APP} --exit 4"
+    code, out, err = cli(plane, "connect", "--key", "doomed", "--command", command)
+    assert code == 3, (out, err)
+    assert "ended before it was ready: exited" in err and "plane logs" in err
+    assert "http://" not in out
+
+
+def test_connect_with_an_image_to_a_process_plane_is_refused(plane: PlaneServe) -> None:
+    code, _, err = cli(plane, "connect", "--key", "img", "--image", "busybox:latest")
+    assert code == 1 and "command" in err and "InvalidRequest" in err

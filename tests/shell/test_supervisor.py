@@ -8,7 +8,7 @@ import trio.testing
 
 from plane.actors.supervisor import ConnectRefused, ConnectRequest, UnknownBackend
 from plane.events.memory import open_memory_store
-from plane.events.spec import BackendKey
+from plane.events.spec import BackendKey, Executable
 from plane.events.types import (
     SYSTEM_STREAM,
     BackendTerminated,
@@ -164,3 +164,14 @@ async def test_a_broken_exit_watch_is_restarted_and_missed_exits_reconciled(
         h.executor.exit(second.backend_id, 5)  # the new watch reports exits again
         state = await h.wait_status(second.backend_id, Status.TERMINATED)
         assert state.exit_code == 5
+
+
+async def test_what_the_executor_cannot_run_is_refused_at_once() -> None:
+    executor = FakeExecutor()
+    executor.name = "docker"
+    async with open_harness(executor=executor) as h:
+        no_image = request("x", executable=Executable(command=("app",)))
+        with pytest.raises(ConnectRefused) as info:
+            await h.supervisor.connect(no_image)
+        assert info.value.http_status == 400 and "image" in str(info.value)
+        assert h.supervisor.states == {} and executor.starts == 0
