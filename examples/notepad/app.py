@@ -283,6 +283,8 @@ class NotepadServer:
             await self._serve_http(reader, writer)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # shutdown cancels idle keep-alive connections: this task ends here
         finally:
             self.tasks.discard(task)
             writer.close()
