@@ -80,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             executor=args.executor,
             api_key=args.api_key,
             max_backends=args.max_backends,
+            token_lifetime_seconds=args.token_lifetime,
             log_format=args.log_format,
             terminate_on_exit=args.terminate_on_exit,
         )
@@ -413,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-backends", type=int, default=_int_env("MAX_BACKENDS"), help="live backends cap"
     )
+    serve.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=_float_env("TOKEN_LIFETIME", 3600.0),
+        help="seconds a connection token is valid (default 3600)",
+    )
     serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), help="text or json")
     serve.add_argument(
         "--terminate-on-exit",
@@ -483,6 +490,17 @@ def _int_env(name: str) -> int | None:
         return None
     try:
         return int(value)
+    except ValueError:
+        print(f"plane: PLANE_{name}={value!r} is not a number", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _float_env(name: str, default: float) -> float:
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
     except ValueError:
         print(f"plane: PLANE_{name}={value!r} is not a number", file=sys.stderr)
         raise SystemExit(2) from None

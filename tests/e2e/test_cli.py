@@ -138,3 +138,25 @@ def test_connect_to_a_backend_that_dies_says_why_and_exits_3(plane: PlaneServe) 
 def test_connect_with_an_image_to_a_process_plane_is_refused(plane: PlaneServe) -> None:
     code, _, err = cli(plane, "connect", "--key", "img", "--image", "busybox:latest")
     assert code == 1 and "command" in err and "InvalidRequest" in err
+
+
+def test_tokens_expire_at_the_proxy_after_the_configured_lifetime(tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    serving = PlaneServe(tmp_path / "data", "process", "--token-lifetime", "1.5")
+    try:
+        command = [sys.executable, str(BACKEND_APP)]
+        body = {"key": {"name": "short"}, "spawn_config": {"executable": {"command": command}}}
+        result = serving.connect(body)
+        serving.wait_status(result["backend_id"], "ready")
+        assert httpx.get(result["url"], timeout=10).status_code == 200
+        time.sleep(2)
+        expired = httpx.get(result["url"], timeout=10)
+        assert expired.status_code == 410
+        assert expired.json()["error"]["code"] == "TokenExpired"
+        fresh = serving.connect({"key": {"name": "short"}})  # a new token for the same backend
+        assert httpx.get(fresh["url"], timeout=10).status_code == 200
+    finally:
+        assert serving.stop() == 0
