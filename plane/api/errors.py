@@ -39,7 +39,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     413: ("PayloadTooLarge",),
     431: ("HeadersTooLarge",),
     500: ("InternalError",),
-    503: ("CapacityExceeded",),
+    503: ("CapacityExceeded", "LogUnavailable"),
 }
 """Every (status, code) the API can answer with; the OpenAPI document lists them."""
 

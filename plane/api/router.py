@@ -32,6 +32,7 @@ import attrs
 
 from plane.api.errors import ApiError, error_json
 from plane.api.http import Request, Response
+from plane.events.store import StoreError
 
 log = logging.getLogger("plane.api")
 
@@ -130,6 +131,9 @@ class Router:
                     return label, await route.handler(request, params)
                 except ApiError as error:
                     return label, error_response(error)
+                except StoreError as exc:  # the log refused (disk full, closed): nothing done
+                    log.error("%s %s: the event log refused: %s", request.method, request.path, exc)
+                    return label, error_response(ApiError(503, "LogUnavailable", str(exc)))
                 except Exception:
                     log.exception("%s %s failed", request.method, request.path)
                     return label, error_response(

@@ -82,10 +82,12 @@ async def open_api(
     keepalive_seconds: float = 15.0,
     max_body_bytes: int = 65536,
     header_timeout_seconds: float = 10.0,
+    store: EventStore | None = None,
     **supervisor_args: Any,
 ) -> AsyncIterator[Api]:
     executor = executor or FakeExecutor()
-    async with open_memory_store() as store:
+    async with open_memory_store() as memory:
+        store = store or memory
         metrics = Metrics()
         supervisor = Supervisor(
             store,
