@@ -399,7 +399,10 @@ def decide(state: BackendState, command: Command) -> list[Event]:
         return []
     if status is None:
         raise IllegalTransition(f"{kind.__name__} for a backend never requested")
-    return [command, *_decisions_after(state, command)]  # type: ignore[arg-type, list-item]
+    rule = _RULES.get(kind)
+    if rule is None:
+        return [command]  # type: ignore[list-item]
+    return [command, *rule(state, command)]  # type: ignore[list-item]
 
 
 def _decide_unusual(state: BackendState, command: Command) -> list[Event]:
@@ -427,34 +430,55 @@ def _ending_reason(s: BackendState, otherwise: TerminationReason) -> Termination
     return otherwise
 
 
-def _decisions_after(s: BackendState, cmd: InputEvent) -> list[Event]:
-    at = cmd.at
-    status = s.status
-    match cmd:
-        case ReadinessObserved() if status is Status.STARTING and s.address is not None:
-            return [BackendReady(at, s.address)]
-        case SpawnFailed(message=message):
-            reason = _ending_reason(s, TerminationReason.SPAWN_FAILED)
-            return [BackendTerminated(at, reason, None, message)]
-        case ExecutorExited(exit_code=code):
-            return [BackendTerminated(at, _ending_reason(s, TerminationReason.EXITED), code)]
-        case ExecutorVanished(message=message):
-            reason = _ending_reason(s, TerminationReason.LOST)
-            return [BackendTerminated(at, reason, None, message)]
-        case ConnectionOpened() if status is Status.IDLE:
-            return [BackendActive(at)]
-        case ConnectionClosed(connection_id=cid) if status is Status.READY and s.connections == {
-            cid
-        }:
-            return [BackendIdle(at)]
-        case TerminationRequested(kind=kind):
-            if status is Status.REQUESTED:
-                return [BackendTerminated(at, TerminationReason.EXTERNAL)]
-            if status is Status.TERMINATING:
-                hard_now = kind is TerminationKind.HARD and s.killed_at is None
-                return [TerminationEscalated(at)] if hard_now else []
-            return [BackendTerminating(at, TerminationReason.EXTERNAL, kind)]
+def _after_readiness(s: BackendState, e: ReadinessObserved) -> list[Event]:
+    if s.status is Status.STARTING and s.address is not None:
+        return [BackendReady(e.at, s.address)]
     return []
+
+
+def _after_spawn_failed(s: BackendState, e: SpawnFailed) -> list[Event]:
+    reason = _ending_reason(s, TerminationReason.SPAWN_FAILED)
+    return [BackendTerminated(e.at, reason, None, e.message)]
+
+
+def _after_exited(s: BackendState, e: ExecutorExited) -> list[Event]:
+    return [BackendTerminated(e.at, _ending_reason(s, TerminationReason.EXITED), e.exit_code)]
+
+
+def _after_vanished(s: BackendState, e: ExecutorVanished) -> list[Event]:
+    return [BackendTerminated(e.at, _ending_reason(s, TerminationReason.LOST), None, e.message)]
+
+
+def _after_opened(s: BackendState, e: ConnectionOpened) -> list[Event]:
+    return [BackendActive(e.at)] if s.status is Status.IDLE else []
+
+
+def _after_closed(s: BackendState, e: ConnectionClosed) -> list[Event]:
+    last = s.status is Status.READY and s.connections == {e.connection_id}
+    return [BackendIdle(e.at)] if last else []
+
+
+def _after_termination_requested(s: BackendState, e: TerminationRequested) -> list[Event]:
+    if s.status is Status.REQUESTED:
+        return [BackendTerminated(e.at, TerminationReason.EXTERNAL)]
+    if s.status is Status.TERMINATING:
+        hard_now = e.kind is TerminationKind.HARD and s.killed_at is None
+        return [TerminationEscalated(e.at)] if hard_now else []
+    return [BackendTerminating(e.at, TerminationReason.EXTERNAL, e.kind)]
+
+
+_RULES: dict[type, Callable[[BackendState, Any], list[Event]]] = {
+    ReadinessObserved: _after_readiness,
+    SpawnFailed: _after_spawn_failed,
+    ExecutorExited: _after_exited,
+    ExecutorVanished: _after_vanished,
+    ConnectionOpened: _after_opened,
+    ConnectionClosed: _after_closed,
+    TerminationRequested: _after_termination_requested,
+}
+"""The decision table: input type -> what it implies in a state.  An input that is
+not here (tokens, HTTP activity, the executor's start) is recorded and decides
+nothing by itself."""
 
 
 # ------------------------------------------------------------------- effects
