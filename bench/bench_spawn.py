@@ -51,9 +51,7 @@ import dataclasses
 import http.client
 import json
 import os
-import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -71,8 +69,8 @@ import docker.errors
 import httpx
 
 from plane.testing.images import INDEX_HTML, build_test_image
+from plane.testing.serve_process import PlaneServe
 
-BANNER = re.compile(r"^\s+(api|proxy|executor):\s+(\S+)", re.MULTILINE)
 POLL = 0.01
 BUSYBOX = "/bin/busybox"
 RUN = uuid.uuid4().hex[:6]
@@ -85,43 +83,12 @@ RATE_TARGET = 0.8
 # ------------------------------------------------------------------ plane serve
 
 
-class Plane:
-    """A ``plane serve`` child process on free loopback ports."""
+class Plane(PlaneServe):
+    """A ``plane serve`` child process (see plane.testing), with the bench's helpers."""
 
     def __init__(self, executor: str, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "plane.cli",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--api-listen",
-                "127.0.0.1:0",
-                "--proxy-listen",
-                "127.0.0.1:0",
-                "--executor",
-                executor,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        urls: dict[str, str] = {}
-        assert self.process.stdout is not None
-        while len(urls) < 3:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"plane serve exited early; see {data_dir / 'serve.log'}")
-            if match := BANNER.match(line):
-                urls[match.group(1)] = match.group(2)
-        self.api_url = urls["api"]
-        self.api = httpx.Client(base_url=self.api_url, timeout=60)
+        super().__init__(data_dir, executor)
+        self.api_url = self.urls["api"]
 
     def spawn_to_ready(self, body: dict[str, Any], client: httpx.Client | None = None) -> str:
         """Connect, follow the status stream until ``ready``; returns the backend id."""
@@ -156,17 +123,6 @@ class Plane:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{backend_id} not terminated and removed after 30 s")
                 time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.api.close()
-        self._log.close()
 
 
 # ------------------------------------------------------------------------ bare

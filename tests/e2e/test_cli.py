@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .serve_process import PlaneServe
+from plane.testing.serve_process import PlaneServe
 
 BACKEND_APP = Path(__file__).parent.parent / "executors" / "backend_app.py"
 API_KEY = "test-key-0123456789"

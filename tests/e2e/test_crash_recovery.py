@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from plane.testing.serve_process import PlaneServe
 from replay.cli import main as replay_main
-
-from .serve_process import PlaneServe
 
 BACKEND_APP = Path(__file__).parent.parent / "executors" / "backend_app.py"
 SLOW_START = (

@@ -25,9 +25,8 @@ import docker.errors
 import httpx
 import pytest
 
+from plane.testing.serve_process import PlaneServe
 from replay.cli import main as replay_main
-
-from .serve_process import PlaneServe
 
 pytestmark = pytest.mark.docker
 

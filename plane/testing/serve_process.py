@@ -1,4 +1,11 @@
-"""Run ``plane serve`` as a real subprocess for end-to-end tests."""
+"""Run ``plane serve`` as a real child process on free loopback ports.
+
+For end-to-end tests and benchmarks: :class:`PlaneServe` starts it, reads the
+addresses from its start-up banner, and offers a small synchronous API client.
+
+Resource handling: call :meth:`PlaneServe.stop` (SIGTERM, then SIGKILL after a
+timeout) or :meth:`PlaneServe.kill9`; both close the client and the log file.
+"""
 
 from __future__ import annotations
 
