@@ -18,7 +18,7 @@ API_KEY = "test-key-0123456789"
 
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[PlaneServe]:
-    serving = PlaneServe(tmp_path / "data", "process", "--api-key", API_KEY)
+    serving = PlaneServe(tmp_path / "data", "process", "--api-key", API_KEY, "--terminate-on-exit")
     serving.api.headers["Authorization"] = f"Bearer {API_KEY}"
     yield serving
     serving.stop()
@@ -145,7 +145,9 @@ def test_tokens_expire_at_the_proxy_after_the_configured_lifetime(tmp_path: Path
 
     import httpx
 
-    serving = PlaneServe(tmp_path / "data", "process", "--token-lifetime", "1.5")
+    serving = PlaneServe(
+        tmp_path / "data", "process", "--token-lifetime", "1.5", "--terminate-on-exit"
+    )
     try:
         command = [sys.executable, str(BACKEND_APP)]
         body = {"key": {"name": "short"}, "spawn_config": {"executable": {"command": command}}}
