@@ -103,7 +103,9 @@ async def open_executor(config: PlaneConfig) -> Executor:
             raise ConfigError("--executor docker: no Docker engine answers (is dockerd running?)")
         from plane.executors.docker import DockerExecutor
 
-        return DockerExecutor(scope=str(config.data_dir.resolve()))
+        return DockerExecutor(
+            scope=str(config.data_dir.resolve()), logs_dir=config.data_dir / "logs"
+        )
     from plane.executors.process import ProcessExecutor
 
     return ProcessExecutor(config.data_dir / "logs")

@@ -88,9 +88,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -155,7 +157,10 @@ class DockerExecutor:
         init: bool | None = None,
         scope: str = "default",
         max_pool_size: int = 64,
+        logs_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        #: where the output of removed containers is kept (None: not kept)
+        self.logs_dir = Path(logs_dir) if logs_dir is not None else None
         self._docker: Any | None = client
         self.scope = scope
         self._max_pool_size = max_pool_size
@@ -523,9 +528,32 @@ class DockerExecutor:
         """Remove the container (forcibly, with its anonymous volumes), and any other
         container of this scope labelled with the backend id."""
         client = await self._client()
+        await self._keep_logs(backend_id)
         await self._remove(client, self.container_name(backend_id))
         for container in await self._containers_of(client, backend_id):
             await self._remove(client, container)
+
+    def kept_log_path(self, backend_id: str) -> Path | None:
+        if self.logs_dir is None or not _SAFE_ID.match(backend_id):
+            return None
+        return self.logs_dir / f"{backend_id}.log"
+
+    async def _keep_logs(self, backend_id: str) -> None:
+        """Save the container's output before it goes: ``plane logs`` of a terminated
+        backend is how people learn why it ended."""
+        path = self.kept_log_path(backend_id)
+        if path is None:
+            return
+        chunks: list[bytes] = []
+        try:
+            async with contextlib.aclosing(self._engine_logs(backend_id)) as stream:
+                async for chunk in stream:
+                    chunks.append(chunk)
+        except ExecutorError as exc:
+            log.warning("could not keep the logs of %s: %s", backend_id, exc)
+            return
+        if chunks:
+            await trio.to_thread.run_sync(_write_file, path, b"".join(chunks))
 
     async def list_running(self) -> list[Running]:
         """Running containers labelled ``<prefix>.managed=true``, with their addresses."""
@@ -644,8 +672,23 @@ class DockerExecutor:
     async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
         """The container's stdout and stderr (interleaved); with *follow*, until it exits.
 
-        An unknown backend yields nothing.
+        Once the container is removed, the output kept at removal; an unknown
+        backend yields nothing.
         """
+        found = False
+        async with contextlib.aclosing(self._engine_logs(backend_id, follow=follow)) as stream:
+            async for chunk in stream:
+                found = True
+                yield chunk
+        path = self.kept_log_path(backend_id)
+        if not found and path is not None:
+            kept = await trio.to_thread.run_sync(_read_file, path)
+            if kept:
+                yield kept
+
+    async def _engine_logs(
+        self, backend_id: str, *, follow: bool = False
+    ) -> AsyncGenerator[bytes, None]:
         client = await (self._stream_client() if follow else self._client())
         name = self.container_name(backend_id)
         what = f"reading logs of container {name}"
@@ -679,6 +722,21 @@ class DockerExecutor:
         finally:
             closing.set()
             _close_stream(stream)
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _close_stream(stream: Any) -> None:

@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -349,3 +350,22 @@ async def test_executor_makes_its_own_client(docker_client: Any, image: str) -> 
         assert started.handle
     finally:
         await executor.aclose()
+
+
+async def test_output_is_kept_when_the_container_is_removed(
+    docker_client: Any, image: str, tmp_path: Path
+) -> None:
+    executor = DockerExecutor(docker_client, timeout=20, logs_dir=tmp_path / "logs")
+    bid = backend_id("kept-logs")
+    command = ("sh", "-c", "echo why it ended; sleep 0.3; exit 3")
+    send, receive = trio.open_memory_channel[ExitObserved](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.serve_exits, send)
+        await executor.start(make_spec(bid, image, command=command))
+        assert await next_exit(receive, bid) == ExitObserved(bid, 3)
+        nursery.cancel_scope.cancel()
+    await executor.remove(bid)
+    assert not docker_client.containers.list(all=True, filters={"name": f"plane-{bid}"})
+    async with contextlib.aclosing(executor.logs(bid)) as chunks:
+        output = b"".join([chunk async for chunk in chunks])
+    assert b"why it ended" in output
