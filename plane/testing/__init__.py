@@ -1,1 +1,3 @@
-"""plane.testing."""
+"""Test support shipped with plane, like ``trio.testing``: a fake executor for fast
+deterministic tests, the registry-free busybox test image, and ``plane serve`` as a
+child process for end-to-end tests and benchmarks."""
