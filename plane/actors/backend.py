@@ -281,6 +281,10 @@ def resume_effects(state: BackendState, *, running: bool) -> tuple[list[Effect],
     status = state.status
     if status is Status.REQUESTED:
         return [], None  # nothing was started yet; the first tick starts it
+    if status is Status.STARTING and state.address is None and not running:
+        # the start was in flight (or never began): start it (again); starts are
+        # idempotent per backend id, and the start timeout still bounds it
+        return [Effect.START], None
     if not running:
         return [], ExecutorVanished(0.0, "not running when plane restarted")
     if status is Status.STARTING:

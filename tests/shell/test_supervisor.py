@@ -175,3 +175,20 @@ async def test_what_the_executor_cannot_run_is_refused_at_once() -> None:
             await h.supervisor.connect(no_image)
         assert info.value.http_status == 400 and "image" in str(info.value)
         assert h.supervisor.states == {} and executor.starts == 0
+
+
+async def test_a_spawn_in_flight_at_a_crash_is_started_again_on_recovery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    executor = FakeExecutor(start_delay=50)
+    async with open_memory_store() as store:
+        async with open_harness(store=store, executor=executor) as h:
+            result = await h.supervisor.connect(request("in-flight"))
+            await h.wait_status(result.backend_id, Status.STARTING)
+            await trio.sleep(10)  # the start is still in flight when plane dies
+        assert result.backend_id not in executor.running
+        executor.start_delay = 0
+        async with open_harness(store=store, executor=executor) as h:
+            state = await h.wait_status(result.backend_id, Status.READY)
+            assert state.address is not None
+            assert executor.starts == 2
