@@ -13,7 +13,8 @@ This module owns the nursery of the backend actors and the routing around them:
   executor exits) go to its actor's inbox.
 * **recovery** (:meth:`Supervisor.serve` before it reports started): fold the
   log, ask the executor what really runs, adopt what is alive (its address,
-  tokens and idle timer carry on), record as lost what vanished, and remove
+  tokens and idle timer carry on), start again what was still being started,
+  record as lost what vanished, and remove
   (and record) any plane-labelled backend that the log does not hold as live.
   Plane (the Rust reference) kills everything on restart; we adopt.
 
