@@ -96,11 +96,12 @@ def docker_engine_answers(timeout: float = 3.0) -> bool:
 
 async def open_executor(config: PlaneConfig) -> Executor:
     choice = config.executor
-    if choice == "auto":
-        choice = "docker" if await trio.to_thread.run_sync(docker_engine_answers) else "process"
-    if choice == "docker":
-        if not await trio.to_thread.run_sync(docker_engine_answers):
+    if choice in ("auto", "docker"):
+        engine = await trio.to_thread.run_sync(docker_engine_answers)
+        if choice == "docker" and not engine:
             raise ConfigError("--executor docker: no Docker engine answers (is dockerd running?)")
+        choice = "docker" if engine else "process"
+    if choice == "docker":
         from plane.executors.docker import DockerExecutor
 
         return DockerExecutor(

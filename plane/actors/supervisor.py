@@ -410,8 +410,7 @@ class Supervisor:
                 self.recovery_report["adopted"].append(backend_id)
                 if state.status is Status.STARTING and state.address is None and seen.address:
                     actor.tell(ExecutorStarted(0.0, seen.address, seen.handle))
-        for orphan in running.values():
-            await self._remove_orphan(orphan)
+        await self._remove_orphans(list(running.values()))
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
 
@@ -426,21 +425,27 @@ class Supervisor:
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.policy.backoff_max)
 
-    async def _remove_orphan(self, orphan: Running) -> None:
-        with trio.fail_after(self.policy.call_timeout):
-            await self.executor.kill(orphan.backend_id)
-            await self.executor.remove(orphan.backend_id)
-        if any(r.backend_id == orphan.backend_id for r in await self._list_running()):
-            log.error(
-                "could not remove orphan %s (%s); not recording it",
-                orphan.backend_id,
-                orphan.handle,
-            )
+    async def _remove_orphans(self, orphans: list[Running]) -> None:
+        """Kill and remove each orphan, then record those that are gone (one listing)."""
+        if not orphans:
             return
-        event = OrphanRemoved(self.clock.now(), orphan.backend_id, orphan.handle)
-        await self.store.append(SYSTEM_STREAM, self._system_version, [event])
-        self._system_version += 1
-        self.recovery_report["orphans"].append(orphan.backend_id)
+        for orphan in orphans:
+            with trio.fail_after(self.policy.call_timeout):
+                await self.executor.kill(orphan.backend_id)
+                await self.executor.remove(orphan.backend_id)
+        still = {r.backend_id for r in await self._list_running()}
+        for orphan in orphans:
+            if orphan.backend_id in still:
+                log.error(
+                    "could not remove orphan %s (%s); not recording it",
+                    orphan.backend_id,
+                    orphan.handle,
+                )
+                continue
+            event = OrphanRemoved(self.clock.now(), orphan.backend_id, orphan.handle)
+            await self.store.append(SYSTEM_STREAM, self._system_version, [event])
+            self._system_version += 1
+            self.recovery_report["orphans"].append(orphan.backend_id)
 
 
 def _status(state: BackendState) -> Status:
