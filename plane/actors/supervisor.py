@@ -61,7 +61,7 @@ from plane.events.types import (
     TokenIssued,
     TokenRevoked,
 )
-from plane.executors.base import Executor, ExecutorError, ExitObserved, Running
+from plane.executors.base import Executor, ExecutorError, ExitObserved, Running, SpawnError
 
 log = logging.getLogger("plane.supervisor")
 
@@ -240,21 +240,10 @@ class Supervisor:
 
     def _check_runnable(self, spawn_config: SpawnConfig) -> None:
         """Refuse at once what this executor could never start."""
-        executable = spawn_config.executable
-        if self.executor.name == "docker" and not executable.image:
-            raise ConnectRefused(
-                "InvalidRequest",
-                "this plane runs backends as Docker containers: spawn_config.executable.image "
-                "is required (run `plane serve --executor process` for local commands)",
-                400,
-            )
-        if self.executor.name == "process" and not executable.command:
-            raise ConnectRefused(
-                "InvalidRequest",
-                "this plane runs backends as local processes: spawn_config.executable.command "
-                "is required (run `plane serve --executor docker` for images)",
-                400,
-            )
+        try:
+            self.executor.check(spawn_config.executable)
+        except SpawnError as exc:
+            raise ConnectRefused("InvalidRequest", str(exc), 400) from None
 
     def _token_event(self, request: ConnectRequest) -> tuple[str, str, TokenIssued]:
         token = tokens.mint()

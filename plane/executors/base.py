@@ -120,6 +120,14 @@ class Executor(Protocol):
     #: ``"docker"`` or ``"process"`` (or ``"fake"`` in tests).
     name: str
 
+    def check(self, executable: Executable) -> None:
+        """Raise :class:`SpawnError` at once if this executor could never run
+        ``executable`` (e.g. no image for Docker, no command for processes).
+
+        Pure and cheap: callers use it to refuse a request before recording it.
+        """
+        ...
+
     async def start(self, spec: StartSpec) -> Started:
         """Create and start the backend; return once it runs, with its address.
 

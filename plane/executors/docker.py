@@ -99,6 +99,7 @@ import docker
 import docker.errors
 import trio
 
+from plane.events.spec import Executable
 from plane.executors.base import (
     ExecutorError,
     ExitObserved,
@@ -339,15 +340,23 @@ class DockerExecutor:
 
     # -- the Executor protocol ---------------------------------------------------
 
+    def check(self, executable: Executable) -> None:
+        """A container needs an image."""
+        if not executable.image:
+            raise SpawnError(
+                "this plane runs backends as Docker containers: spawn_config.executable.image "
+                "is required (run `plane serve --executor process` for local commands)"
+            )
+
     async def start(self, spec: StartSpec) -> Started:
         """Ensure the image, create and start the container, read back its port."""
         backend_id = spec.backend_id
         if not _VALID_ID.match(backend_id):
             raise SpawnError(f"invalid backend id {backend_id!r} (not usable in a container name)")
         executable = spec.executable
+        self.check(executable)
         image = executable.image
-        if not image:
-            raise SpawnError("the docker executor needs executable.image; none was given")
+        assert image is not None
         client = await self._client()
         name = self.container_name(backend_id)
 

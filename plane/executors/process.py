@@ -76,6 +76,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from plane.events.spec import Executable
 from plane.executors.base import (
     ExecutorError,
     ExitObserved,
@@ -261,6 +262,14 @@ class ProcessExecutor:
 
     # -- the Executor protocol -----------------------------------------------
 
+    def check(self, executable: Executable) -> None:
+        """A process needs a command."""
+        if not executable.command:
+            raise SpawnError(
+                "this plane runs backends as local processes: spawn_config.executable.command "
+                "is required (run `plane serve --executor docker` for images)"
+            )
+
     async def start(self, spec: StartSpec) -> Started:
         """Start ``spec.executable.command``; return its pid and loopback address.
 
@@ -270,11 +279,8 @@ class ProcessExecutor:
         if not _VALID_ID.match(backend_id):
             raise SpawnError(f"invalid backend id {backend_id!r}")
         executable = spec.executable
+        self.check(executable)
         argv = list(executable.command or ())
-        if not argv:
-            raise SpawnError(
-                "the process executor needs executable.command (an argv list); none was given"
-            )
         cwd = executable.cwd
         if cwd is not None and not await trio.Path(cwd).is_dir():
             raise SpawnError(f"working directory {cwd!r} does not exist or is not a directory")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from plane.events.spec import Executable
 from plane.executors.base import (
     ExecutorError,
     ExitObserved,
@@ -35,7 +36,9 @@ class FakeExecutor:
         ready_after: float | None = 0.0,
         stop_exit_code: int | None = 0,
         missing_images: frozenset[str] = frozenset(),
+        needs_image: bool = False,
     ) -> None:
+        self.needs_image = needs_image  # refuse an executable without an image, as Docker does
         self.start_delay = start_delay
         self.ready_after = ready_after  # None: only make_ready() makes it answer
         self.stop_exit_code = stop_exit_code  # None: the backend ignores the stop signal
@@ -73,6 +76,10 @@ class FakeExecutor:
         self.running[backend_id] = Started(backend_id, address, f"fake-{backend_id}")
 
     # ------------------------------------------------------------ the protocol
+
+    def check(self, executable: Executable) -> None:
+        if self.needs_image and not executable.image:
+            raise SpawnError("spawn_config.executable.image is required")
 
     async def start(self, spec: StartSpec) -> Started:
         self.calls.append(("start", spec.backend_id))

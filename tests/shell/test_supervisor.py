@@ -167,8 +167,7 @@ async def test_a_broken_exit_watch_is_restarted_and_missed_exits_reconciled(
 
 
 async def test_what_the_executor_cannot_run_is_refused_at_once() -> None:
-    executor = FakeExecutor()
-    executor.name = "docker"
+    executor = FakeExecutor(needs_image=True)
     async with open_harness(executor=executor) as h:
         no_image = request("x", executable=Executable(command=("app",)))
         with pytest.raises(ConnectRefused) as info:
