@@ -85,6 +85,7 @@ it).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -510,20 +511,19 @@ class DockerExecutor:
         return [str(c["Id"]) for c in found]
 
     async def _signal(self, backend_id: str, sig: str) -> None:
+        """Signal every container of the backend, found by label (plane's own, and a
+        stranger of this scope under any name); gone or stopped ones are fine."""
         client = await self._client()
-        name = self.container_name(backend_id)
-        what = f"sending {sig} to container {name}"
-        try:
-            await self._call(client.api.kill, name, signal=sig, what=what)
-        except docker.errors.NotFound:
-            # not under plane's name (a stranger found by label): signal by label
-            for container in await self._containers_of(client, backend_id):
-                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                    await self._call(client.api.kill, container, signal=sig, what=what)
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # not running
-                return
-            raise self._api_error(what, exc) from exc
+        for container in await self._containers_of(client, backend_id):
+            what = f"sending {sig} to container {container[:12]} of backend {backend_id}"
+            try:
+                await self._call(client.api.kill, container, signal=sig, what=what)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # not running
+                    continue
+                raise self._api_error(what, exc) from exc
 
     async def stop(self, backend_id: str) -> None:
         """SIGTERM to the container (through its init); does not wait."""
@@ -534,11 +534,10 @@ class DockerExecutor:
         await self._signal(backend_id, "SIGKILL")
 
     async def remove(self, backend_id: str) -> None:
-        """Remove the container (forcibly, with its anonymous volumes), and any other
-        container of this scope labelled with the backend id."""
+        """Remove the backend's containers (found by label; forcibly, with their
+        anonymous volumes), keeping their output first."""
         client = await self._client()
         await self._keep_logs(backend_id)
-        await self._remove(client, self.container_name(backend_id))
         for container in await self._containers_of(client, backend_id):
             await self._remove(client, container)
 
@@ -553,11 +552,15 @@ class DockerExecutor:
         path = self.kept_log_path(backend_id)
         if path is None:
             return
-        chunks: list[bytes] = []
+        chunks: collections.deque[bytes] = collections.deque()
+        size = 0
         try:
             async with contextlib.aclosing(self._engine_logs(backend_id)) as stream:
                 async for chunk in stream:
                     chunks.append(chunk)
+                    size += len(chunk)
+                    while size > KEPT_LOG_BYTES and len(chunks) > 1:
+                        size -= len(chunks.popleft())  # keep the end: it says why it ended
         except ExecutorError as exc:
             log.warning("could not keep the logs of %s: %s", backend_id, exc)
             return
@@ -732,6 +735,9 @@ class DockerExecutor:
             closing.set()
             _close_stream(stream)
 
+
+KEPT_LOG_BYTES = 1 << 20
+"""How much of a removed container's output is kept (its end)."""
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
