@@ -124,7 +124,6 @@ class Endpoints:
         )
 
     async def _terminate(self, backend_id: str, kind: TerminationKind) -> Response:
-        self._state(backend_id)
         try:
             state = await self.ctx.supervisor.terminate(backend_id, kind)
         except UnknownBackend:
@@ -278,7 +277,6 @@ class Endpoints:
     async def revoke(self, request: Request, params: Params) -> Response:
         backend_id = params["id"]
         token = body.parse_revoke(request.body)
-        self._state(backend_id)
         token_hash = tokens.digest(token) if token is not None else None
         try:
             state = await self.ctx.supervisor.revoke(backend_id, token_hash)
