@@ -412,12 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--api-key", default=_env("API_KEY"), help="require Bearer KEY on /ctrl")
     serve.add_argument(
-        "--max-backends", type=int, default=_int_env("MAX_BACKENDS"), help="live backends cap"
+        "--max-backends", type=int, default=_env("MAX_BACKENDS"), help="live backends cap"
     )
     serve.add_argument(
         "--token-lifetime",
         type=float,
-        default=_float_env("TOKEN_LIFETIME", 3600.0),
+        default=_env("TOKEN_LIFETIME", "3600"),
         help="seconds a connection token is valid (default 3600)",
     )
     serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), help="text or json")
@@ -482,28 +482,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true")
     p.set_defaults(run=cmd_events)
     return parser
-
-
-def _int_env(name: str) -> int | None:
-    value = _env(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        print(f"plane: PLANE_{name}={value!r} is not a number", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _float_env(name: str, default: float) -> float:
-    value = _env(name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        print(f"plane: PLANE_{name}={value!r} is not a number", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
