@@ -29,6 +29,7 @@ from plane.events.wire import tag_of, unstructure
 from plane.tables import iso, parse_iso, render_table
 from plane.views import detail_view
 from replay.fold import LogFold, fold_until
+from replay.verify import MAX_JOBS, PARALLEL_FROM_EVENTS, verify_log
 
 
 class UsageError(Exception):
@@ -125,31 +126,42 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    fold = LogFold(verify=True).feed_all(_records(args.log))
-    violations = fold.finish()
+    report = verify_log(args.log, jobs=args.jobs)
+    violations = report.violations
     if args.json:
         print(
             json.dumps(
                 {
-                    "ok": not violations,
-                    "events": fold.events,
-                    "backends": len(fold.backends),
-                    "last_seq": fold.last_seq,
+                    "ok": report.ok,
+                    "events": report.events,
+                    "backends": report.backends,
+                    "last_seq": report.last_seq,
+                    "processes": report.jobs,
                     "violations": [attrs.asdict(v) for v in violations],
                 },
                 indent=2,
             )
         )
     elif violations:
-        print(f"FAILED: {len(violations)} violation(s) in {fold.events} events")
+        print(f"FAILED: {len(violations)} violation(s) in {report.events} events")
         rows = [[v.seq, v.stream, v.kind, v.message] for v in violations]
         print(render_table(["seq", "backend", "kind", "message"], rows))
     else:
         print(
-            f"OK: {fold.events} events, {len(fold.backends)} backends, "
-            f"last seq {fold.last_seq}; invariants hold and every decision replays"
+            f"OK: {report.events} events, {report.backends} backends, "
+            f"last seq {report.last_seq}; invariants hold and every decision replays"
         )
-    return 1 if violations else 0
+    return 0 if report.ok else 1
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if not 1 <= jobs <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_JOBS}, not {jobs}")
+    return jobs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("state", "the whole state at a sequence number or a time")
     p.add_argument("--at", required=True, metavar="SEQ|ISO-TIME")
     p.set_defaults(run=cmd_state)
-    add("verify", "check invariants and that every decision replays").set_defaults(run=cmd_verify)
+    p = add("verify", "check invariants and that every decision replays")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="processes to verify with, each taking a share of the backends"
+        f" (default: one per core, up to {MAX_JOBS}, for logs of"
+        f" {PARALLEL_FROM_EVENTS:,} events or more; else 1)",
+    )
+    p.set_defaults(run=cmd_verify)
     return parser
 
 

@@ -106,13 +106,19 @@ class LogFold:
         self._system_version = record.version
         self.system.append(record)
 
-    def finish(self) -> list[Violation]:
-        """Close the fold: decisions that were due but never recorded are violations."""
-        for stream, pending in self._pending.items():
+    def finish(self, last_seq: int | None = None) -> list[Violation]:
+        """Close the fold: decisions that were due but never recorded are violations.
+
+        They are reported at ``last_seq`` (default: the last seq folded), one
+        per stream in stream order.
+        """
+        at = self.last_seq if last_seq is None else last_seq
+        for stream in sorted(self._pending):
+            pending = self._pending[stream]
             if pending and stream not in self._diverged:
                 missing = ", ".join(tag_of(e) for e in pending)
                 self.violations.append(
-                    Violation(self.last_seq, stream, "incomplete", f"decisions missing: {missing}")
+                    Violation(at, stream, "incomplete", f"decisions missing: {missing}")
                 )
         return self.violations
 

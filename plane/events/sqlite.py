@@ -17,31 +17,37 @@ not only by habit.  (sqlite-utils creates the index, the ``meta`` table and
 turns on WAL; the ``events`` table is spelled out in SQL because sqlite-utils
 has no public way to ask for ``AUTOINCREMENT``.)
 
-Appends go through one writer task.  Each :meth:`~SqliteEventStore.append`
-encodes its events, hands a request to the writer over a memory channel and
-waits for its own outcome.  The writer takes the first pending request,
-drains every other pending one, and writes them all in one ``BEGIN IMMEDIATE
-... COMMIT`` in a worker thread (group commit: one fsync for many appends).
-Each request's expected version is checked against the stream's version,
-counting earlier requests of the same batch; a mismatch fails only that
-request.  The writer remembers each stream's version and the last ``seq``; if
-``max(seq)`` in the file is not what it remembers (another process wrote), it
-forgets and asks the file again, and the UNIQUE index stays the last word.
-Per append the store adds only encoding, one request object and one task
-wake-up; the writer's thread hop is per batch.
+Appends go through one writer thread, owned by the store.  Each
+:meth:`~SqliteEventStore.append` encodes its events, puts a request in the
+writer's inbox (a ``queue.SimpleQueue``) and waits for its own outcome.  The
+writer thread takes the first pending request, drains every other pending one,
+and writes them all in one ``BEGIN IMMEDIATE ... COMMIT`` (group commit: one
+fsync for many appends), then hands the outcomes back to trio with one
+``run_sync_soon`` per batch.  Each request's expected version is checked
+against the stream's version, counting earlier requests of the same batch; a
+mismatch fails only that request.  The writer remembers each stream's version
+and the last ``seq``; if ``max(seq)`` in the file is not what it remembers
+(another process wrote), it forgets and asks the file again, and the UNIQUE
+index stays the last word.  Per append the store adds only encoding, one
+request object and one task wake-up; the hop between trio and the thread is
+per batch, and a busy writer is not woken at all (it finds the next requests
+waiting when its commit ends).
 
 Resource handling:
     :func:`open_sqlite_store` is the only way to get a store.  It opens two
-    connections (the writer's and the readers'), and a nursery running the
-    writer task.  On exit, normal or not, the writer first commits every
-    append already handed to it (the writer is shielded from cancellation, so
-    no accepted append is left undecided), then both connections are closed
-    and every :meth:`~SqliteEventStore.tail` still waiting is woken with
-    :class:`~plane.events.store.StoreClosedError`.  Reads run in a worker
-    thread, one at a time (a ``CapacityLimiter(1)`` on the reader connection),
-    so they never queue behind the writer.  :class:`SqliteLogReader` is
-    synchronous, opens the file read-only and is closed with ``close()`` or a
-    ``with`` block.
+    connections (the writer's and the readers'), and a nursery whose task owns
+    the writer thread and waits for it to end.  On exit, normal or not, the
+    store stops taking appends, the writer commits every append already handed
+    to it (the owning task is shielded from cancellation, so no accepted
+    append is left undecided) and closes its connection; then the reader
+    connection is closed and every :meth:`~SqliteEventStore.tail` still
+    waiting is woken with :class:`~plane.events.store.StoreClosedError`.  A
+    bug that kills the writer thread fails every waiting append with a
+    :class:`~plane.events.store.StoreError` and is raised from the store's
+    nursery.  Reads run in a worker thread, one at a time (a
+    ``CapacityLimiter(1)`` on the reader connection), so they never queue
+    behind the writer.  :class:`SqliteLogReader` is synchronous, opens the
+    file read-only and is closed with ``close()`` or a ``with`` block.
 
 Error handling:
     Opening a file that is not a usable log raises, never a raw traceback:
@@ -67,11 +73,12 @@ Error handling:
 
 from __future__ import annotations
 
-import math
 import os
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -348,10 +355,11 @@ def _has_events_table(conn: sqlite3.Connection) -> bool:
 
 def _decode(rows: Iterator[_Row] | list[_Row], path: Path) -> Iterator[RecordedEvent]:
     loads = wire.loads
+    record = RecordedEvent._make  # the tuple's own constructor: no keyword handling
     seq, tag = 0, ""
     try:
         for seq, stream, version, tag, data in rows:
-            yield RecordedEvent(seq, stream, version, loads(tag, data))
+            yield record((seq, stream, version, loads(tag, data)))
     except wire.WireError as exc:
         if tag not in wire.TYPES_BY_TAG:
             raise SchemaTooNewError(
@@ -426,7 +434,7 @@ _dumps = wire.dumps
 class _AppendRequest:
     """One append on its way through the writer: its rows, then its outcome."""
 
-    __slots__ = ("decided", "encoded", "error", "events", "expected", "result", "stream", "task")
+    __slots__ = ("encoded", "error", "events", "expected", "result", "stream", "task")
 
     def __init__(
         self,
@@ -441,18 +449,19 @@ class _AppendRequest:
         self.events = events
         self.encoded = encoded
         self.task = task
-        self.decided = False
-        self.result: list[RecordedEvent] | None = None
+        self.result: tuple[int, int] | None = None  # (first seq, first version)
         self.error: StoreError | None = None
 
-    def wake(self) -> None:
-        """Hand the outcome to the waiting appender (once; in the trio thread)."""
-        if not self.decided:
-            self.decided = True
-            if self.error is not None:
-                trio.lowlevel.reschedule(self.task, outcome.Error(self.error))
-            else:
-                trio.lowlevel.reschedule(self.task, outcome.Value(self.result))
+
+class _WriterJob:
+    """A call to run in the writer thread (between batches), and who waits for it."""
+
+    __slots__ = ("arg", "fn", "task")
+
+    def __init__(self, fn: Callable[[int], int], arg: int, task: trio.lowlevel.Task) -> None:
+        self.fn = fn
+        self.arg = arg
+        self.task = task
 
 
 def _refuse_abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
@@ -468,26 +477,23 @@ class SqliteEventStore:
     """
 
     def __init__(
-        self,
-        path: Path,
-        writer: sqlite3.Connection,
-        reader: sqlite3.Connection,
-        requests: trio.MemorySendChannel[_AppendRequest],
-        last_seq: int,
+        self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection, last_seq: int
     ) -> None:
         self.path = path
         self.commits = 0
         self.appended = 0
         self._writer = writer
         self._reader = reader
-        self._requests = requests
-        self._send_request = requests.send_nowait
         self._read_limiter = trio.CapacityLimiter(1)
-        # Its own limiters, so that neither the writer nor the readers wait for
-        # threads that other code took from trio's default limiter.
-        self._write_limiter = trio.CapacityLimiter(1)
         self._changed = trio.Event()
         self._closed = False
+        self._accepting = True
+        # The writer thread's inbox: appends and jobs, then ``None`` to stop.
+        self._inbox: queue.SimpleQueue[_AppendRequest | _WriterJob | None] = queue.SimpleQueue()
+        self._put = self._inbox.put
+        self._token = trio.lowlevel.current_trio_token()
+        self._writer_ended = trio.Event()
+        self._writer_crash: BaseException | None = None
         # The writer's knowledge of the log, valid while it is the only writer;
         # checked against max(seq) at the start of every batch.
         self._last_seq = last_seq
@@ -515,82 +521,133 @@ class SqliteEventStore:
         except KeyError:
             bad = [type(event).__name__ for event in events if type(event) not in wire.TAGS]
             raise TypeError(f"not a plane event: {', '.join(bad)}") from None
-        request = _AppendRequest(stream, expected_version, events, encoded, _current_task())
-        try:
-            self._send_request(request)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise StoreClosedError(f"the plane log {self.path} is closed") from None
+        if not self._accepting:
+            raise StoreClosedError(f"the plane log {self.path} is closed")
+        self._put(_AppendRequest(stream, expected_version, events, encoded, _current_task()))
         # Once the writer has the request, wait for its outcome whatever happens
         # (cancellation is refused): a commit takes bounded time, and an append
         # whose outcome is unknown to its caller would be worse.  No checkpoint
-        # between send_nowait and here, so the writer cannot wake us too early.
-        result: list[RecordedEvent] = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-        return result
+        # between the put and here, so the writer cannot wake us too early (it
+        # wakes us through run_sync_soon, in this thread).
+        seq, version = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        return [
+            RecordedEvent(seq + i, stream, version + i, event) for i, event in enumerate(events)
+        ]
 
     async def set_max_page_count(self, pages: int) -> int:
         """Change the page limit of the log (a quota); returns the limit now in force."""
-        return await trio.to_thread.run_sync(
-            self._set_max_page_count, pages, limiter=self._write_limiter
-        )
+        return await self._run_in_writer(self._set_max_page_count, pages)
 
     def _set_max_page_count(self, pages: int) -> int:
         _set_max_page_count(self._writer, pages)
         return int(self._writer.execute("PRAGMA max_page_count").fetchone()[0])
 
-    async def _run_writer(self, requests: trio.MemoryReceiveChannel[_AppendRequest]) -> None:
-        """The one writer: take what is pending, commit it as one batch, repeat.
+    async def _run_in_writer(self, fn: Callable[[int], int], arg: int) -> int:
+        """Run ``fn(arg)`` in the writer thread, between two batches."""
+        self._check_open()
+        if not self._accepting:
+            raise StoreClosedError(f"the plane log {self.path} is closed")
+        self._put(_WriterJob(fn, arg, _current_task()))
+        result: int = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        return result
 
-        Shielded from cancellation: it ends when the send side is closed and
-        everything sent has been decided.
+    # ----------------------------------------------------- the writer thread
+
+    async def _serve_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the writer thread; return once it has ended (after :meth:`_stop_writer`).
+
+        Shielded: the thread decides every request it was handed before it
+        ends, so this waits for it whatever happens.  A bug that kills the
+        thread is raised here, after every waiting appender was failed.
         """
+        thread = threading.Thread(
+            target=self._writer_main, name=f"plane-log-writer {self.path.name}", daemon=True
+        )
+        with trio.CancelScope(shield=True):
+            thread.start()
+            task_status.started()
+            await self._writer_ended.wait()
+            await trio.to_thread.run_sync(thread.join)
+        if self._writer_crash is not None:
+            raise self._writer_crash
+
+    def _stop_writer(self) -> None:
+        """Refuse new appends; the writer ends after deciding what it was handed."""
+        if self._accepting:
+            self._accepting = False
+            self._put(None)
+
+    def _writer_main(self) -> None:
+        """The writer thread: take what is pending, commit it as one batch, repeat."""
+        inbox = self._inbox
+        get, get_nowait = inbox.get, inbox.get_nowait
+        deliver, run_sync_soon = self._deliver, self._token.run_sync_soon
         batch: list[_AppendRequest] = []
+        stopping = False
         try:
-            with trio.CancelScope(shield=True):
+            while not stopping:
+                item = get()
                 while True:
+                    if item is None:
+                        stopping = True
+                    elif type(item) is _WriterJob:
+                        if batch:
+                            run_sync_soon(deliver, batch, self._write_batch(batch))
+                            batch = []
+                        job_outcome = outcome.capture(item.fn, item.arg)
+                        run_sync_soon(_reschedule, item.task, job_outcome)
+                    else:
+                        batch.append(item)  # type: ignore[arg-type]
                     try:
-                        batch = [await requests.receive()]
-                    except trio.EndOfChannel:
+                        item = get_nowait()
+                    except queue.Empty:
                         break
-                    while True:
-                        try:
-                            batch.append(requests.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    written = await trio.to_thread.run_sync(
-                        self._write_batch, batch, limiter=self._write_limiter
-                    )
-                    if written:
-                        self.commits += 1
-                        self.appended += written
-                        changed, self._changed = self._changed, trio.Event()
-                        changed.set()
-                    for request in batch:
-                        if request.error is None:
-                            request.decided = True
-                            _reschedule(request.task, outcome.Value(request.result))
-                        else:
-                            request.wake()
+                if batch:
+                    run_sync_soon(deliver, batch, self._write_batch(batch))
                     batch = []
+        except BaseException as exc:  # a bug: fail everyone waiting, then report it
+            self._writer_crash = exc
+            run_sync_soon(self._fail_pending, batch, exc)
         finally:
-            closed = f"the plane log {self.path} is closed"
-            for request in batch:
-                if not request.decided:
-                    request.error = request.error or StoreClosedError(closed)
-                    request.wake()
-            while True:
-                try:
-                    request = requests.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                request.error = StoreClosedError(closed)
-                request.wake()
-            requests.close()
+            with suppress(sqlite3.Error):
+                self._writer.close()
+            run_sync_soon(self._writer_ended.set)
+
+    def _fail_pending(self, batch: list[_AppendRequest], crash: BaseException) -> None:
+        """In the trio thread, after the writer died: refuse appends, fail every waiter."""
+        self._accepting = False  # from here no request can enter the inbox
+        failed = StoreError(f"the writer of the plane log {self.path} crashed: {crash!r}")
+        pending: list[_AppendRequest | _WriterJob | None] = [*batch]
+        while True:
+            try:
+                pending.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        for item in pending:
+            if item is not None:
+                _reschedule(item.task, outcome.Error(failed))
+
+    def _deliver(self, batch: list[_AppendRequest], written: int) -> None:
+        """In the trio thread: count the commit, wake the tails and every appender."""
+        if written:
+            self.commits += 1
+            self.appended += written
+            changed, self._changed = self._changed, trio.Event()
+            changed.set()
+        for request in batch:
+            if request.error is None:
+                _reschedule(request.task, outcome.Value(request.result))
+            else:
+                _reschedule(request.task, outcome.Error(request.error))
 
     def _write_batch(self, batch: list[_AppendRequest]) -> int:
         """In the writer thread: one transaction for ``batch``; returns rows written."""
         conn = self._writer
         versions: dict[str, int] = {}
         rows: list[tuple[int, str, int, str, str, float]] = []
+        add_row = rows.append
         try:
             conn.execute("BEGIN IMMEDIATE")
             seq = int(conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0)
@@ -613,14 +670,12 @@ class SqliteEventStore:
                     versions[stream] = current
                     request.error = ConcurrencyError(stream, request.expected, current)
                     continue
-                recorded = []
-                for (tag, data), event in zip(request.encoded, request.events, strict=True):
+                request.result = (seq + 1, current + 1)
+                for tag, data in request.encoded:
                     seq += 1
                     current += 1
-                    rows.append((seq, stream, current, tag, data, now))
-                    recorded.append(RecordedEvent(seq, stream, current, event))
+                    add_row((seq, stream, current, tag, data, now))
                 versions[stream] = current
-                request.result = recorded
             if rows:
                 conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
@@ -697,7 +752,6 @@ class SqliteEventStore:
         self._changed.set()
         async with self._read_limiter:
             self._reader.close()
-        await trio.to_thread.run_sync(self._writer.close, limiter=self._write_limiter)
 
 
 @asynccontextmanager
@@ -717,22 +771,19 @@ async def open_sqlite_store(
     writer, reader, last_seq = await trio.to_thread.run_sync(
         _open_connections, path, synchronous, max_page_count
     )
-    # Unbounded, yet bounded in practice: every appender waits for its outcome,
-    # so at most one request per appending task is ever queued.
-    send, receive = trio.open_memory_channel[_AppendRequest](math.inf)
-    store = SqliteEventStore(path, writer, reader, send, last_seq)
+    store = SqliteEventStore(path, writer, reader, last_seq)
     # An error of the caller's block is held while the writer finishes and
     # raised afterwards as it is, not wrapped in the nursery's ExceptionGroup.
     raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(store._run_writer, receive)
+            await nursery.start(store._serve_writer)
             try:
                 yield store
             except BaseException as exc:
                 raised = exc
             finally:
-                send.close()
+                store._stop_writer()
     finally:
         with trio.CancelScope(shield=True):
             await store._close()
@@ -757,14 +808,30 @@ class SqliteLogReader:
         self.path = Path(path)
         self._conn = _open_reader(self.path, check=check)
 
-    def iter_events(self, after_seq: int = 0) -> Iterator[RecordedEvent]:
-        """Every event with seq > ``after_seq`` in seq order (one consistent snapshot)."""
+    def iter_events(
+        self,
+        after_seq: int = 0,
+        *,
+        up_to_seq: int | None = None,
+        keep_stream: Callable[[str], bool] | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """Every event with seq > ``after_seq`` in seq order (one consistent snapshot).
+
+        ``up_to_seq`` stops at that sequence number (several readers of a log
+        being written agree on what they read); ``keep_stream`` skips, before
+        decoding them, the events of streams it returns False for.
+        """
         conn, path = self._conn, self.path
+        query, args = _SELECT + " WHERE seq > ?", [after_seq]
+        if up_to_seq is not None:
+            query, args = query + " AND seq <= ?", [after_seq, up_to_seq]
         try:
             if not _has_events_table(conn):
                 return
-            cursor = conn.execute(_SELECT + " WHERE seq > ? ORDER BY seq", (after_seq,))
+            cursor = conn.execute(query + " ORDER BY seq", args)
             while rows := cursor.fetchmany(_FETCH_BATCH):
+                if keep_stream is not None:
+                    rows = [row for row in rows if keep_stream(row[1])]
                 yield from _decode(rows, path)
         except sqlite3.Error as exc:
             raise _store_error(exc, path, "reading it") from exc

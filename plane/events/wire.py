@@ -130,17 +130,10 @@ def unstructure(event: t.Event) -> dict[str, Any]:
     return hook(event)
 
 
-_HOOKS: dict[str, Callable[[Any, Any], t.Event]] = {}
-
-
-def _hook(tag: str) -> Callable[[Any, Any], t.Event]:
-    hook = _HOOKS.get(tag)
-    if hook is None:
-        cls = TYPES_BY_TAG.get(tag)
-        if cls is None:
-            raise WireError(f"unknown event type {tag!r}")
-        hook = _HOOKS[tag] = _fast.get_structure_hook(cls)
-    return hook
+_FAST: dict[str, tuple[Callable[[Any, Any], t.Event], type[t.Event]]] = {
+    tag: (_fast.get_structure_hook(cls), cls) for tag, cls in TYPES_BY_TAG.items()
+}
+"""Each tag's fast structure hook and class, made once: reading a log is hot."""
 
 
 def structure(tag: str, data: Any) -> t.Event:
@@ -149,12 +142,18 @@ def structure(tag: str, data: Any) -> t.Event:
     The fast converter reads what fits; only a payload it refuses goes through
     the detailed one, which says field by field what is wrong.
     """
-    hook = _hook(tag)
-    cls = TYPES_BY_TAG[tag]
     try:
+        hook, cls = _FAST[tag]
         return hook(data, cls)
     except Exception:
-        pass
+        return _structure_in_detail(tag, data)
+
+
+def _structure_in_detail(tag: str, data: Any) -> t.Event:
+    """The slow path: the detailed converter's verdict, or a :class:`WireError`."""
+    cls = TYPES_BY_TAG.get(tag)
+    if cls is None:
+        raise WireError(f"unknown event type {tag!r}")
     try:
         event: t.Event = converter.structure(data, cls)
     except Exception as exc:
@@ -175,7 +174,15 @@ def dumps(event: t.Event) -> str:
 def loads(tag: str, text: str | bytes) -> t.Event:
     """Rebuild an event from its tag and JSON text; :class:`WireError` if they do not fit."""
     try:
+        hook, cls = _FAST[tag]
+        return hook(_orjson_loads(text), cls)
+    except Exception:
+        pass
+    try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"payload of {tag} is not JSON: {exc}") from exc
-    return structure(tag, data)
+    return _structure_in_detail(tag, data)
+
+
+_orjson_loads = orjson.loads

@@ -417,6 +417,47 @@ async def test_closing_commits_every_append_already_handed_to_the_writer(
     assert sorted(r.stream for r in read_log(path)) == sorted(f"s{i}" for i in range(20))
 
 
+async def test_a_bug_in_the_writer_fails_the_waiting_appends_and_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread never dies silently: appenders get an error, the owner the bug."""
+    path = tmp_path / "log.sqlite"
+    failures: list[StoreError] = []
+
+    def broken(self: SqliteEventStore, batch: list[object]) -> int:
+        raise ZeroDivisionError("a bug in the writer")
+
+    async def append_one(store: SqliteEventStore, i: int) -> None:
+        try:
+            await store.append(f"s{i}", 0, [tick(i)])
+        except StoreError as exc:
+            failures.append(exc)
+
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with open_sqlite_store(path) as store:
+            monkeypatch.setattr(SqliteEventStore, "_write_batch", broken)
+            async with trio.open_nursery() as nursery:
+                for i in range(5):
+                    nursery.start_soon(append_one, store, i)
+            with pytest.raises(StoreError, match="is closed"):
+                await store.append("late", 0, [tick(9)])  # refused, not left waiting
+    assert raised.group_contains(ZeroDivisionError, match="a bug in the writer")
+    assert len(failures) == 5
+    assert all("writer of the plane log" in str(exc) for exc in failures), failures
+    assert list(read_log(path)) == []
+
+
+async def test_the_page_limit_is_changed_by_the_writer_between_batches(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    async with open_sqlite_store(path) as store:
+        await store.append("s", 0, [tick(0)])
+        assert await store.set_max_page_count(5000) == 5000
+        await store.append("s", 1, [tick(1)])
+    with pytest.raises(StoreClosedError):
+        await store.set_max_page_count(10)
+    assert [r.version for r in read_log(path)] == [1, 2]
+
+
 # ------------------------------------------------------------------------ tail
 
 

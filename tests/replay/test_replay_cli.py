@@ -143,6 +143,15 @@ async def test_verify_names_the_first_altered_decision(
     assert first["stream"] == ids["idle"]
     code, out, _ = run(capsys, "verify", str(log))
     assert code == 1 and "FAILED" in out and str(seq) in out
+    # Two processes, each folding a share of the backends, say the same.
+    code, out, _ = run(capsys, "verify", str(log), "--json", "--jobs", "2")
+    shared = json.loads(out)
+    assert code == 1 and shared["processes"] == 2 and report["processes"] == 1
+    assert shared["violations"] == report["violations"]
+    with pytest.raises(SystemExit) as exited:
+        main(["verify", str(log), "--jobs", "many"])
+    assert exited.value.code == 2
+    assert "--jobs: expected a whole number, not 'many'" in capsys.readouterr().err
 
 
 async def test_verify_catches_a_removed_event(
