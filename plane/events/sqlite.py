@@ -355,7 +355,7 @@ def _has_events_table(conn: sqlite3.Connection) -> bool:
 
 def _decode(rows: Iterator[_Row] | list[_Row], path: Path) -> Iterator[RecordedEvent]:
     loads = wire.loads
-    record = RecordedEvent._make  # the tuple's own constructor: no keyword handling
+    record = _record  # the tuple's own constructor: no keyword handling
     seq, tag = 0, ""
     try:
         for seq, stream, version, tag, data in rows:
@@ -429,24 +429,23 @@ _current_task = trio.lowlevel.current_task
 _reschedule = trio.lowlevel.reschedule
 _tag_of = wire.tag_of
 _dumps = wire.dumps
+_record = RecordedEvent._make
 
 
 class _AppendRequest:
     """One append on its way through the writer: its rows, then its outcome."""
 
-    __slots__ = ("encoded", "error", "events", "expected", "result", "stream", "task")
+    __slots__ = ("encoded", "error", "expected", "result", "stream", "task")
 
     def __init__(
         self,
         stream: str,
         expected: int,
-        events: Sequence[Event],
         encoded: list[tuple[str, str]],
         task: trio.lowlevel.Task,
     ) -> None:
         self.stream = stream
         self.expected = expected
-        self.events = events
         self.encoded = encoded
         self.task = task
         self.result: tuple[int, int] | None = None  # (first seq, first version)
@@ -523,16 +522,15 @@ class SqliteEventStore:
             raise TypeError(f"not a plane event: {', '.join(bad)}") from None
         if not self._accepting:
             raise StoreClosedError(f"the plane log {self.path} is closed")
-        self._put(_AppendRequest(stream, expected_version, events, encoded, _current_task()))
+        self._put(_AppendRequest(stream, expected_version, encoded, _current_task()))
         # Once the writer has the request, wait for its outcome whatever happens
         # (cancellation is refused): a commit takes bounded time, and an append
         # whose outcome is unknown to its caller would be worse.  No checkpoint
         # between the put and here, so the writer cannot wake us too early (it
         # wakes us through run_sync_soon, in this thread).
         seq, version = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-        return [
-            RecordedEvent(seq + i, stream, version + i, event) for i, event in enumerate(events)
-        ]
+        record = _record
+        return [record((seq + i, stream, version + i, event)) for i, event in enumerate(events)]
 
     async def set_max_page_count(self, pages: int) -> int:
         """Change the page limit of the log (a quota); returns the limit now in force."""
