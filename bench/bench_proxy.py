@@ -20,6 +20,10 @@ Measurements (``wrk -t1``, so one core is left for the servers):
 
 1. small responses, ``-c50``: requests/s direct, via nginx-proxy, via the
    trio splice (information), via plane.  Target: plane >= 0.5 x nginx-proxy.
+   During each of these runs the CPU used by the server under test (its
+   process tree, in cores), by the backend nginx and by wrk, and the
+   machine's idle share, are read from ``/proc`` and printed: they show
+   whether a side is bound by its own CPU or by the machine.
 2. one connection, ``-c1 --latency``: median latency direct and via plane.
    Target: plane's median - direct's median <= 150 us.
 3. 1 MiB responses, ``-c8``: MiB/s via splice and via plane.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -161,6 +166,57 @@ def wrk(url: str, connections: int, duration: float, *, latency: bool = False) -
     return result
 
 
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by process ``root`` and all its descendants."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(used.get(pid, 0.0) for pid in tree)
+
+
+def _machine_idle() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return values[3] + values[4], sum(values)
+
+
+@contextmanager
+def cpu_use(server: int, backend: int) -> Iterator[dict[str, float]]:
+    """CPU use while the block runs: the server's (as a share of one core), the
+    backend's, wrk's (children of this process) and the whole machine's idle share."""
+    result: dict[str, float] = {}
+    started = time.monotonic()
+    server0, backend0 = _tree_cpu_seconds(server), _tree_cpu_seconds(backend)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    idle0, total0 = _machine_idle()
+    yield result
+    elapsed = time.monotonic() - started
+    idle1, total1 = _machine_idle()
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_seconds = (children1.ru_utime + children1.ru_stime) - (
+        children0.ru_utime + children0.ru_stime
+    )
+    result["server_cpu"] = (_tree_cpu_seconds(server) - server0) / elapsed
+    result["backend_cpu"] = (_tree_cpu_seconds(backend) - backend0) / elapsed
+    result["wrk_cpu"] = wrk_seconds / elapsed
+    result["idle"] = (idle1 - idle0) / max(1, total1 - total0)
+
+
 async def _ws_load(url: str, connections: int, duration: float) -> float:
     payload = "x" * 64
     count = 0
@@ -231,11 +287,17 @@ def main() -> int:
     try:
         nginx_args = [nginx, "-p", str(workdir), "-c"]
         with (
-            process([*nginx_args, str(workdir / "backend.conf")], port_line=False),
-            process([*nginx_args, str(workdir / "proxy.conf")], port_line=False),
+            process([*nginx_args, str(workdir / "backend.conf")], port_line=False) as (
+                backend_proc,
+                _,
+            ),
+            process([*nginx_args, str(workdir / "proxy.conf")], port_line=False) as (
+                nginx_proxy_proc,
+                _,
+            ),
             process([PYTHON, str(HERE / "proxy_ws_echo.py")]) as (_, ws_port),
             process([PYTHON, str(HERE / "proxy_splice.py"), f"127.0.0.1:{backend_port}"]) as (
-                _,
+                splice_proc,
                 splice_port,
             ),
             process(
@@ -245,8 +307,14 @@ def main() -> int:
                     f"{TOKEN}=127.0.0.1:{backend_port}",
                     f"{WS_TOKEN}=127.0.0.1:{ws_port}",
                 ]
-            ) as (_, plane_port),
+            ) as (plane_proc, plane_port),
         ):
+            proxy_pids = {
+                "direct": backend_proc.pid,
+                "nginx-proxy": nginx_proxy_proc.pid,
+                "splice": splice_proc.pid,
+                "plane": plane_proc.pid,
+            }
             wait_port(backend_port)
             wait_port(nginx_proxy_port)
             base = {
@@ -265,7 +333,9 @@ def main() -> int:
             for n in range(args.rounds):
                 print(f"round {n + 1}/{args.rounds}", flush=True)
                 for name in ("direct", "nginx-proxy", "splice", "plane"):
-                    keep(name, wrk(f"{base[name]}/small.txt", 50, d), "rps")
+                    with cpu_use(proxy_pids[name], backend_proc.pid) as cpu:
+                        result = wrk(f"{base[name]}/small.txt", 50, d)
+                    keep(name, {**result, **cpu}, "rps")
                 for name in ("direct", "nginx-proxy", "plane"):
                     result = wrk(f"{base[name]}/small.txt", 1, d * 0.75, latency=True)
                     keep(f"{name} c1", result, "p50_us", low=True)
@@ -287,6 +357,16 @@ def main() -> int:
         f"trio splice {best['splice']['rps']:9.0f} req/s | "
         f"plane {best['plane']['rps']:9.0f} req/s"
     )
+    cpu = "  cpu during -c50 (cores):"
+    for name in ("direct", "nginx-proxy", "splice", "plane"):
+        r = best[name]
+        server = "backend" if name == "direct" else name
+        cpu += (
+            f" | {name}: {server} {r['server_cpu']:.2f}"
+            + ("" if name == "direct" else f" + backend {r['backend_cpu']:.2f}")
+            + f" + wrk {r['wrk_cpu']:.2f}, machine idle {r['idle']:.0%}"
+        )
+    print(cpu)
     print(
         f"  one connection p50:    direct {best['direct c1']['p50_us']:7.0f} us | "
         f"nginx-proxy {best['nginx-proxy c1']['p50_us']:7.0f} us | "

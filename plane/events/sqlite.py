@@ -427,8 +427,7 @@ def _check_limit(limit: int | None) -> None:
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _current_task = trio.lowlevel.current_task
 _reschedule = trio.lowlevel.reschedule
-_tag_of = wire.tag_of
-_dumps = wire.dumps
+_encode = wire.encode
 _record = RecordedEvent._make
 
 
@@ -516,7 +515,7 @@ class SqliteEventStore:
         if not (stream and isinstance(stream, str) and expected_version >= 0 and events):
             _check_append(stream, expected_version, events)
         try:
-            encoded = [(_tag_of(event), _dumps(event)) for event in events]
+            encoded = [_encode(event) for event in events]
         except KeyError:
             bad = [type(event).__name__ for event in events if type(event) not in wire.TAGS]
             raise TypeError(f"not a plane event: {', '.join(bad)}") from None
@@ -529,6 +528,8 @@ class SqliteEventStore:
         # between the put and here, so the writer cannot wake us too early (it
         # wakes us through run_sync_soon, in this thread).
         seq, version = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        if len(events) == 1:
+            return [_record((seq, stream, version, events[0]))]
         record = _record
         return [record((seq + i, stream, version + i, event)) for i, event in enumerate(events)]
 

@@ -214,6 +214,7 @@ def test_dumps_writes_the_golden_payload_compact_and_sorted(tag: str) -> None:
     text = wire.dumps(EXPECTED[tag])
     assert json.loads(text) == golden_by_tag()[tag]
     assert text == canonical(golden_by_tag()[tag])
+    assert wire.encode(EXPECTED[tag]) == (tag, text)  # the store's one-step path agrees
 
 
 @pytest.mark.parametrize("tag", ALL_TAGS)
