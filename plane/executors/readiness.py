@@ -6,9 +6,12 @@ backend's loopback address and returns as soon as the head of any HTTP
 response arrives (any status, including 1xx, 4xx and 5xx: the server is up).
 The response is parsed with h11, not by hand.
 
-The probe retries every *interval* seconds (10 ms by default, so it adds
-little to start-up) and has no overall timeout: callers bound it with
-``trio.fail_after`` or ``trio.move_on_after``.
+The probe asks every millisecond for the first :data:`EAGER_ATTEMPTS`
+attempts (a local process is often up within a few milliseconds, and a
+missed moment costs the whole next wait), then backs off, doubling up to
+every *interval* seconds (10 ms by default, so it adds little to start-up).
+It has no overall timeout: callers bound it with ``trio.fail_after`` or
+``trio.move_on_after``.
 
 Resource handling
 -----------------
@@ -87,16 +90,23 @@ async def _answers_once(host: str, port: int) -> bool:
             return False
 
 
+EAGER_ATTEMPTS = 16
+"""Attempts made 1 ms apart before the probe starts backing off."""
+
+
 async def wait_until_answers(address: str, *, interval: float = 0.01) -> None:
     """Return once ``GET /`` to *address* (``"127.0.0.1:PORT"``) gets an HTTP response.
 
-    Retries after 1 ms, then doubling up to every *interval* seconds; no overall
-    timeout (see module docstring).
+    Retries every 1 ms for :data:`EAGER_ATTEMPTS` attempts, then doubling up
+    to every *interval* seconds; no overall timeout (see module docstring).
     """
     host, port = parse_loopback_address(address)
     delay = min(0.001, interval)  # most backends answer within milliseconds: ask soon
+    attempts = 0
     while True:
         if await _answers_once(host, port):
             return
         await trio.sleep(delay)
-        delay = min(delay * 2, interval)
+        attempts += 1
+        if attempts >= EAGER_ATTEMPTS:
+            delay = min(delay * 2, interval)
