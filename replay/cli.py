@@ -29,7 +29,7 @@ from plane.events.wire import tag_of, unstructure
 from plane.tables import iso, parse_iso, render_table
 from plane.views import detail_view
 from replay.fold import LogFold, fold_until
-from replay.verify import MAX_JOBS, PARALLEL_FROM_EVENTS, verify_log
+from replay.verify import MAX_JOBS, PARALLEL_FROM_EVENTS, VerifyWorkerDied, verify_log
 
 
 class UsageError(Exception):
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (StoreError, UsageError, FileNotFoundError) as exc:
+    except (StoreError, UsageError, VerifyWorkerDied, FileNotFoundError) as exc:
         print(f"plane-replay: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -15,7 +15,8 @@ altered logs).  The order of sequence numbers across streams needs no worker:
 SQLite hands rows out by their unique ``seq``.
 
 Errors reading the file are raised as :class:`~plane.events.store.StoreError`
-from whichever process met them.
+from whichever process met them; a worker that dies (killed, out of memory)
+raises :class:`VerifyWorkerDied`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import attrs
@@ -36,6 +38,10 @@ PARALLEL_FROM_EVENTS = 50_000
 """Below this many events one process is quicker than starting others."""
 
 MAX_JOBS = 8
+
+
+class VerifyWorkerDied(Exception):
+    """A worker process ended without a report; the message says what to do."""
 
 
 @attrs.frozen
@@ -91,7 +97,13 @@ def verify_log(path: str | os.PathLike[str], *, jobs: int | None = None) -> Veri
             for share in range(1, jobs)
         ]
         parts = [_verify_share(Path(path), 0, jobs, last_seq)]
-        parts += [future.result() for future in others]
+        try:
+            parts += [future.result() for future in others]
+        except BrokenProcessPool as exc:
+            raise VerifyWorkerDied(
+                f"a verify process died before it reported ({exc});"
+                " run again, or with --jobs 1 to use one process"
+            ) from None
     merged = sorted(
         (v for part in parts for v in part.violations),
         key=lambda v: (v.seq, v.kind == "incomplete", v.stream if v.kind == "incomplete" else ""),

@@ -8,6 +8,7 @@ another) and verifies it with one process and with three.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
@@ -18,12 +19,14 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import replay.verify
 from plane.actors import lifecycle
 from plane.actors.lifecycle import Tick
 from plane.events import types as t
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.sqlite import SqliteLogReader, open_sqlite_store
-from replay.verify import verify_log
+from replay.cli import main
+from replay.verify import VerifyWorkerDied, verify_log
 
 BACKENDS = 40
 
@@ -156,6 +159,28 @@ def test_the_shares_read_the_same_snapshot(base_log: Path) -> None:
     assert head == everything[:10]
     assert mine == [r for r in everything if r.stream == "b0003"] and mine
     assert tail == [r for r in everything[5:12] if r.stream != "b0000"]
+
+
+_REAL_SHARE = replay.verify._verify_share
+
+
+def dying_share(path: Path, share: int, shares: int, last_seq: int) -> object:
+    """A share that kills its worker process (as if the OOM killer took it)."""
+    if share != 0:  # in a forked worker
+        os._exit(9)
+    return _REAL_SHARE(path, share, shares, last_seq)
+
+
+def test_a_worker_that_dies_is_a_clear_error(
+    base_log: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(replay.verify, "_verify_share", dying_share)
+    with pytest.raises(VerifyWorkerDied, match="--jobs 1"):
+        verify_log(base_log, jobs=2)
+    assert main(["verify", str(base_log), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plane-replay: a verify process died") and "Traceback" not in err
+    assert verify_log(base_log, jobs=1).ok  # one process needs no worker
 
 
 def test_bad_job_counts_are_refused(base_log: Path) -> None:
