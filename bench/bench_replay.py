@@ -42,11 +42,11 @@ from pathlib import Path
 
 import trio
 
-from plane.actors import lifecycle
 from plane.actors.lifecycle import Tick
 from plane.events import types as t
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.sqlite import open_sqlite_store, read_log
+from plane.testing.lives import DecidedLife
 from replay.fold import LogFold
 from replay.verify import auto_jobs, verify_log
 
@@ -57,29 +57,20 @@ def lifecycle_events(n: int) -> list[t.Event]:
     """One backend's life through the real decider: about 20 events."""
     at = 1_700_000_000.0 + n
     cfg = SpawnConfig(Executable(image="app:1", env={"A": "1"}), max_idle_seconds=30)
-    state = lifecycle.initial
-    out: list[t.Event] = []
-
-    def feed(command: lifecycle.Command) -> None:
-        nonlocal state
-        for event in lifecycle.decide(state, command):
-            state = lifecycle.evolve(state, event)
-            out.append(event)
-
-    feed(t.BackendRequested(at, f"b{n:07d}", BackendKey(f"room-{n}"), cfg, 1))
-    feed(t.TokenIssued(at, f"{n:064x}", at + 3600, "s" * 43, "user", '{"a":1}'))
-    feed(Tick(at))
-    feed(t.ExecutorStarted(at + 0.1, f"127.0.0.1:{20000 + n % 40000}", f"h{n}"))
-    feed(t.ReadinessObserved(at + 0.2))
+    life = DecidedLife()
+    life.feed(t.BackendRequested(at, f"b{n:07d}", BackendKey(f"room-{n}"), cfg, 1))
+    life.feed(t.TokenIssued(at, f"{n:064x}", at + 3600, "s" * 43, "user", '{"a":1}'))
+    life.feed(Tick(at))
+    life.feed(t.ExecutorStarted(at + 0.1, f"127.0.0.1:{20000 + n % 40000}", f"h{n}"))
+    life.feed(t.ReadinessObserved(at + 0.2))
     for i in range(4):
-        feed(t.ConnectionOpened(at + 1 + i, f"c{i}"))
-        feed(t.HttpActivityRecorded(at + 1.5 + i, 3))
-        feed(t.ConnectionClosed(at + 2 + i, f"c{i}"))
-    deadline = lifecycle.next_deadline(state)
-    assert deadline is not None
-    feed(Tick(deadline))
-    feed(t.ExecutorExited(deadline + 0.5, 0))
-    return out
+        life.feed(t.ConnectionOpened(at + 1 + i, f"c{i}"))
+        life.feed(t.HttpActivityRecorded(at + 1.5 + i, 3))
+        life.feed(t.ConnectionClosed(at + 2 + i, f"c{i}"))
+    deadline = life.next_deadline()
+    life.feed(Tick(deadline))
+    life.feed(t.ExecutorExited(deadline + 0.5, 0))
+    return life.events
 
 
 async def write_log(path: Path, backends: int) -> int:

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import replay.verify
-from plane.actors import lifecycle
 from plane.actors.lifecycle import Tick
 from plane.events import types as t
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.sqlite import SqliteLogReader, open_sqlite_store
+from plane.testing.lives import DecidedLife
 from replay.cli import main
 from replay.verify import VerifyWorkerDied, verify_log
 
@@ -35,34 +35,25 @@ def a_life(n: int, rng: random.Random) -> list[t.Event]:
     """One backend's events, through the real decider, ending one of several ways."""
     at = 1_700_000_000.0 + n
     config = SpawnConfig(Executable(image="app:1"), max_idle_seconds=30)
-    state = lifecycle.initial
-    out: list[t.Event] = []
-
-    def feed(command: lifecycle.Command) -> None:
-        nonlocal state
-        for event in lifecycle.decide(state, command):
-            state = lifecycle.evolve(state, event)
-            out.append(event)
-
-    feed(t.BackendRequested(at, f"b{n:04d}", BackendKey(f"room-{n}"), config, 1))
-    feed(Tick(at))
-    feed(t.ExecutorStarted(at + 0.1, f"127.0.0.1:{20000 + n}", f"h{n}"))
-    feed(t.ReadinessObserved(at + 0.2))
+    life = DecidedLife()
+    life.feed(t.BackendRequested(at, f"b{n:04d}", BackendKey(f"room-{n}"), config, 1))
+    life.feed(Tick(at))
+    life.feed(t.ExecutorStarted(at + 0.1, f"127.0.0.1:{20000 + n}", f"h{n}"))
+    life.feed(t.ReadinessObserved(at + 0.2))
     for i in range(rng.randrange(4)):
-        feed(t.ConnectionOpened(at + 1 + i, f"c{i}"))
-        feed(t.HttpActivityRecorded(at + 1.5 + i, 2))
-        feed(t.ConnectionClosed(at + 2 + i, f"c{i}"))
+        life.feed(t.ConnectionOpened(at + 1 + i, f"c{i}"))
+        life.feed(t.HttpActivityRecorded(at + 1.5 + i, 2))
+        life.feed(t.ConnectionClosed(at + 2 + i, f"c{i}"))
     ending = rng.randrange(3)
     if ending == 0:  # reaped for idleness
-        deadline = lifecycle.next_deadline(state)
-        assert deadline is not None
-        feed(Tick(deadline))
-        feed(t.ExecutorExited(deadline + 0.5, 0))
+        deadline = life.next_deadline()
+        life.feed(Tick(deadline))
+        life.feed(t.ExecutorExited(deadline + 0.5, 0))
     elif ending == 1:  # exits on its own
-        feed(t.ExecutorExited(at + 10, 3))
+        life.feed(t.ExecutorExited(at + 10, 3))
     else:  # still running when the log is read
-        feed(t.ConnectionOpened(at + 10, "last"))
-    return out
+        life.feed(t.ConnectionOpened(at + 10, "last"))
+    return life.events
 
 
 async def write_base(path: Path) -> None:
