@@ -33,6 +33,12 @@ request object and one task wake-up; the hop between trio and the thread is
 per batch, and a busy writer is not woken at all (it finds the next requests
 waiting when its commit ends).
 
+Back in trio, the records of each commit also go to a short in-memory list
+of the latest events (contiguous in ``seq``; emptied when another process
+wrote in between).  A :meth:`~SqliteEventStore.tail` that has caught up
+takes new events from there, so following the log (the proxy's routing
+table, every status stream) costs no file read and no decoding per commit.
+
 Resource handling:
     :func:`open_sqlite_store` is the only way to get a store.  It opens two
     connections (the writer's and the readers'), and a nursery whose task owns
@@ -149,6 +155,7 @@ _SELECT = "SELECT seq, stream, version, type, data FROM events"
 _TAIL_BATCH = 1000
 _FETCH_BATCH = 1024
 _VERSION_CACHE_LIMIT = 100_000
+_RECENT_LIMIT = 4096
 _BUSY_TIMEOUT_SECONDS = 10.0
 
 _Row = tuple[int, str, int, str, str]
@@ -434,17 +441,19 @@ _record = RecordedEvent._make
 class _AppendRequest:
     """One append on its way through the writer: its rows, then its outcome."""
 
-    __slots__ = ("encoded", "error", "expected", "result", "stream", "task")
+    __slots__ = ("encoded", "error", "events", "expected", "result", "stream", "task")
 
     def __init__(
         self,
         stream: str,
         expected: int,
+        events: Sequence[Event],
         encoded: list[tuple[str, str]],
         task: trio.lowlevel.Task,
     ) -> None:
         self.stream = stream
         self.expected = expected
+        self.events = events
         self.encoded = encoded
         self.task = task
         self.result: tuple[int, int] | None = None  # (first seq, first version)
@@ -496,6 +505,9 @@ class SqliteEventStore:
         # checked against max(seq) at the start of every batch.
         self._last_seq = last_seq
         self._versions: dict[str, int] = {}
+        # The latest events this store committed, contiguous in seq: tails that
+        # have caught up read them here instead of from the file.
+        self._recent: list[RecordedEvent] = []
 
     # ------------------------------------------------------------ appending
 
@@ -521,17 +533,14 @@ class SqliteEventStore:
             raise TypeError(f"not a plane event: {', '.join(bad)}") from None
         if not self._accepting:
             raise StoreClosedError(f"the plane log {self.path} is closed")
-        self._put(_AppendRequest(stream, expected_version, encoded, _current_task()))
+        self._put(_AppendRequest(stream, expected_version, events, encoded, _current_task()))
         # Once the writer has the request, wait for its outcome whatever happens
         # (cancellation is refused): a commit takes bounded time, and an append
         # whose outcome is unknown to its caller would be worse.  No checkpoint
         # between the put and here, so the writer cannot wake us too early (it
         # wakes us through run_sync_soon, in this thread).
-        seq, version = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-        if len(events) == 1:
-            return [_record((seq, stream, version, events[0]))]
-        record = _record
-        return [record((seq + i, stream, version + i, event)) for i, event in enumerate(events)]
+        recorded: list[RecordedEvent] = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        return recorded
 
     async def set_max_page_count(self, pages: int) -> int:
         """Change the page limit of the log (a quota); returns the limit now in force."""
@@ -629,17 +638,33 @@ class SqliteEventStore:
                 _reschedule(item.task, outcome.Error(failed))
 
     def _deliver(self, batch: list[_AppendRequest], written: int) -> None:
-        """In the trio thread: count the commit, wake the tails and every appender."""
+        """In the trio thread: wake every appender with its records, keep them for
+        the tails, count the commit and wake the tails."""
+        recent = self._recent
+        for request in batch:
+            if request.error is not None:
+                _reschedule(request.task, outcome.Error(request.error))
+                continue
+            assert request.result is not None
+            seq, version = request.result
+            stream, events = request.stream, request.events
+            if len(events) == 1:
+                records = [_record((seq, stream, version, events[0]))]
+            else:
+                records = [
+                    _record((seq + i, stream, version + i, event)) for i, event in enumerate(events)
+                ]
+            _reschedule(request.task, outcome.Value(records))
+            if recent and recent[-1].seq + 1 != seq:
+                recent.clear()  # another process wrote in between: keep no gap
+            recent += records
+        if len(recent) > 2 * _RECENT_LIMIT:
+            del recent[: len(recent) - _RECENT_LIMIT]
         if written:
             self.commits += 1
             self.appended += written
             changed, self._changed = self._changed, trio.Event()
             changed.set()
-        for request in batch:
-            if request.error is None:
-                _reschedule(request.task, outcome.Value(request.result))
-            else:
-                _reschedule(request.task, outcome.Error(request.error))
 
     def _write_batch(self, batch: list[_AppendRequest]) -> int:
         """In the writer thread: one transaction for ``batch``; returns rows written."""
@@ -728,13 +753,21 @@ class SqliteEventStore:
 
         Never ends while the store is open; raises :class:`StoreClosedError`
         when it closes.  Waits for the writer's next commit, never polls.
+        Reads the file until it has caught up with the events kept in memory,
+        then takes them from there.
         """
         cursor = after_seq
         while True:
             self._check_open()
             # Arm the waiter before reading: a commit after this line sets it.
             changed = self._changed
-            batch = await self.read_all(cursor, _TAIL_BATCH)
+            recent = self._recent
+            if recent and recent[0].seq <= cursor + 1:
+                # Caught up: what follows the cursor is all in memory (a copy, as
+                # the list changes while we yield).
+                batch = recent[cursor + 1 - recent[0].seq :]
+            else:
+                batch = await self.read_all(cursor, _TAIL_BATCH)
             for recorded in batch:
                 yield recorded
                 cursor = recorded.seq

@@ -461,6 +461,63 @@ async def test_the_page_limit_is_changed_by_the_writer_between_batches(tmp_path:
 # ------------------------------------------------------------------------ tail
 
 
+async def test_a_tail_that_caught_up_reads_new_events_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Following the log costs no file read per commit once the tail has caught up."""
+    path = tmp_path / "log.sqlite"
+    reads = 0
+    select_all = sqlite_store._select_all
+
+    def counting_select_all(*args: object) -> list[RecordedEvent]:
+        nonlocal reads
+        reads += 1
+        return select_all(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_store, "_select_all", counting_select_all)
+    seen: list[RecordedEvent] = []
+    async with open_sqlite_store(path) as store:
+        await store.append("old", 0, [tick(0)])
+
+        async def follow() -> None:
+            async for recorded in store.tail():
+                seen.append(recorded)
+                if len(seen) == 101:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            await trio.testing.wait_all_tasks_blocked()
+            reads_when_caught_up = reads
+            for i in range(100):
+                await store.append("s", i, [tick(i)])
+    assert [r.seq for r in seen] == list(range(1, 102))
+    assert seen[1:] == [r for r in read_log(path) if r.stream == "s"]
+    assert reads == reads_when_caught_up  # the 100 new events came from memory
+
+
+async def test_a_tail_reads_the_file_when_another_process_wrote_in_between(
+    tmp_path: Path,
+) -> None:
+    """Events kept in memory never hide a row another writer put in the file."""
+    path = tmp_path / "log.sqlite"
+    async with open_sqlite_store(path) as store:
+        await store.append("s", 0, [tick(1)])
+        tail = store.tail()
+        assert (await anext(tail)).seq == 1
+        other = raw(path)
+        other.execute(
+            "INSERT INTO events (seq, stream, version, type, data, recorded_at)"
+            " VALUES (2, 'x', 1, 'proxy.http_activity.v1', '{\"at\":2.0,\"requests\":2}', 0)"
+        )
+        other.close()
+        await store.append("s", 1, [tick(3)])
+        with trio.fail_after(5):
+            following = [await anext(tail), await anext(tail)]
+        await tail.aclose()  # type: ignore[attr-defined]
+    assert [(r.seq, r.stream) for r in following] == [(2, "x"), (3, "s")]
+
+
 async def test_tail_sees_a_commit_that_lands_while_it_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
