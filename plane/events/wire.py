@@ -168,7 +168,7 @@ def _structure_in_detail(tag: str, data: Any) -> t.Event:
 
 def dumps(event: t.Event) -> str:
     """Compact, key-sorted JSON of the event's payload."""
-    return orjson.dumps(unstructure(event), option=orjson.OPT_SORT_KEYS).decode()
+    return encode(event)[1]
 
 
 _ENCODERS: dict[type[t.Event], tuple[str, Callable[[Any], dict[str, Any]]]] = {
