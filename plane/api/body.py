@@ -63,21 +63,11 @@ class _Key:
 
 
 @attrs.frozen
-class _ResourceLimits:
-    cpu_period: int | None = None
-    cpu_period_percent: int | None = None
-    cpu_time_limit: int | None = None
-    memory_limit_bytes: int | None = None
-    disk_limit_bytes: int | None = None
-    pids_limit: int | None = None
-
-
-@attrs.frozen
 class _Executable:
     image: str | None = None
     env: dict[str, str] | None = None
     pull_policy: str | None = None
-    resource_limits: _ResourceLimits | None = None
+    resource_limits: ResourceLimits | None = None  # already all optional: the spec type
     port: int | None = None
     command: list[str] | None = None
     cwd: str | None = None
@@ -292,7 +282,7 @@ def _check_executable(p: _Problems, exe: _Executable, at: str) -> None:
             p.add(f"{at}.env", f"invalid variable name {name[:40]!r}")
         elif "\x00" in value:
             p.add(f"{at}.env[{name!r}]", "must not contain NUL")
-    limits = exe.resource_limits or _ResourceLimits()
+    limits = exe.resource_limits or ResourceLimits()
     rl = f"{at}.resource_limits"
     p.integer(f"{rl}.cpu_period", limits.cpu_period, 1, MAX_INT64)
     p.integer(f"{rl}.cpu_period_percent", limits.cpu_period_percent, 1, 100)
@@ -326,14 +316,13 @@ def _check(body: _ConnectBody) -> None:
 
 def _spawn_config(cfg: _SpawnConfig) -> SpawnConfig:
     exe = cfg.executable
-    limits = exe.resource_limits or _ResourceLimits()
     executable = Executable(
         image=exe.image,
         command=tuple(exe.command) if exe.command is not None else None,
         cwd=exe.cwd,
         env=dict(exe.env or {}),
         pull_policy=exe.pull_policy or "IfNotPresent",
-        resource_limits=ResourceLimits(**attrs.asdict(limits)),
+        resource_limits=exe.resource_limits or ResourceLimits(),
         port=exe.port if exe.port is not None else 8080,
     )
     defaults = SpawnConfig(executable)
