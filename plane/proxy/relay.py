@@ -84,7 +84,6 @@ _view = memoryview(_buffer)
 
 SPLICE_CHUNK = 65536
 
-_wait_readable = trio.lowlevel.wait_readable
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -228,11 +227,7 @@ class ClientSession:
         failed receive)."""
         sock = self.sock
         if wait_first:
-            await _wait_readable(sock)
-            try:
-                n = sock.recv_into(_view)
-            except BlockingIOError:
-                n = await sockio.recv_into(sock, _view)
+            n = await sockio.wait_recv_into(sock, _view)
         else:
             n = await sockio.recv_into(sock, _view)
         if n == 0:
@@ -692,11 +687,7 @@ class ClientSession:
             try:
                 if wait_first:
                     wait_first = False
-                    await _wait_readable(usock)
-                    try:
-                        n = usock.recv_into(_view)
-                    except BlockingIOError:
-                        n = await sockio.recv_into(usock, _view)
+                    n = await sockio.wait_recv_into(usock, _view)
                 else:
                     n = await sockio.recv_into(usock, _view)
             except OSError:

@@ -94,6 +94,16 @@ async def recv(sock: socket.socket, size: int) -> bytes:
             continue
 
 
+async def wait_recv_into(sock: socket.socket, buffer: memoryview) -> int:
+    """Like :func:`recv_into`, but waits first (nothing is likely to have arrived)."""
+    while True:
+        await _wait_readable(sock)
+        try:
+            return sock.recv_into(buffer)
+        except BlockingIOError:
+            continue
+
+
 async def wait_recv(sock: socket.socket, size: int) -> bytes:
     """Like :func:`recv`, but waits first (the socket was just drained)."""
     while True:
