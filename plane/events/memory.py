@@ -32,7 +32,13 @@ from contextlib import asynccontextmanager
 import trio
 
 from plane.events import wire
-from plane.events.store import ConcurrencyError, RecordedEvent, StoreClosedError
+from plane.events.store import (
+    ConcurrencyError,
+    RecordedEvent,
+    StoreClosedError,
+    check_append,
+    check_limit,
+)
 from plane.events.types import Event
 
 __all__ = ["MemoryEventStore", "open_memory_store"]
@@ -55,12 +61,7 @@ class MemoryEventStore:
         """Append ``events`` atomically at ``expected_version``; returns them recorded."""
         await trio.lowlevel.checkpoint()
         self._check_open()
-        if not isinstance(stream, str) or not stream:
-            raise ValueError(f"stream must be a non-empty string, not {stream!r}")
-        if expected_version < 0:
-            raise ValueError(f"expected_version must be >= 0, not {expected_version}")
-        if not events:
-            raise ValueError("append needs at least one event")
+        check_append(stream, expected_version, events)
         copies = [_through_the_wire(event) for event in events]
         history = self._streams.get(stream, [])
         if len(history) != expected_version:
@@ -84,8 +85,7 @@ class MemoryEventStore:
 
     async def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         """Events of all streams with seq > ``after_seq``, in order, at most ``limit``."""
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, not {limit}")
+        check_limit(limit)
         await trio.lowlevel.checkpoint()
         self._check_open()
         start = max(after_seq, 0)

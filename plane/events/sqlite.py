@@ -106,6 +106,8 @@ from plane.events.store import (
     StoreClosedError,
     StoreError,
     StoreFullError,
+    check_append,
+    check_limit,
 )
 from plane.events.types import Event
 
@@ -414,20 +416,6 @@ def _select_last_seq(conn: sqlite3.Connection, path: Path) -> int:
     return int(row[0] or 0)
 
 
-def _check_append(stream: str, expected_version: int, events: Sequence[Event]) -> None:
-    if not isinstance(stream, str) or not stream:
-        raise ValueError(f"stream must be a non-empty string, not {stream!r}")
-    if expected_version < 0:
-        raise ValueError(f"expected_version must be >= 0, not {expected_version}")
-    if not events:
-        raise ValueError("append needs at least one event")
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, not {limit}")
-
-
 # ---------------------------------------------------------------- the store
 
 # Bound once: the append path runs these for every event.
@@ -525,7 +513,7 @@ class SqliteEventStore:
         if not isinstance(events, list | tuple):
             events = list(events)
         if not (stream and isinstance(stream, str) and expected_version >= 0 and events):
-            _check_append(stream, expected_version, events)
+            check_append(stream, expected_version, events)
         try:
             encoded = [_encode(event) for event in events]
         except KeyError:
@@ -735,7 +723,7 @@ class SqliteEventStore:
 
     async def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         """Events of all streams with seq > ``after_seq``, in order, at most ``limit``."""
-        _check_limit(limit)
+        check_limit(limit)
         self._check_open()
         return await trio.to_thread.run_sync(
             _select_all, self._reader, self.path, after_seq, limit, limiter=self._read_limiter

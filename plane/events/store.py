@@ -93,3 +93,19 @@ class EventStore(Protocol):
     def tail(self, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
         """Every event after ``after_seq``, then new ones as they land; never ends."""
         ...
+
+
+def check_append(stream: str, expected_version: int, events: Sequence[Event]) -> None:
+    """Refuse, with a ValueError, append arguments no store accepts."""
+    if not isinstance(stream, str) or not stream:
+        raise ValueError(f"stream must be a non-empty string, not {stream!r}")
+    if expected_version < 0:
+        raise ValueError(f"expected_version must be >= 0, not {expected_version}")
+    if not events:
+        raise ValueError("append needs at least one event")
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse, with a ValueError, a read limit no store accepts."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, not {limit}")
