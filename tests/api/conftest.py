@@ -129,24 +129,6 @@ async def api() -> AsyncIterator[Api]:
 # ------------------------------------------------------------- raw HTTP
 
 
-async def raw_exchange(port: int, data: bytes, *, limit: float = 5.0) -> bytes:
-    """Send ``data`` on a fresh connection; return everything read until the server closes."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    chunks: list[bytes] = []
-    async with stream:
-        await stream.send_all(data)
-        with trio.fail_after(limit):
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    break
-                if not chunk:
-                    break
-                chunks.append(bytes(chunk))
-    return b"".join(chunks)
-
-
 class RawClient:
     """An h11 client on one connection, for keep-alive and framing tests."""
 

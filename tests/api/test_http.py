@@ -11,7 +11,8 @@ import httpx
 import pytest
 import trio
 
-from tests.api.conftest import API_KEY, Api, open_api, open_raw, raw_exchange, spawn_body
+from tests.api.conftest import API_KEY, Api, open_api, open_raw, spawn_body
+from tests.rawsocket import raw_exchange
 
 
 def _error(body: bytes) -> dict[str, str]:

@@ -10,7 +10,8 @@ import trio_websocket
 
 from plane.events.types import Status
 from plane.testing.fake_executor import FakeExecutor
-from tests.api.conftest import API_KEY, Api, open_api, raw_exchange, sse_events
+from tests.api.conftest import API_KEY, Api, open_api, sse_events
+from tests.rawsocket import raw_exchange
 
 
 async def _status_events(

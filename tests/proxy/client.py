@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -138,25 +137,6 @@ class HttpClient:
 async def get(port: int, target: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
     async with await HttpClient.connect(port) as client:
         return await client.request("GET", target, headers)
-
-
-async def raw_exchange(port: int, data: bytes, *, limit: float = 5.0) -> bytes:
-    """Send raw bytes, return everything received until the proxy closes."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = bytearray()
-    async with stream:
-        with trio.fail_after(limit):
-            with contextlib.suppress(trio.BrokenResourceError):
-                await stream.send_all(data)
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    break
-                if not chunk:
-                    break
-                received += chunk
-    return bytes(received)
 
 
 def parse_responses(raw: bytes) -> list[Response]:

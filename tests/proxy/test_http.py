@@ -16,8 +16,9 @@ from plane.events.types import (
     TokenRevoked,
 )
 from plane.tokens import digest
+from tests.rawsocket import raw_exchange
 
-from .client import HttpClient, get, parse_responses, raw_exchange
+from .client import HttpClient, get, parse_responses
 from .conftest import Harness
 
 

@@ -11,8 +11,9 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection as WsConnection
 
 from plane.events.types import ConnectionClosed, ConnectionOpened
+from tests.rawsocket import raw_exchange
 
-from .client import parse_responses, raw_exchange
+from .client import parse_responses
 from .conftest import Harness, eventually
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
