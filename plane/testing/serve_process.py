@@ -23,6 +23,23 @@ import httpx
 BANNER = re.compile(r"^\s+(api|proxy|executor):\s+(\S+)", re.MULTILINE)
 
 
+def serve_command(data_dir: Path, *extra: str) -> list[str]:
+    """The argv of ``plane serve`` on ``data_dir`` with free loopback ports."""
+    return [
+        sys.executable,
+        "-m",
+        "plane.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        *extra,
+    ]
+
+
 class PlaneServe:
     """A ``plane serve`` child process on free loopback ports."""
 
@@ -32,21 +49,7 @@ class PlaneServe:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "plane.cli",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--api-listen",
-                "127.0.0.1:0",
-                "--proxy-listen",
-                "127.0.0.1:0",
-                "--executor",
-                executor,
-                *extra,
-            ],
+            serve_command(data_dir, "--executor", executor, *extra),
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from plane.testing.serve_process import PlaneServe
+from plane.testing.serve_process import PlaneServe, serve_command
 from replay.cli import main as replay_main
 
 BACKEND_APP = Path(__file__).parent.parent / "executors" / "backend_app.py"
@@ -163,18 +163,7 @@ def test_second_serve_on_the_same_data_dir_is_refused(data_dir: Path) -> None:
     plane = PlaneServe(data_dir, "process")
     try:
         second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "plane.cli",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--api-listen",
-                "127.0.0.1:0",
-                "--proxy-listen",
-                "127.0.0.1:0",
-            ],
+            serve_command(data_dir),
             capture_output=True,
             text=True,
             timeout=60,
