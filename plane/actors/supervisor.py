@@ -77,6 +77,7 @@ class ConnectRequest:
     backend_id: str | None = None
     user: str | None = None
     auth: str | None = None  # compact JSON, handed to the backend as x-verified-user-data
+    cluster: str | None = None  # Plane's spawn_config.cluster: must name this plane's cluster
 
 
 @attrs.frozen

@@ -11,8 +11,9 @@ onto the log's spec types (:mod:`plane.events.spec`).  The converter is
 strict where cattrs is lenient by default: a number is never accepted for a
 string (nor ``"8080"`` for a port), a string never for a list (cattrs would
 split it into characters), ``true`` never for a number.  Fields this API does
-not know are ignored, as Plane ignores them, so clients written for Plane
-(``pool``, ``use_static_token``...) keep working.
+not know are ignored, as Plane's serde ignores them.  Every field Plane
+defines is read; a non-default value this plane cannot honour is refused by
+name (``_NOT_YET_HONOURED``), never accepted and ignored.
 
 Error handling
 --------------
@@ -37,7 +38,13 @@ from cattrs.gen import make_dict_structure_fn
 
 from plane.actors.supervisor import ConnectRequest
 from plane.api.errors import ApiError
-from plane.events.spec import BackendKey, Executable, ResourceLimits, SpawnConfig
+from plane.events.spec import (
+    BackendKey,
+    Executable,
+    RegistryCredentials,
+    ResourceLimits,
+    SpawnConfig,
+)
 
 PULL_POLICIES = ("IfNotPresent", "Always", "Never")
 MAX_KEY_CHARS = 256
@@ -71,6 +78,9 @@ class _Executable:
     port: int | None = None
     command: list[str] | None = None
     cwd: str | None = None
+    credentials: RegistryCredentials | None = None
+    mount: bool | str | None = None
+    network_name: str | None = None
 
 
 @attrs.frozen
@@ -81,6 +91,10 @@ class _SpawnConfig:
     id: str | None = None
     start_timeout_seconds: float | None = None
     stop_grace_seconds: float | None = None
+    cluster: str | None = None
+    pool: str | None = None
+    use_static_token: bool | None = None
+    subdomain: str | None = None
 
 
 @attrs.frozen
@@ -168,6 +182,18 @@ def _make_converter() -> cattrs.Converter:
         result: dict[str, str] = dict_of_str(value, type_)
         return result
 
+    def strict_bool(value: object, _: type) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise _wrong("true or false", value)
+
+    def mount(value: object, _: type) -> bool | str | None:
+        if value is None or isinstance(value, bool | str):
+            return value
+        raise _wrong("true, false or a relative path", value)
+
+    conv.register_structure_hook(bool, strict_bool)
+    conv.register_structure_hook_func(lambda t: t == bool | str | None, mount)
     conv.register_structure_hook_func(lambda t: t == list[str], strict_list)
     conv.register_structure_hook_func(lambda t: t == dict[str, str], strict_dict)
 
@@ -292,6 +318,33 @@ def _check_executable(p: _Problems, exe: _Executable, at: str) -> None:
     p.integer(f"{rl}.pids_limit", limits.pids_limit, 1, MAX_INT64)
 
 
+_NOT_YET_HONOURED: dict[str, Callable[[_SpawnConfig], bool]] = {
+    "executable.credentials": lambda c: c.executable.credentials is not None,
+    "executable.mount": lambda c: c.executable.mount not in (None, False),
+    "executable.network_name": lambda c: c.executable.network_name is not None,
+    "executable.resource_limits.cpu_time_limit": lambda c: (
+        c.executable.resource_limits is not None
+        and c.executable.resource_limits.cpu_time_limit is not None
+    ),
+    "executable.resource_limits.disk_limit_bytes": lambda c: (
+        c.executable.resource_limits is not None
+        and c.executable.resource_limits.disk_limit_bytes is not None
+    ),
+    "use_static_token": lambda c: bool(c.use_static_token),
+    "subdomain": lambda c: c.subdomain is not None,
+    "pool": lambda c: bool(c.pool),
+}
+"""Plane fields this plane does not honour yet, each with the test of a non-default
+value: such a value is refused with 400 naming the field, never accepted and
+ignored.  (Defaults, as Plane's client always sends them, are accepted.)"""
+
+
+def _refuse_unhonoured(p: _Problems, cfg: _SpawnConfig) -> None:
+    for field, is_set in _NOT_YET_HONOURED.items():
+        if is_set(cfg):
+            p.add(f"$.spawn_config.{field}", "is not supported by this plane")
+
+
 def _check(body: _ConnectBody) -> None:
     p = _Problems()
     if body.key is not None:
@@ -308,6 +361,7 @@ def _check(body: _ConnectBody) -> None:
         p.seconds("$.spawn_config.start_timeout_seconds", cfg.start_timeout_seconds)
         p.seconds("$.spawn_config.stop_grace_seconds", cfg.stop_grace_seconds, zero=True)
         _check_executable(p, cfg.executable, "$.spawn_config.executable")
+        _refuse_unhonoured(p, cfg)
     p.raise_if_any()
 
 
@@ -324,6 +378,9 @@ def _spawn_config(cfg: _SpawnConfig) -> SpawnConfig:
         pull_policy=exe.pull_policy or "IfNotPresent",
         resource_limits=exe.resource_limits or ResourceLimits(),
         port=exe.port if exe.port is not None else 8080,
+        credentials=exe.credentials,
+        mount=exe.mount or False,
+        network_name=exe.network_name,
     )
     defaults = SpawnConfig(executable)
     return SpawnConfig(
@@ -340,6 +397,9 @@ def _spawn_config(cfg: _SpawnConfig) -> SpawnConfig:
             if cfg.stop_grace_seconds is not None
             else defaults.stop_grace_seconds
         ),
+        use_static_token=bool(cfg.use_static_token),
+        subdomain=cfg.subdomain,
+        pool=cfg.pool or "",
     )
 
 
@@ -362,6 +422,7 @@ def parse_connect(body: bytes) -> ConnectRequest:
         backend_id=spawn.id if spawn is not None else None,
         user=wire.user,
         auth=auth,
+        cluster=spawn.cluster if spawn is not None else None,
     )
 
 

@@ -40,6 +40,15 @@ class ResourceLimits:
 
 
 @attrs.frozen
+class RegistryCredentials:
+    """Plane's registry auth for pulling ``image``.  A secret: kept in the log
+    (recovery needs it) and redacted in every view of it."""
+
+    username: str
+    password: str
+
+
+@attrs.frozen
 class Executable:
     """What to run: a container image (Docker) or a command (local process)."""
 
@@ -50,6 +59,11 @@ class Executable:
     pull_policy: str = "IfNotPresent"
     resource_limits: ResourceLimits = attrs.field(factory=ResourceLimits)
     port: int = 8080
+    credentials: RegistryCredentials | None = None
+    mount: bool | str = False
+    """Plane's ``mount``: False (none), True (``MOUNT_BASE/<key name>``) or a
+    path relative to the mount base; mounted at ``/plane-data``."""
+    network_name: str | None = None
 
 
 @attrs.frozen
@@ -61,3 +75,7 @@ class SpawnConfig:
     lifetime_limit_seconds: float | None = None
     start_timeout_seconds: float = 120.0
     stop_grace_seconds: float = 30.0
+    use_static_token: bool = False
+    subdomain: str | None = None
+    pool: str = ""
+    """Plane's drone pool: here the engines' pool (``""`` is the default pool)."""

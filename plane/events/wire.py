@@ -86,6 +86,12 @@ def _strict_argv(value: Any, _: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _strict_mount(value: Any, _: Any) -> bool | str:
+    if type(value) is bool or type(value) is str:
+        return value
+    raise TypeError(f"expected true, false or a path, got {type(value).__name__}")
+
+
 def _make_converter(*, detailed: bool) -> cattrs.Converter:
     """A converter that never coerces: "12" is not a number and 5 is not a string."""
     made = cattrs.Converter(forbid_extra_keys=True, detailed_validation=detailed)
@@ -94,6 +100,7 @@ def _make_converter(*, detailed: bool) -> cattrs.Converter:
     made.register_structure_hook(float, _strict_float)
     made.register_structure_hook(bool, _strict_bool)
     made.register_structure_hook_func(lambda cls: cls == tuple[str, ...], _strict_argv)
+    made.register_structure_hook_func(lambda cls: cls == bool | str, _strict_mount)
     for enum_cls in (t.Status, t.TerminationReason, t.TerminationKind):
         # exact registrations: these enums are str subclasses, and must not fall
         # through to the plain-string hook

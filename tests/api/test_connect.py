@@ -64,12 +64,20 @@ async def test_connect_passes_user_and_auth_as_compact_json(api: Api) -> None:
     assert issued[0].token_hash == tokens.digest(data["token"])
 
 
-async def test_connect_ignores_unknown_fields(api: Api) -> None:
-    body = spawn_body("room", pool="", use_static_token=True)
+async def test_connect_ignores_unknown_fields_and_accepts_plane_defaults(api: Api) -> None:
+    body = spawn_body("room", pool="", use_static_token=False, subdomain=None, cluster=None)
     body["require_bearer_token"] = False
-    body["spawn_config"]["executable"]["mount"] = True
+    body["spawn_config"]["executable"].update(mount=None, network_name=None, credentials=None)
     response = await api.client.post("/ctrl/connect", json=body)
     assert response.status_code == 200
+
+
+async def test_connect_never_ignores_a_plane_field_it_cannot_honour(api: Api) -> None:
+    body = spawn_body("room")
+    body["spawn_config"]["executable"]["mount"] = 7
+    response = await api.client.post("/ctrl/connect", json=body)
+    assert response.status_code == 400
+    assert "spawn_config.executable.mount" in response.text
 
 
 async def test_connect_maps_the_spawn_config(api: Api) -> None:
