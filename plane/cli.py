@@ -83,6 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             token_lifetime_seconds=args.token_lifetime,
             log_format=args.log_format,
             terminate_on_exit=args.terminate_on_exit,
+            api_public_url=args.api_public_url,
+            cluster=args.cluster,
+            mount_base=Path(args.mount_base) if args.mount_base else None,
+            trust_forwarded_from=tuple(args.trust_forwarded_from),
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
@@ -404,6 +408,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--proxy-listen", default=_env("PROXY_LISTEN", "127.0.0.1:9090"))
     serve.add_argument(
         "--public-url", default=_env("PUBLIC_URL"), help="the proxy's base URL handed out in url"
+    )
+    serve.add_argument(
+        "--api-public-url",
+        default=_env("API_PUBLIC_URL"),
+        help="the API's base URL handed out in status_url (default: http://<api-listen>)",
+    )
+    serve.add_argument(
+        "--cluster",
+        default=_env("CLUSTER"),
+        help="Plane's cluster name HOST[:PORT] (default: the proxy's public host and port)",
+    )
+    serve.add_argument(
+        "--mount-base",
+        default=_env("MOUNT_BASE"),
+        help="directory under which Plane's spawn_config mount paths live",
+    )
+    serve.add_argument(
+        "--trust-forwarded-from",
+        action="append",
+        default=[v for v in (_env("TRUST_FORWARDED_FROM") or "").split(",") if v],
+        metavar="CIDR",
+        help="keep X-Forwarded-For from front proxies in CIDR (repeatable)",
     )
     serve.add_argument(
         "--executor",

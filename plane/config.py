@@ -45,6 +45,18 @@ class PlaneConfig:
     log_format: str = "text"
     token_lifetime_seconds: float = 3600.0
     terminate_on_exit: bool = False
+    cluster: str | None = None
+    """Plane's cluster name, ``HOST[:PORT]``: what ``spawn_config.cluster`` must
+    equal and the host that subdomains hang under (default: the proxy's public
+    host and port)."""
+    mount_base: Path | None = None
+    """The directory Plane's ``mount`` paths live under (none: ``mount`` is refused)."""
+    trust_forwarded_from: tuple[str, ...] = ()
+    """CIDRs of front proxies whose ``X-Forwarded-For`` the proxy keeps."""
+    api_key_file: Path | None = None
+    read_key_file: Path | None = None
+    insecure_no_auth: bool = False
+    retain_days: float = 30.0
 
     def __attrs_post_init__(self) -> None:
         parse_listen(self.api_listen, "--api-listen")

@@ -65,6 +65,10 @@ class BackendRequested:
     key: BackendKey
     spawn_config: SpawnConfig
     fencing_token: int
+    static_token: str | None = None
+    """Plane's static token (``s.`` prefix) when ``spawn_config.use_static_token``:
+    the same token is handed to every connect, so it is kept (a secret, redacted
+    in every view) rather than only its hash."""
 
 
 @attrs.frozen

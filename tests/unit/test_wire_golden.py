@@ -153,6 +153,7 @@ ADDED_AFTER_FIXTURE: dict[str, tuple[str, ...]] = {
         "spawn_config.use_static_token",
         "spawn_config.subdomain",
         "spawn_config.pool",
+        "static_token",
     ),
 }
 """Fields added to a tag after its fixture was written, each with a default.
@@ -275,7 +276,7 @@ def test_fields_added_after_the_fixture_round_trip_with_non_default_values() -> 
         subdomain="doc-42",
         pool="gpu",
     )
-    full = attrs.evolve(requested, spawn_config=spawn)
+    full = attrs.evolve(requested, spawn_config=spawn, static_token="s.Zm9vYmFy")
     assert non_default_fields(full, "r") == []
     text = wire.dumps(full)
     assert wire.loads("backend.requested.v1", text) == full
