@@ -46,6 +46,7 @@ import trio
 from plane.events.spec import BackendKey, Executable
 
 __all__ = [
+    "EXECUTABLE",
     "Executor",
     "ExecutorError",
     "ExitObserved",
@@ -53,6 +54,8 @@ __all__ = [
     "SpawnError",
     "StartSpec",
     "Started",
+    "refusal",
+    "refuse",
 ]
 
 
@@ -114,6 +117,27 @@ class SpawnError(ExecutorError):
     """Permanent failure of a spawn configuration; the message is for people."""
 
 
+#: The JSON path of the connect body's executable, which refusals name.
+EXECUTABLE = "$.spawn_config.executable"
+
+
+def refusal(field: str, why: str) -> str:
+    """One reason to refuse a spawn configuration, naming the field as the API's
+    400s do: ``"<why> @ $.spawn_config.executable.<field>"``."""
+    return f"{why} @ {EXECUTABLE}.{field}"
+
+
+def refuse(problems: list[str]) -> None:
+    """Raise :class:`SpawnError` listing *problems* (see :func:`refusal`), if any.
+
+    The supervisor answers a :class:`SpawnError` from ``check`` with 400
+    ``InvalidRequest`` and this message; from ``start``, the backend ends
+    ``spawnfailed`` with it.
+    """
+    if problems:
+        raise SpawnError("; ".join(problems))
+
+
 class Executor(Protocol):
     """Runs backends; see the module docstring for the contract."""
 
@@ -122,7 +146,10 @@ class Executor(Protocol):
 
     def check(self, executable: Executable) -> None:
         """Raise :class:`SpawnError` at once if this executor could never run
-        ``executable`` (e.g. no image for Docker, no command for processes).
+        ``executable`` (e.g. no image for Docker, no command for processes),
+        or cannot honour one of its fields (a limit, a mount, a network): the
+        message names each such field (see :func:`refusal`).  A field is never
+        accepted and then ignored.
 
         Pure and cheap: callers use it to refuse a request before recording it.
         """

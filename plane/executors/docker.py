@@ -25,9 +25,25 @@ What a backend container looks like
 * limits: ``memory_limit_bytes`` -> ``Memory``; ``cpu_period`` (default
   100000 us) and ``cpu_period_percent`` -> ``CpuPeriod``/``CpuQuota`` (quota =
   period * percent / 100); ``pids_limit`` -> ``PidsLimit`` (512 when not
-  given).  ``cpu_time_limit`` and ``disk_limit_bytes`` are not applied (the
-  engine has no per-container CPU-time limit, and disk quotas depend on the
-  storage driver);
+  given); ``cpu_time_limit`` (seconds) -> the ``cpu`` ulimit, soft = hard
+  (the kernel ends the process that uses that much CPU time);
+  ``disk_limit_bytes`` -> ``StorageOpt size``, only where the engine's
+  storage driver enforces it: overlay2 on xfs (mounted with ``pquota``).
+  Elsewhere (this is read once from the engine's info, see
+  :meth:`DockerExecutor.inspect_engine`) a ``disk_limit_bytes`` is refused,
+  naming the field;
+* ``mount`` (Plane's): ``True`` bind-mounts ``MOUNT_BASE/<key name>``, a
+  string ``MOUNT_BASE/<path>``, at ``/plane-data``, read-write, the directory
+  created when missing (rules and refusals in ``plane.executors.mounts``);
+  refused when the executor has no ``mount_base``;
+* ``network_name``: the container joins that Docker network (its network
+  mode) instead of the default bridge; the port is still published on
+  ``127.0.0.1`` and plane still connects there.  ``host``, ``none`` and
+  ``container:<id>`` are refused (nothing could be published); a network the
+  engine does not know fails the start with :class:`SpawnError` naming it;
+* ``credentials``: the registry username and password for the pull (sent as
+  the pull's ``X-Registry-Auth``); they are never logged nor put in an error
+  message;
 * hardening: ``privileged=False``, ``security_opt=["no-new-privileges"]``, the
   capabilities in :data:`DEFAULT_CAP_DROP` dropped (none of which an ordinary
   server, busybox httpd included, needs), and ``init=True`` so that PID 1 is
@@ -41,8 +57,9 @@ What a backend container looks like
 
 Image pull policy (``executable.pull_policy``): ``Never`` with a missing image
 raises :class:`SpawnError`; ``IfNotPresent`` pulls a missing image; ``Always``
-pulls every time.  A failed or timed-out pull raises :class:`SpawnError`
-naming the image and the engine's message.
+pulls every time (with ``executable.credentials`` when given).  A failed or
+timed-out pull raises :class:`SpawnError` naming the image and the engine's
+message.
 
 A leftover container with the backend's name (plane crashed between create
 and recording the start, or an old one was never removed): if it is not
@@ -98,6 +115,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import trio
 
 from plane.events.spec import Executable
@@ -108,7 +126,10 @@ from plane.executors.base import (
     SpawnError,
     Started,
     StartSpec,
+    refusal,
+    refuse,
 )
+from plane.executors.mounts import MOUNT_TARGET, mount_problem, mount_source
 
 __all__ = ["DEFAULT_CAP_DROP", "DEFAULT_PIDS_LIMIT", "DockerExecutor"]
 
@@ -132,6 +153,27 @@ _START_FAILURE_HINTS = (
     "no such file or directory",
     "permission denied",
 )
+#: Network modes in which no port can be published on 127.0.0.1.
+_UNPUBLISHABLE_NETWORKS = ("host", "none")
+
+
+def disk_quota_problem(info: dict[str, Any]) -> str | None:
+    """Why the engine described by *info* (``docker info``) cannot enforce
+    ``disk_limit_bytes``, or None when it can (overlay2 on xfs)."""
+    driver = str(info.get("Driver") or "unknown")
+    status = dict(
+        (str(pair[0]), str(pair[1]))
+        for pair in info.get("DriverStatus") or []
+        if isinstance(pair, list | tuple) and len(pair) == 2
+    )
+    backing = status.get("Backing Filesystem", "unknown")
+    if driver == "overlay2" and backing == "xfs":
+        return None
+    return refusal(
+        "resource_limits.disk_limit_bytes",
+        f"the Docker engine's storage driver ({driver} on {backing}) cannot limit a "
+        "container's disk size (only overlay2 on xfs with pquota can)",
+    )
 
 
 class DockerExecutor:
@@ -141,7 +183,10 @@ class DockerExecutor:
     (``"unix:///var/run/docker.sock"``); with neither, the client comes from
     the environment (``DOCKER_HOST`` etc.).  *timeout* bounds every engine
     call, *pull_timeout* every image pull.  *init* forces the use of the
-    engine's init on or off; ``None`` detects it.
+    engine's init on or off; ``None`` detects it.  *mount_base* is the
+    directory Plane's ``mount`` paths live in (without one, ``mount`` is
+    refused).  Await :meth:`inspect_engine` once before serving so that
+    :meth:`check` can refuse what the engine cannot do (``disk_limit_bytes``).
     """
 
     name = "docker"
@@ -160,7 +205,13 @@ class DockerExecutor:
         scope: str = "default",
         max_pool_size: int = 64,
         logs_dir: str | os.PathLike[str] | None = None,
+        mount_base: str | os.PathLike[str] | None = None,
     ) -> None:
+        #: where Plane's ``mount`` directories live (None: ``mount`` is refused)
+        self.mount_base = Path(mount_base) if mount_base is not None else None
+        #: why ``disk_limit_bytes`` cannot be honoured (None: it can, or not read yet)
+        self._disk_quota_problem: str | None = None
+        self._disk_quota_known = False
         #: where the output of removed containers is kept (None: not kept)
         self.logs_dir = Path(logs_dir) if logs_dir is not None else None
         self._docker: Any | None = client
@@ -287,7 +338,19 @@ class DockerExecutor:
 
     # -- images ----------------------------------------------------------------
 
-    async def _ensure_image(self, client: Any, image: str, policy: str) -> None:
+    async def _ensure_network(self, client: Any, network: str) -> None:
+        what = f"looking up network {network!r}"
+        try:
+            await self._call(client.networks.get, network, what=what)
+        except docker.errors.NotFound:
+            raise SpawnError(
+                refusal("network_name", f"the Docker engine has no network {network!r}")
+            ) from None
+        except docker.errors.APIError as exc:
+            raise self._api_error(what, exc) from exc
+
+    async def _ensure_image(self, client: Any, image: str, executable: Executable) -> None:
+        policy = executable.pull_policy
         if policy not in _PULL_POLICIES:
             raise SpawnError(
                 f"unknown pull_policy {policy!r} for image {image!r}; "
@@ -303,17 +366,30 @@ class DockerExecutor:
                 raise self._api_error(f"inspecting image {image!r}", exc) from exc
             if policy == "Never":
                 raise SpawnError(f"image {image!r} is not present and pull_policy is Never")
+        credentials = executable.credentials
+        auth = (
+            {"username": credentials.username, "password": credentials.password}
+            if credentials is not None
+            else None
+        )
+        with_credentials = " with the given credentials" if credentials is not None else ""
         try:
             await self._call(
                 client.images.pull,
                 image,
-                what=f"pulling image {image!r}",
+                auth_config=auth,
+                what=f"pulling image {image!r}{with_credentials}",
                 limit=self._pull_timeout,
                 timeout_error=SpawnError,
             )
         except docker.errors.APIError as exc:
-            explanation = getattr(exc, "explanation", None) or str(exc)
-            raise SpawnError(f"image {image!r} could not be pulled: {explanation}") from exc
+            explanation = str(getattr(exc, "explanation", None) or exc)
+            if credentials is not None and credentials.password:
+                # the engine does not echo them; be sure all the same
+                explanation = explanation.replace(credentials.password, "<redacted>")
+            raise SpawnError(
+                f"image {image!r} could not be pulled{with_credentials}: {explanation}"
+            ) from exc
 
     # -- addresses ---------------------------------------------------------------
 
@@ -341,13 +417,54 @@ class DockerExecutor:
 
     # -- the Executor protocol ---------------------------------------------------
 
+    async def inspect_engine(self) -> None:
+        """Read what the engine can do, once (its init, its storage driver), so
+        that :meth:`check` refuses what it cannot honour; ``start`` does it
+        when nobody did."""
+        client = await self._client()
+        await self._use_init(client)
+        await self._disk_quota(client)
+
+    async def _disk_quota(self, client: Any) -> str | None:
+        if not self._disk_quota_known:
+            try:
+                info = await self._call(client.info, what="reading the engine's info")
+            except docker.errors.APIError as exc:
+                raise self._api_error("reading the engine's info", exc) from exc
+            self._disk_quota_problem = disk_quota_problem(info)
+            self._disk_quota_known = True
+        return self._disk_quota_problem
+
     def check(self, executable: Executable) -> None:
-        """A container needs an image."""
+        """A container needs an image; every field given must be one this executor
+        and engine honour (see the module docstring), else each is named."""
         if not executable.image:
             raise SpawnError(
                 "this plane runs backends as Docker containers: spawn_config.executable.image "
                 "is required (run `plane serve --executor process` for local commands)"
             )
+        problems: list[str] = []
+        mount = mount_problem(self.mount_base, executable.mount)
+        if mount is not None:
+            problems.append(mount)
+        network = executable.network_name
+        if network is not None and (
+            network in _UNPUBLISHABLE_NETWORKS or network.startswith("container:") or not network
+        ):
+            problems.append(
+                refusal(
+                    "network_name",
+                    f"network {network!r} is not supported: the backend's port must be "
+                    "published on 127.0.0.1, so it needs a bridge-like network",
+                )
+            )
+        if (
+            executable.resource_limits.disk_limit_bytes is not None
+            and self._disk_quota_known
+            and self._disk_quota_problem is not None
+        ):
+            problems.append(self._disk_quota_problem)
+        refuse(problems)
 
     async def start(self, spec: StartSpec) -> Started:
         """Ensure the image, create and start the container, read back its port."""
@@ -365,9 +482,18 @@ class DockerExecutor:
         if adopted is not None:
             return adopted
 
-        await self._ensure_image(client, image, executable.pull_policy)
+        if executable.resource_limits.disk_limit_bytes is not None:
+            problem = await self._disk_quota(client)
+            if problem is not None:
+                raise SpawnError(problem)
+        if executable.network_name is not None:
+            await self._ensure_network(client, executable.network_name)
+        source = await trio.to_thread.run_sync(
+            mount_source, self.mount_base, executable.mount, spec.key.name
+        )
+        await self._ensure_image(client, image, executable)
         init = await self._use_init(client)
-        container = await self._create(client, spec, image, name, init)
+        container = await self._create(client, spec, image, name, init, source)
         try:
             await self._call(container.start, what=f"starting container {name}")
         except docker.errors.APIError as exc:
@@ -424,7 +550,9 @@ class DockerExecutor:
         await self._remove(client, name)
         return None
 
-    async def _create(self, client: Any, spec: StartSpec, image: str, name: str, init: bool) -> Any:
+    async def _create(
+        self, client: Any, spec: StartSpec, image: str, name: str, init: bool, source: Path | None
+    ) -> Any:
         executable = spec.executable
         limits = executable.resource_limits
         environment = dict(executable.env)
@@ -467,6 +595,17 @@ class DockerExecutor:
             kwargs["cpu_quota"] = max(1000, period * limits.cpu_period_percent // 100)
         elif limits.cpu_period:
             kwargs["cpu_period"] = limits.cpu_period
+        if limits.cpu_time_limit:
+            seconds = limits.cpu_time_limit
+            kwargs["ulimits"] = [docker.types.Ulimit(name="cpu", soft=seconds, hard=seconds)]
+        if limits.disk_limit_bytes:
+            kwargs["storage_opt"] = {"size": str(limits.disk_limit_bytes)}
+        if source is not None:
+            kwargs["mounts"] = [
+                docker.types.Mount(target=MOUNT_TARGET, source=str(source), type="bind")
+            ]
+        if executable.network_name is not None:
+            kwargs["network"] = executable.network_name
         what = f"creating container {name}"
         try:
             return await self._call(client.containers.create, image, what=what, **kwargs)

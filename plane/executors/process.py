@@ -40,8 +40,20 @@ group that still holds a process labelled with the backend id.  Backends are
 keep running and are adopted by the next plane.  Stdout and stderr are
 appended to ``<logs_dir>/<backend id>.log``, so logs survive a plane restart;
 :meth:`~ProcessExecutor.remove` SIGKILLs any process still labelled with the
-backend id and forgets the backend; the log file stays for ``plane logs``.  No resource limits are
-applied to processes (``executable.resource_limits`` is ignored here).
+backend id and forgets the backend; the log file stays for ``plane logs``.
+
+Limits and refusals
+-------------------
+``memory_limit_bytes`` (``RLIMIT_AS``), ``cpu_time_limit`` (``RLIMIT_CPU``) and
+``pids_limit`` (a pids cgroup, v2 or v1, where plane may write one) are
+applied to the child before it runs; ``plane.executors.proclimits`` says how.
+Everything a local process cannot honour is refused by :meth:`check` (the
+connect answers 400 naming each field): ``cpu_period``,
+``cpu_period_percent``, ``disk_limit_bytes``, ``pids_limit`` where no pids
+cgroup is writable, and the Docker engine's options: ``image``, a
+``pull_policy`` other than the default, ``credentials``, ``network_name``
+and ``mount`` (no directory is exposed to processes; they have the host's
+file system and ``cwd``).
 
 :meth:`~ProcessExecutor.serve_exits` waits on the processes this executor
 started (their exit codes are exact) and polls the liveness of adopted ones
@@ -84,7 +96,10 @@ from plane.executors.base import (
     SpawnError,
     Started,
     StartSpec,
+    refusal,
+    refuse,
 )
+from plane.executors.proclimits import ChildLimits, PidsCgroups, limit_problems
 
 __all__ = [
     "MARKER_ENV",
@@ -220,6 +235,8 @@ class ProcessExecutor:
         self._adopted: dict[str, int] = {}
         self._reported: set[str] = set()
         self._changed = trio.Event()
+        #: the backends' pids cgroups (for ``pids_limit``)
+        self.cgroups = PidsCgroups(self.scope)
 
     # -- helpers -----------------------------------------------------------
 
@@ -263,12 +280,29 @@ class ProcessExecutor:
     # -- the Executor protocol -----------------------------------------------
 
     def check(self, executable: Executable) -> None:
-        """A process needs a command."""
+        """A process needs a command; any field a local process cannot honour is
+        refused, naming it (see the module docstring)."""
         if not executable.command:
             raise SpawnError(
                 "this plane runs backends as local processes: spawn_config.executable.command "
                 "is required (run `plane serve --executor docker` for images)"
             )
+        docker_only = "is a Docker engine option; this plane runs local processes"
+        problems: list[str] = []
+        if executable.image is not None:
+            problems.append(refusal("image", docker_only))
+        if executable.pull_policy != "IfNotPresent":
+            problems.append(refusal("pull_policy", docker_only))
+        if executable.credentials is not None:
+            problems.append(refusal("credentials", docker_only))
+        if executable.network_name is not None:
+            problems.append(refusal("network_name", docker_only))
+        if executable.mount is not False:
+            problems.append(
+                refusal("mount", "local processes get no mount (they see the host's files)")
+            )
+        problems += limit_problems(executable.resource_limits, self.cgroups.problem)
+        refuse(problems)
 
     async def start(self, spec: StartSpec) -> Started:
         """Start ``spec.executable.command``; return its pid and loopback address.
@@ -310,6 +344,13 @@ class ProcessExecutor:
                 MARKER_SCOPE_ENV: self.scope,
             }
         )
+        limits = executable.resource_limits
+        cgroup_procs = None
+        if limits.pids_limit is not None:
+            cgroup_procs = await trio.to_thread.run_sync(
+                self.cgroups.prepare, backend_id, limits.pids_limit
+            )
+        child_limits = ChildLimits.of(limits, cgroup_procs)
         log_path = self.log_path(backend_id)
         try:
             self._logs_dir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +367,7 @@ class ProcessExecutor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=child_limits.apply if child_limits else None,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise SpawnError(self._spawn_failure_message(argv, cwd, exc)) from exc
@@ -333,6 +375,10 @@ class ProcessExecutor:
             if exc.errno in (errno.ENOEXEC, errno.ELOOP, errno.EISDIR, errno.ENAMETOOLONG):
                 raise SpawnError(self._spawn_failure_message(argv, cwd, exc)) from exc
             raise ExecutorError(f"could not start {argv[0]!r}: {exc}") from exc
+        except subprocess.SubprocessError as exc:  # preexec_fn failed in the child
+            raise ExecutorError(
+                f"could not apply the resource limits to {argv[0]!r} before it ran: {exc}"
+            ) from exc
         finally:
             os.close(log_fd)
         self._children[backend_id] = proc
@@ -374,6 +420,7 @@ class ProcessExecutor:
         self._child_ports.pop(backend_id, None)
         self._adopted.pop(backend_id, None)
         self._reported.discard(backend_id)
+        await trio.to_thread.run_sync(self.cgroups.remove, backend_id)
 
     async def list_running(self) -> list[Running]:
         """Every running labelled process-group leader on this host, adopted or not."""
