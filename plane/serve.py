@@ -32,7 +32,7 @@ from plane.api.app import ApiContext, serve_api
 from plane.config import ConfigError, PlaneConfig, base_url
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
-from plane.executors.base import Executor
+from plane.executors.base import Executor, ExecutorError
 from plane.metrics import Metrics
 from plane.proxy.server import ProxyContext, serve_proxy
 from plane.proxy.settings import ProxySettings
@@ -104,9 +104,16 @@ async def open_executor(config: PlaneConfig) -> Executor:
     if choice == "docker":
         from plane.executors.docker import DockerExecutor
 
-        return DockerExecutor(
-            scope=str(config.data_dir.resolve()), logs_dir=config.data_dir / "logs"
+        docker_executor = DockerExecutor(
+            scope=str(config.data_dir.resolve()),
+            logs_dir=config.data_dir / "logs",
+            mount_base=config.mount_base,
         )
+        try:
+            await docker_executor.inspect_engine()  # so connect refuses what it cannot do
+        except ExecutorError as exc:
+            log.warning("could not read what the docker engine supports (yet): %s", exc)
+        return docker_executor
     from plane.executors.process import ProcessExecutor
 
     return ProcessExecutor(config.data_dir / "logs")

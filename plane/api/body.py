@@ -319,17 +319,8 @@ def _check_executable(p: _Problems, exe: _Executable, at: str) -> None:
 
 
 _NOT_YET_HONOURED: dict[str, Callable[[_SpawnConfig], bool]] = {
-    "executable.credentials": lambda c: c.executable.credentials is not None,
-    "executable.mount": lambda c: c.executable.mount not in (None, False),
-    "executable.network_name": lambda c: c.executable.network_name is not None,
-    "executable.resource_limits.cpu_time_limit": lambda c: (
-        c.executable.resource_limits is not None
-        and c.executable.resource_limits.cpu_time_limit is not None
-    ),
-    "executable.resource_limits.disk_limit_bytes": lambda c: (
-        c.executable.resource_limits is not None
-        and c.executable.resource_limits.disk_limit_bytes is not None
-    ),
+    # The executable's fields (credentials, mount, network_name, every limit) are
+    # honoured or refused by name by the executor's check().
     "use_static_token": lambda c: bool(c.use_static_token),
     "subdomain": lambda c: c.subdomain is not None,
     "pool": lambda c: bool(c.pool),
