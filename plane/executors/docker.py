@@ -613,9 +613,12 @@ class DockerExecutor:
             raise SpawnError(f"image {image!r} is not present: {exc.explanation}") from exc
         except docker.errors.APIError as exc:
             if exc.status_code == 400:
-                raise SpawnError(
+                message = (
                     f"the engine rejected the container for image {image!r}: {exc.explanation}"
-                ) from exc
+                )
+                if limits.disk_limit_bytes and "storage" in str(exc.explanation).lower():
+                    message = refusal("resource_limits.disk_limit_bytes", message)
+                raise SpawnError(message) from exc
             raise self._api_error(what, exc) from exc
 
     async def _remove(self, client: Any, name: str) -> None:

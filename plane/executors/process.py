@@ -358,7 +358,31 @@ class ProcessExecutor:
         except OSError as exc:
             raise ExecutorError(f"cannot open log file {str(log_path)!r}: {exc}") from exc
         try:
-            proc = await trio.lowlevel.open_process(
+            proc = await self._open(argv, cwd, env, log_fd, child_limits)
+        except BaseException:
+            if cgroup_procs is not None:
+                with contextlib.suppress(ExecutorError):
+                    await trio.to_thread.run_sync(self.cgroups.remove, backend_id)
+            raise
+        finally:
+            os.close(log_fd)
+        self._children[backend_id] = proc
+        self._child_ports[backend_id] = str(port)
+        self._adopted.pop(backend_id, None)
+        self._reported.discard(backend_id)
+        self._notify_changed()
+        return Started(backend_id=backend_id, address=f"127.0.0.1:{port}", handle=str(proc.pid))
+
+    async def _open(
+        self,
+        argv: list[str],
+        cwd: str | None,
+        env: dict[str, str],
+        log_fd: int,
+        child_limits: ChildLimits,
+    ) -> trio.Process:
+        try:
+            return await trio.lowlevel.open_process(
                 argv,
                 cwd=cwd,
                 env=env,
@@ -379,14 +403,6 @@ class ProcessExecutor:
             raise ExecutorError(
                 f"could not apply the resource limits to {argv[0]!r} before it ran: {exc}"
             ) from exc
-        finally:
-            os.close(log_fd)
-        self._children[backend_id] = proc
-        self._child_ports[backend_id] = str(port)
-        self._adopted.pop(backend_id, None)
-        self._reported.discard(backend_id)
-        self._notify_changed()
-        return Started(backend_id=backend_id, address=f"127.0.0.1:{port}", handle=str(proc.pid))
 
     @staticmethod
     def _spawn_failure_message(argv: list[str], cwd: str | None, exc: OSError) -> str:
