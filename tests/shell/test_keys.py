@@ -18,16 +18,15 @@ from plane.actors import lifecycle
 from plane.actors.supervisor import HOLD_SLACK_SECONDS, ConnectRefused, ConnectRequest
 from plane.events.spec import BackendKey
 from plane.events.sqlite import open_sqlite_store
-from plane.events.store import EventStore
 from plane.events.types import (
     BackendRequested,
-    BackendTerminated,
     Status,
     TerminationKind,
     TokenIssued,
 )
 from plane.testing.fake_executor import FakeExecutor
 
+from ..keyhold import overlaps
 from .conftest import Harness, open_harness, request
 
 
@@ -52,24 +51,6 @@ class SlowKill(FakeExecutor):
             return
         await trio.sleep(self.kill_delay)
         self.exit(backend_id, 137)
-
-
-async def overlaps(store: EventStore) -> list[str]:
-    """Every point of the log (by seq) where one key had two non-terminated backends."""
-    holders: dict[tuple[str, str], set[str]] = {}
-    key_of: dict[str, tuple[str, str]] = {}
-    found = []
-    for record in await store.read_all():
-        event = record.event
-        if isinstance(event, BackendRequested):
-            key_of[record.stream] = event.key.slot()
-            held = holders.setdefault(event.key.slot(), set())
-            held.add(record.stream)
-            if len(held) > 1:
-                found.append(f"seq {record.seq}: {event.key.slot()} held by {sorted(held)}")
-        elif isinstance(event, BackendTerminated):
-            holders[key_of[record.stream]].discard(record.stream)
-    return found
 
 
 async def test_200_connects_with_a_hard_terminate_in_the_middle_only_get_live_backends(
@@ -112,7 +93,7 @@ async def test_200_connects_with_a_hard_terminate_in_the_middle_only_get_live_ba
         # some connects did arrive while the first was terminating, and waited
         assert sum(b == second.backend_id for b, _, _ in answers) > 50
         assert second.requested_at >= first.status_at
-        assert await overlaps(h.store) == []
+        assert overlaps(await h.store.read_all()) == []
 
 
 async def test_while_the_holder_terminates_each_kind_of_connect_gets_its_answer(
@@ -138,7 +119,7 @@ async def test_while_the_holder_terminates_each_kind_of_connect_gets_its_answer(
         assert nxt.spawned and nxt.backend_id != first.backend_id
         assert trio.current_time() - before == pytest.approx(4.0)
         assert h.supervisor.states[first.backend_id].status is Status.TERMINATED
-        assert await overlaps(h.store) == []
+        assert overlaps(await h.store.read_all()) == []
 
 
 async def test_a_holder_that_does_not_end_in_time_is_answered_as_plane_does(
@@ -162,7 +143,7 @@ async def test_a_holder_that_does_not_end_in_time_is_answered_as_plane_does(
         await h.wait_status(first.backend_id, Status.TERMINATED)
         fresh = await h.supervisor.connect(request("stuck"))
         assert fresh.spawned
-        assert await overlaps(h.store) == []
+        assert overlaps(await h.store.read_all()) == []
 
 
 async def test_fencing_tokens_increase_per_key_across_restarts(tmp_path: Path) -> None:
