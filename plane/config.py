@@ -12,6 +12,8 @@ from pathlib import Path
 
 import attrs
 
+from plane.cluster import ClusterNameError, parse_cluster
+
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names it."""
@@ -69,6 +71,11 @@ class PlaneConfig:
             raise ConfigError("--max-backends: must be at least 1")
         if self.token_lifetime_seconds <= 0:
             raise ConfigError("--token-lifetime: must be positive")
+        if self.cluster is not None:
+            try:
+                parse_cluster(self.cluster)
+            except ClusterNameError as exc:
+                raise ConfigError(f"--cluster: {exc}") from None
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError("--api-key: use at least 8 characters")
 

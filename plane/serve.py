@@ -29,6 +29,7 @@ import trio
 
 from plane.actors.supervisor import Supervisor
 from plane.api.app import ApiContext, serve_api
+from plane.cluster import cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
@@ -155,6 +156,9 @@ async def serve_plane(
                 )
                 bound_proxy = await nursery.start(serve_proxy, proxy_ctx, proxy_host, proxy_port)
                 proxy_url = (config.public_url or base_url(proxy_host, bound_proxy)).rstrip("/")
+                cluster = (
+                    parse_cluster(config.cluster) if config.cluster else cluster_of_url(proxy_url)
+                )
                 api_ctx = ApiContext(
                     supervisor=supervisor,
                     store=store,
@@ -163,6 +167,7 @@ async def serve_plane(
                     public_proxy_url=proxy_url,
                     public_api_url=config.api_public_url or base_url(api_host, api_port),
                     api_key=config.api_key,
+                    cluster=cluster,
                     executor_name=executor.name,
                 )
                 bound_api = await nursery.start(serve_api, api_ctx, api_host, api_port)

@@ -1,9 +1,12 @@
 """Connection tokens: minted at random, stored and looked up only as hashes.
 
 This module owns the token format: 256 random bits as 43 characters of
-base64url (Plane's format), and their SHA-256 hex digest, the only form that
-reaches the log.  Lookups go through the hash, so no comparison ever touches a
-stored secret; :func:`same` compares two secrets in constant time.
+base64url (Plane's format), and their SHA-256 hex digest, the only form of a
+connection token that reaches the log.  A *static* token (Plane's
+``use_static_token``) is ``s.`` followed by the same 256 random bits: one per
+backend, handed to every connect, so it is kept in the log itself (like a
+secret token) and redacted in every view.  Lookups go through the hash, so no
+comparison ever touches a stored secret; :func:`same` compares two secrets in constant time.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ import secrets
 def mint() -> str:
     """A new unguessable token: 32 random bytes, base64url, no padding (43 chars)."""
     return secrets.token_urlsafe(32)
+
+
+STATIC_PREFIX = "s."
+
+
+def mint_static() -> str:
+    """A new static token: ``s.`` + 32 random bytes, base64url (Plane's static token)."""
+    return STATIC_PREFIX + mint()
 
 
 def digest(token: str) -> str:

@@ -213,6 +213,7 @@ class BackendActor:
             key=state.key,
             fencing_token=state.fencing_token,
             executable=state.config.executable,
+            static_token=state.static_token,
         )
         delay = self._policy.backoff_initial
         while True:

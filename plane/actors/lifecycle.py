@@ -127,6 +127,8 @@ class BackendState:
     key: BackendKey | None = None
     spawn_config: SpawnConfig | None = None
     fencing_token: int = 0
+    static_token: str | None = attrs.field(default=None, repr=False)
+    """Plane's static token of a ``use_static_token`` backend (a secret: never in a view)."""
     requested_at: float = 0.0
     status_at: float = 0.0
     address: str | None = None
@@ -194,6 +196,7 @@ def _ev_requested(s: BackendState, e: BackendRequested) -> Changes:
         key=e.key,
         spawn_config=e.spawn_config,
         fencing_token=e.fencing_token,
+        static_token=e.static_token,
         requested_at=e.at,
     )
 

@@ -2,11 +2,22 @@
 
 This module owns the nursery of the backend actors and the routing around them:
 
-* **connect** (get-or-create by key): at most one live backend per key
-  (namespace + name).  Requests for one key are serialized by a per-key lock,
-  so any number of concurrent requests yield one backend; a request whose tag
-  differs from the live backend's is refused; a new backend gets the key's
-  next fencing token (strictly increasing per key, across restarts).
+* **connect** (get-or-create by key): a key (namespace + name) is *held* by
+  its backend until that backend is terminated, not only terminating, so two
+  backends of one key never run at once.  Requests for one key are serialized
+  by a per-key lock, so any number of concurrent requests yield one backend; a
+  request whose tag differs from the holder's is refused at once (409
+  ``KeyHeld``); one without a spawn_config gets the holder even while it
+  terminates (as Plane does); one with a spawn_config that finds the holder
+  terminating waits for the key and spawns the next backend (ours), unless the
+  holder outlives its ``stop_grace_seconds`` + 10 s, then it gets the holder.
+  Nobody is handed a terminating backend when a new one could be spawned.  A
+  new backend gets the key's next fencing token (strictly increasing per key,
+  across restarts: recovery takes the highest in the log).
+* **static tokens** (Plane's ``use_static_token``): minted once, with the
+  request (``s.`` + 256 random bits, kept in ``BackendRequested``); every
+  connect to that backend answers the same token, with no secret token and no
+  user data (a connect with ``user`` or a non-empty ``auth`` is refused).
 * **admission**: at most ``max_backends`` live backends; past that a request
   is refused at once and nothing is started.
 * **routing**: commands for a backend (terminate, tokens, connection events,
@@ -80,14 +91,32 @@ class ConnectRequest:
     cluster: str | None = None  # Plane's spawn_config.cluster: must name this plane's cluster
 
 
+HOLD_SLACK_SECONDS = 10.0
+"""How long past its ``stop_grace_seconds`` a terminating holder may take to end
+before a connect waiting for its key answers with the terminating holder."""
+
+
 @attrs.frozen
 class ConnectResult:
+    """What a connect answers.  ``token`` is the connection token, or the
+    backend's static token (then ``secret_token`` is None); ``subdomain`` is the
+    backend's own (from its spawn config, not the request's)."""
+
     backend_id: str
     spawned: bool
     status: Status
     token: str
-    secret_token: str
+    secret_token: str | None
     state: BackendState
+    subdomain: str | None = None
+
+
+@attrs.frozen
+class _Wait:
+    """A connect must wait for its key: until ``released`` is set or ``deadline``."""
+
+    released: trio.Event
+    deadline: float
 
 
 class ConnectRefused(Exception):
@@ -129,7 +158,9 @@ class Supervisor:
         self.policy = policy
         self.states: dict[str, BackendState] = {}
         self.actors: dict[str, BackendActor] = {}
-        self._live_by_slot: dict[Slot, str] = {}
+        self._live_by_slot: dict[Slot, str] = {}  # live: requested .. idle
+        self._held_by_slot: dict[Slot, str] = {}  # holds its key: not terminated
+        self._released: dict[Slot, trio.Event] = {}  # set when the key's holder ends
         self._fencing: dict[Slot, int] = {}
         self._reserved = 0
         self._locks: dict[Slot, trio.Lock] = {}
@@ -168,36 +199,55 @@ class Supervisor:
     # ---------------------------------------------------------------- connect
 
     async def connect(self, request: ConnectRequest) -> ConnectResult:
-        """Get-or-create the backend for the request's key and mint a token for it."""
+        """Get-or-create the backend for the request's key and mint a token for it.
+
+        A key is held until its backend is *terminated*.  With a spawn_config
+        (same tag), a connect that finds the holder terminating waits, outside
+        the key's lock, until the key is released and tries again, so it spawns
+        the next backend (or joins the one another connect spawned); past the
+        holder's ``stop_grace_seconds`` + :data:`HOLD_SLACK_SECONDS` it answers
+        the terminating holder, as Plane does.
+        """
         key = request.key or BackendKey(name=tokens.new_backend_id())
         slot = key.slot()
-        lock = self._locks.setdefault(slot, trio.Lock())
-        try:
-            async with lock:
-                return await self._connect_locked(request, key, slot)
-        finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._locks.pop(slot, None)
+        while True:
+            lock = self._locks.setdefault(slot, trio.Lock())
+            try:
+                async with lock:
+                    outcome = await self._connect_locked(request, key, slot)
+            finally:
+                if (
+                    not lock.locked()
+                    and lock.statistics().tasks_waiting == 0
+                    and self._locks.get(slot) is lock
+                ):
+                    del self._locks[slot]
+            if isinstance(outcome, ConnectResult):
+                return outcome
+            with trio.move_on_at(self.clock.to_trio(outcome.deadline)):
+                await outcome.released.wait()
 
     async def _connect_locked(
         self, request: ConnectRequest, key: BackendKey, slot: Slot
-    ) -> ConnectResult:
-        live_id = self._live_by_slot.get(slot)
-        if live_id is not None:
-            live = self.states[live_id]
-            assert live.key is not None
-            if live.key.tag != key.tag:
+    ) -> ConnectResult | _Wait:
+        holder_id = self._held_by_slot.get(slot)
+        if holder_id is not None:
+            holder = self.states[holder_id]
+            assert holder.key is not None
+            if holder.key.tag != key.tag:
                 raise ConnectRefused(
                     "KeyHeld",
-                    f"key {key.display()!r} is held by backend {live_id} with tag "
-                    f"{live.key.tag!r}, not {key.tag!r}",
+                    f"key {key.display()!r} is held by backend {holder_id} with tag "
+                    f"{holder.key.tag!r}, not {key.tag!r}",
                     409,
                 )
-            token, secret, issued = self._token_event(request)
-            recorded = await self.actors[live_id].ask(issued)
-            if recorded:
-                state = self.states[live_id]
-                return ConnectResult(live_id, False, _status(state), token, secret, state)
+            wait = self._wait_for_release(request, slot, holder)
+            if wait is not None:
+                return wait
+            result = await self._attach(request, holder)
+            if result is not None:
+                # the holder may have begun terminating while the token was recorded
+                return self._wait_for_release(request, slot, result.state) or result
             # it ended between the lookup and the token: fall through and spawn anew
         if request.spawn_config is None:
             raise ConnectRefused(
@@ -205,7 +255,37 @@ class Supervisor:
                 f"no live backend holds key {key.display()!r} and no spawn_config was given",
                 409,
             )
-        self._check_runnable(request.spawn_config)
+        return await self._spawn(request, key, slot, request.spawn_config)
+
+    def _wait_for_release(
+        self, request: ConnectRequest, slot: Slot, holder: BackendState
+    ) -> _Wait | None:
+        """A wait for the key when a connect with a spawn_config finds its holder
+        terminating and the holder's time to end has not run out; else None."""
+        if request.spawn_config is None or holder.status is not Status.TERMINATING:
+            return None
+        began = holder.terminating_at if holder.terminating_at is not None else holder.status_at
+        deadline = began + holder.config.stop_grace_seconds + HOLD_SLACK_SECONDS
+        if self.clock.now() >= deadline:
+            return None
+        released = self._released.setdefault(slot, trio.Event())
+        return _Wait(released, deadline)
+
+    async def _attach(self, request: ConnectRequest, holder: BackendState) -> ConnectResult | None:
+        """A token for the key's holder, or None if it ended before one was recorded."""
+        backend_id = holder.backend_id
+        if holder.static_token is not None:
+            _refuse_user_data(request, backend_id)
+            return self._result(holder, False, holder.static_token, None)
+        token, secret, issued = self._token_event(request)
+        if not await self.actors[backend_id].ask(issued):
+            return None
+        return self._result(self.states[backend_id], False, token, secret)
+
+    async def _spawn(
+        self, request: ConnectRequest, key: BackendKey, slot: Slot, spawn_config: SpawnConfig
+    ) -> ConnectResult:
+        self._check_runnable(spawn_config)
         limit = self.max_backends
         if limit is not None and self.live_count() + self._reserved >= limit:
             raise ConnectRefused(
@@ -216,15 +296,23 @@ class Supervisor:
         backend_id = request.backend_id or tokens.new_backend_id()
         if backend_id in self.states:
             raise ConnectRefused("BackendIdTaken", f"backend id {backend_id!r} is taken", 409)
+        static = None
+        if spawn_config.use_static_token:
+            _refuse_user_data(request, backend_id)
+            static = tokens.mint_static()
         self._reserved += 1
         try:
             fencing = self._fencing.get(slot, 0) + 1
             now = self.clock.now()
-            requested = BackendRequested(now, backend_id, key, request.spawn_config, fencing)
-            token, secret, issued = self._token_event(request)
+            requested = BackendRequested(now, backend_id, key, spawn_config, fencing, static)
             events = [*lifecycle.decide(lifecycle.initial, requested)]
-            state = lifecycle.fold(events)
-            events += lifecycle.decide(state, issued)
+            token: str
+            secret: str | None = None
+            if static is None:
+                token, secret, issued = self._token_event(request)
+                events += lifecycle.decide(lifecycle.fold(events), issued)
+            else:
+                token = static
             try:
                 await self.store.append(backend_id, 0, events)
             except ConcurrencyError:
@@ -237,7 +325,21 @@ class Supervisor:
             self._notify(state, events)
         finally:
             self._reserved -= 1
-        return ConnectResult(backend_id, True, _status(state), token, secret, state)
+        return self._result(state, True, token, secret)
+
+    @staticmethod
+    def _result(
+        state: BackendState, spawned: bool, token: str, secret: str | None
+    ) -> ConnectResult:
+        return ConnectResult(
+            state.backend_id,
+            spawned,
+            _status(state),
+            token,
+            secret,
+            state,
+            state.config.subdomain,
+        )
 
     def _check_runnable(self, spawn_config: SpawnConfig) -> None:
         """Refuse at once what this executor could never start."""
@@ -309,8 +411,10 @@ class Supervisor:
         )
         self.actors[state.backend_id] = actor
         self.states[state.backend_id] = state
-        if lifecycle.is_live(state) and state.key is not None:
-            self._live_by_slot[state.key.slot()] = state.backend_id
+        if state.key is not None and not lifecycle.is_terminal(state):
+            self._held_by_slot[state.key.slot()] = state.backend_id
+            if lifecycle.is_live(state):
+                self._live_by_slot[state.key.slot()] = state.backend_id
         self._nursery.start_soon(self._run_actor, actor, resume)
         return actor
 
@@ -327,6 +431,11 @@ class Supervisor:
             slot = state.key.slot()
             if self._live_by_slot.get(slot) == state.backend_id:
                 del self._live_by_slot[slot]
+            if lifecycle.is_terminal(state) and self._held_by_slot.get(slot) == state.backend_id:
+                del self._held_by_slot[slot]
+                released = self._released.pop(slot, None)
+                if released is not None:
+                    released.set()
         for observer in self.observers:
             observer(state, events)
 
@@ -436,6 +545,21 @@ class Supervisor:
             await self.store.append(SYSTEM_STREAM, self._system_version, [event])
             self._system_version += 1
             self.recovery_report["orphans"].append(orphan.backend_id)
+
+
+def _refuse_user_data(request: ConnectRequest, backend_id: str) -> None:
+    """A static token is one for everybody: no user data can be attached to it."""
+    for field, given in (("user", request.user is not None), ("auth", _has_auth(request))):
+        if given:
+            raise ConnectRefused(
+                "InvalidRequest",
+                f"a static token carries no user data (backend {backend_id}) @ $.{field}",
+                400,
+            )
+
+
+def _has_auth(request: ConnectRequest) -> bool:
+    return request.auth is not None and request.auth not in ("{}", "null")
 
 
 def _status(state: BackendState) -> Status:

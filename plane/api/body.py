@@ -38,6 +38,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from plane.actors.supervisor import ConnectRequest
 from plane.api.errors import ApiError
+from plane.cluster import subdomain_problem
 from plane.events.spec import (
     BackendKey,
     Executable,
@@ -321,8 +322,6 @@ def _check_executable(p: _Problems, exe: _Executable, at: str) -> None:
 _NOT_YET_HONOURED: dict[str, Callable[[_SpawnConfig], bool]] = {
     # The executable's fields (credentials, mount, network_name, every limit) are
     # honoured or refused by name by the executor's check().
-    "use_static_token": lambda c: bool(c.use_static_token),
-    "subdomain": lambda c: c.subdomain is not None,
     "pool": lambda c: bool(c.pool),
 }
 """Plane fields this plane does not honour yet, each with the test of a non-default
@@ -347,6 +346,8 @@ def _check(body: _ConnectBody) -> None:
     if cfg is not None:
         if cfg.id is not None and not _BACKEND_ID.fullmatch(cfg.id):
             p.add("$.spawn_config.id", f"must match {BACKEND_ID_PATTERN}")
+        if cfg.subdomain is not None and (problem := subdomain_problem(cfg.subdomain)):
+            p.add("$.spawn_config.subdomain", problem)
         p.seconds("$.spawn_config.max_idle_seconds", cfg.max_idle_seconds)
         p.seconds("$.spawn_config.lifetime_limit_seconds", cfg.lifetime_limit_seconds)
         p.seconds("$.spawn_config.start_timeout_seconds", cfg.start_timeout_seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from plane.actors.supervisor import Supervisor
+from plane.cluster import ClusterName, cluster_of_url
 from plane.events.store import EventStore
 from plane.executors.base import Executor
 from plane.metrics import Metrics
@@ -33,6 +34,9 @@ class ApiContext:
       time); ``/pub`` and ``/openapi.json`` never do.  Metrics are behind the
       key because they reveal load and activity; Prometheus sends a bearer
       token with ``authorization: {credentials: ...}``.
+    * ``cluster``: Plane's cluster name of this plane (``plane serve --cluster``);
+      None: the host and port of ``public_proxy_url`` (see :attr:`cluster_name`).
+      ``spawn_config.cluster`` must equal it; subdomains hang under its host.
     * ``max_body_bytes``: larger request bodies are refused with 413.
     * ``keepalive_seconds``: the longest silence on an SSE stream before a
       ``: keep-alive`` comment.
@@ -48,7 +52,13 @@ class ApiContext:
     public_proxy_url: str
     public_api_url: str
     api_key: str | None = None
+    cluster: ClusterName | None = None
     max_body_bytes: int = 65536
     keepalive_seconds: float = 15.0
     header_timeout_seconds: float = 10.0
     executor_name: str = attrs.field(default=attrs.Factory(_executor_name, takes_self=True))
+
+    @property
+    def cluster_name(self) -> ClusterName:
+        """The cluster name in force: ``cluster``, or the proxy's public host and port."""
+        return self.cluster if self.cluster is not None else cluster_of_url(self.public_proxy_url)

@@ -11,7 +11,7 @@ the log).
 The codes, by status:
 
 =====  ==========================================================
-400    ``InvalidJson``, ``InvalidRequest``, ``BadRequest`` (HTTP)
+400    ``InvalidJson``, ``InvalidRequest``, ``BadRequest`` (HTTP), ``InvalidClusterName``
 401    ``Unauthorized``
 404    ``NotFound`` (backend), ``NoSuchRoute``
 405    ``MethodNotAllowed`` (with an ``Allow`` header)
@@ -30,7 +30,7 @@ import json
 from typing import Any
 
 ERROR_CODES: dict[int, tuple[str, ...]] = {
-    400: ("InvalidJson", "InvalidRequest", "BadRequest"),
+    400: ("InvalidJson", "InvalidRequest", "BadRequest", "InvalidClusterName"),
     401: ("Unauthorized",),
     404: ("NotFound", "NoSuchRoute"),
     405: ("MethodNotAllowed",),

@@ -14,7 +14,7 @@ This module owns two things read from the log:
   objects ``{"seq", "stream", "version", "type", "data"}``.
 
 Event payloads shown by the API are redacted: the values of a spawn's
-``env`` and a token's ``secret_token`` are replaced by ``"<redacted>"``
+``env``, a static token and a token's ``secret_token`` are replaced by ``"<redacted>"``
 (secrets never leave through list, inspect or event endpoints; the log file
 itself keeps them for replay).
 """
@@ -44,6 +44,8 @@ def event_json(record: RecordedEvent) -> dict[str, Any]:
         exe = data.get("spawn_config", {}).get("executable", {})
         if isinstance(exe.get("env"), dict):
             exe["env"] = {name: REDACTED for name in exe["env"]}
+        if data.get("static_token"):
+            data["static_token"] = REDACTED
     elif isinstance(record.event, TokenIssued) and data.get("secret_token"):
         data["secret_token"] = REDACTED
     return {

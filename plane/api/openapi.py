@@ -180,7 +180,8 @@ def _schemas() -> dict[str, Any]:
                 "status": {"type": "string", "enum": statuses},
                 "token": {"type": "string"},
                 "url": {"type": "string"},
-                "secret_token": {"type": "string"},
+                "subdomain": _nullable({"type": "string"}),
+                "secret_token": _nullable({"type": "string"}),
                 "status_url": {"type": "string"},
             },
             [

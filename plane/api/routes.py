@@ -33,7 +33,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from plane import __version__, tokens
+from plane import __version__, cluster, tokens
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import ConnectRefused, UnknownBackend
@@ -105,19 +105,27 @@ class Endpoints:
 
     async def connect(self, request: Request, params: Params) -> Response:
         connect = body.parse_connect(request.body)
+        ours = self.ctx.cluster_name
+        subdomain = connect.spawn_config.subdomain if connect.spawn_config else None
+        refused_by_cluster = cluster.refusal(ours, connect.cluster, subdomain)
+        if refused_by_cluster is not None:
+            raise ApiError(400, *refused_by_cluster)
         try:
             result = await self.ctx.supervisor.connect(connect)
         except ConnectRefused as refused:
             raise ApiError(refused.http_status, refused.code, str(refused)) from None
-        proxy = self.ctx.public_proxy_url.rstrip("/")
         api = self.ctx.public_api_url.rstrip("/")
+        url = cluster.backend_url(
+            self.ctx.public_proxy_url, result.token, subdomain=result.subdomain, cluster=ours
+        )
         return json_response(
             {
                 "backend_id": result.backend_id,
                 "spawned": result.spawned,
                 "status": result.status.value,
                 "token": result.token,
-                "url": f"{proxy}/{result.token}/",
+                "url": url,
+                "subdomain": result.subdomain,
                 "secret_token": result.secret_token,
                 "status_url": f"{api}/pub/b/{result.backend_id}/status",
             }

@@ -67,6 +67,23 @@ class StartSpec:
     key: BackendKey
     fencing_token: int
     executable: Executable
+    static_token: str | None = attrs.field(default=None, repr=False)
+    """Plane's static token, for a ``use_static_token`` backend."""
+
+    def session_env(self) -> dict[str, str]:
+        """plane's variables for the backend (every executor sets them, after the
+        spawn's own ``env``, so they win): ``SESSION_BACKEND_ID``,
+        ``SESSION_BACKEND_KEY`` (the key's name), ``SESSION_BACKEND_FENCING_TOKEN``
+        and, for a static-token backend, ``SESSION_BACKEND_STATIC_TOKEN``.
+        ``PORT`` is the executor's to set."""
+        env = {
+            "SESSION_BACKEND_ID": self.backend_id,
+            "SESSION_BACKEND_KEY": self.key.name,
+            "SESSION_BACKEND_FENCING_TOKEN": str(self.fencing_token),
+        }
+        if self.static_token is not None:
+            env["SESSION_BACKEND_STATIC_TOKEN"] = self.static_token
+        return env
 
 
 @attrs.frozen

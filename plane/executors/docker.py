@@ -17,8 +17,9 @@ What a backend container looks like
   ``127.0.0.1:<host port>``, read back after start.  plane never connects to a
   container's bridge IP;
 * environment: ``executable.env``, then ``PORT`` (the container port),
-  ``SESSION_BACKEND_ID``, ``SESSION_BACKEND_KEY`` (the key's name) and
-  ``SESSION_BACKEND_FENCING_TOKEN``; plane's variables win over
+  ``SESSION_BACKEND_ID``, ``SESSION_BACKEND_KEY`` (the key's name),
+  ``SESSION_BACKEND_FENCING_TOKEN`` and, for a static-token backend,
+  ``SESSION_BACKEND_STATIC_TOKEN``; plane's variables win over
   ``executable.env``;
 * ``executable.command`` replaces the image's command when given;
   ``executable.cwd`` sets the working directory;
@@ -559,9 +560,7 @@ class DockerExecutor:
         environment.update(
             {
                 "PORT": str(executable.port),
-                "SESSION_BACKEND_ID": spec.backend_id,
-                "SESSION_BACKEND_KEY": spec.key.name,
-                "SESSION_BACKEND_FENCING_TOKEN": str(spec.fencing_token),
+                **spec.session_env(),
             }
         )
         kwargs: dict[str, Any] = {

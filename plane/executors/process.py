@@ -9,7 +9,8 @@ environment:
 * ``executable.env``;
 * ``PORT`` (a free loopback port, found by binding ``127.0.0.1:0`` and closing
   the socket), ``SESSION_BACKEND_ID``, ``SESSION_BACKEND_KEY`` (the key's
-  name), ``SESSION_BACKEND_FENCING_TOKEN``;
+  name), ``SESSION_BACKEND_FENCING_TOKEN``, ``SESSION_BACKEND_STATIC_TOKEN``
+  (static-token backends; see ``StartSpec.session_env``);
 * ``PLANE_BACKEND_ID``, ``PLANE_BACKEND_KEY`` (the key's display form) and
   ``PLANE_BACKEND_SCOPE`` (which plane owns it: by default the absolute path
   of the executor's logs directory), which act as the process's *label*.
@@ -336,9 +337,7 @@ class ProcessExecutor:
         env.update(
             {
                 "PORT": str(port),
-                "SESSION_BACKEND_ID": backend_id,
-                "SESSION_BACKEND_KEY": spec.key.name,
-                "SESSION_BACKEND_FENCING_TOKEN": str(spec.fencing_token),
+                **spec.session_env(),
                 MARKER_ENV: backend_id,
                 MARKER_KEY_ENV: spec.key.display(),
                 MARKER_SCOPE_ENV: self.scope,

@@ -12,7 +12,16 @@ from plane import tokens
 from plane.events.types import TokenIssued
 from tests.api.conftest import API_URL, PROXY_URL, Api, open_api, spawn_body
 
-PLANE_FIELDS = {"backend_id", "spawned", "status", "token", "url", "secret_token", "status_url"}
+PLANE_FIELDS = {
+    "backend_id",
+    "spawned",
+    "status",
+    "token",
+    "url",
+    "subdomain",
+    "secret_token",
+    "status_url",
+}
 
 
 async def test_connect_answers_with_plane_fields(api: Api) -> None:

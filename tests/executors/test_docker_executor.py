@@ -16,6 +16,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import attrs
 import docker
 import pytest
 import trio
@@ -369,3 +370,18 @@ async def test_output_is_kept_when_the_container_is_removed(
     async with contextlib.aclosing(executor.logs(bid)) as chunks:
         output = b"".join([chunk async for chunk in chunks])
     assert b"why it ended" in output
+
+
+async def test_a_static_token_backend_gets_its_token_in_the_environment(
+    executor: DockerExecutor, docker_client: Any, image: str
+) -> None:
+    bid = backend_id("static")
+    spec = attrs.evolve(make_spec(bid, image), static_token="s.static-token-value")
+    await start_ready(executor, spec)
+    env = set((await inspect(docker_client, bid))["Config"]["Env"])
+    assert "SESSION_BACKEND_STATIC_TOKEN=s.static-token-value" in env
+    assert f"SESSION_BACKEND_ID={bid}" in env
+    plain = backend_id("not-static")
+    await start_ready(executor, make_spec(plain, image))
+    env = set((await inspect(docker_client, plain))["Config"]["Env"])
+    assert not [v for v in env if v.startswith("SESSION_BACKEND_STATIC_TOKEN=")]
