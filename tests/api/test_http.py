@@ -204,6 +204,34 @@ async def test_http_1_0_is_answered_and_closed(api: Api) -> None:
 # ---------------------------------------------------------- bad peers
 
 
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",
+        b"Content-Length: 5, 6\r\n",
+    ],
+)
+async def test_conflicting_framing_is_400_and_closes(api: Api, framing: bytes) -> None:
+    """RFC 9112 §6.1: answer 400, then close; a pipelined request after it is not served."""
+    first = (
+        b"POST /ctrl/connect HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {API_KEY}\r\n".encode()
+        + framing
+        + b"\r\n0\r\n\r\n"
+    )
+    second = b"GET /pub/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = await raw_exchange(api.port, first + second)
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert data.count(b"HTTP/1.1 ") == 1  # the second request got no answer
+    assert b'"ok"' not in data
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b"connection: close" in head.lower()
+    assert _error(body)["code"] == "BadRequest"
+    assert api.supervisor.states == {}
+
+
 async def test_malformed_http_is_400_json(api: Api) -> None:
     data = await raw_exchange(api.port, b"THIS IS NOT HTTP\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400 ")
