@@ -135,7 +135,6 @@ def _bind_note(bind: str) -> str:
 
 async def _serve_until_signal(config: PlaneConfig) -> None:
     shutdown = trio.Event()
-    started = trio.Event()
     serving: Serving | None = None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -143,8 +142,9 @@ async def _serve_until_signal(config: PlaneConfig) -> None:
             async def watch_signals() -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        await started.wait()
-                        if serving is not None:
+                        if serving is None:
+                            logging.getLogger("plane").info("SIGHUP: still starting; ignored")
+                        else:
                             logging.getLogger("plane").info("SIGHUP: re-reading API key files")
                             serving.reload_keys()
                         continue
@@ -156,7 +156,6 @@ async def _serve_until_signal(config: PlaneConfig) -> None:
 
             nursery.start_soon(watch_signals)
             serving = await nursery.start(_serve, config, shutdown)
-            started.set()
             report = serving.recovered
             print(
                 f"plane {__version__} serving\n"

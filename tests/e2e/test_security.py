@@ -244,6 +244,23 @@ def test_key_files_rotate_on_sighup_and_the_read_key_only_reads(tmp_path: Path) 
         assert _status(api, KEY_B) == 200
         assert _status(api, "short") == 401
         assert plane.process.poll() is None, "SIGHUP does not stop plane serve"
+
+        # the CLI client reads a key file too; with the read key it lists but cannot stop
+        client_env = {**os.environ, "PLANE_API_KEY_FILE": str(read_file)}
+        client_env.pop("PLANE_API_KEY", None)
+        for args, code, needle in (
+            (["ls"], 0, "BACKEND"),
+            (["terminate", "nosuch"], 1, "read-only"),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "plane.cli", *args, "--api", api],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=client_env,
+            )
+            assert done.returncode == code, done.stderr
+            assert needle in done.stdout + done.stderr
     finally:
         assert plane.stop() == 0
 
