@@ -157,10 +157,13 @@ def test_serve_refuses_an_exposed_api_without_a_key(tmp_path: Path, listen: str)
     assert not (tmp_path / "data").exists(), "nothing started"
 
 
-def test_insecure_no_auth_serves_with_a_warning_and_shows_the_real_bind(tmp_path: Path) -> None:
-    plane = PlaneServe(
-        tmp_path / "data", "process", "--api-listen", "0.0.0.0:0", "--insecure-no-auth"
-    )
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_insecure_no_auth_serves_with_a_warning_and_shows_the_real_bind(
+    tmp_path: Path, how: str
+) -> None:
+    flag = ["--insecure-no-auth"] if how == "flag" else []
+    env = {"PLANE_INSECURE_NO_AUTH": "1"} if how == "env" else {}
+    plane = PlaneServe(tmp_path / "data", "process", "--api-listen", "0.0.0.0:0", *flag, env=env)
     try:
         listening = next(line for line in plane.banner if "listening:" in line)
         port = plane.urls["api"].rsplit(":", 1)[1]
