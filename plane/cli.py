@@ -5,6 +5,9 @@ environment variables), what is printed for people (tables, a progress line)
 and for scripts (``--json``), and turning every failure into one clear line on
 stderr with a non-zero exit code, never a traceback.
 
+``plane serve`` handles SIGTERM and SIGINT (stop) and SIGHUP (re-read the API
+key files: rotation without a restart).
+
 Exit codes: 0 success; 1 the API refused (404, 409, 503...); 2 usage error or
 the API is unreachable; 3 the backend ended before it was ready (``connect``).
 """
@@ -21,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import trio
@@ -29,6 +32,9 @@ import trio
 from plane import __version__
 from plane.config import ConfigError, PlaneConfig
 from plane.tables import iso, render_table
+
+if TYPE_CHECKING:
+    from plane.serve import Serving
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -79,6 +85,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             public_url=args.public_url,
             executor=args.executor,
             api_key=args.api_key,
+            api_key_file=Path(args.api_key_file) if args.api_key_file else None,
+            read_key_file=Path(args.read_key_file) if args.read_key_file else None,
+            insecure_no_auth=args.insecure_no_auth,
             max_backends=args.max_backends,
             token_lifetime_seconds=args.token_lifetime,
             log_format=args.log_format,
@@ -117,13 +126,28 @@ def _find(exc: BaseException, kinds: tuple[type[Exception], ...]) -> Exception |
     return None
 
 
+def _bind_note(bind: str) -> str:
+    host = bind.rpartition(":")[0].strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        return f"{bind} (every interface)"
+    return bind
+
+
 async def _serve_until_signal(config: PlaneConfig) -> None:
     shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    serving: Serving | None = None
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        if serving is None:
+                            logging.getLogger("plane").info("SIGHUP: still starting; ignored")
+                        else:
+                            logging.getLogger("plane").info("SIGHUP: re-reading API key files")
+                            serving.reload_keys()
+                        continue
                     logging.getLogger("plane").info(
                         "%s: shutting down", signal.Signals(signum).name
                     )
@@ -137,6 +161,9 @@ async def _serve_until_signal(config: PlaneConfig) -> None:
                 f"plane {__version__} serving\n"
                 f"  api:       {serving.api_url}   (OpenAPI: {serving.api_url}/openapi.json)\n"
                 f"  proxy:     {serving.proxy_url}\n"
+                f"  listening: api on {_bind_note(serving.api_bind)}, "
+                f"proxy on {_bind_note(serving.proxy_bind)}\n"
+                f"  api auth:  {serving.auth}\n"
                 f"  executor:  {serving.executor}\n"
                 f"  event log: {serving.log_path}\n"
                 f"  recovered: {len(report['adopted'])} adopted, {len(report['lost'])} lost, "
@@ -214,7 +241,15 @@ class Api:
 
 
 def _api(args: argparse.Namespace) -> Api:
-    return Api(args.api, args.api_key)
+    key = args.api_key
+    if key is None and args.api_key_file:
+        from plane.api.keys import read_key_file
+
+        try:
+            key = read_key_file(Path(args.api_key_file), "--api-key-file")
+        except ConfigError as exc:
+            raise CliError(str(exc), 2) from None
+    return Api(args.api, key)
 
 
 def _print_json(value: Any) -> None:
@@ -436,7 +471,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("EXECUTOR", "auto"),
         help="docker, process, or auto (Docker if an engine answers, else local processes)",
     )
-    serve.add_argument("--api-key", default=_env("API_KEY"), help="require Bearer KEY on /ctrl")
+    serve.add_argument(
+        "--api-key",
+        default=_env("API_KEY"),
+        help="require Bearer KEY on /ctrl and /metrics (visible in ps: prefer --api-key-file)",
+    )
+    serve.add_argument(
+        "--api-key-file",
+        default=_env("API_KEY_FILE"),
+        metavar="PATH",
+        help="read the API key from PATH (re-read on SIGHUP, so a key can be rotated)",
+    )
+    serve.add_argument(
+        "--read-key-file",
+        default=_env("READ_KEY_FILE"),
+        metavar="PATH",
+        help="a read-only API key in PATH: GETs and streams only (re-read on SIGHUP)",
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=_env("INSECURE_NO_AUTH") in ("1", "true"),
+        help="serve the API on a non-loopback address without a key anyway",
+    )
     serve.add_argument(
         "--max-backends", type=int, default=_env("MAX_BACKENDS"), help="live backends cap"
     )
@@ -458,7 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     def client(name: str, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("--api", default=_env("API", DEFAULT_API), help="the plane API's URL")
-        p.add_argument("--api-key", default=_env("API_KEY"))
+        p.add_argument("--api-key", default=_env("API_KEY"), help="visible in ps")
+        p.add_argument(
+            "--api-key-file", default=_env("API_KEY_FILE"), metavar="PATH", help="the key in PATH"
+        )
         p.add_argument("--json", action="store_true", help="JSON for scripts")
         return p
 

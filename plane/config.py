@@ -8,6 +8,7 @@ is also read from an environment variable ``PLANE_<NAME>`` (see
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import attrs
@@ -17,6 +18,18 @@ from plane.cluster import ClusterNameError, parse_cluster
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names it."""
+
+
+MIN_KEY_LENGTH = 8
+
+
+def check_key(key: str, option: str) -> str:
+    """``key`` if usable as a bearer credential, else :class:`ConfigError` naming ``option``."""
+    if len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(f"{option}: use at least {MIN_KEY_LENGTH} characters")
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise ConfigError(f"{option}: a key is printable ASCII without spaces")
+    return key
 
 
 def parse_listen(value: str, option: str) -> tuple[str, int]:
@@ -56,8 +69,12 @@ class PlaneConfig:
     trust_forwarded_from: tuple[str, ...] = ()
     """CIDRs of front proxies whose ``X-Forwarded-For`` the proxy keeps."""
     api_key_file: Path | None = None
+    """A file holding the full API key, re-read on SIGHUP (unlike ``api_key``, it
+    does not show in ``ps``)."""
     read_key_file: Path | None = None
+    """A file holding a read-only API key (GETs and streams), re-read on SIGHUP."""
     insecure_no_auth: bool = False
+    """Serve the API on a non-loopback address without a key (refused otherwise)."""
     retain_days: float = 30.0
 
     def __attrs_post_init__(self) -> None:
@@ -76,8 +93,33 @@ class PlaneConfig:
                 parse_cluster(self.cluster)
             except ClusterNameError as exc:
                 raise ConfigError(f"--cluster: {exc}") from None
-        if self.api_key is not None and len(self.api_key) < 8:
-            raise ConfigError("--api-key: use at least 8 characters")
+        if self.api_key is not None:
+            check_key(self.api_key, "--api-key")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ConfigError("--api-key and --api-key-file: give one, not both")
+        if self.read_key_file is not None and not self.has_api_key:
+            raise ConfigError(
+                "--read-key-file needs a full key (--api-key-file or --api-key): "
+                "without one the API is open to everyone anyway"
+            )
+        host, _ = self.api_address
+        if not self.has_api_key and not self.insecure_no_auth and not is_loopback(host):
+            raise ConfigError(
+                f"--api-listen {self.api_listen}: the API would be reachable from other "
+                "machines without an API key, and whoever reaches it can start backends. "
+                "Set a key with --api-key-file PATH (a file holding the key; "
+                "env PLANE_API_KEY_FILE) or PLANE_API_KEY, listen on 127.0.0.1, or pass "
+                "--insecure-no-auth to serve without a key anyway"
+            )
+
+    @property
+    def has_api_key(self) -> bool:
+        return self.api_key is not None or self.api_key_file is not None
+
+    @property
+    def exposed_without_auth(self) -> bool:
+        """The API listens beyond loopback with no key (only with ``insecure_no_auth``)."""
+        return not self.has_api_key and not is_loopback(self.api_address[0])
 
     @property
     def api_address(self) -> tuple[str, int]:
@@ -90,6 +132,24 @@ class PlaneConfig:
     @property
     def log_path(self) -> Path:
         return self.data_dir / "events.db"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an address or ``localhost``) is reachable only from this machine.
+
+    A name other than ``localhost`` counts as not loopback: it may resolve anywhere.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def base_url(host: str, port: int) -> str:

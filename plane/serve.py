@@ -6,6 +6,16 @@ data directory (an exclusive lock on ``DATA_DIR/plane.lock``), choosing the
 executor (``auto``: Docker when an engine answers, else local processes), and
 the order of start and stop.
 
+Exposure and privacy
+--------------------
+:class:`~plane.config.PlaneConfig` has refused an API on a non-loopback
+address without a key unless ``insecure_no_auth`` (then a warning is logged
+and the banner says so).  The API keys are loaded here (key files are read
+before anything starts; :attr:`Serving.reload_keys` re-reads them).  While
+serving, the umask is ``077`` and the data directory is made owner-only at
+start (:mod:`plane.permissions`), so the log, its ``-wal``/``-shm``, backend
+logs and any other file under the data directory are ``0600``.
+
 Resource handling
 -----------------
 :func:`serve_plane` runs until cancelled.  On cancellation (SIGTERM, Ctrl-C)
@@ -20,7 +30,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
@@ -29,12 +39,14 @@ import trio
 
 from plane.actors.supervisor import Supervisor
 from plane.api.app import ApiContext, serve_api
+from plane.api.keys import ApiKeys, file_is_shared
 from plane.cluster import cluster_of_url, parse_cluster
-from plane.config import ConfigError, PlaneConfig, base_url
+from plane.config import ConfigError, PlaneConfig, base_url, host_port
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
 from plane.executors.base import Executor, ExecutorError
 from plane.metrics import Metrics
+from plane.permissions import make_private, private_umask
 from plane.proxy.server import ProxyContext, serve_proxy
 from plane.proxy.settings import ProxySettings
 
@@ -47,19 +59,41 @@ class AlreadyServing(RuntimeError):
 
 @attrs.frozen
 class Serving:
-    """What :func:`serve_plane` reports once it listens."""
+    """What :func:`serve_plane` reports once it listens.
+
+    ``api_url`` and ``proxy_url`` are the URLs handed to clients; ``api_bind``
+    and ``proxy_bind`` the addresses really bound (``0.0.0.0:8080``: every
+    interface).  ``auth`` says in a few words what the API asks for.
+    ``reload_keys`` re-reads the API key files (``plane serve`` calls it on
+    SIGHUP); a file that cannot be used is logged and the keys in use stay.
+    """
 
     api_url: str
     proxy_url: str
     executor: str
     log_path: str
     recovered: dict[str, list[str]]
+    api_bind: str = ""
+    proxy_bind: str = ""
+    auth: str = ""
+    reload_keys: Callable[[], None] = attrs.field(default=lambda: None, eq=False)
 
 
 @contextmanager
 def hold_data_dir(config: PlaneConfig) -> Iterator[None]:
-    """Create the data directory and hold its lock; :class:`AlreadyServing` if taken."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    """Create the data directory (owner-only) and hold its lock; :class:`AlreadyServing`
+    if taken.  Whatever in an existing directory other users could read is made
+    owner-only, and the log says so."""
+    changed = make_private(config.data_dir)
+    if changed:
+        shown = "; ".join(changed[:10]) + (
+            f"; and {len(changed) - 10} more" if len(changed) > 10 else ""
+        )
+        log.warning(
+            "the data directory was readable by other users; made %d path(s) owner-only: %s",
+            len(changed),
+            shown,
+        )
     path = config.data_dir / "plane.lock"
     handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held for the whole serve
     try:
@@ -120,6 +154,16 @@ async def open_executor(config: PlaneConfig) -> Executor:
     return ProcessExecutor(config.data_dir / "logs")
 
 
+def _auth_summary(config: PlaneConfig, keys: ApiKeys) -> str:
+    if keys.full is None:
+        if config.exposed_without_auth:
+            return "NONE (--insecure-no-auth): anyone who reaches the API controls plane"
+        return "none (loopback only)"
+    source = f"key file {keys.full_file}" if keys.full_file else "API key"
+    read = f" + read-only key file {keys.read_file}" if keys.read_file else ""
+    return f"{source}{read}; SIGHUP re-reads key files"
+
+
 async def serve_plane(
     config: PlaneConfig,
     *,
@@ -128,9 +172,34 @@ async def serve_plane(
 ) -> None:
     """Run everything until ``shutdown`` is set (or until cancelled).
 
-    Reports :class:`Serving` once both listeners are bound.
+    Reports :class:`Serving` once both listeners are bound.  While it runs the
+    process umask is ``077`` (:mod:`plane.permissions`).
     """
-    with hold_data_dir(config):
+    keys = ApiKeys.load(
+        key=config.api_key, key_file=config.api_key_file, read_key_file=config.read_key_file
+    )
+    for path in keys.files:
+        if file_is_shared(path):
+            log.warning("%s is readable by other users; chmod 600 it", path)
+    if config.exposed_without_auth:
+        log.warning(
+            "INSECURE: the API listens on %s without an API key (--insecure-no-auth): "
+            "anyone who reaches it can start backends",
+            config.api_listen,
+        )
+
+    def reload_keys() -> None:
+        if not keys.files:
+            log.info("no API key file to re-read (--api-key-file, --read-key-file)")
+            return
+        try:
+            keys.reload()
+        except ConfigError as exc:
+            log.error("API keys not re-read: %s; the keys in use are unchanged", exc)
+            return
+        log.info("API keys re-read from %s", ", ".join(str(p) for p in keys.files))
+
+    with private_umask(), hold_data_dir(config):
         executor = await open_executor(config)
         metrics = Metrics()
         async with open_sqlite_store(config.log_path) as store:
@@ -166,7 +235,7 @@ async def serve_plane(
                     metrics=metrics,
                     public_proxy_url=proxy_url,
                     public_api_url=config.api_public_url or base_url(api_host, api_port),
-                    api_key=config.api_key,
+                    keys=keys,
                     cluster=cluster,
                     executor_name=executor.name,
                 )
@@ -180,6 +249,10 @@ async def serve_plane(
                         executor.name,
                         str(config.log_path),
                         supervisor.recovery_report,
+                        api_bind=host_port(api_host, bound_api),
+                        proxy_bind=host_port(proxy_host, bound_proxy),
+                        auth=_auth_summary(config, keys),
+                        reload_keys=reload_keys,
                     )
                 )
                 await (shutdown if shutdown is not None else trio.Event()).wait()

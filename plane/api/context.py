@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from plane.actors.supervisor import Supervisor
+from plane.api.keys import ApiKeys
 from plane.cluster import ClusterName, cluster_of_url
 from plane.events.store import EventStore
 from plane.executors.base import Executor
@@ -29,11 +30,14 @@ class ApiContext:
       answer's ``url`` is ``<public_proxy_url>/<token>/``.
     * ``public_api_url``: this API's base URL as clients reach it; ``status_url``
       is ``<public_api_url>/pub/b/<id>/status``.
-    * ``api_key``: when set (not None, not empty), every ``/ctrl`` path and
-      ``/metrics`` need ``Authorization: Bearer <api_key>`` (compared in constant
-      time); ``/pub`` and ``/openapi.json`` never do.  Metrics are behind the
-      key because they reveal load and activity; Prometheus sends a bearer
-      token with ``authorization: {credentials: ...}``.
+    * ``keys``: the API keys (:class:`~plane.api.keys.ApiKeys`).  When a full
+      key is set, every ``/ctrl`` path and ``/metrics`` need
+      ``Authorization: Bearer <key>``; the read-only key allows their GETs
+      (reads, streams, the WebSocket feed) and nothing else; ``/pub`` and
+      ``/openapi.json`` never need a key.  Metrics are behind the key because
+      they reveal load and activity; Prometheus sends a bearer token with
+      ``authorization: {credentials: ...}``.  The object is shared: reloading it
+      (SIGHUP) changes the keys of the running API.
     * ``cluster``: Plane's cluster name of this plane (``plane serve --cluster``);
       None: the host and port of ``public_proxy_url`` (see :attr:`cluster_name`).
       ``spawn_config.cluster`` must equal it; subdomains hang under its host.
@@ -51,7 +55,7 @@ class ApiContext:
     metrics: Metrics
     public_proxy_url: str
     public_api_url: str
-    api_key: str | None = None
+    keys: ApiKeys = attrs.Factory(ApiKeys)
     cluster: ClusterName | None = None
     max_body_bytes: int = 65536
     keepalive_seconds: float = 15.0

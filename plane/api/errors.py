@@ -13,6 +13,7 @@ The codes, by status:
 =====  ==========================================================
 400    ``InvalidJson``, ``InvalidRequest``, ``BadRequest`` (HTTP), ``InvalidClusterName``
 401    ``Unauthorized``
+403    ``ReadOnlyKey`` (the read-only key on a request that changes state)
 404    ``NotFound`` (backend), ``NoSuchRoute``
 405    ``MethodNotAllowed`` (with an ``Allow`` header)
 408    ``RequestTimeout``
@@ -32,6 +33,7 @@ from typing import Any
 ERROR_CODES: dict[int, tuple[str, ...]] = {
     400: ("InvalidJson", "InvalidRequest", "BadRequest", "InvalidClusterName"),
     401: ("Unauthorized",),
+    403: ("ReadOnlyKey",),
     404: ("NotFound", "NoSuchRoute"),
     405: ("MethodNotAllowed",),
     408: ("RequestTimeout",),

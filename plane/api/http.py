@@ -28,7 +28,10 @@ reads the answer instead of a reset.
 Error handling
 --------------
 The peer's faults are answered, never raised: malformed HTTP -> 400
-``BadRequest`` (431 ``HeadersTooLarge`` for an oversized head), a head or body
+``BadRequest`` (431 ``HeadersTooLarge`` for an oversized head), conflicting
+framing (``Content-Length`` with ``Transfer-Encoding``, or two different
+``Content-Length`` values) -> 400 ``BadRequest`` and the connection closes
+without serving a pipelined request after it (RFC 9112 §6.1), a head or body
 that does not arrive within ``header_timeout`` -> 408 ``RequestTimeout``, a
 body over ``max_body_bytes`` -> 413 ``PayloadTooLarge``; each closes the
 connection.  A broken socket ends the connection quietly.  The handler is
@@ -287,6 +290,16 @@ class _Connection:
                 size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
                 if size > self.config.max_header_bytes:
                     await self._answer_and_close(431, "HeadersTooLarge", "request head too large")
+                    return None
+                names = {name for name, _ in event.headers}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    # h11 would frame by Transfer-Encoding alone; RFC 9112 §6.1 lets us
+                    # refuse, and says to close either way (a request-smuggling vector)
+                    await self._answer_and_close(
+                        400,
+                        "BadRequest",
+                        "conflicting framing: both Content-Length and Transfer-Encoding",
+                    )
                     return None
                 return event
             return None  # ConnectionClosed

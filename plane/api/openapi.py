@@ -313,6 +313,7 @@ _ERROR_TEXT = {
     400: "Malformed JSON, a field of the wrong type or out of range (the message "
     "names the field), or a bad query parameter.",
     401: "Missing or wrong `Authorization: Bearer <key>` (only when an API key is set).",
+    403: "`ReadOnlyKey`: the read-only key allows GET only; this request changes state.",
     404: "No such backend (`NotFound`).",
     409: "`KeyHeld` (a live backend holds the key with another tag), "
     "`KeyUnheldNoSpawnConfig` or `BackendIdTaken`.",
@@ -392,7 +393,7 @@ def document() -> dict[str, Any]:
                 "post": _op(
                     "Get or create the backend for a key, and mint a connection token",
                     {"200": _json("The backend and a fresh token.", "ConnectResponse")},
-                    errors=(400, 409, 413, 503),
+                    errors=(400, 403, 409, 413, 503),
                     body={
                         "required": True,
                         "content": {JSON: {"schema": _ref("ConnectRequest")}},
@@ -404,7 +405,7 @@ def document() -> dict[str, Any]:
                 "post": _op(
                     "Stop a backend: stop signal, grace period, then kill",
                     terminate,
-                    errors=(404,),
+                    errors=(403, 404),
                     parameters=[BACKEND_ID],
                     operation_id="softTerminate",
                 )
@@ -413,7 +414,7 @@ def document() -> dict[str, Any]:
                 "post": _op(
                     "Kill a backend now",
                     terminate,
-                    errors=(404,),
+                    errors=(403, 404),
                     parameters=[BACKEND_ID],
                     operation_id="hardTerminate",
                 )
@@ -422,7 +423,7 @@ def document() -> dict[str, Any]:
                 "post": _op(
                     "Revoke one connection token (by value) or, with no token, all of them",
                     {"200": _json("What was revoked, and the status.", "RevokeResponse")},
-                    errors=(400, 404, 413),
+                    errors=(400, 403, 404, 413),
                     parameters=[BACKEND_ID],
                     body={
                         "required": False,

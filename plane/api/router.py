@@ -10,8 +10,10 @@ status (``unmatched`` for paths no route knows).
 
 Order of checks: a protected path without the right key is 401 before
 anything else (so an unauthenticated caller learns nothing about which
-routes exist), then 404 ``NoSuchRoute`` for an unknown path, then 405
-``MethodNotAllowed`` (with ``Allow``) for a known path and a wrong method.
+routes exist); with the read-only key, a method other than GET is 403
+``ReadOnlyKey`` (whatever the path: it changes state or does not exist);
+then 404 ``NoSuchRoute`` for an unknown path, then 405 ``MethodNotAllowed``
+(with ``Allow``) for a known path and a wrong method.
 
 Error handling
 --------------
@@ -32,6 +34,7 @@ import attrs
 
 from plane.api.errors import ApiError, error_json
 from plane.api.http import Request, Response
+from plane.api.keys import Access
 from plane.events.store import StoreError
 
 log = logging.getLogger("plane.api")
@@ -39,6 +42,7 @@ log = logging.getLogger("plane.api")
 Params = dict[str, str]
 RouteHandler = Callable[[Request, Params], Awaitable[Response]]
 JSON_TYPE = "application/json"
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 def json_response(
@@ -86,12 +90,12 @@ class Router:
         routes: list[Route],
         *,
         is_protected: Callable[[str], bool],
-        is_authorized: Callable[[Request], bool],
+        access: Callable[[Request], Access],
         observe: Callable[[str, int], None],
     ) -> None:
         self.routes = routes
         self.is_protected = is_protected
-        self.is_authorized = is_authorized
+        self.access = access
         self.observe = observe
 
     async def __call__(self, request: Request) -> Response:
@@ -112,13 +116,23 @@ class Router:
         protected = self.is_protected("/".join(segments)) or any(
             self.is_protected(route.pattern) for route, _ in found
         )
-        if protected and not self.is_authorized(request):
+        access = self.access(request) if protected else Access.FULL
+        if access is Access.NONE:
             return label, error_response(
                 ApiError(
                     401,
                     "Unauthorized",
                     "missing or wrong API key (send Authorization: Bearer <key>)",
                     [("www-authenticate", "Bearer")],
+                )
+            )
+        if access is Access.READ and request.method not in READ_METHODS:
+            return label, error_response(
+                ApiError(
+                    403,
+                    "ReadOnlyKey",
+                    f"the read-only API key allows GET (reads and streams) only; "
+                    f"{request.method} changes state and needs the full API key",
                 )
             )
         if not found:

@@ -41,6 +41,7 @@ from plane.api import body, feeds, sse
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
 from plane.api.http import Request, Response, Send
+from plane.api.keys import Access
 from plane.api.openapi import document
 from plane.api.router import Params, Route, Router, json_response
 from plane.events.types import Status, TerminationKind
@@ -355,16 +356,11 @@ def build_router(ctx: ApiContext) -> Router:
         Route("GET", "/metrics", e.metrics),
         Route("GET", "/openapi.json", e.openapi),
     ]
-    api_key = ctx.api_key
 
-    def authorized(request: Request) -> bool:
-        if not api_key:  # None or "": no key configured, /ctrl is open
-            return True
-        given = request.header("authorization") or ""
-        scheme, _, credential = given.partition(" ")
-        return scheme.lower() == "bearer" and tokens.same(credential.strip(), api_key)
+    def access(request: Request) -> Access:
+        return ctx.keys.access(request.header("authorization"))
 
     def observe(route: str, status: int) -> None:
         ctx.metrics.api_requests.labels(route, str(status)).inc()
 
-    return Router(routes, is_protected=_protected, is_authorized=authorized, observe=observe)
+    return Router(routes, is_protected=_protected, access=access, observe=observe)

@@ -101,6 +101,7 @@ from plane.executors.base import (
     refuse,
 )
 from plane.executors.proclimits import ChildLimits, PidsCgroups, limit_problems
+from plane.permissions import child_umask
 
 __all__ = [
     "MARKER_ENV",
@@ -353,7 +354,7 @@ class ProcessExecutor:
         log_path = self.log_path(backend_id)
         try:
             self._logs_dir.mkdir(parents=True, exist_ok=True)
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
             raise ExecutorError(f"cannot open log file {str(log_path)!r}: {exc}") from exc
         try:
@@ -391,6 +392,7 @@ class ProcessExecutor:
                 start_new_session=True,
                 close_fds=True,
                 preexec_fn=child_limits.apply if child_limits else None,
+                umask=child_umask(),  # the operator's, not plane serve's private 077
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise SpawnError(self._spawn_failure_message(argv, cwd, exc)) from exc

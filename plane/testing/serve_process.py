@@ -43,17 +43,28 @@ def serve_command(data_dir: Path, *extra: str) -> list[str]:
 class PlaneServe:
     """A ``plane serve`` child process on free loopback ports."""
 
-    def __init__(self, data_dir: Path, executor: str, *extra: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        executor: str,
+        *extra: str,
+        umask: int = -1,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``umask`` (default: this process's) and ``env`` (added to this process's
+        environment) are the child's."""
         self.data_dir = data_dir
         self.log_path = data_dir / "serve.log"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._log = open(fd, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             serve_command(data_dir, "--executor", executor, *extra),
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            umask=umask,
         )
         self.urls = self._read_banner()
         self.api = httpx.Client(base_url=self.urls["api"], timeout=30)
@@ -61,11 +72,13 @@ class PlaneServe:
     def _read_banner(self, timeout: float = 60) -> dict[str, str]:
         assert self.process.stdout is not None
         found: dict[str, str] = {}
+        self.banner: list[str] = []
         deadline = time.monotonic() + timeout
         while len(found) < 3:
             line = self.process.stdout.readline()
             if not line:
                 raise RuntimeError(f"plane serve exited early: {self.log_path.read_text()}")
+            self.banner.append(line.rstrip("\n"))
             match = BANNER.match(line)
             if match:
                 found[match.group(1)] = match.group(2)

@@ -19,6 +19,7 @@ from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import Supervisor
 from plane.api.app import ApiContext, serve_api
+from plane.api.keys import ApiKeys
 from plane.events.memory import open_memory_store
 from plane.events.store import EventStore
 from plane.events.types import Status
@@ -104,7 +105,7 @@ async def open_api(
             metrics=metrics,
             public_proxy_url=PROXY_URL,
             public_api_url=API_URL + "/",
-            api_key=api_key,
+            keys=ApiKeys(full=api_key),
             max_body_bytes=max_body_bytes,
             keepalive_seconds=keepalive_seconds,
             header_timeout_seconds=header_timeout_seconds,

@@ -10,7 +10,9 @@ import h11
 import httpx
 import pytest
 import trio
+import trio_websocket
 
+from plane.events.types import Status
 from tests.api.conftest import API_KEY, Api, open_api, open_raw, spawn_body
 from tests.rawsocket import raw_exchange
 
@@ -66,6 +68,83 @@ async def test_without_a_key_configured_ctrl_is_open() -> None:
         response = await api.client.get("/ctrl/status")
         assert response.status_code == 200
         assert (await api.client.get("/metrics")).status_code == 200
+
+
+READ_KEY = "read-only-key-0123456789"
+
+
+@pytest.fixture
+async def read_api() -> AsyncIterator[Api]:
+    """The API with a full key and a read-only key."""
+    async with open_api() as harness:
+        harness.ctx.keys.read = READ_KEY
+        yield harness
+
+
+async def test_read_key_allows_gets_and_streams(read_api: Api) -> None:
+    api = read_api
+    backend_id = (await api.connect("r"))["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    auth = {"authorization": f"Bearer {READ_KEY}"}
+    async with httpx.AsyncClient(base_url=api.base_url, headers=auth, timeout=10) as reader:
+        for path in [
+            "/ctrl/status",
+            "/ctrl/backends",
+            f"/ctrl/b/{backend_id}",
+            f"/ctrl/b/{backend_id}/events",
+            "/ctrl/events?follow=0",
+            f"/ctrl/b/{backend_id}/logs",
+            "/metrics",
+            f"/pub/b/{backend_id}/status",
+        ]:
+            response = await reader.get(path)
+            assert response.status_code == 200, (path, response.text)
+        with trio.fail_after(5):
+            async with reader.stream("GET", f"/pub/b/{backend_id}/status-stream") as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:"):
+                        assert json.loads(line[5:])["status"] == "requested"
+                        break
+    url = f"ws://127.0.0.1:{api.port}/ctrl/events?after=0"
+    with trio.fail_after(5):
+        async with trio_websocket.open_websocket_url(
+            url, extra_headers=[(b"authorization", f"Bearer {READ_KEY}".encode())]
+        ) as ws:
+            assert json.loads(await ws.get_message())["seq"] == 1
+
+
+async def test_read_key_changes_nothing(read_api: Api) -> None:
+    api = read_api
+    backend_id = (await api.connect("r"))["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    before = await api.store.last_seq()
+    auth = {"authorization": f"Bearer {READ_KEY}"}
+    async with httpx.AsyncClient(base_url=api.base_url, headers=auth, timeout=10) as reader:
+        for method, path, body in [
+            ("POST", "/ctrl/connect", spawn_body("other")),
+            ("POST", "/ctrl/connect", spawn_body("r")),
+            ("POST", f"/ctrl/b/{backend_id}/soft-terminate", None),
+            ("POST", f"/ctrl/b/{backend_id}/hard-terminate", None),
+            ("POST", f"/ctrl/b/{backend_id}/revoke", {}),
+            ("DELETE", f"/ctrl/b/{backend_id}", None),
+            ("PUT", "/ctrl/nonexistent", None),
+        ]:
+            response = await reader.request(method, path, json=body)
+            assert response.status_code == 403, (method, path)
+            error = _error(response.content)
+            assert error["code"] == "ReadOnlyKey"
+            assert "read-only" in error["message"]
+    assert await api.store.last_seq() == before
+    assert api.supervisor.states[backend_id].status is Status.READY
+    assert len(api.supervisor.states) == 1
+
+
+async def test_a_wrong_key_is_401_even_with_a_read_key_set(read_api: Api) -> None:
+    headers = {"authorization": f"Bearer {READ_KEY}x"}
+    async with httpx.AsyncClient(base_url=read_api.base_url, headers=headers) as bare:
+        assert (await bare.get("/ctrl/status")).status_code == 401
+        assert (await bare.post("/ctrl/connect", json=spawn_body())).status_code == 401
 
 
 # ------------------------------------------------------------ 404 / 405
@@ -202,6 +281,34 @@ async def test_http_1_0_is_answered_and_closed(api: Api) -> None:
 
 
 # ---------------------------------------------------------- bad peers
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",
+        b"Content-Length: 5, 6\r\n",
+    ],
+)
+async def test_conflicting_framing_is_400_and_closes(api: Api, framing: bytes) -> None:
+    """RFC 9112 §6.1: answer 400, then close; a pipelined request after it is not served."""
+    first = (
+        b"POST /ctrl/connect HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {API_KEY}\r\n".encode()
+        + framing
+        + b"\r\n0\r\n\r\n"
+    )
+    second = b"GET /pub/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = await raw_exchange(api.port, first + second)
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert data.count(b"HTTP/1.1 ") == 1  # the second request got no answer
+    assert b'"ok"' not in data
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b"connection: close" in head.lower()
+    assert _error(body)["code"] == "BadRequest"
+    assert api.supervisor.states == {}
 
 
 async def test_malformed_http_is_400_json(api: Api) -> None:

@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from plane.actors.backend import ExecutorPolicy
 from plane.actors.supervisor import Supervisor
 from plane.api.app import ApiContext, serve_api
+from plane.api.keys import ApiKeys
 from plane.api.openapi import document, render
 from plane.api.routes import build_router
 from plane.events.memory import open_memory_store
@@ -74,7 +75,7 @@ def live_api() -> Iterator[str]:
                 metrics=metrics,
                 public_proxy_url="http://proxy.test",
                 public_api_url="http://api.test",
-                api_key=API_KEY,
+                keys=ApiKeys(full=API_KEY),
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.serve)
