@@ -6,6 +6,7 @@ connection; the threads are daemons and end when their sockets close.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -48,20 +49,16 @@ class Relay:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         """Drop every open connection (as a crashed load balancer would)."""
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for s in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def close(self) -> None:
