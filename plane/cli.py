@@ -15,6 +15,7 @@ the API is unreachable; 3 the backend ended before it was ready (``connect``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -22,21 +23,34 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 
 from plane import __version__
+from plane.client import (
+    Backend,
+    BackendKey,
+    BackendStatus,
+    BackendTerminated,
+    Client,
+    Executable,
+    PlaneConnectionError,
+    PlaneError,
+    ResourceLimits,
+    SpawnConfig,
+    Status,
+    Unauthorized,
+)
+from plane.client.core import DEFAULT_API
+from plane.client.models import unstructure
 from plane.config import ConfigError, PlaneConfig
 from plane.tables import iso, render_table
 
 if TYPE_CHECKING:
     from plane.serve import Serving
-
-DEFAULT_API = "http://127.0.0.1:8080"
 
 
 class CliError(Exception):
@@ -186,61 +200,7 @@ async def _serve(
 # ----------------------------------------------------------------- client
 
 
-class Api:
-    """A small client of the plane HTTP API with friendly errors."""
-
-    def __init__(self, base: str, key: str | None, timeout: float = 30.0) -> None:
-        self.base = base.rstrip("/")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
-
-    def _fail(self, response: httpx.Response) -> NoReturn:
-        try:
-            error = response.json()["error"]
-            message, code = error["message"], error["code"]
-        except (ValueError, KeyError, TypeError):
-            message, code = response.text.strip()[:200], "HttpError"
-        if response.status_code == 401:
-            raise CliError(f"the API refused the key ({message}); check --api-key / PLANE_API_KEY")
-        raise CliError(f"{message} ({code}, HTTP {response.status_code})")
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise CliError(
-                f"cannot reach the plane API at {self.base} ({exc}); is `plane serve` running?",
-                2,
-            ) from None
-        if response.status_code >= 400:
-            self._fail(response)
-        return response.json()
-
-    def stream_lines(self, path: str, params: dict[str, Any] | None = None) -> Iterator[str]:
-        try:
-            with self.client.stream("GET", path, params=params, timeout=None) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._fail(response)
-                yield from response.iter_lines()
-        except httpx.TransportError as exc:
-            raise CliError(f"lost the plane API at {self.base} ({exc})", 2) from None
-
-    def sse(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Server-sent events' JSON data, in order (comments skipped)."""
-        data: list[str] = []
-        for line in self.stream_lines(path, params):
-            if line.startswith(":"):
-                continue
-            if line == "":
-                if data:
-                    yield json.loads("\n".join(data))
-                    data = []
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-
-
-def _api(args: argparse.Namespace) -> Api:
+def _api(args: argparse.Namespace) -> Client:
     key = args.api_key
     if key is None and args.api_key_file:
         from plane.api.keys import read_key_file
@@ -249,7 +209,18 @@ def _api(args: argparse.Namespace) -> Api:
             key = read_key_file(Path(args.api_key_file), "--api-key-file")
         except ConfigError as exc:
             raise CliError(str(exc), 2) from None
-    return Api(args.api, key)
+    return Client(args.api, key)
+
+
+def _cli_error(error: PlaneError) -> CliError:
+    """A client error as one line for people, with the exit code."""
+    if isinstance(error, PlaneConnectionError):
+        return CliError(f"{error.message}; is `plane serve` running?", 2)
+    if isinstance(error, Unauthorized):
+        return CliError(
+            f"the API refused the key ({error.message}); check --api-key / PLANE_API_KEY"
+        )
+    return CliError(str(error))
 
 
 def _print_json(value: Any) -> None:
@@ -269,104 +240,93 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
 def cmd_connect(args: argparse.Namespace) -> int:
     if not args.image and not args.command:
         raise CliError("connect needs --image IMAGE (docker) or --command 'CMD ARGS' (process)", 2)
-    executable: dict[str, Any] = {"env": _parse_env(args.env), "pull_policy": args.pull_policy}
-    if args.image:
-        executable["image"] = args.image
-    if args.command:
-        executable["command"] = shlex.split(args.command)
-    if args.cwd:
-        executable["cwd"] = args.cwd
-    if args.port is not None:
-        executable["port"] = args.port
-    limits = {
-        k: v
-        for k, v in {
-            "memory_limit_bytes": args.memory,
-            "cpu_period_percent": args.cpu_percent,
-        }.items()
-        if v is not None
-    }
-    if limits:
-        executable["resource_limits"] = limits
-    spawn: dict[str, Any] = {"executable": executable}
-    if args.idle is not None:
-        spawn["max_idle_seconds"] = args.idle
-    if args.lifetime is not None:
-        spawn["lifetime_limit_seconds"] = args.lifetime
-    body: dict[str, Any] = {"spawn_config": spawn}
-    if args.key:
-        body["key"] = {"name": args.key, "namespace": args.namespace, "tag": args.tag}
-    if args.user:
-        body["user"] = args.user
+    limits = ResourceLimits(memory_limit_bytes=args.memory, cpu_period_percent=args.cpu_percent)
+    executable = Executable(
+        image=args.image,
+        command=tuple(shlex.split(args.command)) if args.command else None,
+        cwd=args.cwd,
+        env=_parse_env(args.env),
+        pull_policy=args.pull_policy,
+        resource_limits=limits,
+        **({"port": args.port} if args.port is not None else {}),
+    )
+    spawn = SpawnConfig(
+        executable, max_idle_seconds=args.idle, lifetime_limit_seconds=args.lifetime
+    )
+    key = BackendKey(args.key, args.namespace, args.tag) if args.key else None
     api = _api(args)
-    result = api.request("POST", "/ctrl/connect", json=body)
-    status = result["status"]
-    if not args.no_wait and status not in ("ready", "idle"):
-        status = _wait_ready(api, result["backend_id"], quiet=args.json)
-    result["status"] = status
+    connection = api.connect(key, spawn_config=spawn, user=args.user)
+    status = connection.status
+    ended: BackendTerminated | None = None
+    if not args.no_wait and status is not Status.READY:
+        status, ended = _wait_ready(api, connection.backend_id, quiet=args.json)
     if args.json:
-        _print_json(result)
-        return 3 if status == "terminated" else 0
-    if status == "terminated":
-        detail = api.request("GET", f"/ctrl/b/{result['backend_id']}")
-        why = detail.get("termination_reason")
-        message = detail.get("message")
-        raise CliError(
-            f"backend {result['backend_id']} ended before it was ready: {why}"
-            + (f" ({message})" if message else "")
-            + f"; see `plane logs {result['backend_id']}`",
-            3,
-        )
-    verb = "spawned" if result["spawned"] else "joined"
-    print(f"{verb} backend {result['backend_id']} ({status})")
-    print(result["url"])
+        _print_json({**unstructure(connection), "status": status.value})
+        return 3 if ended is not None else 0
+    if ended is not None:
+        raise CliError(f"{ended}; see `plane logs {connection.backend_id}`", 3)
+    verb = "spawned" if connection.spawned else "joined"
+    print(f"{verb} backend {connection.backend_id} ({status})")
+    print(connection.url)
     return 0
 
 
-def _wait_ready(api: Api, backend_id: str, *, quiet: bool) -> str:
+def _wait_ready(
+    api: Client, backend_id: str, *, quiet: bool
+) -> tuple[Status, BackendTerminated | None]:
+    """Follow the status stream, showing progress, until ready or ending."""
     frames = "|/-\\"
     started = time.monotonic()
     show = not quiet and sys.stderr.isatty()
-    status = "requested"
-    for i, event in enumerate(api.sse(f"/pub/b/{backend_id}/status-stream")):
-        status = str(event.get("status", status))
+    status = Status.SCHEDULED
+    ended: BackendTerminated | None = None
+    for i, entry in enumerate(api.status_stream(backend_id)):
+        status = entry.status
         if show:
             elapsed = time.monotonic() - started
             print(f"\r{frames[i % 4]} {status:<12} {elapsed:5.1f}s", end="", file=sys.stderr)
         elif not quiet:
             print(f"  {status}", file=sys.stderr)
-        if status in ("ready", "idle"):
+        if status is Status.READY:
             break
-        if status == "terminated":
-            if show:
-                print(file=sys.stderr)
-            return status
+        if status.ending:
+            ended = BackendTerminated(backend_id, entry, _detail(api, backend_id))
+            break
     if show:
         print(f"\r{status} after {time.monotonic() - started:.1f}s{' ' * 10}", file=sys.stderr)
-    return status
+    return status, ended
+
+
+def _detail(api: Client, backend_id: str) -> Backend | None:
+    try:
+        return api.backend(backend_id)
+    except PlaneError:
+        return None
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    if not args.all:
-        params["live"] = 1
-    if args.status:
-        params["status"] = args.status
-    result = _api(args).request("GET", "/ctrl/backends", params=params)
+    status: str | None = args.status
+    state: str | None = None
+    if status is not None and status not in {s.value for s in Status}:
+        status, state = None, status  # one of our words (idle, requested): our state
+    found = _api(args).backends(
+        live=not args.all, status=status, state=state, page_size=min(args.limit, 1000)
+    )
+    backends = list(itertools.islice(found, args.limit))
     if args.json:
-        _print_json(result)
+        _print_json({"backends": [unstructure(b) for b in backends]})
         return 0
     rows = [
         [
-            b["backend_id"],
-            b["status"],
-            b.get("termination_reason"),
-            (b.get("key") or {}).get("name"),
-            b.get("connections"),
-            b.get("address"),
-            iso(b["requested_at"] / 1000),
+            b.backend_id,
+            b.state,
+            b.reason,
+            b.key.name if b.key else None,
+            b.connections,
+            b.address,
+            iso(b.requested_at / 1000) if b.requested_at is not None else None,
         ]
-        for b in result["backends"]
+        for b in backends
     ]
     print(
         render_table(["backend", "status", "reason", "key", "conns", "address", "requested"], rows)
@@ -374,46 +334,53 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_line(backend_id: str, status: dict[str, Any]) -> str:
-    line = f"{backend_id}  {status['status']}  {iso(status['time'] / 1000)}"
-    if status.get("termination_reason"):
-        line += f"  reason={status['termination_reason']}"
-    if status.get("exit_code") is not None:
-        line += f"  exit={status['exit_code']}"
+def _status_line(backend_id: str, status: BackendStatus) -> str:
+    line = f"{backend_id}  {status.status}  {iso(status.time / 1000)}"
+    if status.termination_reason:
+        line += f"  reason={status.termination_reason}"
+    if status.exit_code is not None:
+        line += f"  exit={status.exit_code}"
     return line
+
+
+def _show_status(backend_id: str, status: BackendStatus, as_json: bool) -> None:
+    text = json.dumps(unstructure(status), indent=2) if as_json else None
+    print(text or _status_line(backend_id, status), flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     api = _api(args)
     if args.follow:
-        for event in api.sse(f"/pub/b/{args.backend}/status-stream"):
-            print(json.dumps(event) if args.json else _status_line(args.backend, event), flush=True)
+        for entry in api.status_stream(args.backend):
+            if args.json:
+                print(json.dumps(unstructure(entry)), flush=True)
+            else:
+                print(_status_line(args.backend, entry), flush=True)
         return 0
-    status = api.request("GET", f"/pub/b/{args.backend}/status")
-    print(json.dumps(status, indent=2) if args.json else _status_line(args.backend, status))
+    _show_status(args.backend, api.status(args.backend), args.json)
     return 0
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
-    kind = "hard" if args.hard else "soft"
-    status = _api(args).request("POST", f"/ctrl/b/{args.backend}/{kind}-terminate")
-    print(json.dumps(status, indent=2) if args.json else _status_line(args.backend, status))
+    api = _api(args)
+    if args.hard:
+        api.hard_terminate(args.backend)
+    else:
+        api.soft_terminate(args.backend)
+    _show_status(args.backend, api.status(args.backend), args.json)
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    api = _api(args)
-    params = {"follow": 1} if args.follow else {}
-    for line in api.stream_lines(f"/ctrl/b/{args.backend}/logs", params):
+    for line in _api(args).logs(args.backend, follow=args.follow):
         print(line, flush=True)
     return 0
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    api = _api(args)
-    params = {"after": args.after, "follow": 1 if args.follow else 0}
-    for event in api.sse("/ctrl/events", params):
-        print(json.dumps(event) if args.json else _event_line(event), flush=True)
+    for event in _api(args).events(args.after, follow=args.follow):
+        item = unstructure(event)
+        print(json.dumps(item) if args.json else _event_line(item), flush=True)
     return 0
 
 
@@ -577,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"plane: {exc}", file=sys.stderr)
         return exc.code
+    except PlaneError as exc:
+        error = _cli_error(exc)
+        print(f"plane: {error}", file=sys.stderr)
+        return error.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -1,7 +1,9 @@
 """Run ``plane serve`` as a real child process on free loopback ports.
 
 For end-to-end tests and benchmarks: :class:`PlaneServe` starts it, reads the
-addresses from its start-up banner, and offers a small synchronous API client.
+addresses from its start-up banner, and offers a few synchronous API calls (made
+with :class:`plane.client.Client`, ``client``; ``api`` is its httpx session, for
+raw requests).
 
 Resource handling: call :meth:`PlaneServe.stop` (SIGTERM, then SIGKILL after a
 timeout) or :meth:`PlaneServe.kill9`; both close the client and the log file.
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from plane.client import Client
 
 BANNER = re.compile(r"^\s+(api|proxy|executor):\s+(\S+)", re.MULTILINE)
 
@@ -67,7 +69,8 @@ class PlaneServe:
             umask=umask,
         )
         self.urls = self._read_banner()
-        self.api = httpx.Client(base_url=self.urls["api"], timeout=30)
+        self.client = Client(self.urls["api"], api_key="", timeout=30)
+        self.api = self.client.http
 
     def _read_banner(self, timeout: float = 60) -> dict[str, str]:
         assert self.process.stdout is not None
@@ -87,15 +90,11 @@ class PlaneServe:
         return found
 
     def connect(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.api.post("/ctrl/connect", json=body)
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
+        result: dict[str, Any] = self.client.request("POST", "/ctrl/connect", json=body)
         return result
 
     def status(self, backend_id: str) -> dict[str, Any]:
-        response = self.api.get(f"/pub/b/{backend_id}/status")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
+        result: dict[str, Any] = self.client.request("GET", f"/pub/b/{backend_id}/status")
         return result
 
     def wait_status(self, backend_id: str, *wanted: str, timeout: float = 60) -> dict[str, Any]:
@@ -110,15 +109,15 @@ class PlaneServe:
 
     def backends(self, live: bool = False) -> list[dict[str, Any]]:
         params = {"limit": 1000, **({"live": 1} if live else {})}
-        response = self.api.get("/ctrl/backends", params=params)
-        response.raise_for_status()
-        result: list[dict[str, Any]] = response.json()["backends"]
+        result: list[dict[str, Any]] = self.client.request(
+            "GET", "/ctrl/backends", params=params
+        )["backends"]
         return result
 
     def kill9(self) -> None:
         self.process.kill()
         self.process.wait(timeout=30)
-        self.api.close()
+        self.client.close()
         self._log.close()
 
     def stop(self, timeout: float = 60) -> int:
@@ -129,7 +128,7 @@ class PlaneServe:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.api.close()
+        self.client.close()
         if not self._log.closed:
             self._log.close()
         return self.process.returncode
