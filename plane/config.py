@@ -8,7 +8,9 @@ is also read from an environment variable ``PLANE_<NAME>`` (see
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -53,6 +55,8 @@ class PlaneConfig:
     """The directory Plane's ``mount`` paths live under (none: ``mount`` is refused)."""
     trust_forwarded_from: tuple[str, ...] = ()
     """CIDRs of front proxies whose ``X-Forwarded-For`` the proxy keeps."""
+    proxy_root_redirect: str | None = None
+    """Where ``GET /`` on the proxy redirects (none: 400)."""
     api_key_file: Path | None = None
     read_key_file: Path | None = None
     insecure_no_auth: bool = False
@@ -71,6 +75,20 @@ class PlaneConfig:
             raise ConfigError("--token-lifetime: must be positive")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError("--api-key: use at least 8 characters")
+        for cidr in self.trust_forwarded_from:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"--trust-forwarded-from: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)"
+                ) from None
+        redirect = self.proxy_root_redirect
+        if redirect is not None and (
+            urlsplit(redirect).scheme not in ("http", "https")
+            or not urlsplit(redirect).netloc
+            or any(c in redirect for c in "\r\n\x00 ")
+        ):
+            raise ConfigError(f"--proxy-root-redirect: {redirect!r} is not an http(s) URL")
 
     @property
     def api_address(self) -> tuple[str, int]:

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -94,6 +95,30 @@ def docker_engine_answers(timeout: float = 3.0) -> bool:
         return False
 
 
+def cluster_host(config: PlaneConfig) -> str | None:
+    """The host of the cluster name: ``--cluster``'s host, else the host of the
+    proxy's public URL (``--public-url``, else its listen address)."""
+    if config.cluster:
+        host = urlsplit("//" + config.cluster).hostname
+    else:
+        host = urlsplit(config.public_url or base_url(*config.proxy_address)).hostname
+    if host and ":" in host:
+        return f"[{host}]"
+    return host
+
+
+def proxy_settings(config: PlaneConfig) -> ProxySettings:
+    """The proxy's settings from the configuration (ConfigError if refused)."""
+    try:
+        return ProxySettings(
+            cluster_host=cluster_host(config),
+            trust_forwarded_from=config.trust_forwarded_from,
+            root_redirect=config.proxy_root_redirect,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 async def open_executor(config: PlaneConfig) -> Executor:
     choice = config.executor
     if choice in ("auto", "docker"):
@@ -122,6 +147,7 @@ async def serve_plane(
 
     Reports :class:`Serving` once both listeners are bound.
     """
+    settings = proxy_settings(config)
     with hold_data_dir(config):
         executor = await open_executor(config)
         metrics = Metrics()
@@ -144,7 +170,7 @@ async def serve_plane(
                     emit=supervisor.tell,
                     clock=supervisor.clock,
                     metrics=metrics,
-                    settings=ProxySettings(),
+                    settings=settings,
                 )
                 bound_proxy = await nursery.start(serve_proxy, proxy_ctx, proxy_host, proxy_port)
                 proxy_url = (config.public_url or base_url(proxy_host, bound_proxy)).rstrip("/")

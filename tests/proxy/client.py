@@ -25,6 +25,16 @@ class Response:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    def kind(self) -> str:
+        """The ``kind`` of an error answer of the proxy's own (Plane's
+        ``ApiError``: ``{"id", "kind", "message"}``, ``Server: plane/...``)."""
+        error = self.json()
+        assert set(error) == {"id", "kind", "message"}, error
+        assert error["id"] and error["message"], error
+        assert (self.header("server") or "").startswith("plane/"), self.headers
+        kind: str = error["kind"]
+        return kind
+
 
 def _decode_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(n.decode().lower(), v.decode()) for n, v in headers]

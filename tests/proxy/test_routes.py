@@ -77,7 +77,7 @@ def table_of(*pairs: tuple[str, Event]) -> RouteTable:
 
 def test_unknown_token_is_refused() -> None:
     assert RouteTable().lookup("nope", T0) is TOKEN_UNKNOWN
-    assert TOKEN_UNKNOWN.status == 410 and TOKEN_UNKNOWN.code == "TokenUnknown"
+    assert TOKEN_UNKNOWN.status == 410 and TOKEN_UNKNOWN.kind == "TokenUnknown"
 
 
 def test_a_token_of_a_starting_backend_routes_without_an_address() -> None:
@@ -126,7 +126,7 @@ def test_expiry_is_at_expires_at() -> None:
     table = table_of(("b1", requested("b1")), ("b1", issued("h1", expires_at=T0 + 10)))
     assert isinstance(table.lookup("h1", T0 + 9.999), Route)
     assert table.lookup("h1", T0 + 10) is TOKEN_EXPIRED
-    assert TOKEN_EXPIRED.code == "TokenExpired"
+    assert TOKEN_EXPIRED.kind == "TokenExpired"
 
 
 def test_revoking_one_token_leaves_the_others() -> None:
@@ -179,7 +179,7 @@ def test_terminating_and_terminated_backends_are_refused() -> None:
     assert terminating.lookup("h1", T0) is BACKEND_TERMINATED
     terminated = table_of(*base, ("b1", BackendTerminated(T0, TerminationReason.SPAWN_FAILED)))
     assert terminated.lookup("h1", T0) is BACKEND_TERMINATED
-    assert BACKEND_TERMINATED.status == 410 and BACKEND_TERMINATED.code == "BackendTerminated"
+    assert BACKEND_TERMINATED.status == 410 and BACKEND_TERMINATED.kind == "BackendTerminated"
 
 
 def test_token_facts_are_checked_before_the_backend() -> None:
