@@ -123,7 +123,7 @@ class Relay:
 
     def __attrs_post_init__(self) -> None:
         host = self.settings.cluster_host
-        self.cluster_host = None if host is None else host.encode("idna")
+        self.cluster_host = None if host is None else host.encode("ascii")
 
 
 class _StaleUpstream(Exception):
@@ -394,9 +394,7 @@ class ClientSession:
             )
         host = head.host
         if host is None and not head.version_10:
-            return await self._reply_error(
-                head, 400, "BadRequest", "an HTTP/1.1 request needs a Host header"
-            )
+            raise ClientFault(400, "BadRequest", "an HTTP/1.1 request needs a Host header")
         target = split_target(head.url)
         if target is None:
             return await self._reply_error(
@@ -448,7 +446,7 @@ class ClientSession:
             return "this backend has no subdomain: use the cluster host"
         if cluster is None:
             return "this backend has a subdomain, but the proxy knows no cluster host"
-        expected = (route.subdomain + b"." + cluster).decode("idna", "replace")
+        expected = (route.subdomain + b"." + cluster).decode("ascii", "replace")
         return f"this backend is reached at the host {expected}"
 
     async def _reply_ready(self, head: RequestHead) -> bool:

@@ -32,7 +32,10 @@ def _host_or_none(value: str | None) -> str | None:
     host = value.strip().lower().rstrip(".")
     if not host or (any(c in host for c in "/:@ \t\r\n") and not host.startswith("[")):
         raise ValueError(f"cluster_host must be a host name without port, not {value!r}")
-    return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"cluster_host: {value!r} is not a valid host name") from None
 
 
 def _networks(values: Any) -> tuple[Network, ...]:

@@ -85,7 +85,9 @@ class HttpClient:
         """Send a request head; the body follows with :meth:`send` and :meth:`end`."""
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
-        all_headers = [("host", "proxy.test"), *headers]
+        given = list(headers)
+        has_host = any(name.lower() == "host" for name, _ in given)
+        all_headers = given if has_host else [("host", "proxy.test"), *given]
         if length is not None:
             all_headers.append(("content-length", str(length)))
         elif chunked:
