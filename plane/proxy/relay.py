@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+from collections.abc import Callable
 
 import attrs
 import httptools
@@ -455,20 +456,13 @@ class ClientSession:
             return await self._reply_error(
                 head, 503, "ProxyNotReady", "the proxy has not loaded its routing table yet"
             )
-        keep = self._keepable(head)
-        self.relay.tracker.response(200)
-        await sockio.send_all(
-            self.sock,
-            render_answer(
-                200,
-                b"ready\n",
-                content_type=b"text/plain",
-                close=not keep,
-                head_only=head.method == b"HEAD",
+        return await self._answer(
+            head,
+            200,
+            lambda close, head_only: render_answer(
+                200, b"ready\n", content_type=b"text/plain", close=close, head_only=head_only
             ),
         )
-        self.response_started = True
-        return keep
 
     async def _reply_root(self, head: RequestHead, original: bytes) -> bool:
         """No token in the path: ``/`` redirects when configured, else 400."""
@@ -477,14 +471,11 @@ class ClientSession:
             return await self._reply_error(
                 head, 400, "BadRequest", "no token in the path: use /<token>/..."
             )
-        keep = self._keepable(head)
-        self.relay.tracker.response(302)
-        await sockio.send_all(
-            self.sock,
-            render_redirect(redirect, close=not keep, head_only=head.method == b"HEAD"),
+        return await self._answer(
+            head,
+            302,
+            lambda close, head_only: render_redirect(redirect, close=close, head_only=head_only),
         )
-        self.response_started = True
-        return keep
 
     async def _wait_ready(self, route: Route) -> Route | Refusal:
         relay = self.relay
@@ -514,22 +505,26 @@ class ClientSession:
             and self._skip_body()
         )
 
-    async def _reply_error(self, head: RequestHead, status: int, kind: str, message: str) -> bool:
+    async def _answer(
+        self, head: RequestHead, status: int, render: Callable[[bool, bool], bytes]
+    ) -> bool:
+        """Send an answer of our own, ``render(close, head_only)``; True to keep
+        the connection."""
         keep = self._keepable(head)
         self.relay.tracker.response(status)
-        await sockio.send_all(
-            self.sock,
-            render_error(
-                status,
-                kind,
-                message,
-                close=not keep,
-                extra_headers=self.backend_header,
-                head_only=head.method == b"HEAD",
-            ),
-        )
+        await sockio.send_all(self.sock, render(not keep, head.method == b"HEAD"))
         self.response_started = True
         return keep
+
+    async def _reply_error(self, head: RequestHead, status: int, kind: str, message: str) -> bool:
+        extra = self.backend_header
+        return await self._answer(
+            head,
+            status,
+            lambda close, head_only: render_error(
+                status, kind, message, close=close, extra_headers=extra, head_only=head_only
+            ),
+        )
 
     # -------------------------------------------------------- the exchange
 
