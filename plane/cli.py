@@ -110,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             mount_base=Path(args.mount_base) if args.mount_base else None,
             trust_forwarded_from=tuple(args.trust_forwarded_from),
+            proxy_root_redirect=args.proxy_root_redirect,
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
@@ -432,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[v for v in (_env("TRUST_FORWARDED_FROM") or "").split(",") if v],
         metavar="CIDR",
         help="keep X-Forwarded-For from front proxies in CIDR (repeatable)",
+    )
+    serve.add_argument(
+        "--proxy-root-redirect",
+        default=_env("PROXY_ROOT_REDIRECT"),
+        metavar="URL",
+        help="where GET / on the proxy redirects (default: 400)",
     )
     serve.add_argument(
         "--executor",

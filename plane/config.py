@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -68,6 +69,8 @@ class PlaneConfig:
     """The directory Plane's ``mount`` paths live under (none: ``mount`` is refused)."""
     trust_forwarded_from: tuple[str, ...] = ()
     """CIDRs of front proxies whose ``X-Forwarded-For`` the proxy keeps."""
+    proxy_root_redirect: str | None = None
+    """Where ``GET /`` on the proxy redirects (none: 400)."""
     api_key_file: Path | None = None
     """A file holding the full API key, re-read on SIGHUP (unlike ``api_key``, it
     does not show in ``ps``)."""
@@ -111,6 +114,20 @@ class PlaneConfig:
                 "env PLANE_API_KEY_FILE) or PLANE_API_KEY, listen on 127.0.0.1, or pass "
                 "--insecure-no-auth to serve without a key anyway"
             )
+        for cidr in self.trust_forwarded_from:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"--trust-forwarded-from: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)"
+                ) from None
+        redirect = self.proxy_root_redirect
+        if redirect is not None and (
+            urlsplit(redirect).scheme not in ("http", "https")
+            or not urlsplit(redirect).netloc
+            or any(c in redirect for c in "\r\n\x00 ")
+        ):
+            raise ConfigError(f"--proxy-root-redirect: {redirect!r} is not an http(s) URL")
 
     @property
     def has_api_key(self) -> bool:

@@ -40,7 +40,7 @@ import trio
 from plane.actors.supervisor import Supervisor
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys, file_is_shared
-from plane.cluster import cluster_of_url, parse_cluster
+from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url, host_port
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
@@ -129,6 +129,32 @@ def docker_engine_answers(timeout: float = 3.0) -> bool:
         return False
 
 
+def cluster_host(config: PlaneConfig) -> str | None:
+    """The host of the cluster name (:mod:`plane.cluster`): ``--cluster``'s host,
+    else the host of the proxy's public URL (``--public-url``, else its listen
+    address); IPv6 in brackets, as a Host header carries it."""
+    try:
+        if config.cluster:
+            host = parse_cluster(config.cluster).host
+        else:
+            host = cluster_of_url(config.public_url or base_url(*config.proxy_address)).host
+    except ClusterNameError:
+        return None
+    return f"[{host}]" if ":" in host else host
+
+
+def proxy_settings(config: PlaneConfig) -> ProxySettings:
+    """The proxy's settings from the configuration (ConfigError if refused)."""
+    try:
+        return ProxySettings(
+            cluster_host=cluster_host(config),
+            trust_forwarded_from=config.trust_forwarded_from,
+            root_redirect=config.proxy_root_redirect,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 async def open_executor(config: PlaneConfig) -> Executor:
     choice = config.executor
     if choice in ("auto", "docker"):
@@ -199,6 +225,7 @@ async def serve_plane(
             return
         log.info("API keys re-read from %s", ", ".join(str(p) for p in keys.files))
 
+    settings = proxy_settings(config)
     with private_umask(), hold_data_dir(config):
         executor = await open_executor(config)
         metrics = Metrics()
@@ -221,7 +248,7 @@ async def serve_plane(
                     emit=supervisor.tell,
                     clock=supervisor.clock,
                     metrics=metrics,
-                    settings=ProxySettings(),
+                    settings=settings,
                 )
                 bound_proxy = await nursery.start(serve_proxy, proxy_ctx, proxy_host, proxy_port)
                 proxy_url = (config.public_url or base_url(proxy_host, bound_proxy)).rstrip("/")

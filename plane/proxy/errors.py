@@ -1,18 +1,35 @@
-"""The proxy's own answers: errors as ``{"error": {"code", "message"}}`` responses.
+"""The proxy's own answers: errors as Plane's ``ApiError``, ``/ready``, the root.
 
 This module owns every response the proxy writes itself (never a backend's):
-their status codes, Plane-style codes and rendering.  Error handling follows
-h11's split: :class:`ClientFault` is the peer's fault (a malformed or hostile
-request: 400, 408, 431), :class:`GatewayFault` is the backend's (502, 504).
-Both carry what the client is told.
+their status codes, kinds and rendering.  Error bodies are Plane's
+``ApiError``: ``{"id": "<random>", "kind": "<Kind>", "message": "..."}``; the
+``id`` is fresh per answer and logged with it (logger ``plane.proxy``, INFO)
+so that a client's report can be found in the logs.  Every answer of the
+proxy's own carries ``Server: plane/<version>`` and, like Plane's, the CORS
+headers (:data:`~plane.proxy.headers.CORS_LINES`), so that a browser page on
+another origin can read why it was refused.
+
+Error handling follows h11's split: :class:`ClientFault` is the peer's fault
+(a malformed or hostile request: 400, 408, 431), :class:`GatewayFault` is the
+backend's (502, 504).  Both carry what the client is told.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import uuid
+
+from plane import __version__
+from plane.proxy.headers import CORS_LINES, clean_value
+
+log = logging.getLogger("plane.proxy")
 
 REASONS: dict[int, bytes] = {
+    200: b"OK",
+    302: b"Found",
     400: b"Bad Request",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
@@ -23,14 +40,17 @@ REASONS: dict[int, bytes] = {
     504: b"Gateway Timeout",
 }
 
+SERVER_LINE = b"server: plane/" + __version__.encode() + b"\r\n"
+"""The ``Server`` line of the proxy's own answers."""
+
 
 class ProxyFault(Exception):
-    """A request the proxy answers itself with ``status`` and ``code``."""
+    """A request the proxy answers itself with ``status`` and ``kind``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.code = code
+        self.kind = kind
         self.message = message
 
 
@@ -42,28 +62,68 @@ class GatewayFault(ProxyFault):
     """The backend's fault: unreachable, refused, or it broke the protocol."""
 
 
-def render_error(
+def render_answer(
     status: int,
-    code: str,
-    message: str,
+    body: bytes,
     *,
     close: bool,
+    content_type: bytes = b"application/json",
     extra_headers: bytes = b"",
+    head_only: bool = False,
 ) -> bytes:
-    """A complete HTTP/1.1 response with the JSON error body."""
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    """A complete HTTP/1.1 response of the proxy's own (``head_only``: the
+    answer to HEAD, sized but without the body)."""
     reason = REASONS.get(status, b"Error")
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+    head = b"HTTP/1.1 %d %s\r\n%scontent-type: %s\r\ncontent-length: %d\r\n" % (
         status,
         reason,
+        SERVER_LINE,
+        content_type,
         len(body),
     )
     if close:
         head += b"connection: close\r\n"
-    return head + extra_headers + b"\r\n" + body
+    return head + CORS_LINES + extra_headers + b"\r\n" + (b"" if head_only else body)
 
 
-OVERLOADED = render_error(
-    503, "ProxyOverloaded", "the proxy is at its connection limit", close=True
-)
-"""Sent (non-blocking) to a connection accepted past ``max_connections``."""
+def render_error(
+    status: int,
+    kind: str,
+    message: str,
+    *,
+    close: bool,
+    extra_headers: bytes = b"",
+    head_only: bool = False,
+    logged: bool = True,
+) -> bytes:
+    """A complete HTTP/1.1 response with Plane's ``ApiError`` body (a fresh
+    ``id``, logged with the error unless ``logged`` is false)."""
+    error_id = str(uuid.uuid4())
+    if logged:
+        log.info("answered %d %s (id %s): %s", status, kind, error_id, message)
+    body = json.dumps(
+        {"id": error_id, "kind": kind, "message": message}, separators=(",", ":")
+    ).encode()
+    return render_answer(
+        status, body, close=close, extra_headers=extra_headers, head_only=head_only
+    )
+
+
+def render_redirect(location: str, *, close: bool, head_only: bool = False) -> bytes:
+    """A ``302 Found`` to ``location`` (the configured root redirect)."""
+    return render_answer(
+        302,
+        b"",
+        close=close,
+        content_type=b"text/plain",
+        extra_headers=b"location: " + clean_value(location) + b"\r\n",
+        head_only=head_only,
+    )
+
+
+def render_overloaded() -> bytes:
+    """Sent (non-blocking) to a connection accepted past ``max_connections``
+    (not logged: an overload must not also flood the log; the metrics count it)."""
+    return render_error(
+        503, "ProxyOverloaded", "the proxy is at its connection limit", close=True, logged=False
+    )

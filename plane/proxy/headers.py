@@ -1,28 +1,37 @@
 """Plane's header rules, as data: what the proxy drops, adds and forwards.
 
 This module owns the names (lowercase bytes) of the headers the relay treats
-specially and the rendering of the ``x-verified-*`` block a backend receives.
-Nothing here does I/O; the relay (:mod:`plane.proxy.relay`) applies the rules
-while the parser hands it each header.
+specially, the rendering of the lines it adds, and the reading of ``Host``.
+Nothing here does I/O; the parser (:mod:`plane.proxy.parsing`) applies the
+rules while httptools hands it each header, the relay
+(:mod:`plane.proxy.relay`) adds the lines.
 
 Towards the backend the proxy
 
-* drops every incoming ``x-verified-*`` header (only the proxy may set them),
+* drops every incoming header whose name normalizes to ``x-verified-*``
+  (case-insensitive, ``_`` counting as ``-``: ``X_Verified_Secret`` too; only
+  the proxy may set them), and the client's ``Forwarded`` and
+  ``X-Forwarded-Proto`` (the proxy sets the latter itself),
 * drops hop-by-hop headers: ``Connection`` and every header it names,
   ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer`` and ``Upgrade`` (kept,
   with ``Connection: upgrade``, on an upgrade request); ``Content-Length`` and
   ``Transfer-Encoding`` describe the framing, which llhttp has validated and
   the relay re-frames byte for byte, so they are forwarded as they came,
-* adds ``x-verified-username`` (when the token has a user),
-  ``-user-data`` (the token's ``auth`` JSON, ``null`` when none), ``-secret``,
-  ``-backend`` and ``-path`` (the original path, token included, without the
-  query), and, like Plane, ``x-forwarded-for`` (the peer's address, appended
-  to an incoming chain) and ``x-forwarded-proto`` (``http`` unless an
-  upstream TLS terminator already said otherwise).
+* adds ``x-verified-backend`` and ``-path`` (the original path, token
+  included, without the query) and, for a connect token (not a static one),
+  ``x-verified-username`` (when the token has a user), ``-user-data`` (the
+  token's ``auth`` JSON, ``null`` when none) and ``-secret``,
+* sets, like Plane, ``x-forwarded-for`` to the peer's address (whatever the
+  client sent is overwritten) and ``x-forwarded-proto: http``.  A peer inside
+  one of ``ProxySettings.trust_forwarded_from`` (a front proxy) keeps its
+  ``X-Forwarded-For`` chain (the peer is appended) and its
+  ``X-Forwarded-Proto`` (a TLS terminator says ``https``).
 
 Towards the client it drops the same hop-by-hop set (``Upgrade`` kept on a
 101) and the backend's ``Transfer-Encoding`` (the relay frames the body
-itself), and adds ``x-plane-backend-id``.
+itself), and adds ``x-plane-backend-id`` and, unless the backend set any
+``Access-Control-*`` header itself, Plane's CORS headers
+(:data:`CORS_LINES`).
 """
 
 from __future__ import annotations
@@ -45,6 +54,55 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 VERIFIED_PREFIX = b"x-verified-"
 BACKEND_ID_HEADER = b"x-plane-backend-id"
 
+REQUEST_DROPPED: frozenset[bytes] = frozenset({b"forwarded"})
+"""Client headers never forwarded, beside the hop-by-hop ones and
+``x-verified-*`` (``X-Forwarded-For``/``-Proto`` are rewritten, not copied)."""
+
+CORS_PREFIX = b"access-control-"
+"""A response header with this prefix means the backend does its own CORS."""
+
+CORS_LINES = (
+    b"access-control-allow-origin: *\r\n"
+    b"access-control-allow-methods: *\r\n"
+    b"access-control-allow-headers: *, Authorization\r\n"
+)
+"""Plane's CORS headers, added to a response that has none of its own."""
+
+
+def is_verified_name(lname: bytes) -> bool:
+    """True if a (lowercase) header name normalizes to ``x-verified-*``
+    (underscores count as dashes: some servers read ``X_Verified_Secret`` as
+    ``X-Verified-Secret``)."""
+    return lname.replace(b"_", b"-").startswith(VERIFIED_PREFIX)
+
+
+def host_name(value: bytes) -> bytes:
+    """The host of a ``Host`` value: lowercase, without port or trailing dot
+    (``[::1]:80`` -> ``[::1]``)."""
+    value = value.strip().lower()
+    if value.startswith(b"["):
+        end = value.find(b"]")
+        return value[: end + 1] if end >= 0 else value
+    colon = value.find(b":")
+    if colon >= 0:
+        value = value[:colon]
+    return value.rstrip(b".")
+
+
+def subdomain_of(host: bytes | None, cluster_host: bytes | None) -> bytes | None:
+    """The subdomain part of a ``Host`` value under ``cluster_host`` (``a`` of
+    ``a.example.com:9090`` under ``example.com``), or None when the host is
+    not below the cluster host (or either is unknown)."""
+    if host is None or cluster_host is None:
+        return None
+    name = host_name(host)
+    if len(name) > len(cluster_host) + 1 and name.endswith(cluster_host):
+        cut = len(name) - len(cluster_host) - 1
+        if name[cut] == 0x2E:  # "."
+            return name[:cut]
+    return None
+
+
 CONNECTION_OPTIONS: frozenset[bytes] = frozenset({b"keep-alive", b"close", b"upgrade"})
 """``Connection`` tokens that name no header to drop."""
 
@@ -63,11 +121,14 @@ def clean_value(text: str) -> bytes:
 
 
 def render_verified(
-    backend_id: str, user: str | None, auth: str | None, secret_token: str
+    backend_id: str, user: str | None, auth: str | None, secret_token: str | None
 ) -> bytes:
     """The ``x-verified-*`` header lines (except ``-path``, which is per request)
-    for one token, ready to send."""
+    for one token, ready to send; ``secret_token`` None for a static token,
+    which has no user, user data or secret: only ``-backend``."""
     lines = [b"x-verified-backend: " + clean_value(backend_id) + b"\r\n"]
+    if secret_token is None:
+        return lines[0]
     if user is not None:
         lines.append(b"x-verified-username: " + clean_value(user) + b"\r\n")
     user_data = clean_value(auth) if auth is not None else b"null"

@@ -8,9 +8,11 @@ in order: a head (:class:`RequestHead`/:class:`ResponseHead`), body chunks
 holds more than one receive buffer's worth, so the queue is small.
 
 While a header arrives the sink applies :mod:`plane.proxy.headers`' rules:
-hop-by-hop and ``x-verified-*`` headers never enter the forwarded lines, and
-the facts the relay needs (framing, ``Connection``, ``Upgrade``,
-``Content-Type``) are noted on the way.  Trailers are dropped.
+hop-by-hop, ``x-verified-*`` (normalized), ``Forwarded`` and
+``X-Forwarded-*`` headers never enter the forwarded lines, and the facts the
+relay needs (framing, ``Connection``, ``Upgrade``, ``Host``, the client's
+``X-Forwarded-For``/``-Proto``, ``Content-Type``, whether a response has CORS
+headers) are noted on the way.  Trailers are dropped.
 
 Error handling
 --------------
@@ -20,7 +22,8 @@ with :class:`httptools.HttpParserError`.  The request sink adds the size caps:
 past ``max_bytes`` of request line and headers, or ``max_count`` header
 fields, a callback raises :class:`HeadTooLarge`, which llhttp reports as
 :class:`httptools.HttpParserCallbackError` with the cause as its
-``__context__`` (see :func:`head_too_large`).  (Bytes of a head still
+``__context__`` (see :func:`head_too_large`); a second ``Host`` raises
+:class:`BadHead` the same way (400, see :func:`bad_head`).  (Bytes of a head still
 arriving are also counted by the relay, which caps a backend's head at
 :data:`MAX_RESPONSE_HEAD`.)
 """
@@ -31,16 +34,33 @@ from collections.abc import Iterable
 
 import httptools
 
-from plane.proxy.headers import BACKEND_ID_HEADER, CONNECTION_OPTIONS, connection_tokens
+from plane.proxy.headers import (
+    BACKEND_ID_HEADER,
+    CONNECTION_OPTIONS,
+    CORS_PREFIX,
+    REQUEST_DROPPED,
+    connection_tokens,
+    is_verified_name,
+)
 
 
 class HeadTooLarge(Exception):
     """The head passed a size or count cap (the peer's fault: 431 or 502)."""
 
 
+class BadHead(Exception):
+    """The head is well-formed HTTP but not acceptable (the peer's fault: 400)."""
+
+
 def head_too_large(error: BaseException) -> bool:
     """True if a parser error was caused by :class:`HeadTooLarge`."""
     return isinstance(error.__context__, HeadTooLarge)
+
+
+def bad_head(error: BaseException) -> BadHead | None:
+    """The :class:`BadHead` that caused a parser error, if one did."""
+    context = error.__context__
+    return context if isinstance(context, BadHead) else None
 
 
 class EndOfMessage:
@@ -58,7 +78,7 @@ class RequestHead:
     __slots__ = (
         "chunked",
         "has_body",
-        "has_host",
+        "host",
         "keep_alive",
         "lines",
         "method",
@@ -79,7 +99,7 @@ class RequestHead:
         upgrade: bytes | None,
         chunked: bool,
         has_body: bool,
-        has_host: bool,
+        host: bytes | None,
         xff: bytes | None,
         xfp: bytes | None,
     ) -> None:
@@ -91,7 +111,7 @@ class RequestHead:
         self.upgrade = upgrade
         self.chunked = chunked
         self.has_body = has_body
-        self.has_host = has_host
+        self.host = host
         self.xff = xff
         self.xfp = xfp
 
@@ -102,6 +122,7 @@ class ResponseHead:
     __slots__ = (
         "chunked",
         "content_length",
+        "cors",
         "event_stream",
         "keep_alive",
         "lines",
@@ -120,8 +141,10 @@ class ResponseHead:
         event_stream: bool,
         upgrade: bytes | None,
         keep_alive: bool,
+        cors: bool,
     ) -> None:
         self.status = status
+        self.cors = cors
         self.keep_alive = keep_alive
         self.reason = reason
         self.lines = lines
@@ -147,6 +170,7 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _XFP,
     b"host": _HOST,
+    **{name: _DROP for name in REQUEST_DROPPED},
 }
 
 
@@ -183,7 +207,7 @@ class RequestSink:
         "connection",
         "count",
         "has_body",
-        "has_host",
+        "host",
         "in_head",
         "lines",
         "max_bytes",
@@ -214,7 +238,8 @@ class RequestSink:
         self.size = 0
         self.connection: list[bytes] | None = None
         self.upgrade: bytes | None = None
-        self.chunked = self.has_body = self.has_host = False
+        self.chunked = self.has_body = False
+        self.host: bytes | None = None
         self.xff: bytes | None = None
         self.xfp: bytes | None = None
 
@@ -240,10 +265,12 @@ class RequestSink:
         lname = name.lower()
         kind = _REQUEST_SPECIAL.get(lname, _KEEP)
         if kind == _KEEP:
-            if not (lname.startswith(b"x-verified-") or lname.startswith(b"proxy-")):
+            if not (is_verified_name(lname) or lname.startswith(b"proxy-")):
                 self.lines.append(b"%s: %s\r\n" % (name, value))
         elif kind == _HOST:
-            self.has_host = True
+            if self.host is not None:
+                raise BadHead("more than one Host header")
+            self.host = value
             self.lines.append(b"%s: %s\r\n" % (name, value))
         elif kind == _CL:
             self.has_body = True
@@ -281,7 +308,7 @@ class RequestSink:
                 self.upgrade if parser.should_upgrade() else None,
                 self.chunked,
                 self.has_body,
-                self.has_host,
+                self.host,
                 self.xff,
                 self.xfp,
             )
@@ -306,7 +333,7 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"content-type": _CTYPE,
 }
 
-_RESPONSE_FIRST = _first_letters(_RESPONSE_SPECIAL) | {ord("p")}
+_RESPONSE_FIRST = _first_letters(_RESPONSE_SPECIAL) | {ord("p"), CORS_PREFIX[0]}
 
 MAX_RESPONSE_HEAD = 65536
 """A backend's response head larger than this (counted in received bytes): 502."""
@@ -323,6 +350,7 @@ class ResponseSink:
         "chunked",
         "connection",
         "content_length",
+        "cors",
         "event_stream",
         "in_head",
         "lines",
@@ -350,7 +378,7 @@ class ResponseSink:
         self.lines: list[bytes] = []
         self.connection: list[bytes] | None = None
         self.content_length: bytes | None = None
-        self.chunked = self.event_stream = False
+        self.chunked = self.event_stream = self.cors = False
         self.upgrade: bytes | None = None
 
     def on_status(self, reason: bytes) -> None:
@@ -370,6 +398,8 @@ class ResponseSink:
         if kind == _KEEP:
             if not lname.startswith(b"proxy-"):
                 self.lines.append(b"%s: %s\r\n" % (name, value))
+                if lname.startswith(CORS_PREFIX):
+                    self.cors = True
         elif kind == _CTYPE:
             self.event_stream = value.lstrip().lower().startswith(b"text/event-stream")
             self.lines.append(b"%s: %s\r\n" % (name, value))
@@ -403,6 +433,7 @@ class ResponseSink:
                 self.event_stream,
                 self.upgrade,
                 parser.should_keep_alive(),
+                self.cors,
             )
         )
 

@@ -6,8 +6,17 @@ client connection in order (keep-alive and pipelining included):
 1. read a request head (within ``header_timeout`` of its first byte; an idle
    connection is closed after ``keepalive_timeout``), parsed by httptools;
 2. route it: ``/<token>/<path>?<query>`` -> the token's backend, from the
-   routing table (:mod:`plane.proxy.routes`) alone; a backend still starting
-   is waited for (``ready_wait_timeout``, then 504);
+   routing table (:mod:`plane.proxy.routes`) alone, as ``/<path>?<query>``
+   (a static token's path is forwarded whole, token included); a backend
+   still starting is waited for (its own start timeout, then 504).  The
+   proxy answers itself ``GET /ready`` (200 once the table has the log's
+   history, else 503), ``/`` (400, or the configured root redirect), an
+   HTTP/1.1 request without ``Host`` (400) and a ``Host`` that does not fit
+   the backend (403).  The Host rule: a backend with a subdomain is reached
+   only at ``<subdomain>.<cluster host>[:port]``; a backend without one at
+   any host that is not a subdomain of the cluster host (the cluster host
+   itself, but also ``localhost``, an IP address or another name: a
+   deployment behind a name the proxy was not told of keeps working);
 3. forward the head, rewritten (:mod:`plane.proxy.headers`), on a pooled
    upstream connection (:mod:`plane.proxy.upstream`), then the body: at once
    if it has all arrived already, else streamed by a second task while the
@@ -55,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+from collections.abc import Callable
 
 import attrs
 import httptools
@@ -63,13 +73,22 @@ import trio
 from plane import tokens
 from plane.actors.clock import TrioClock
 from plane.proxy import sockio
-from plane.proxy.errors import ClientFault, GatewayFault, ProxyFault, render_error
+from plane.proxy.errors import (
+    ClientFault,
+    GatewayFault,
+    ProxyFault,
+    render_answer,
+    render_error,
+    render_redirect,
+)
+from plane.proxy.headers import CORS_LINES, subdomain_of
 from plane.proxy.parsing import (
     END,
     MAX_RESPONSE_HEAD,
     RequestHead,
     RequestSink,
     ResponseHead,
+    bad_head,
     head_too_large,
 )
 from plane.proxy.routes import Refusal, Route, RouteTable
@@ -101,6 +120,11 @@ class Relay:
     tracker: Tracker
     settings: ProxySettings
     clock: TrioClock
+    cluster_host: bytes | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        host = self.settings.cluster_host
+        self.cluster_host = None if host is None else host.encode("ascii")
 
 
 class _StaleUpstream(Exception):
@@ -136,6 +160,15 @@ def split_target(url: bytes) -> tuple[bytes, bytes, bytes] | None:
     return path[1:slash], path[slash:] + query, path
 
 
+def original_form(url: bytes) -> bytes:
+    """The request target as the backend gets it when nothing is stripped
+    (a static token): the path and query, even of an absolute-form target."""
+    if url[:1] == b"/":
+        return url
+    slash = url.find(b"/", url.find(b"://") + 3)
+    return url[slash:] if slash >= 0 else b"/"
+
+
 class ClientSession:
     """Serves one client connection; see the module docstring."""
 
@@ -145,6 +178,10 @@ class ClientSession:
         self.sock = sock
         self.peer = peer.encode("ascii", "replace")
         self.forwarded = b"\r\nx-forwarded-for: " + self.peer + b"\r\nx-forwarded-proto: http\r\n"
+        self.trusted = settings.trusts(peer)
+        # the last Host value seen and its subdomain under the cluster host
+        self.host: bytes | None = None
+        self.subdomain: bytes | None = None
         self.sink = RequestSink(settings.max_header_bytes, settings.max_headers)
         self.pos = 0
         self.fault: ClientFault | None = None
@@ -198,7 +235,7 @@ class ClientSession:
             return
         self.relay.tracker.response(fault.status)
         data = render_error(
-            fault.status, fault.code, fault.message, close=True, extra_headers=self.backend_header
+            fault.status, fault.kind, fault.message, close=True, extra_headers=self.backend_header
         )
         with trio.move_on_after(1.0), contextlib.suppress(OSError):
             await sockio.send_all(self.sock, data)
@@ -216,7 +253,7 @@ class ClientSession:
         except GatewayFault as fault:
             if self.response_started:
                 return False
-            return await self._reply_error(head, fault.status, fault.code, fault.message)
+            return await self._reply_error(head, fault.status, fault.kind, fault.message)
 
     # ---------------------------------------------------------- client input
 
@@ -254,10 +291,13 @@ class ClientSession:
 
     def _parse_failed(self, exc: httptools.HttpParserError | None) -> None:
         """Record the client's fault (``exc`` None: the head outgrew the raw guard)."""
+        bad = None if exc is None else bad_head(exc)
         if exc is None or head_too_large(exc):
             self.fault = ClientFault(
                 431, "RequestHeaderFieldsTooLarge", "the request head is too large"
             )
+        elif bad is not None:
+            self.fault = ClientFault(400, "BadRequest", str(bad))
         else:
             self.fault = ClientFault(400, "BadRequest", f"malformed request: {exc}")
         # Drop what was queued of the failing message; earlier complete ones stay.
@@ -353,23 +393,41 @@ class ClientSession:
             return await self._reply_error(
                 head, 405, "MethodNotAllowed", "CONNECT is not supported"
             )
+        host = head.host
+        if host is None and not head.version_10:
+            raise ClientFault(400, "BadRequest", "an HTTP/1.1 request needs a Host header")
         target = split_target(head.url)
         if target is None:
             return await self._reply_error(
                 head, 400, "BadRequest", "the request target is not a path"
             )
         token, path, original = target
+        if not token:
+            return await self._reply_root(head, original)
+        if token == b"ready" and original == b"/ready":
+            return await self._reply_ready(head)
+        relay = self.relay
+        synced = relay.feed.synced
+        if not synced.is_set():
+            await synced.wait()
         now = trio.current_time()
         found = self._lookup(token, now)
         if type(found) is not Route:
             assert isinstance(found, Refusal)
-            return await self._reply_error(head, found.status, found.code, found.message)
+            return await self._reply_error(head, found.status, found.kind, found.message)
         route: Route = found
         self.backend_header = route.backend_header
+        if host != self.host:
+            self.host = host
+            self.subdomain = subdomain_of(host, relay.cluster_host)
+        if route.subdomain != self.subdomain:
+            return await self._reply_error(head, 403, "HostMismatch", self._host_refusal(route))
+        if route.static:
+            path = original_form(head.url)
         if route.address is None:
-            waited = await self._wait_ready()
+            waited = await self._wait_ready(route)
             if isinstance(waited, Refusal):
-                return await self._reply_error(head, waited.status, waited.code, waited.message)
+                return await self._reply_error(head, waited.status, waited.kind, waited.message)
             route = waited
             now = trio.current_time()
         if head.upgrade is not None:
@@ -383,9 +441,46 @@ class ClientSession:
         relay = self.relay
         return relay.table.lookup(self.token_hash, now + relay.clock.offset)
 
-    async def _wait_ready(self) -> Route | Refusal:
+    def _host_refusal(self, route: Route) -> str:
+        cluster = self.relay.cluster_host
+        if route.subdomain is None:
+            return "this backend has no subdomain: use the cluster host"
+        if cluster is None:
+            return "this backend has a subdomain, but the proxy knows no cluster host"
+        expected = (route.subdomain + b"." + cluster).decode("ascii", "replace")
+        return f"this backend is reached at the host {expected}"
+
+    async def _reply_ready(self, head: RequestHead) -> bool:
+        """``GET /ready``: 200 once the table has the log's history, else 503."""
+        if not self.relay.feed.synced.is_set():
+            return await self._reply_error(
+                head, 503, "ProxyNotReady", "the proxy has not loaded its routing table yet"
+            )
+        return await self._answer(
+            head,
+            200,
+            lambda close, head_only: render_answer(
+                200, b"ready\n", content_type=b"text/plain", close=close, head_only=head_only
+            ),
+        )
+
+    async def _reply_root(self, head: RequestHead, original: bytes) -> bool:
+        """No token in the path: ``/`` redirects when configured, else 400."""
+        redirect = self.relay.settings.root_redirect
+        if original != b"/" or redirect is None:
+            return await self._reply_error(
+                head, 400, "BadRequest", "no token in the path: use /<token>/..."
+            )
+        return await self._answer(
+            head,
+            302,
+            lambda close, head_only: render_redirect(redirect, close=close, head_only=head_only),
+        )
+
+    async def _wait_ready(self, route: Route) -> Route | Refusal:
         relay = self.relay
-        deadline = trio.current_time() + relay.settings.ready_wait_timeout
+        timeout = route.start_timeout
+        deadline = trio.current_time() + timeout
         while True:
             changed = relay.feed.changed
             found = relay.table.lookup(self.token_hash, relay.clock.now())
@@ -397,25 +492,39 @@ class ClientSession:
                 raise GatewayFault(
                     504,
                     "BackendNotReady",
-                    f"the backend did not become ready within "
-                    f"{relay.settings.ready_wait_timeout:g}s",
+                    f"the backend did not become ready within its start timeout ({timeout:g}s)",
                 )
 
-    async def _reply_error(self, head: RequestHead, status: int, code: str, message: str) -> bool:
-        keep = (
+    def _keepable(self, head: RequestHead) -> bool:
+        """True if the connection can go on after an answer of our own."""
+        return (
             head.keep_alive
             and head.upgrade is None
             and self.fault is None
             and not self.upgraded
             and self._skip_body()
         )
+
+    async def _answer(
+        self, head: RequestHead, status: int, render: Callable[[bool, bool], bytes]
+    ) -> bool:
+        """Send an answer of our own, ``render(close, head_only)``; True to keep
+        the connection."""
+        keep = self._keepable(head)
         self.relay.tracker.response(status)
-        await sockio.send_all(
-            self.sock,
-            render_error(status, code, message, close=not keep, extra_headers=self.backend_header),
-        )
+        await sockio.send_all(self.sock, render(not keep, head.method == b"HEAD"))
         self.response_started = True
         return keep
+
+    async def _reply_error(self, head: RequestHead, status: int, kind: str, message: str) -> bool:
+        extra = self.backend_header
+        return await self._answer(
+            head,
+            status,
+            lambda close, head_only: render_error(
+                status, kind, message, close=close, extra_headers=extra, head_only=head_only
+            ),
+        )
 
     # -------------------------------------------------------- the exchange
 
@@ -424,15 +533,15 @@ class ClientSession:
     ) -> list[bytes]:
         parts = [head.method, b" ", path, b" HTTP/1.1\r\n"]
         parts += head.lines
-        if not head.has_host:
+        if head.host is None:
             assert route.address is not None
             parts.append(b"host: " + route.address.encode() + _CRLF)
         parts.append(route.verified_headers)
         parts.append(b"x-verified-path: ")
         parts.append(original)
-        if head.xff is None and head.xfp is None:
-            parts.append(self.forwarded)
-        else:
+        if not self.trusted or (head.xff is None and head.xfp is None):
+            parts.append(self.forwarded)  # overwrites what the client said
+        else:  # a trusted front proxy: keep its chain and its scheme
             xff = self.peer if head.xff is None else head.xff + b", " + self.peer
             parts.append(b"\r\nx-forwarded-for: " + xff)
             parts.append(b"\r\nx-forwarded-proto: " + (head.xfp or b"http") + _CRLF)
@@ -645,6 +754,8 @@ class ClientSession:
                     out.append(b"HTTP/1.1 %d " % status + piece.reason + _CRLF)
                     out += piece.lines
                     out.append(route.backend_header)
+                    if not piece.cors:
+                        out.append(CORS_LINES)
                     length = piece.content_length
                     if head_method or status == 204 or status == 304:
                         if length is not None and status != 204:

@@ -9,13 +9,19 @@ feeds it (:mod:`plane.proxy.table_feed`) tails the store.
 What it folds (every other event is ignored):
 
 * ``BackendRequested``/``BackendStarting``: the backend exists, not routable
-  yet (lookups return a :class:`Route` whose ``address`` is None: wait).
+  yet (lookups return a :class:`Route` whose ``address`` is None: wait, for
+  at most the spawn config's ``start_timeout_seconds``).  From
+  ``BackendRequested`` also the backend's ``subdomain`` and its static token:
+  a ``static_token`` (Plane's ``use_static_token``) routes by its hash to the
+  backend until the backend ends (no expiry), with no user, user data or
+  secret, and the path is forwarded with the token in it (``Route.static``).
 * ``BackendReady(address)``: routable at ``address``; ``BackendIdle`` and
   ``BackendActive`` change nothing for routing.
 * ``BackendTerminating``/``BackendTerminated``: refused (410
   ``BackendTerminated``).
 * ``TokenIssued``: the token (by hash) routes to the event's stream (the
-  backend id) until ``expires_at``.
+  backend id) until ``expires_at`` (a ``TokenIssued`` for the backend's own
+  static token changes nothing: it stays static).
 * ``TokenRevoked``: that token, or (``token_hash`` None) every token the
   backend had so far, is refused from now on (410 ``TokenRevoked``); tokens
   issued later are not affected.
@@ -25,13 +31,17 @@ terminating/terminated, else the route.
 
 Resource handling: tokens of ended backends are kept (so their lookups say
 *why* they are refused) until :meth:`RouteTable.forget_before` drops the
-expired ones.
+expired ones (and the static tokens of backends that ended before then).
 """
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
+from plane import tokens
+from plane.events.spec import SpawnConfig
 from plane.events.store import RecordedEvent
 from plane.events.types import (
     SYSTEM_STREAM,
@@ -45,29 +55,41 @@ from plane.events.types import (
 )
 from plane.proxy.headers import render_backend_id, render_verified
 
+_start_timeout_default = attrs.fields(SpawnConfig).start_timeout_seconds.default
+assert isinstance(_start_timeout_default, float)
+DEFAULT_START_TIMEOUT: float = _start_timeout_default
+"""The start timeout of a backend whose ``BackendRequested`` was not seen."""
+
 
 @attrs.frozen
 class Route:
     """Where a token's requests go.  ``address`` is None while the backend is
-    still requested or starting (the request should wait)."""
+    still requested or starting (the request should wait, at most
+    ``start_timeout`` seconds)."""
 
     backend_id: str
     address: str | None
     user: str | None
     auth: str | None
-    secret_token: str
+    secret_token: str | None
+    """None for a static token."""
     verified_headers: bytes
     """The rendered ``x-verified-*`` lines for this token (all but ``-path``)."""
     backend_header: bytes
     """The rendered ``x-plane-backend-id`` line for responses."""
+    static: bool = False
+    """A static token: the path reaches the backend with the token in it."""
+    subdomain: bytes | None = None
+    """The backend's subdomain (lowercase): the Host must be under it."""
+    start_timeout: float = DEFAULT_START_TIMEOUT
 
 
 @attrs.frozen
 class Refusal:
-    """Why a token is not routed: an HTTP status and a Plane-style error code."""
+    """Why a token is not routed: an HTTP status and a Plane-style error kind."""
 
     status: int
-    code: str
+    kind: str
     message: str
 
 
@@ -82,14 +104,18 @@ class _Backend:
     backend_id: str
     address: str | None = None
     ended: bool = False
+    ended_at: float = math.inf
     generation: int = 0  # bumped whenever a route's content changes
     tokens: list[str] = attrs.field(factory=list)
+    subdomain: bytes | None = None
+    start_timeout: float = DEFAULT_START_TIMEOUT
 
 
 @attrs.define
 class _Token:
     backend: _Backend
     issued: TokenIssued
+    static: bool = False
     revoked: bool = False
     route: Route | None = None
     route_generation: int = -1
@@ -117,6 +143,9 @@ class RouteTable:
         match event:
             case TokenIssued():
                 backend = self._backend(stream)
+                known = self._tokens.get(event.token_hash)
+                if known is not None and known.static and known.backend is backend:
+                    return
                 self._tokens[event.token_hash] = _Token(backend, event)
                 backend.tokens.append(event.token_hash)
             case TokenRevoked(token_hash=None):
@@ -134,9 +163,26 @@ class RouteTable:
                 backend.address = address
                 backend.generation += 1
             case BackendTerminating() | BackendTerminated():
-                self._backend(stream).ended = True
-            case BackendRequested() | BackendStarting():
+                backend = self._backend(stream)
+                if not backend.ended:
+                    backend.ended = True
+                    backend.ended_at = event.at
+            case BackendRequested():
+                self._requested(stream, event)
+            case BackendStarting():
                 self._backend(stream)
+
+    def _requested(self, stream: str, event: BackendRequested) -> None:
+        backend = self._backend(stream)
+        spawn = event.spawn_config
+        backend.start_timeout = spawn.start_timeout_seconds
+        backend.subdomain = spawn.subdomain.lower().encode() if spawn.subdomain else None
+        backend.generation += 1
+        if event.static_token is not None:
+            token_hash = tokens.digest(event.static_token)
+            issued = TokenIssued(event.at, token_hash, math.inf, "", None, None)
+            self._tokens[token_hash] = _Token(backend, issued, static=True)
+            backend.tokens.append(token_hash)
 
     def _backend(self, backend_id: str) -> _Backend:
         backend = self._backends.get(backend_id)
@@ -146,9 +192,14 @@ class RouteTable:
 
     def forget_before(self, now: float) -> int:
         """Drop tokens that expired before ``now`` (they would look unknown from
-        then on, not expired), and backends left with no token; returns how many
-        tokens were dropped."""
-        gone = [h for h, t in self._tokens.items() if t.issued.expires_at < now]
+        then on, not expired), static tokens of backends that ended before
+        ``now``, and backends left with no token; returns how many tokens were
+        dropped."""
+        gone = [
+            h
+            for h, t in self._tokens.items()
+            if t.issued.expires_at < now or (t.static and t.backend.ended_at < now)
+        ]
         for token_hash in gone:
             token = self._tokens.pop(token_hash)
             token.backend.tokens.remove(token_hash)
@@ -173,14 +224,18 @@ class RouteTable:
         route = token.route
         if route is None or token.route_generation != backend.generation:
             issued = token.issued
+            secret = None if token.static else issued.secret_token
             route = Route(
                 backend.backend_id,
                 backend.address,
                 issued.user,
                 issued.auth,
-                issued.secret_token,
-                render_verified(backend.backend_id, issued.user, issued.auth, issued.secret_token),
+                secret,
+                render_verified(backend.backend_id, issued.user, issued.auth, secret),
                 render_backend_id(backend.backend_id),
+                token.static,
+                backend.subdomain,
+                backend.start_timeout,
             )
             token.route = route
             token.route_generation = backend.generation

@@ -13,6 +13,11 @@ ProxyOverloaded`` and closed (after reading what the client had sent, for at
 most a second, so that the answer is not lost to a reset).  The kernel's
 accept queue therefore never fills up behind a full proxy.
 
+Start-up: the listener is bound and accepting at once; the table's feed
+reads the log's history meanwhile.  Until it has, ``GET /ready`` answers 503
+and other requests wait for it; :func:`serve_proxy` reports started (the
+bound port) once it has.
+
 Resource handling
 -----------------
 :func:`serve_proxy` runs until cancelled; cancelling it closes the listener,
@@ -45,7 +50,7 @@ from plane.actors.clock import TrioClock
 from plane.events.store import EventStore
 from plane.metrics import Metrics
 from plane.proxy import sockio
-from plane.proxy.errors import OVERLOADED
+from plane.proxy.errors import render_overloaded
 from plane.proxy.relay import ClientSession, Relay
 from plane.proxy.routes import RouteTable
 from plane.proxy.settings import ProxySettings
@@ -92,6 +97,9 @@ class ProxyServer:
         self.active = 0
         self.sessions: set[ClientSession] = set()
         self._rejecting = 0
+        self.port = 0
+        self.listening = trio.Event()
+        """Set once bound (and :attr:`port` known), before the table is synced."""
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -99,12 +107,14 @@ class ProxyServer:
         listener = await _listen(host, port, self.ctx.settings.max_connections)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.feed.run)
+                self.port = listener.getsockname()[1]
                 nursery.start_soon(self.tracker.run)
                 nursery.start_soon(self.pool.run)
                 nursery.start_soon(self._watchdog)
-                task_status.started(listener.getsockname()[1])
-                await self._accept(listener, nursery)
+                nursery.start_soon(self._accept, listener, nursery)
+                self.listening.set()
+                await nursery.start(self.feed.run)
+                task_status.started(self.port)
         finally:
             sockio.close(listener)
 
@@ -179,7 +189,7 @@ class ProxyServer:
             sock.setblocking(False)
             self.tracker.response(503)
             with trio.move_on_after(1.0):
-                await sockio.send_all(sock, OVERLOADED)
+                await sockio.send_all(sock, render_overloaded())
                 sock.shutdown(socket.SHUT_WR)
                 while await sockio.recv(sock, 65536):
                     pass
@@ -199,9 +209,9 @@ async def serve_proxy(
 ) -> None:
     """Serve the proxy on ``host:port`` until cancelled.
 
-    Starts the routing table's feed (history first), binds, reports the bound
-    port through ``task_status.started`` (``port`` 0 picks a free one), then
-    serves.
+    Binds, starts the routing table's feed, reports the bound port through
+    ``task_status.started`` once the log's history is in the table (``port`` 0
+    picks a free one), and serves.
     """
     await ProxyServer(ctx).serve(host, port, task_status=task_status)
 

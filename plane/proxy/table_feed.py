@@ -2,11 +2,12 @@
 
 This module owns :class:`TableFeed`, the only writer of the proxy's
 :class:`~plane.proxy.routes.RouteTable`.  :meth:`TableFeed.run` reads the log's
-history, reports started (so the proxy never serves before it knows every
-token that existed when it started), then applies each new event as the store
-announces it, and wakes every request waiting for a change (a backend still
-starting waits in :meth:`TableFeed.wait_for_change`).  Tokens that expired
-long ago are pruned once an hour.
+history, sets :attr:`TableFeed.synced` and reports started (requests wait for
+``synced``, so the proxy never routes before it knows every token that
+existed when it started; ``GET /ready`` answers 503 until then), then applies
+each new event as the store announces it, and wakes every request waiting for
+a change (a backend still starting waits on :attr:`TableFeed.changed`).
+Tokens that expired long ago are pruned once an hour.
 
 Resource handling
 -----------------
@@ -39,6 +40,8 @@ class TableFeed:
         self.table = table
         self.clock = clock
         self._changed = trio.Event()
+        self.synced = trio.Event()
+        """Set once the log's history is in the table."""
 
     @property
     def changed(self) -> trio.Event:
@@ -58,6 +61,7 @@ class TableFeed:
         for recorded in await self.store.read_all(after_seq=table.seq):
             table.apply(recorded)
         self._notify()
+        self.synced.set()
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._prune)

@@ -157,7 +157,7 @@ def test_tokens_expire_at_the_proxy_after_the_configured_lifetime(tmp_path: Path
         time.sleep(2)
         expired = httpx.get(result["url"], timeout=10)
         assert expired.status_code == 410
-        assert expired.json()["error"]["code"] == "TokenExpired"
+        assert expired.json()["kind"] == "TokenExpired"
         fresh = serving.connect({"key": {"name": "short"}})  # a new token for the same backend
         assert httpx.get(fresh["url"], timeout=10).status_code == 200
     finally:

@@ -15,6 +15,8 @@ Endpoints (any path prefix works; the last path segment picks the behaviour):
 * ``/close``: answers with ``Connection: close`` and closes.
 * ``/status/NNN``: answers status NNN with an empty body.
 * ``/head-length``: answers ``Content-Length: 1234``; to HEAD without a body.
+* ``/cors?origin=O``: answers 204 with its own ``Access-Control-Allow-Origin: O``
+  (any method, a preflight ``OPTIONS`` too).
 * a WebSocket handshake (any path but ``/refuse-upgrade``): echoes every
   message; ``/refuse-upgrade`` answers 403 instead of 101;
   ``/close-after-one`` closes (code 1000) after the first echo.
@@ -163,6 +165,9 @@ class TestBackend:
             await self._simple(stream, conn, 200, b"bye", [(b"connection", b"close")])
         elif url.path.rstrip("/").rsplit("/", 2)[-2:-1] == ["status"]:
             await self._simple(stream, conn, int(last), b"")
+        elif last == "cors":
+            origin = query.get("origin", "https://app.example").encode()
+            await self._simple(stream, conn, 204, b"", [(b"access-control-allow-origin", origin)])
         elif last == "head-length":
             headers_out = [(b"content-length", b"1234")]
             await self._send(conn, stream, h11.Response(status_code=200, headers=headers_out))

@@ -25,6 +25,16 @@ class Response:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    def kind(self) -> str:
+        """The ``kind`` of an error answer of the proxy's own (Plane's
+        ``ApiError``: ``{"id", "kind", "message"}``, ``Server: plane/...``)."""
+        error = self.json()
+        assert set(error) == {"id", "kind", "message"}, error
+        assert error["id"] and error["message"], error
+        assert (self.header("server") or "").startswith("plane/"), self.headers
+        kind: str = error["kind"]
+        return kind
+
 
 def _decode_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(n.decode().lower(), v.decode()) for n, v in headers]
@@ -75,7 +85,9 @@ class HttpClient:
         """Send a request head; the body follows with :meth:`send` and :meth:`end`."""
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
-        all_headers = [("host", "proxy.test"), *headers]
+        given = list(headers)
+        has_host = any(name.lower() == "host" for name, _ in given)
+        all_headers = given if has_host else [("host", "proxy.test"), *given]
         if length is not None:
             all_headers.append(("content-length", str(length)))
         elif chunked:

@@ -76,19 +76,33 @@ class Harness:
         user: str | None = "alice",
         auth: str | None = '{"role":"editor"}',
         expires_in: float = 3600.0,
+        start_timeout: float = 120.0,
+        subdomain: str | None = None,
+        static: bool = False,
     ) -> tuple[str, str]:
-        """A backend (ready at the test backend by default) and a token for it."""
+        """A backend (ready at the test backend by default) and a token for it
+        (with ``static``, its static token, given in ``BackendRequested``)."""
         backend_id = f"b{next(_ids):04d}"
-        token = tokens.mint()
         now = self.clock.now()
-        events: list[Event] = [
-            BackendRequested(
-                now, backend_id, BackendKey(backend_id), SpawnConfig(Executable("t")), 1
-            ),
-            TokenIssued(
-                now, tokens.digest(token), now + expires_in, "s3cret-" + backend_id, user, auth
-            ),
-        ]
+        spawn = SpawnConfig(
+            Executable("t"),
+            start_timeout_seconds=start_timeout,
+            use_static_token=static,
+            subdomain=subdomain,
+        )
+        if static:
+            token = "s." + tokens.mint()
+            events: list[Event] = [
+                BackendRequested(now, backend_id, BackendKey(backend_id), spawn, 1, token)
+            ]
+        else:
+            token = tokens.mint()
+            events = [
+                BackendRequested(now, backend_id, BackendKey(backend_id), spawn, 1),
+                TokenIssued(
+                    now, tokens.digest(token), now + expires_in, "s3cret-" + backend_id, user, auth
+                ),
+            ]
         if ready:
             events += [BackendStarting(now), BackendReady(now, address or self.backend.address)]
         await self.append(backend_id, *events)
@@ -132,5 +146,5 @@ async def harness(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Harness]:
 @pytest.fixture
 async def proxied(harness: Harness) -> Harness:
     """The harness with a proxy running (default settings, short timeouts)."""
-    await harness.start_proxy(ready_wait_timeout=2.0, header_timeout=1.0)
+    await harness.start_proxy(header_timeout=1.0)
     return harness

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,6 +35,7 @@ from plane.proxy.routes import (
     Route,
     RouteTable,
 )
+from plane.tokens import digest
 
 T0 = 1_700_000_000.0
 
@@ -77,7 +79,7 @@ def table_of(*pairs: tuple[str, Event]) -> RouteTable:
 
 def test_unknown_token_is_refused() -> None:
     assert RouteTable().lookup("nope", T0) is TOKEN_UNKNOWN
-    assert TOKEN_UNKNOWN.status == 410 and TOKEN_UNKNOWN.code == "TokenUnknown"
+    assert TOKEN_UNKNOWN.status == 410 and TOKEN_UNKNOWN.kind == "TokenUnknown"
 
 
 def test_a_token_of_a_starting_backend_routes_without_an_address() -> None:
@@ -126,7 +128,7 @@ def test_expiry_is_at_expires_at() -> None:
     table = table_of(("b1", requested("b1")), ("b1", issued("h1", expires_at=T0 + 10)))
     assert isinstance(table.lookup("h1", T0 + 9.999), Route)
     assert table.lookup("h1", T0 + 10) is TOKEN_EXPIRED
-    assert TOKEN_EXPIRED.code == "TokenExpired"
+    assert TOKEN_EXPIRED.kind == "TokenExpired"
 
 
 def test_revoking_one_token_leaves_the_others() -> None:
@@ -179,7 +181,7 @@ def test_terminating_and_terminated_backends_are_refused() -> None:
     assert terminating.lookup("h1", T0) is BACKEND_TERMINATED
     terminated = table_of(*base, ("b1", BackendTerminated(T0, TerminationReason.SPAWN_FAILED)))
     assert terminated.lookup("h1", T0) is BACKEND_TERMINATED
-    assert BACKEND_TERMINATED.status == 410 and BACKEND_TERMINATED.code == "BackendTerminated"
+    assert BACKEND_TERMINATED.status == 410 and BACKEND_TERMINATED.kind == "BackendTerminated"
 
 
 def test_token_facts_are_checked_before_the_backend() -> None:
@@ -321,3 +323,58 @@ def test_lookup_agrees_with_a_naive_replay(raw: list[tuple[str, str]], now_offse
         else:
             assert isinstance(found, Route), (token_hash, found)
             assert (found.backend_id, found.address) == expected
+
+
+# ------------------------------------------------- from BackendRequested
+
+
+def requested_with(backend_id: str, static_token: str | None = None, **spawn: Any) -> Event:
+    config = SpawnConfig(Executable("x"), **spawn)
+    return BackendRequested(T0, backend_id, BackendKey(backend_id), config, 1, static_token)
+
+
+def test_a_static_token_routes_by_its_hash_without_expiry_or_user_data() -> None:
+    table = table_of(
+        ("b1", requested_with("b1", "s.abc", use_static_token=True)),
+        ("b1", BackendReady(T0, "127.0.0.1:1")),
+    )
+    route = table.lookup(digest("s.abc"), T0 + 10**9)
+    assert isinstance(route, Route)
+    assert route.static and route.address == "127.0.0.1:1"
+    assert (route.user, route.auth, route.secret_token) == (None, None, None)
+    assert route.verified_headers == b"x-verified-backend: b1\r\n"
+
+
+def test_a_static_token_issued_again_stays_static_and_dies_with_its_backend() -> None:
+    log = Log()
+    table = RouteTable()
+    for stream, event in [
+        ("b1", requested_with("b1", "s.abc", use_static_token=True)),
+        ("b1", TokenIssued(T0, digest("s.abc"), T0 + 5, "secret", "ann", None)),
+        ("b1", BackendReady(T0, "127.0.0.1:1")),
+    ]:
+        table.apply(log.add(stream, event))
+    route = table.lookup(digest("s.abc"), T0 + 100)  # past the TokenIssued expiry
+    assert isinstance(route, Route) and route.static and route.secret_token is None
+    assert table.forget_before(T0 + 10**9) == 0  # the backend lives: kept
+    table.apply(log.add("b1", BackendTerminated(T0 + 50, TerminationReason.EXTERNAL)))
+    assert table.lookup(digest("s.abc"), T0 + 100) is BACKEND_TERMINATED
+    assert table.forget_before(T0 + 49) == 0
+    assert table.forget_before(T0 + 51) == 1
+    assert table.lookup(digest("s.abc"), T0 + 100) is TOKEN_UNKNOWN
+
+
+def test_subdomain_and_start_timeout_come_from_the_spawn_config() -> None:
+    table = table_of(
+        ("b1", requested_with("b1", subdomain="Room1", start_timeout_seconds=7.5)),
+        ("b1", issued("h1")),
+        ("b2", requested("b2")),
+        ("b2", issued("h2")),
+    )
+    route = table.lookup("h1", T0)
+    assert isinstance(route, Route)
+    assert (route.subdomain, route.start_timeout, route.address) == (b"room1", 7.5, None)
+    assert not route.static
+    other = table.lookup("h2", T0)
+    assert isinstance(other, Route) and other.subdomain is None
+    assert other.start_timeout == SpawnConfig(Executable("x")).start_timeout_seconds
