@@ -169,8 +169,8 @@ class Api:
 
     def _fail(self, response: httpx.Response) -> NoReturn:
         try:
-            error = response.json()["error"]
-            message, code = error["message"], error["code"]
+            error = response.json()  # Plane's ApiError: {"id", "kind", "message"}
+            message, code = error["message"], error["kind"]
         except (ValueError, KeyError, TypeError):
             message, code = response.text.strip()[:200], "HttpError"
         if response.status_code == 401:
@@ -265,8 +265,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         body["user"] = args.user
     api = _api(args)
     result = api.request("POST", "/ctrl/connect", json=body)
-    status = result["status"]
-    if not args.no_wait and status not in ("ready", "idle"):
+    status = result["status"]  # Plane's words: scheduled ... ready, terminated
+    if not args.no_wait and status not in _READY_OR_ENDING:
         status = _wait_ready(api, result["backend_id"], quiet=args.json)
     result["status"] = status
     if args.json:
@@ -274,7 +274,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return 3 if status == "terminated" else 0
     if status == "terminated":
         detail = api.request("GET", f"/ctrl/b/{result['backend_id']}")
-        why = detail.get("termination_reason")
+        why = detail.get("reason")
         message = detail.get("message")
         raise CliError(
             f"backend {result['backend_id']} ended before it was ready: {why}"
@@ -288,11 +288,14 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
+_READY_OR_ENDING = ("ready", "terminating", "hard-terminating", "terminated")
+
+
 def _wait_ready(api: Api, backend_id: str, *, quiet: bool) -> str:
     frames = "|/-\\"
     started = time.monotonic()
     show = not quiet and sys.stderr.isatty()
-    status = "requested"
+    status = "scheduled"
     for i, event in enumerate(api.sse(f"/pub/b/{backend_id}/status-stream")):
         status = str(event.get("status", status))
         if show:
@@ -300,7 +303,7 @@ def _wait_ready(api: Api, backend_id: str, *, quiet: bool) -> str:
             print(f"\r{frames[i % 4]} {status:<12} {elapsed:5.1f}s", end="", file=sys.stderr)
         elif not quiet:
             print(f"  {status}", file=sys.stderr)
-        if status in ("ready", "idle"):
+        if status == "ready":
             break
         if status == "terminated":
             if show:
@@ -315,6 +318,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if not args.all:
         params["live"] = 1
+    if args.state:
+        params["state"] = args.state
     if args.status:
         params["status"] = args.status
     result = _api(args).request("GET", "/ctrl/backends", params=params)
@@ -324,8 +329,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = [
         [
             b["backend_id"],
+            b["state"],
             b["status"],
-            b.get("termination_reason"),
+            b.get("reason"),
             (b.get("key") or {}).get("name"),
             b.get("connections"),
             b.get("address"),
@@ -334,18 +340,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for b in result["backends"]
     ]
     print(
-        render_table(["backend", "status", "reason", "key", "conns", "address", "requested"], rows)
+        render_table(
+            ["backend", "state", "status", "reason", "key", "conns", "address", "requested"], rows
+        )
     )
     return 0
 
 
 def _status_line(backend_id: str, status: dict[str, Any]) -> str:
-    line = f"{backend_id}  {status['status']}  {iso(status['time'] / 1000)}"
-    if status.get("termination_reason"):
-        line += f"  reason={status['termination_reason']}"
+    """One line for a backend: our state (when known), Plane's status, reason, exit."""
+    words = [backend_id]
+    if status.get("state"):
+        words.append(f"state={status['state']}")
+    words += [f"status={status['status']}", iso(status["time"] / 1000)]
+    reason = status.get("reason") or status.get("termination_reason")
+    if reason:
+        words.append(f"reason={reason}")
     if status.get("exit_code") is not None:
-        line += f"  exit={status['exit_code']}"
-    return line
+        words.append(f"exit={status['exit_code']}")
+    elif status.get("exit_error"):
+        words.append("exit_error")
+    return "  ".join(words)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -354,15 +369,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         for event in api.sse(f"/pub/b/{args.backend}/status-stream"):
             print(json.dumps(event) if args.json else _status_line(args.backend, event), flush=True)
         return 0
-    status = api.request("GET", f"/pub/b/{args.backend}/status")
-    print(json.dumps(status, indent=2) if args.json else _status_line(args.backend, status))
+    detail = api.request("GET", f"/ctrl/b/{args.backend}")
+    print(json.dumps(detail, indent=2) if args.json else _status_line(args.backend, detail))
     return 0
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
     kind = "hard" if args.hard else "soft"
-    status = _api(args).request("POST", f"/ctrl/b/{args.backend}/{kind}-terminate")
-    print(json.dumps(status, indent=2) if args.json else _status_line(args.backend, status))
+    api = _api(args)
+    api.request("POST", f"/ctrl/b/{args.backend}/{kind}-terminate")  # Plane answers null
+    detail = api.request("GET", f"/ctrl/b/{args.backend}")
+    print(json.dumps(detail, indent=2) if args.json else _status_line(args.backend, detail))
     return 0
 
 
@@ -484,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = client("ls", "list backends (live ones unless --all)")
     p.add_argument("--all", action="store_true")
-    p.add_argument("--status")
+    p.add_argument("--state", help="only backends in this state (ours: requested ... terminated)")
+    p.add_argument("--status", help="only backends in this status (Plane's: scheduled ...)")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(run=cmd_ls)
 
