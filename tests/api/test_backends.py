@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from plane import __version__, tokens
-from plane.events.types import Status, TokenRevoked
+from plane.events.types import ConnectionClosed, ConnectionOpened, Status, TokenRevoked
 from plane.testing.fake_executor import FakeExecutor
-from tests.api.conftest import Api, open_api, spawn_body
+from tests.api.conftest import Api, api_error, open_api, spawn_body
 
 
 async def test_status_is_plane_status_json(api: Api) -> None:
@@ -142,6 +142,8 @@ async def test_list_paginates_with_a_cursor(api: Api) -> None:
         "?limit=ten",
         "?limit=-1",
         "?status=running",
+        "?status=idle",  # ours, not Plane's
+        "?state=waiting",  # Plane's, not ours
         "?live=yes",
         "?cursor=unknown",
     ],
@@ -199,6 +201,79 @@ async def test_revoke_rejects_bad_bodies(api: Api, content: bytes) -> None:
     response = await api.client.post(f"/ctrl/b/{backend_id}/revoke", content=content)
     assert response.status_code == 400
     assert await _revocations(api, backend_id) == []
+
+
+async def test_revoke_refuses_an_unknown_field_instead_of_revoking_all(api: Api) -> None:
+    data = await api.connect()
+    backend_id = data["backend_id"]
+    response = await api.client.post(f"/ctrl/b/{backend_id}/revoke", json={"tokn": data["token"]})
+    assert response.status_code == 400
+    error = api_error(response)
+    assert error["kind"] == "InvalidRequest" and "tokn" in error["message"]
+    assert await _revocations(api, backend_id) == []
+
+
+async def test_plane_revoke_revokes_every_live_token_of_that_user(api: Api) -> None:
+    def body(user: str) -> dict[str, Any]:
+        return {**spawn_body("room"), "user": user}
+
+    alice_1 = (await api.client.post("/ctrl/connect", json=body("alice"))).json()
+    alice_2 = (await api.client.post("/ctrl/connect", json=body("alice"))).json()
+    bob = (await api.client.post("/ctrl/connect", json=body("bob"))).json()
+    backend_id = alice_1["backend_id"]
+    assert alice_2["backend_id"] == bob["backend_id"] == backend_id
+    response = await api.client.post(
+        "/ctrl/b/revoke", json={"backend_id": backend_id, "user": "alice"}
+    )
+    assert response.status_code == 200 and response.json() is None
+    revoked = await _revocations(api, backend_id)
+    assert sorted(h or "" for h in revoked) == sorted(
+        tokens.digest(d["token"]) for d in (alice_1, alice_2)
+    )
+    assert tokens.digest(bob["token"]) not in revoked
+    # again: nothing left of alice's to revoke
+    await api.client.post("/ctrl/b/revoke", json={"backend_id": backend_id, "user": "alice"})
+    assert len(await _revocations(api, backend_id)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user": "alice"}, "backend_id"),
+        ({"backend_id": "x"}, "user"),
+        ({"backend_id": 5, "user": "alice"}, "backend_id"),
+        ({"backend_id": "x", "user": ""}, "user"),
+    ],
+)
+async def test_plane_revoke_names_a_bad_field(api: Api, body: dict[str, Any], field: str) -> None:
+    response = await api.client.post("/ctrl/b/revoke", json=body)
+    assert response.status_code == 400
+    assert field in api_error(response)["message"]
+
+
+async def test_plane_revoke_of_an_unknown_backend_is_404(api: Api) -> None:
+    response = await api.client.post("/ctrl/b/revoke", json={"backend_id": "nope", "user": "a"})
+    assert response.status_code == 404 and api_error(response)["kind"] == "NotFound"
+
+
+async def test_list_filters_on_our_state_and_on_plane_s_status(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    api.supervisor.tell(backend_id, ConnectionOpened(0.0, "c"))
+    api.supervisor.tell(backend_id, ConnectionClosed(0.0, "c"))
+    await api.wait_status(backend_id, Status.IDLE)
+
+    async def ids(query: str) -> list[str]:
+        response = await api.client.get(f"/ctrl/backends?{query}")
+        assert response.status_code == 200, response.text
+        return [b["backend_id"] for b in response.json()["backends"]]
+
+    assert await ids("state=idle") == [backend_id]
+    assert await ids("state=ready") == []
+    assert await ids("status=ready") == [backend_id]  # idle is ready in Plane's words
+    assert await ids("status=scheduled") == []
+    (view,) = (await api.client.get("/ctrl/backends")).json()["backends"]
+    assert (view["state"], view["status"]) == ("idle", "ready")
 
 
 # ----------------------------------------------------------------- logs
