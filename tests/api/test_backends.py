@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -349,3 +350,21 @@ async def test_plane_status_and_health(api: Api) -> None:
     assert data["backends"] == 1
     assert data["last_seq"] >= 2
     assert (await api.client.get("/pub/health")).json() == {"status": "ok"}
+
+
+async def test_no_secret_reaches_the_server_log(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = spawn_body("secretive")
+    body["user"] = "alice"
+    connected = (await api.client.post("/ctrl/connect", json=body)).json()
+    backend_id = connected["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    for path in (f"/ctrl/b/{backend_id}", f"/ctrl/b/{backend_id}/events", "/ctrl/backends"):
+        response = await api.client.get(path)
+        assert "hunter2" not in response.text and connected["secret_token"] not in response.text
+    await api.client.post(f"/ctrl/b/{backend_id}/revoke", json={"tokn": "x"})  # a logged 400
+    await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
+    await api.wait_status(backend_id, Status.TERMINATED)
+    assert caplog.records, "the API logged (its error ids at least)"
+    for secret in ("hunter2", connected["secret_token"], connected["token"]):
+        assert secret not in caplog.text
