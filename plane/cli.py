@@ -306,12 +306,8 @@ def _detail(api: Client, backend_id: str) -> Backend | None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    status: str | None = args.status
-    state: str | None = None
-    if status is not None and status not in {s.value for s in Status}:
-        status, state = None, status  # one of our words (idle, requested): our state
     found = _api(args).backends(
-        live=not args.all, status=status, state=state, page_size=min(args.limit, 1000)
+        live=not args.all, status=args.status, state=args.state, page_size=min(args.limit, 1000)
     )
     backends = list(itertools.islice(found, args.limit))
     if args.json:
@@ -321,6 +317,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         [
             b.backend_id,
             b.state,
+            b.status,
             b.reason,
             b.key.name if b.key else None,
             b.connections,
@@ -330,23 +327,39 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for b in backends
     ]
     print(
-        render_table(["backend", "status", "reason", "key", "conns", "address", "requested"], rows)
+        render_table(
+            ["backend", "state", "status", "reason", "key", "conns", "address", "requested"], rows
+        )
     )
     return 0
 
 
 def _status_line(backend_id: str, status: BackendStatus) -> str:
-    line = f"{backend_id}  {status.status}  {iso(status.time / 1000)}"
+    """One line per status change: Plane's status, its time, reason, exit."""
+    words = [backend_id, f"status={status.status}", iso(status.time / 1000)]
     if status.termination_reason:
-        line += f"  reason={status.termination_reason}"
+        words.append(f"reason={status.termination_reason}")
     if status.exit_code is not None:
-        line += f"  exit={status.exit_code}"
-    return line
+        words.append(f"exit={status.exit_code}")
+    elif status.exit_error:
+        words.append("exit_error")
+    return "  ".join(words)
 
 
-def _show_status(backend_id: str, status: BackendStatus, as_json: bool) -> None:
-    text = json.dumps(unstructure(status), indent=2) if as_json else None
-    print(text or _status_line(backend_id, status), flush=True)
+def _backend_line(backend: Backend) -> str:
+    """One line for a backend: our state, Plane's status, reason, exit."""
+    words = [backend.backend_id, f"state={backend.state}", f"status={backend.status}"]
+    words.append(iso(backend.time / 1000))
+    if backend.reason:
+        words.append(f"reason={backend.reason}")
+    if backend.exit_code is not None:
+        words.append(f"exit={backend.exit_code}")
+    return "  ".join(words)
+
+
+def _show_backend(backend: Backend, as_json: bool) -> None:
+    text = json.dumps(unstructure(backend), indent=2) if as_json else None
+    print(text or _backend_line(backend), flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -358,7 +371,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             else:
                 print(_status_line(args.backend, entry), flush=True)
         return 0
-    _show_status(args.backend, api.status(args.backend), args.json)
+    _show_backend(api.backend(args.backend), args.json)
     return 0
 
 
@@ -368,7 +381,7 @@ def cmd_terminate(args: argparse.Namespace) -> int:
         api.hard_terminate(args.backend)
     else:
         api.soft_terminate(args.backend)
-    _show_status(args.backend, api.status(args.backend), args.json)
+    _show_backend(api.backend(args.backend), args.json)
     return 0
 
 
@@ -518,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = client("ls", "list backends (live ones unless --all)")
     p.add_argument("--all", action="store_true")
-    p.add_argument("--status")
+    p.add_argument("--state", help="only backends in this state (ours: requested ... terminated)")
+    p.add_argument("--status", help="only backends in this status (Plane's: scheduled ...)")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(run=cmd_ls)
 

@@ -2,9 +2,14 @@
 
 Commands (each takes ``--json`` for machines; tables otherwise):
 
-* ``summary LOG``: every backend with its status, reason, key and times;
+* ``summary LOG``: every backend with its state, status, reason, key and times;
 * ``timeline LOG BACKEND``: each event of one backend, with the state after it;
 * ``state LOG --at SEQ|ISO-TIME``: the whole state at that point;
+
+Backends are shown in both vocabularies: ``state`` and ``reason`` ours,
+``status`` Plane's (:mod:`plane.plane_words`).  Secrets (secret and static
+tokens, env values, registry credentials) are redacted by
+:func:`plane.redact.redact` unless ``--show-secrets`` is given.
 * ``verify LOG``: invariants and the determinism check; exit 1 on a violation.
 
 The log is opened read-only, so a running plane may keep writing it.
@@ -26,6 +31,8 @@ from plane.actors.lifecycle import BackendState
 from plane.events.sqlite import read_log
 from plane.events.store import RecordedEvent, StoreError
 from plane.events.wire import tag_of, unstructure
+from plane.plane_words import state_status
+from plane.redact import redact
 from plane.tables import iso, parse_iso, render_table
 from plane.views import detail_view
 from replay.fold import LogFold, fold_until
@@ -40,10 +47,16 @@ def _records(path: str) -> Iterator[RecordedEvent]:
     return iter(read_log(path))
 
 
+def _plane_status(state: BackendState) -> str | None:
+    status = state_status(state)
+    return status.value if status is not None else None
+
+
 def _summary_row(state: BackendState) -> list[object]:
     return [
         state.backend_id,
         state.status.value if state.status else None,
+        _plane_status(state),
         state.termination_reason.value if state.termination_reason else None,
         state.key.display() if state.key else None,
         iso(state.requested_at),
@@ -52,12 +65,19 @@ def _summary_row(state: BackendState) -> list[object]:
     ]
 
 
-_SUMMARY_HEADERS = ["backend", "status", "reason", "key", "requested", "changed", "exit"]
+_SUMMARY_HEADERS = ["backend", "state", "status", "reason", "key", "requested", "changed", "exit"]
 
 
-def _print_states(states: Sequence[BackendState], as_json: bool, extra: dict[str, Any]) -> None:
+def _print_states(
+    states: Sequence[BackendState],
+    as_json: bool,
+    extra: dict[str, Any],
+    *,
+    show_secrets: bool = False,
+) -> None:
     if as_json:
-        print(json.dumps({**extra, "backends": [detail_view(s) for s in states]}, indent=2))
+        views = [detail_view(s, show_secrets=show_secrets) for s in states]
+        print(json.dumps({**extra, "backends": views}, indent=2))
     else:
         print(render_table(_SUMMARY_HEADERS, [_summary_row(s) for s in states]))
 
@@ -65,7 +85,7 @@ def _print_states(states: Sequence[BackendState], as_json: bool, extra: dict[str
 def cmd_summary(args: argparse.Namespace) -> int:
     fold = LogFold(verify=False).feed_all(_records(args.log))
     states = sorted(fold.backends.values(), key=lambda s: (s.requested_at, s.backend_id))
-    _print_states(states, args.json, {"last_seq": fold.last_seq})
+    _print_states(states, args.json, {"last_seq": fold.last_seq}, show_secrets=args.show_secrets)
     return 0
 
 
@@ -77,16 +97,21 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             continue
         try:
             state = lifecycle.evolve(state, record.event)
-            status = state.status.value if state.status else None
+            ours = state.status.value if state.status else None
+            status = _plane_status(state)
         except lifecycle.IllegalTransition as exc:
-            status = f"ILLEGAL: {exc}"
+            ours = status = f"ILLEGAL: {exc}"
+        data = unstructure(record.event)
+        if not args.show_secrets:
+            data = redact(data)
         rows.append(
             {
                 "seq": record.seq,
                 "version": record.version,
                 "at": record.event.at,
                 "type": tag_of(record.event),
-                "data": {k: v for k, v in unstructure(record.event).items() if k != "at"},
+                "data": {k: v for k, v in data.items() if k != "at"},
+                "state_after": ours,
                 "status_after": status,
             }
         )
@@ -96,10 +121,19 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         print(json.dumps({"backend_id": args.backend, "events": rows}, indent=2))
     else:
         table = [
-            [r["seq"], r["version"], iso(r["at"]), r["type"], r["status_after"], _brief(r["data"])]
+            [
+                r["seq"],
+                r["version"],
+                iso(r["at"]),
+                r["type"],
+                r["state_after"],
+                r["status_after"],
+                _brief(r["data"]),
+            ]
             for r in rows
         ]
-        print(render_table(["seq", "ver", "at", "event", "status", "details"], table))
+        headers = ["seq", "ver", "at", "event", "state", "status", "details"]
+        print(render_table(headers, table))
     return 0
 
 
@@ -121,7 +155,8 @@ def cmd_state(args: argparse.Namespace) -> int:
             raise UsageError(f"--at takes a sequence number or an ISO-8601 time; {exc}") from None
         fold = fold_until(_records(args.log), at=moment)
     states = sorted(fold.backends.values(), key=lambda s: (s.requested_at, s.backend_id))
-    _print_states(states, args.json, {"at": point, "last_seq": fold.last_seq})
+    extra = {"at": point, "last_seq": fold.last_seq}
+    _print_states(states, args.json, extra, show_secrets=args.show_secrets)
     return 0
 
 
@@ -174,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("log", help="the event log (DATA_DIR/events.db)")
         p.add_argument("--json", action="store_true", help="print JSON for machines")
+        p.add_argument(
+            "--show-secrets",
+            action="store_true",
+            help="show tokens, env values and registry credentials instead of <redacted>",
+        )
         return p
 
     add("summary", "every backend with status, reason, key and times").set_defaults(run=cmd_summary)

@@ -133,6 +133,8 @@ class BackendState:
     status_at: float = 0.0
     address: str | None = None
     handle: str = ""
+    started_at: float | None = None  # when the executor first reported it running
+    ready_at: float | None = None  # when it last became ready (not idle -> ready)
     connections: frozenset[str] = frozenset()
     quiet_since: float | None = None
     last_activity_at: float | None = None
@@ -202,7 +204,8 @@ def _ev_requested(s: BackendState, e: BackendRequested) -> Changes:
 
 
 def _ev_started(s: BackendState, e: ExecutorStarted) -> Changes:
-    return {"address": e.address, "handle": e.handle}
+    started = s.started_at if s.started_at is not None else e.at
+    return {"address": e.address, "handle": e.handle, "started_at": started}
 
 
 def _ev_opened(s: BackendState, e: ConnectionOpened) -> Changes:
@@ -229,7 +232,7 @@ def _ev_exited(s: BackendState, e: ExecutorExited) -> Changes:
 
 def _ev_ready(s: BackendState, e: BackendReady) -> Changes:
     quiet = None if s.connections else max(e.at, s.last_activity_at or e.at)
-    return _status(s, Status.READY, e.at, address=e.address, quiet_since=quiet)
+    return _status(s, Status.READY, e.at, address=e.address, quiet_since=quiet, ready_at=e.at)
 
 
 def _ev_terminating(s: BackendState, e: BackendTerminating) -> Changes:

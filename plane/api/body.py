@@ -3,7 +3,9 @@
 This module owns how the API reads what clients send: the JSON of ``POST
 /ctrl/connect`` (Plane's field names) becomes a
 :class:`~plane.actors.supervisor.ConnectRequest`, and the optional body of
-``POST /ctrl/b/{id}/revoke`` becomes a token (or None: all tokens).
+``POST /ctrl/b/{id}/revoke`` becomes a token (or None: all tokens; an unknown
+field there is refused, never read as "all"), and Plane's ``POST
+/ctrl/b/revoke`` body becomes a backend id and a user.
 
 Parsing goes through one strict cattrs converter into private wire models
 (``_ConnectBody`` and friends), which are then checked for ranges and mapped
@@ -109,6 +111,14 @@ class _ConnectBody:
 @attrs.frozen
 class _RevokeBody:
     token: str | None = None
+
+
+@attrs.frozen
+class _RevokeUserBody:
+    """Plane's ``RevokeRequest``."""
+
+    backend_id: str
+    user: str
 
 
 # ------------------------------------------------------------ the converter
@@ -418,11 +428,38 @@ def parse_connect(body: bytes) -> ConnectRequest:
     )
 
 
+def _only_fields(data: object, cls: type) -> None:
+    """Refuse a field ``cls`` does not have (where ignoring it would do harm)."""
+    if isinstance(data, dict):
+        known = {a.name for a in attrs.fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            names = ", ".join(f"$.{k[:40]}" for k in unknown)
+            allowed = ", ".join(sorted(known))
+            raise ApiError(400, "InvalidRequest", f"unknown field @ {names} (allowed: {allowed})")
+
+
 def parse_revoke(body: bytes) -> str | None:
-    """The token to revoke, or None for all of them (an empty body, ``{}``, or a null token)."""
+    """The token to revoke, or None for all of them (an empty body, ``{}``, or a null token).
+
+    An unknown field is refused (400 naming it): a misspelt ``token`` must never
+    revoke every token.
+    """
     if not body.strip():
         return None
-    wire = _structure(parse_json(body), _RevokeBody)
+    data = parse_json(body)
+    _only_fields(data, _RevokeBody)
+    wire = _structure(data, _RevokeBody)
     if wire.token is not None and not wire.token:
         raise ApiError(400, "InvalidRequest", "must not be empty @ $.token")
     return wire.token
+
+
+def parse_revoke_user(body: bytes) -> tuple[str, str]:
+    """Plane's ``{"backend_id", "user"}`` revoke body -> (backend id, user)."""
+    wire = _structure(parse_json(body), _RevokeUserBody)
+    p = _Problems()
+    p.text("$.backend_id", wire.backend_id, limit=64, empty=False)
+    p.text("$.user", wire.user, limit=MAX_TEXT_CHARS, empty=False)
+    p.raise_if_any()
+    return wire.backend_id, wire.user

@@ -3,9 +3,11 @@
 This module owns two things read from the log:
 
 * **a backend's status changes**: its stream folded event by event; each
-  event after which the backend's ``status`` differs from before it is a
-  :class:`StatusChange` carrying the event's stream **version** (the SSE
-  ``id``) and Plane's status JSON of the state after it.  History comes from
+  event after which the backend's *Plane* status
+  (:func:`plane.plane_words.state_status`) differs from before it is a
+  :class:`StatusChange` carrying that status (the SSE ``id``), the event's
+  stream **version** (for a numeric ``Last-Event-ID``) and Plane's status
+  JSON of the state after it.  ``ready`` <-> ``idle`` is no change.  History comes from
   ``read_stream``; what follows comes from ``tail`` starting at the global
   sequence number read *before* the history, filtered to the backend and to
   versions past the history, so nothing is lost between the two and nothing
@@ -13,8 +15,7 @@ This module owns two things read from the log:
 * **the global log** from any sequence number (:func:`global_events`), as JSON
   objects ``{"seq", "stream", "version", "type", "data"}``.
 
-Event payloads shown by the API are redacted: the values of a spawn's
-``env``, a static token and a token's ``secret_token`` are replaced by ``"<redacted>"``
+Event payloads shown by the API are redacted by :func:`plane.redact.redact`
 (secrets never leave through list, inspect or event endpoints; the log file
 itself keeps them for replay).
 """
@@ -31,23 +32,14 @@ from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
 from plane.events import wire
 from plane.events.store import EventStore, RecordedEvent
-from plane.events.types import BackendRequested, Status, TokenIssued
+from plane.plane_words import ORDER, PlaneStatus, state_status
+from plane.redact import redact
 from plane.views import status_view
-
-REDACTED = "<redacted>"
 
 
 def event_json(record: RecordedEvent) -> dict[str, Any]:
     """A recorded event as the API shows it (redacted, see the module docstring)."""
-    data = wire.unstructure(record.event)
-    if isinstance(record.event, BackendRequested):
-        exe = data.get("spawn_config", {}).get("executable", {})
-        if isinstance(exe.get("env"), dict):
-            exe["env"] = {name: REDACTED for name in exe["env"]}
-        if data.get("static_token"):
-            data["static_token"] = REDACTED
-    elif isinstance(record.event, TokenIssued) and data.get("secret_token"):
-        data["secret_token"] = REDACTED
+    data = redact(wire.unstructure(record.event))
     return {
         "seq": record.seq,
         "stream": record.stream,
@@ -60,6 +52,7 @@ def event_json(record: RecordedEvent) -> dict[str, Any]:
 @attrs.frozen
 class StatusChange:
     version: int
+    status: PlaneStatus
     view: dict[str, Any]
     terminal: bool
 
@@ -83,11 +76,14 @@ def _changes(
 ) -> tuple[list[StatusChange], BackendState]:
     changes: list[StatusChange] = []
     for record in records:
-        before: Status | None = state.status
+        before = state_status(state)
         state = lifecycle.evolve(state, record.event)
-        if state.status is not before:
+        after = state_status(state)
+        if after is not None and after is not before:
             changes.append(
-                StatusChange(record.version, status_view(state), lifecycle.is_terminal(state))
+                StatusChange(
+                    record.version, after, status_view(state), lifecycle.is_terminal(state)
+                )
             )
     return changes, state
 
@@ -102,19 +98,34 @@ async def status_history(store: EventStore, backend_id: str) -> StatusHistory | 
     return StatusHistory(backend_id, changes, state, seq)
 
 
+@attrs.frozen
+class Resume:
+    """Where a status stream resumes: after a stream ``version`` (ours, a numeric
+    ``Last-Event-ID``) or after a Plane ``status`` (Plane's ``Last-Event-ID``:
+    every status up to and including it is skipped)."""
+
+    version: int = 0
+    status: PlaneStatus | None = None
+
+    def wants(self, change: StatusChange) -> bool:
+        if self.status is not None:
+            return ORDER[change.status] > ORDER[self.status]
+        return change.version > self.version
+
+
 async def follow_status(
     store: EventStore,
     history: StatusHistory,
-    after_version: int,
+    resume: Resume,
     send: trio.MemorySendChannel[StatusChange],
 ) -> None:
-    """Send every status change with version > ``after_version``: history, then live.
+    """Send every status change ``resume`` wants: history, then live.
 
     Returns (closing ``send``) once the backend is terminated.
     """
     async with send:
         for change in history.changes:
-            if change.version > after_version:
+            if resume.wants(change):
                 await send.send(change)
         if history.ended:
             return
@@ -126,7 +137,7 @@ async def follow_status(
                     continue
                 changes, state = _changes([record], state)
                 for change in changes:
-                    if change.version > after_version:
+                    if resume.wants(change):
                         await send.send(change)
                 if lifecycle.is_terminal(state):
                     return

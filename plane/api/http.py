@@ -208,7 +208,7 @@ class _Connection:
         if self.observe is not None:
             self.observe(status)
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = error_json(code, message)
+            body = error_json(code, message, status)
             headers = [
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),

@@ -31,11 +31,13 @@ from plane.api.body import (
 )
 from plane.api.errors import ERROR_CODES
 from plane.events.types import Status, TerminationKind, TerminationReason
+from plane.plane_words import PlaneReason, PlaneStatus
 
 JSON = "application/json"
 NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"
 NO_NUL = "^[^\\x00]*$"
 FLAG = {"type": "string", "enum": ["1", "0", "true", "false"]}
+LAST_STATUS_ID = "^([0-9]{0,19}|" + "|".join(s.value for s in PlaneStatus) + ")$"
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -68,19 +70,31 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[
 
 
 def _schemas() -> dict[str, Any]:
-    statuses = [s.value for s in Status]
-    reasons = [r.value for r in TerminationReason]
+    statuses = [s.value for s in PlaneStatus]
+    reasons = [r.value for r in PlaneReason]
+    our_states = [s.value for s in Status]
+    our_reasons = [r.value for r in TerminationReason]
     kinds = [k.value for k in TerminationKind]
     codes = sorted({code for group in ERROR_CODES.values() for code in group})
     status_props = {
         "status": {"type": "string", "enum": statuses},
         "time": {"type": "integer", "description": "When the status began, ms since the epoch."},
+        "termination_reason": {"type": "string", "enum": reasons},
+        "termination_kind": {"type": "string", "enum": kinds},
+        "exit_error": {"type": "boolean"},
+    }
+    status_required = ["status", "time"]
+    detail_status_props = {
+        "state": {"type": "string", "enum": our_states},
+        "reason": _nullable({"type": "string", "enum": our_reasons}),
+        "state_at": {"type": "integer"},
+        "status": {"type": "string", "enum": statuses},
+        "time": {"type": "integer"},
         "termination_reason": _nullable({"type": "string", "enum": reasons}),
         "termination_kind": _nullable({"type": "string", "enum": kinds}),
-        "exit_error": {"type": "boolean"},
+        "exit_error": _nullable({"type": "boolean"}),
         "exit_code": _nullable({"type": "integer"}),
     }
-    status_required = list(status_props)
     limit_props = {
         "cpu_period": _nullable(_int_range(1, MAX_INT64)),
         "cpu_period_percent": _nullable(_int_range(1, 100)),
@@ -93,17 +107,13 @@ def _schemas() -> dict[str, Any]:
         "Error": {
             **_obj(
                 {
-                    "error": _obj(
-                        {
-                            "code": {"type": "string", "enum": codes},
-                            "message": {"type": "string"},
-                        },
-                        ["code", "message"],
-                    )
+                    "id": {"type": "string", "description": "Random; also in the server log."},
+                    "kind": {"type": "string", "enum": codes},
+                    "message": {"type": "string"},
                 },
-                ["error"],
+                ["id", "kind", "message"],
             ),
-            "description": "Every error: a Plane-style `code` and a message for people.",
+            "description": "Plane's ApiError: every error's body.",
         },
         "Key": {
             **_obj(
@@ -183,6 +193,7 @@ def _schemas() -> dict[str, Any]:
                 "subdomain": _nullable({"type": "string"}),
                 "secret_token": _nullable({"type": "string"}),
                 "status_url": {"type": "string"},
+                "drone": _nullable({"type": "string"}),
             },
             [
                 "backend_id",
@@ -196,7 +207,7 @@ def _schemas() -> dict[str, Any]:
         ),
         "BackendStatus": {
             **_obj(status_props, status_required),
-            "description": "Plane's status object (`exit_code` is ours).",
+            "description": "Plane's BackendStatusStreamEntry (absent fields omitted).",
         },
         "BackendDetail": _obj(
             {
@@ -211,7 +222,7 @@ def _schemas() -> dict[str, Any]:
                         ["name", "namespace", "tag"],
                     )
                 ),
-                **status_props,
+                **detail_status_props,
                 "requested_at": {"type": "integer"},
                 "address": _nullable({"type": "string"}),
                 "fencing_token": {"type": "integer"},
@@ -229,7 +240,10 @@ def _schemas() -> dict[str, Any]:
                                         {"type": "array", "items": {"type": "string"}}
                                     ),
                                     "cwd": _nullable({"type": "string"}),
-                                    "env_keys": {"type": "array", "items": {"type": "string"}},
+                                    "env": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "string"},
+                                    },
                                     "pull_policy": {"type": "string"},
                                     "port": {"type": "integer"},
                                     "resource_limits": {
@@ -237,7 +251,7 @@ def _schemas() -> dict[str, Any]:
                                         "additionalProperties": {"type": "integer"},
                                     },
                                 },
-                                ["env_keys", "pull_policy", "port", "resource_limits"],
+                                ["env", "pull_policy", "port", "resource_limits"],
                             ),
                             "max_idle_seconds": _nullable({"type": "number"}),
                             "lifetime_limit_seconds": _nullable({"type": "number"}),
@@ -251,7 +265,7 @@ def _schemas() -> dict[str, Any]:
             [
                 "backend_id",
                 "key",
-                *status_required,
+                *detail_status_props,
                 "requested_at",
                 "address",
                 "fencing_token",
@@ -288,23 +302,47 @@ def _schemas() -> dict[str, Any]:
         "EventList": _obj({"events": {"type": "array", "items": _ref("Event")}}, ["events"]),
         "PlaneStatus": _obj(
             {
+                "status": {"type": "string", "enum": ["ok"]},
                 "version": {"type": "string"},
+                "hash": {"type": "string"},
+            },
+            ["status", "version", "hash"],
+        ),
+        "PlaneInfo": _obj(
+            {
+                "version": {"type": "string"},
+                "hash": {"type": "string"},
                 "executor": {"type": "string"},
                 "live_backends": {"type": "integer", "minimum": 0},
                 "backends": {"type": "integer", "minimum": 0},
                 "last_seq": {"type": "integer", "minimum": 0},
             },
-            ["version", "executor", "live_backends", "backends", "last_seq"],
+            ["version", "hash", "executor", "live_backends", "backends", "last_seq"],
         ),
         "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}, ["status"]),
-        "RevokeRequest": _obj({"token": _nullable({"type": "string", "minLength": 1})}),
+        "RevokeRequest": {
+            **_obj({"token": _nullable({"type": "string", "minLength": 1})}),
+            "additionalProperties": False,
+        },
+        "RevokeUserRequest": _obj(
+            {
+                "backend_id": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "pattern": NO_CONTROL,
+                },
+                "user": _text(MAX_TEXT_CHARS, min_length=1),
+            },
+            ["backend_id", "user"],
+        ),
         "RevokeResponse": _obj(
             {
                 "backend_id": {"type": "string"},
                 "revoked": {"type": "string", "enum": ["all", "token"]},
-                **status_props,
+                **detail_status_props,
             },
-            ["backend_id", "revoked", *status_required],
+            ["backend_id", "revoked", *detail_status_props],
         ),
     }
 
@@ -374,7 +412,11 @@ SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 def document() -> dict[str, Any]:
     """The OpenAPI document as a JSON-ready dict."""
-    terminate = {"200": _json("The backend's status after the request.", "BackendStatus")}
+    null = {
+        "description": "`null`, as Plane answers.",
+        "content": {JSON: {"schema": {"type": "null"}}},
+    }
+    terminate = {"200": null}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -383,8 +425,8 @@ def document() -> dict[str, Any]:
             "description": (
                 "Session backends on trio. Plane-compatible spawn, status and terminate "
                 "(paths and JSON field names as in jamsocket/plane 0.5), plus list, inspect, "
-                "events, logs, revoke and metrics. Every error body is "
-                '`{"error": {"code", "message"}}`.'
+                "events, logs, revoke and metrics. Every error body is Plane's ApiError "
+                '`{"id", "kind", "message"}`.'
             ),
         },
         "security": [{"bearer": []}],
@@ -432,11 +474,30 @@ def document() -> dict[str, Any]:
                     operation_id="revoke",
                 )
             },
+            "/ctrl/b/revoke": {
+                "post": _op(
+                    "Plane's revoke: every live connection token of a user on a backend",
+                    {"200": null},
+                    errors=(400, 404, 413),
+                    body={
+                        "required": True,
+                        "content": {JSON: {"schema": _ref("RevokeUserRequest")}},
+                    },
+                    operation_id="revokeUser",
+                )
+            },
             "/ctrl/status": {
                 "get": _op(
-                    "This plane: version, executor, backend counts",
-                    {"200": _json("Plane's own status.", "PlaneStatus")},
+                    "Plane's status: ok, version and build hash",
+                    {"200": _json("Plane's status.", "PlaneStatus")},
                     operation_id="planeStatus",
+                )
+            },
+            "/ctrl/info": {
+                "get": _op(
+                    "This plane: version, hash, executor, backend counts",
+                    {"200": _json("Our own detail.", "PlaneInfo")},
+                    operation_id="planeInfo",
                 )
             },
             "/ctrl/backends": {
@@ -446,9 +507,14 @@ def document() -> dict[str, Any]:
                     errors=(400,),
                     parameters=[
                         _query(
-                            "status",
+                            "state",
                             {"type": "string", "enum": [s.value for s in Status]},
-                            "Only backends in this status.",
+                            "Only backends in this state (ours).",
+                        ),
+                        _query(
+                            "status",
+                            {"type": "string", "enum": [s.value for s in PlaneStatus]},
+                            "Only backends in this status (Plane's).",
                         ),
                         _query("key", {"type": "string"}, "Only backends whose key name is this."),
                         _query("namespace", {"type": "string"}, "Only this key namespace."),
@@ -533,8 +599,9 @@ def document() -> dict[str, Any]:
             "/pub/b/{id}/status-stream": {
                 "get": _op(
                     "SSE of a backend's status changes: history, then live; ends after "
-                    "terminated. Each `id` is the event's stream version; `Last-Event-ID` "
-                    "resumes after it; `: keep-alive` comments in between",
+                    "terminated; an event only when Plane's status changes. Each `id` is the "
+                    "status; `Last-Event-ID: <status>` skips up to and including it, a numeric "
+                    "one resumes after that stream version; `: keep-alive` comments in between",
                     {
                         "200": {
                             "description": "SSE; each `data` is a BackendStatus.",
@@ -553,7 +620,7 @@ def document() -> dict[str, Any]:
                             "name": "Last-Event-ID",
                             "in": "header",
                             "required": False,
-                            "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
+                            "schema": {"type": "string", "pattern": LAST_STATUS_ID},
                         },
                     ],
                     operation_id="statusStream",

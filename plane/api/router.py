@@ -54,7 +54,7 @@ def json_response(
 
 def error_response(error: ApiError) -> Response:
     headers = (("content-type", JSON_TYPE), *error.headers)
-    return Response(error.status, headers, error_json(error.code, error.message))
+    return Response(error.status, headers, error_json(error.kind, error.message, error.status))
 
 
 @attrs.frozen

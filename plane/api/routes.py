@@ -1,26 +1,37 @@
-"""The endpoints: Plane's spawn, status and terminate API, plus our list, inspect,
-events, logs, revoke and metrics endpoints.
+"""The endpoints: Plane's spawn, status, terminate and revoke API, plus our list,
+inspect, events, logs, revoke, info and metrics endpoints.
 
 This module owns what each path does; :func:`build_router` returns the route
 table wired to an :class:`~plane.api.context.ApiContext`.  Bodies are parsed
 in :mod:`plane.api.body`, streams are framed in :mod:`plane.api.sse` and fed
 from :mod:`plane.api.feeds`, views come from :mod:`plane.views`.
 
-Endpoints (the OpenAPI document, :mod:`plane.api.openapi`, describes each):
+Plane's endpoints answer Plane's fields, enums and shapes exactly (our
+lifecycle said in Plane's words by :mod:`plane.plane_words`):
 
-* ``POST /ctrl/connect``; ``POST /ctrl/b/{id}/soft-terminate`` and
-  ``hard-terminate``; ``POST /ctrl/b/{id}/revoke``
-* ``GET /pub/b/{id}/status``, ``GET /pub/b/{id}/status-stream`` (SSE),
-  ``GET /pub/health``
-* ``GET /ctrl/status``, ``GET /ctrl/backends``, ``GET /ctrl/b/{id}``,
-  ``GET /ctrl/b/{id}/events``, ``GET /ctrl/events`` (SSE, or a WebSocket feed
-  on an upgrade request), ``GET /ctrl/b/{id}/logs``
+* ``POST /ctrl/connect`` (``ConnectResponse``); ``POST
+  /ctrl/b/{id}/soft-terminate`` and ``hard-terminate`` (``null``);
+  ``POST /ctrl/b/revoke`` (``{"backend_id", "user"}``: that user's tokens;
+  ``null``)
+* ``GET /pub/b/{id}/status`` (``BackendStatusStreamEntry``),
+  ``GET /pub/b/{id}/status-stream`` (SSE), ``GET /pub/health``
+* ``GET /ctrl/status`` (``{"status": "ok", "version", "hash"}``)
+
+Ours, in both vocabularies (``state``/``reason`` ours, ``status`` Plane's):
+
+* ``GET /ctrl/info``, ``GET /ctrl/backends`` (``?state=`` filters on ours,
+  ``?status=`` on Plane's), ``GET /ctrl/b/{id}``, ``GET /ctrl/b/{id}/events``,
+  ``GET /ctrl/events`` (SSE, or a WebSocket feed on an upgrade request),
+  ``GET /ctrl/b/{id}/logs``, ``POST /ctrl/b/{id}/revoke``
 * ``GET /metrics``, ``GET /openapi.json``
 
-Status stream ids are the backend's stream **versions**; global event ids are
-**sequence numbers**.  A ``Last-Event-ID`` resumes after that id.  A status
-stream of a terminated backend with nothing left to send is answered 204,
-which tells ``EventSource`` to stop reconnecting.
+A status stream sends an event only when Plane's status changes; its SSE
+``id`` is that status, and ``Last-Event-ID: <status>`` skips every status up
+to and including it, as Plane does; a numeric ``Last-Event-ID`` is read as a
+stream **version** (ours) and resumes after it.  Global event ids are
+**sequence numbers**.  A status stream of a terminated backend with nothing
+left to send is answered 204, which tells ``EventSource`` to stop
+reconnecting.
 """
 
 from __future__ import annotations
@@ -44,7 +55,9 @@ from plane.api.http import Request, Response, Send
 from plane.api.keys import Access
 from plane.api.openapi import document
 from plane.api.router import Params, Route, Router, json_response
-from plane.events.types import Status, TerminationKind
+from plane.build import build_hash
+from plane.events.types import Status, TerminationKind, TokenIssued, TokenRevoked
+from plane.plane_words import PlaneStatus, state_status
 from plane.views import detail_view, status_view
 
 DEFAULT_PAGE = 100
@@ -87,6 +100,32 @@ def _last_event_id(request: Request) -> int | None:
     return _integer(value, "Last-Event-ID", default=0, low=0, high=10**19 - 1)
 
 
+_PLANE_STATUSES = {s.value: s for s in PlaneStatus}
+
+
+def _status_resume(request: Request) -> feeds.Resume:
+    """A status stream's ``Last-Event-ID``: a Plane status, or a stream version (ours)."""
+    value = request.header("last-event-id")
+    if not value:
+        return feeds.Resume()
+    status = _PLANE_STATUSES.get(value.strip())
+    if status is not None:
+        return feeds.Resume(status=status)
+    if not _DIGITS.fullmatch(value):
+        choices = ", ".join(_PLANE_STATUSES)
+        raise invalid(
+            f"Last-Event-ID must be a status ({choices}) or a stream version, not {value[:40]!r}"
+        )
+    return feeds.Resume(version=int(value))
+
+
+def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    value = request.param(name)
+    if value is not None and value not in choices:
+        raise invalid(f"{name} must be one of {', '.join(choices)}, not {value[:40]!r}")
+    return value
+
+
 # ------------------------------------------------------------------ the API
 
 
@@ -119,25 +158,29 @@ class Endpoints:
         url = cluster.backend_url(
             self.ctx.public_proxy_url, result.token, subdomain=result.subdomain, cluster=ours
         )
+        state = result.state
+        status = state_status(state)
+        assert status is not None
         return json_response(
             {
                 "backend_id": result.backend_id,
                 "spawned": result.spawned,
-                "status": result.status.value,
+                "status": status.value,
                 "token": result.token,
                 "url": url,
                 "subdomain": result.subdomain,
-                "secret_token": result.secret_token,
+                "secret_token": result.secret_token or None,
                 "status_url": f"{api}/pub/b/{result.backend_id}/status",
+                "drone": self.ctx.executor_name if result.spawned else None,
             }
         )
 
     async def _terminate(self, backend_id: str, kind: TerminationKind) -> Response:
         try:
-            state = await self.ctx.supervisor.terminate(backend_id, kind)
+            await self.ctx.supervisor.terminate(backend_id, kind)
         except UnknownBackend:
             raise not_found(backend_id) from None
-        return json_response(status_view(state))
+        return json_response(None)
 
     async def soft_terminate(self, request: Request, params: Params) -> Response:
         return await self._terminate(params["id"], TerminationKind.SOFT)
@@ -150,20 +193,20 @@ class Endpoints:
 
     async def status_stream(self, request: Request, params: Params) -> Response:
         backend_id = params["id"]
-        after = _last_event_id(request) or 0
+        resume = _status_resume(request)
         self._state(backend_id)
         history = await feeds.status_history(self.ctx.store, backend_id)
         if history is None:
             raise not_found(backend_id)
-        if history.ended and all(c.version <= after for c in history.changes):
+        if history.ended and not any(resume.wants(c) for c in history.changes):
             return Response(204, (("cache-control", "no-cache"),))
         store = self.ctx.store
 
         async def source(send: trio.MemorySendChannel[feeds.StatusChange]) -> None:
-            await feeds.follow_status(store, history, after, send)
+            await feeds.follow_status(store, history, resume, send)
 
         def render(change: feeds.StatusChange) -> bytes:
-            return sse.frame(change.view, event_id=change.version)
+            return sse.frame(change.view, event_id=change.status.value)
 
         async def write(send: Send) -> None:
             await sse.relay(send, source, render, keepalive=self.ctx.keepalive_seconds)
@@ -173,13 +216,40 @@ class Endpoints:
     async def health(self, request: Request, params: Params) -> Response:
         return json_response({"status": "ok"})
 
+    async def plane_status(self, request: Request, params: Params) -> Response:
+        return json_response({"status": "ok", "version": __version__, "hash": build_hash()})
+
+    async def revoke_user(self, request: Request, params: Params) -> Response:
+        """Plane's revoke: every live token of ``user`` on ``backend_id``."""
+        backend_id, user = body.parse_revoke_user(request.body)
+        self._state(backend_id)
+        records = await self.ctx.store.read_stream(backend_id)
+        now = self.ctx.supervisor.clock.now()
+        live: dict[str, None] = {}
+        for record in records:
+            event = record.event
+            if isinstance(event, TokenIssued) and event.user == user and event.expires_at > now:
+                live[event.token_hash] = None
+            elif isinstance(event, TokenRevoked):
+                if event.token_hash is None:
+                    live.clear()
+                else:
+                    live.pop(event.token_hash, None)
+        for token_hash in live:
+            try:
+                await self.ctx.supervisor.revoke(backend_id, token_hash)
+            except UnknownBackend:
+                raise not_found(backend_id) from None
+        return json_response(None)
+
     # ------------------------------------------------------------------ ours
 
-    async def plane_status(self, request: Request, params: Params) -> Response:
+    async def info(self, request: Request, params: Params) -> Response:
         supervisor = self.ctx.supervisor
         return json_response(
             {
                 "version": __version__,
+                "hash": build_hash(),
                 "executor": self.ctx.executor_name,
                 "live_backends": supervisor.live_count(),
                 "backends": len(supervisor.states),
@@ -188,10 +258,8 @@ class Endpoints:
         )
 
     async def list_backends(self, request: Request, params: Params) -> Response:
-        status_filter = request.param("status")
-        if status_filter is not None and status_filter not in {s.value for s in Status}:
-            choices = ", ".join(s.value for s in Status)
-            raise invalid(f"status must be one of {choices}, not {status_filter[:40]!r}")
+        state_filter = _choice(request, "state", tuple(s.value for s in Status))
+        status_filter = _choice(request, "status", tuple(_PLANE_STATUSES))
         name = request.param("key")
         namespace = request.param("namespace")
         live = _flag(request, "live")
@@ -212,10 +280,14 @@ class Endpoints:
             after = order(cursor_state)
 
         def keep(state: BackendState) -> bool:
-            if status_filter is not None and (
-                state.status is None or state.status.value != status_filter
+            if state_filter is not None and (
+                state.status is None or state.status.value != state_filter
             ):
                 return False
+            if status_filter is not None:
+                status = state_status(state)
+                if status is None or status.value != status_filter:
+                    return False
             if live and not lifecycle.is_live(state):
                 return False
             key = state.key
@@ -295,7 +367,7 @@ class Endpoints:
             {
                 "backend_id": backend_id,
                 "revoked": "all" if token is None else "token",
-                **status_view(state),
+                **detail_view(state),
             }
         )
 
@@ -339,12 +411,15 @@ def _protected(path: str) -> bool:
 def build_router(ctx: ApiContext) -> Router:
     """The route table, bound to ``ctx``."""
     e = Endpoints(ctx)
+    build_hash()  # read once now (it may run git), never inside a request
     routes = [
         Route("POST", "/ctrl/connect", e.connect),
         Route("POST", "/ctrl/b/{id}/soft-terminate", e.soft_terminate),
         Route("POST", "/ctrl/b/{id}/hard-terminate", e.hard_terminate),
         Route("POST", "/ctrl/b/{id}/revoke", e.revoke),
+        Route("POST", "/ctrl/b/revoke", e.revoke_user),
         Route("GET", "/ctrl/status", e.plane_status),
+        Route("GET", "/ctrl/info", e.info),
         Route("GET", "/ctrl/backends", e.list_backends),
         Route("GET", "/ctrl/b/{id}", e.detail),
         Route("GET", "/ctrl/b/{id}/events", e.backend_events),

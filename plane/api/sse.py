@@ -36,7 +36,7 @@ KEEPALIVE = b": keep-alive\n\n"
 T = TypeVar("T")
 
 
-def frame(data: Any, *, event_id: int | None = None, event: str | None = None) -> bytes:
+def frame(data: Any, *, event_id: int | str | None = None, event: str | None = None) -> bytes:
     """One SSE event whose data is ``data`` as compact JSON."""
     lines: list[str] = []
     if event_id is not None:

@@ -31,6 +31,16 @@ API_URL = "http://api.test:8080"
 API_KEY = "test-key-0123456789"
 
 
+def api_error(body: bytes | httpx.Response) -> dict[str, str]:
+    """Plane's ApiError body, checked for its exact shape: {"id", "kind", "message"}."""
+    data = json.loads(body if isinstance(body, bytes) else body.content)
+    assert set(data) == {"id", "kind", "message"}, data
+    assert isinstance(data["id"], str) and data["id"], data
+    assert isinstance(data["kind"], str) and isinstance(data["message"], str), data
+    error: dict[str, str] = data
+    return error
+
+
 def spawn_body(name: str = "room", tag: str = "", **spawn: Any) -> dict[str, Any]:
     """A Plane connect body for ``name`` with a spawn config."""
     executable = {"image": "app:1", "env": {"SECRET": "hunter2"}}
@@ -189,7 +199,7 @@ async def open_raw(port: int) -> AsyncIterator[RawClient]:
 
 async def sse_events(lines: AsyncIterator[str], count: int | None = None) -> list[dict[str, Any]]:
     """Parse SSE lines into events ``{"id", "data", "comments"}`` until ``count`` events
-    (or the end of the stream)."""
+    (or the end of the stream); a numeric id becomes an int."""
     events: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
     async for line in lines:
@@ -207,7 +217,7 @@ async def sse_events(lines: AsyncIterator[str], count: int | None = None) -> lis
         if field == "data":
             current["data"] = json.loads(value)
         elif field == "id":
-            current["id"] = int(value)
+            current["id"] = int(value) if value.isdigit() else value
         else:
             current[field] = value
     return events

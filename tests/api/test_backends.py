@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,18 +10,9 @@ import pytest
 import trio
 
 from plane import __version__, tokens
-from plane.events.types import Status, TokenRevoked
+from plane.events.types import ConnectionClosed, ConnectionOpened, Status, TokenRevoked
 from plane.testing.fake_executor import FakeExecutor
-from tests.api.conftest import Api, open_api, spawn_body
-
-STATUS_FIELDS = {
-    "status",
-    "time",
-    "termination_reason",
-    "termination_kind",
-    "exit_error",
-    "exit_code",
-}
+from tests.api.conftest import Api, api_error, open_api, spawn_body
 
 
 async def test_status_is_plane_status_json(api: Api) -> None:
@@ -29,41 +21,47 @@ async def test_status_is_plane_status_json(api: Api) -> None:
     response = await api.client.get(f"/pub/b/{backend_id}/status")
     assert response.status_code == 200
     data = response.json()
-    assert set(data) == STATUS_FIELDS
+    assert set(data) == {"status", "time"}  # Plane omits the absent optional fields
     assert data["status"] == "ready"
     assert isinstance(data["time"], int) and data["time"] > 1_600_000_000_000
-    assert data["termination_reason"] is None and data["exit_error"] is False
 
 
 @pytest.mark.parametrize(("path", "kind"), [("soft-terminate", "soft"), ("hard-terminate", "hard")])
-async def test_terminate_returns_the_status(api: Api, path: str, kind: str) -> None:
+async def test_terminate_answers_null(api: Api, path: str, kind: str) -> None:
     backend_id = (await api.connect())["backend_id"]
     await api.wait_status(backend_id, Status.READY)
     response = await api.client.post(f"/ctrl/b/{backend_id}/{path}")
     assert response.status_code == 200
-    data = response.json()
-    assert set(data) == STATUS_FIELDS
-    assert data["status"] in ("terminating", "terminated")
-    assert data["termination_reason"] == "external"
-    assert data["termination_kind"] == kind
+    assert response.content == b"null"
     await api.wait_status(backend_id, Status.TERMINATED)
     final = (await api.client.get(f"/pub/b/{backend_id}/status")).json()
     assert final["status"] == "terminated"
+    assert final["termination_reason"] == "external"
+    assert final["termination_kind"] == kind
+    assert isinstance(final["exit_error"], bool)
     # terminating again is harmless
     again = await api.client.post(f"/ctrl/b/{backend_id}/{path}")
-    assert again.status_code == 200
-    assert again.json()["status"] == "terminated"
+    assert again.status_code == 200 and again.json() is None
 
 
-async def test_detail_hides_env_values(api: Api) -> None:
-    backend_id = (await api.connect())["backend_id"]
+async def test_detail_hides_env_values_and_credentials(api: Api) -> None:
+    body = spawn_body("room")
+    body["spawn_config"]["executable"]["credentials"] = {"username": "u", "password": "pw-99"}
+    connected = await api.client.post("/ctrl/connect", json=body)
+    if connected.status_code == 400:  # the fake executor may refuse credentials by name
+        assert "credentials" in connected.json()["message"]
+        connected = await api.client.post("/ctrl/connect", json=spawn_body("room"))
+    backend_id = connected.json()["backend_id"]
     response = await api.client.get(f"/ctrl/b/{backend_id}")
     assert response.status_code == 200
     data = response.json()
     assert data["backend_id"] == backend_id
     assert data["key"] == {"name": "room", "namespace": "", "tag": ""}
-    assert data["spawn_config"]["executable"]["env_keys"] == ["SECRET"]
-    assert "hunter2" not in response.text
+    assert data["spawn_config"]["executable"]["env"] == {"SECRET": "<redacted>"}
+    assert "hunter2" not in response.text and "pw-99" not in response.text
+    # both vocabularies: ours and Plane's
+    assert data["state"] in ("requested", "starting", "ready")
+    assert data["status"] in ("scheduled", "loading", "waiting", "ready")
 
 
 async def test_events_of_a_backend(api: Api) -> None:
@@ -145,6 +143,8 @@ async def test_list_paginates_with_a_cursor(api: Api) -> None:
         "?limit=ten",
         "?limit=-1",
         "?status=running",
+        "?status=idle",  # ours, not Plane's
+        "?state=waiting",  # Plane's, not ours
         "?live=yes",
         "?cursor=unknown",
     ],
@@ -152,7 +152,7 @@ async def test_list_paginates_with_a_cursor(api: Api) -> None:
 async def test_list_rejects_bad_parameters(api: Api, query: str) -> None:
     response = await api.client.get(f"/ctrl/backends{query}")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "InvalidRequest"
+    assert response.json()["kind"] == "InvalidRequest"
 
 
 async def test_list_limit_defaults_to_100() -> None:
@@ -202,6 +202,79 @@ async def test_revoke_rejects_bad_bodies(api: Api, content: bytes) -> None:
     response = await api.client.post(f"/ctrl/b/{backend_id}/revoke", content=content)
     assert response.status_code == 400
     assert await _revocations(api, backend_id) == []
+
+
+async def test_revoke_refuses_an_unknown_field_instead_of_revoking_all(api: Api) -> None:
+    data = await api.connect()
+    backend_id = data["backend_id"]
+    response = await api.client.post(f"/ctrl/b/{backend_id}/revoke", json={"tokn": data["token"]})
+    assert response.status_code == 400
+    error = api_error(response)
+    assert error["kind"] == "InvalidRequest" and "tokn" in error["message"]
+    assert await _revocations(api, backend_id) == []
+
+
+async def test_plane_revoke_revokes_every_live_token_of_that_user(api: Api) -> None:
+    def body(user: str) -> dict[str, Any]:
+        return {**spawn_body("room"), "user": user}
+
+    alice_1 = (await api.client.post("/ctrl/connect", json=body("alice"))).json()
+    alice_2 = (await api.client.post("/ctrl/connect", json=body("alice"))).json()
+    bob = (await api.client.post("/ctrl/connect", json=body("bob"))).json()
+    backend_id = alice_1["backend_id"]
+    assert alice_2["backend_id"] == bob["backend_id"] == backend_id
+    response = await api.client.post(
+        "/ctrl/b/revoke", json={"backend_id": backend_id, "user": "alice"}
+    )
+    assert response.status_code == 200 and response.json() is None
+    revoked = await _revocations(api, backend_id)
+    assert sorted(h or "" for h in revoked) == sorted(
+        tokens.digest(d["token"]) for d in (alice_1, alice_2)
+    )
+    assert tokens.digest(bob["token"]) not in revoked
+    # again: nothing left of alice's to revoke
+    await api.client.post("/ctrl/b/revoke", json={"backend_id": backend_id, "user": "alice"})
+    assert len(await _revocations(api, backend_id)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user": "alice"}, "backend_id"),
+        ({"backend_id": "x"}, "user"),
+        ({"backend_id": 5, "user": "alice"}, "backend_id"),
+        ({"backend_id": "x", "user": ""}, "user"),
+    ],
+)
+async def test_plane_revoke_names_a_bad_field(api: Api, body: dict[str, Any], field: str) -> None:
+    response = await api.client.post("/ctrl/b/revoke", json=body)
+    assert response.status_code == 400
+    assert field in api_error(response)["message"]
+
+
+async def test_plane_revoke_of_an_unknown_backend_is_404(api: Api) -> None:
+    response = await api.client.post("/ctrl/b/revoke", json={"backend_id": "nope", "user": "a"})
+    assert response.status_code == 404 and api_error(response)["kind"] == "NotFound"
+
+
+async def test_list_filters_on_our_state_and_on_plane_s_status(api: Api) -> None:
+    backend_id = (await api.connect())["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    api.supervisor.tell(backend_id, ConnectionOpened(0.0, "c"))
+    api.supervisor.tell(backend_id, ConnectionClosed(0.0, "c"))
+    await api.wait_status(backend_id, Status.IDLE)
+
+    async def ids(query: str) -> list[str]:
+        response = await api.client.get(f"/ctrl/backends?{query}")
+        assert response.status_code == 200, response.text
+        return [b["backend_id"] for b in response.json()["backends"]]
+
+    assert await ids("state=idle") == [backend_id]
+    assert await ids("state=ready") == []
+    assert await ids("status=ready") == [backend_id]  # idle is ready in Plane's words
+    assert await ids("status=scheduled") == []
+    (view,) = (await api.client.get("/ctrl/backends")).json()["backends"]
+    assert (view["state"], view["status"]) == ("idle", "ready")
 
 
 # ----------------------------------------------------------------- logs
@@ -266,10 +339,32 @@ async def test_metrics_count_requests_by_route_and_code(api: Api) -> None:
 
 async def test_plane_status_and_health(api: Api) -> None:
     await api.connect("one")
-    data: dict[str, Any] = (await api.client.get("/ctrl/status")).json()
-    assert data["version"] == __version__
+    status: dict[str, Any] = (await api.client.get("/ctrl/status")).json()
+    assert set(status) == {"status", "version", "hash"}
+    assert status["status"] == "ok" and status["version"] == __version__
+    assert isinstance(status["hash"], str) and status["hash"]
+    data: dict[str, Any] = (await api.client.get("/ctrl/info")).json()
+    assert data["version"] == __version__ and data["hash"] == status["hash"]
     assert data["executor"] == "fake"
     assert data["live_backends"] == 1
     assert data["backends"] == 1
     assert data["last_seq"] >= 2
     assert (await api.client.get("/pub/health")).json() == {"status": "ok"}
+
+
+async def test_no_secret_reaches_the_server_log(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = spawn_body("secretive")
+    body["user"] = "alice"
+    connected = (await api.client.post("/ctrl/connect", json=body)).json()
+    backend_id = connected["backend_id"]
+    await api.wait_status(backend_id, Status.READY)
+    for path in (f"/ctrl/b/{backend_id}", f"/ctrl/b/{backend_id}/events", "/ctrl/backends"):
+        response = await api.client.get(path)
+        assert "hunter2" not in response.text and connected["secret_token"] not in response.text
+    await api.client.post(f"/ctrl/b/{backend_id}/revoke", json={"tokn": "x"})  # a logged 400
+    await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
+    await api.wait_status(backend_id, Status.TERMINATED)
+    assert caplog.records, "the API logged (its error ids at least)"
+    for secret in ("hunter2", connected["secret_token"], connected["token"]):
+        assert secret not in caplog.text

@@ -10,7 +10,7 @@ import trio
 
 from plane import tokens
 from plane.events.types import TokenIssued
-from tests.api.conftest import API_URL, PROXY_URL, Api, open_api, spawn_body
+from tests.api.conftest import API_URL, PROXY_URL, Api, api_error, open_api, spawn_body
 
 PLANE_FIELDS = {
     "backend_id",
@@ -21,6 +21,7 @@ PLANE_FIELDS = {
     "subdomain",
     "secret_token",
     "status_url",
+    "drone",
 }
 
 
@@ -31,7 +32,9 @@ async def test_connect_answers_with_plane_fields(api: Api) -> None:
     data = response.json()
     assert set(data) == PLANE_FIELDS
     assert data["spawned"] is True
-    assert data["status"] == "requested"
+    assert data["status"] == "scheduled"
+    assert data["subdomain"] is None
+    assert data["drone"] == "fake"
     assert len(data["token"]) == 43
     assert data["url"] == f"{PROXY_URL}/{data['token']}/"
     assert data["status_url"] == f"{API_URL}/pub/b/{data['backend_id']}/status"
@@ -43,6 +46,7 @@ async def test_connect_gets_the_live_backend_with_a_new_token(api: Api) -> None:
     second = await api.connect("room")
     assert second["backend_id"] == first["backend_id"]
     assert second["spawned"] is False
+    assert second["drone"] is None
     assert second["token"] != first["token"]
     # attaching needs no spawn_config
     response = await api.client.post("/ctrl/connect", json={"key": {"name": "room"}})
@@ -122,22 +126,20 @@ async def test_tag_mismatch_is_409_key_held(api: Api) -> None:
     )
     response = await api.client.post("/ctrl/connect", json=spawn_body("room", tag="v2"))
     assert response.status_code == 409
-    assert response.json()["error"]["code"] == "KeyHeld"
+    assert response.json()["kind"] == "KeyHeld"
 
 
 async def test_no_live_backend_and_no_spawn_config_is_409(api: Api) -> None:
     response = await api.client.post("/ctrl/connect", json={"key": {"name": "nobody"}})
     assert response.status_code == 409
-    assert response.json() == {
-        "error": {"code": "KeyUnheldNoSpawnConfig", "message": response.json()["error"]["message"]}
-    }
+    assert api_error(response)["kind"] == "KeyUnheldNoSpawnConfig"
 
 
 async def test_taken_backend_id_is_409(api: Api) -> None:
     await api.client.post("/ctrl/connect", json=spawn_body("a", id="fixed"))
     response = await api.client.post("/ctrl/connect", json=spawn_body("b", id="fixed"))
     assert response.status_code == 409
-    assert response.json()["error"]["code"] == "BackendIdTaken"
+    assert response.json()["kind"] == "BackendIdTaken"
 
 
 async def test_capacity_is_503() -> None:
@@ -146,7 +148,7 @@ async def test_capacity_is_503() -> None:
         await api.connect("b")
         response = await api.client.post("/ctrl/connect", json=spawn_body("c"))
         assert response.status_code == 503
-        assert response.json()["error"]["code"] == "CapacityExceeded"
+        assert response.json()["kind"] == "CapacityExceeded"
         # attaching to a live key still works at capacity
         assert (await api.connect("a"))["spawned"] is False
 
@@ -223,8 +225,8 @@ async def test_bad_fields_are_400_naming_the_field(
         del body["spawn_config"]["executable"]
     response = await api.client.post("/ctrl/connect", json=body)
     assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == "InvalidRequest"
+    error = api_error(response)
+    assert error["kind"] == "InvalidRequest"
     assert expected in error["message"]
     assert api.supervisor.states == {}
 
@@ -238,18 +240,18 @@ async def test_malformed_json_is_400(api: Api, raw: bytes) -> None:
         "/ctrl/connect", content=raw, headers={"content-type": "application/json"}
     )
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "InvalidJson"
+    assert response.json()["kind"] == "InvalidJson"
 
 
 async def test_top_level_must_be_an_object(api: Api) -> None:
     response = await api.client.post("/ctrl/connect", content=json.dumps([1, 2]))
     assert response.status_code == 400
-    assert response.json()["error"]["message"] == "expected an object, got an array @ $"
+    assert response.json()["message"] == "expected an object, got an array @ $"
 
 
 async def test_several_problems_are_all_named(api: Api) -> None:
     body = spawn_body("room", max_idle_seconds=-1, executable={"port": 70000})
     response = await api.client.post("/ctrl/connect", json=body)
-    message = response.json()["error"]["message"]
+    message = response.json()["message"]
     assert "$.spawn_config.max_idle_seconds" in message
     assert "$.spawn_config.executable.port" in message

@@ -13,16 +13,12 @@ import trio
 import trio_websocket
 
 from plane.events.types import Status
-from tests.api.conftest import API_KEY, Api, open_api, open_raw, spawn_body
+from tests.api.conftest import API_KEY, Api, api_error, open_api, open_raw, spawn_body
 from tests.rawsocket import raw_exchange
 
 
 def _error(body: bytes) -> dict[str, str]:
-    data = json.loads(body)
-    assert set(data) == {"error"}
-    assert set(data["error"]) == {"code", "message"}
-    error: dict[str, str] = data["error"]
-    return error
+    return api_error(body)
 
 
 # ----------------------------------------------------------------- auth
@@ -45,7 +41,7 @@ async def test_ctrl_needs_the_api_key(api: Api, authorization: str | None) -> No
             response = await bare.request(method, path)
             assert response.status_code == 401, (method, path)
             assert response.headers["www-authenticate"] == "Bearer"
-            assert _error(response.content)["code"] == "Unauthorized"
+            assert _error(response.content)["kind"] == "Unauthorized"
     assert api.supervisor.states == {}
 
 
@@ -104,7 +100,7 @@ async def test_read_key_allows_gets_and_streams(read_api: Api) -> None:
                 assert stream.status_code == 200
                 async for line in stream.aiter_lines():
                     if line.startswith("data:"):
-                        assert json.loads(line[5:])["status"] == "requested"
+                        assert json.loads(line[5:])["status"] == "scheduled"
                         break
     url = f"ws://127.0.0.1:{api.port}/ctrl/events?after=0"
     with trio.fail_after(5):
@@ -133,7 +129,7 @@ async def test_read_key_changes_nothing(read_api: Api) -> None:
             response = await reader.request(method, path, json=body)
             assert response.status_code == 403, (method, path)
             error = _error(response.content)
-            assert error["code"] == "ReadOnlyKey"
+            assert error["kind"] == "ReadOnlyKey"
             assert "read-only" in error["message"]
     assert await api.store.last_seq() == before
     assert api.supervisor.states[backend_id].status is Status.READY
@@ -154,14 +150,14 @@ async def test_unknown_route_is_404_json(api: Api) -> None:
     for path in ["/", "/nope", "/pub/b", "/pub/b//status", "/ctrl/b/x/y/z"]:
         response = await api.client.get(path)
         assert response.status_code == 404, path
-        assert _error(response.content)["code"] == "NoSuchRoute"
+        assert _error(response.content)["kind"] == "NoSuchRoute"
 
 
 async def test_wrong_method_is_405_with_allow(api: Api) -> None:
     response = await api.client.get("/ctrl/connect")
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
-    assert _error(response.content)["code"] == "MethodNotAllowed"
+    assert _error(response.content)["kind"] == "MethodNotAllowed"
     response = await api.client.delete("/pub/b/some-id/status")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET"
@@ -182,7 +178,8 @@ async def test_unknown_backend_is_404_not_found(api: Api) -> None:
     ]:
         response = await api.client.request(method, path)
         assert response.status_code == 404, (method, path)
-        assert _error(response.content) == {"code": "NotFound", "message": "no backend 'nope'"}
+        error = _error(response.content)
+        assert (error["kind"], error["message"]) == ("NotFound", "no backend 'nope'")
 
 
 # --------------------------------------------------------------- bodies
@@ -193,7 +190,7 @@ async def test_body_over_the_limit_is_413() -> None:
         big = json.dumps({**spawn_body("room"), "user": "x" * 2000})
         response = await api.client.post("/ctrl/connect", content=big)
         assert response.status_code == 413
-        assert _error(response.content)["code"] == "PayloadTooLarge"
+        assert _error(response.content)["kind"] == "PayloadTooLarge"
         # a chunked body over the limit too
         chunks = [big[i : i + 100].encode() for i in range(0, len(big), 100)]
 
@@ -307,14 +304,14 @@ async def test_conflicting_framing_is_400_and_closes(api: Api, framing: bytes) -
     assert b'"ok"' not in data
     head, body = data.split(b"\r\n\r\n", 1)
     assert b"connection: close" in head.lower()
-    assert _error(body)["code"] == "BadRequest"
+    assert _error(body)["kind"] == "BadRequest"
     assert api.supervisor.states == {}
 
 
 async def test_malformed_http_is_400_json(api: Api) -> None:
     data = await raw_exchange(api.port, b"THIS IS NOT HTTP\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400 ")
-    assert _error(data.split(b"\r\n\r\n", 1)[1])["code"] == "BadRequest"
+    assert _error(data.split(b"\r\n\r\n", 1)[1])["kind"] == "BadRequest"
 
 
 async def test_oversized_head_is_431(api: Api) -> None:
@@ -329,7 +326,7 @@ async def test_slow_head_is_408_and_idle_connection_is_closed() -> None:
         with trio.fail_after(3):
             data = await raw_exchange(api.port, b"GET /pub/health HTTP/1.1\r\nHost: x\r\n")
         assert data.startswith(b"HTTP/1.1 408 ")
-        assert _error(data.split(b"\r\n\r\n", 1)[1])["code"] == "RequestTimeout"
+        assert _error(data.split(b"\r\n\r\n", 1)[1])["kind"] == "RequestTimeout"
         with trio.fail_after(3):
             assert await raw_exchange(api.port, b"") == b""
 
@@ -353,7 +350,7 @@ async def test_unexpected_exception_is_500_without_traceback(
         response = await api.client.post("/ctrl/connect", json=spawn_body("x"))
     assert response.status_code == 500
     error = _error(response.content)
-    assert error["code"] == "InternalError"
+    assert error["kind"] == "InternalError"
     assert "secret" not in response.text and "Traceback" not in response.text
     assert any("secret internals" in (r.exc_text or "") for r in caplog.records)
     # the server keeps serving
@@ -371,7 +368,7 @@ async def test_client_vanishing_mid_request_does_not_hurt_the_server(api: Api) -
 async def test_malformed_request_target_is_400(api: Api) -> None:
     data = await raw_exchange(api.port, b"GET http://[bad/ HTTP/1.1\r\nHost: x\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400 ")
-    assert _error(data.split(b"\r\n\r\n", 1)[1])["code"] == "BadRequest"
+    assert _error(data.split(b"\r\n\r\n", 1)[1])["kind"] == "BadRequest"
 
 
 async def test_absolute_form_target_and_percent_encoded_ids(api: Api) -> None:
@@ -384,7 +381,8 @@ async def test_absolute_form_target_and_percent_encoded_ids(api: Api) -> None:
     assert data.startswith(b"HTTP/1.1 200 ")
     response = await api.client.get("/pub/b/a%2Fb/status")
     assert response.status_code == 404
-    assert response.json()["error"] == {"code": "NotFound", "message": "no backend 'a/b'"}
+    error = api_error(response)
+    assert (error["kind"], error["message"]) == ("NotFound", "no backend 'a/b'")
 
 
 @pytest.mark.parametrize(
@@ -394,7 +392,7 @@ async def test_percent_encoding_does_not_get_around_the_key(api: Api, path: str)
     async with httpx.AsyncClient(base_url=api.base_url) as bare:
         response = await bare.get(path)
     if path == "/%2Fctrl/status":  # decodes to "//ctrl/status": no route, nothing revealed
-        assert response.json()["error"]["code"] == "NoSuchRoute"
+        assert response.json()["kind"] == "NoSuchRoute"
     else:
         assert response.status_code == 401, path
     # with the key, the decoded path reaches its route (or none)

@@ -8,7 +8,7 @@ from pathlib import Path
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import Status
 
-from .conftest import open_api, spawn_body
+from .conftest import api_error, open_api, spawn_body
 
 
 async def test_connect_on_a_full_log_is_503_and_the_log_stays_usable(tmp_path: Path) -> None:
@@ -21,8 +21,8 @@ async def test_connect_on_a_full_log_is_503_and_the_log_stays_usable(tmp_path: P
         big["spawn_config"]["executable"]["env"] = {f"K{i}": "v" * 1000 for i in range(40)}
         refused = await api.client.post("/ctrl/connect", json=big)
         assert refused.status_code == 503
-        error = refused.json()["error"]
-        assert error["code"] == "LogUnavailable" and "full" in error["message"]
+        error = api_error(refused)
+        assert error["kind"] == "LogUnavailable" and "full" in error["message"]
         assert await store.last_seq() == before, "nothing recorded half-way"
         assert "after" not in {s.key.name for s in api.supervisor.states.values() if s.key}
         await store.set_max_page_count(1_000_000)

@@ -8,14 +8,14 @@ from typing import Any
 import trio
 import trio_websocket
 
-from plane.events.types import Status
+from plane.events.types import ConnectionClosed, ConnectionOpened, Status
 from plane.testing.fake_executor import FakeExecutor
 from tests.api.conftest import API_KEY, Api, open_api, sse_events
 from tests.rawsocket import raw_exchange
 
 
 async def _status_events(
-    api: Api, backend_id: str, *, last_event_id: int | None = None, count: int | None = None
+    api: Api, backend_id: str, *, last_event_id: int | str | None = None, count: int | None = None
 ) -> list[dict[str, Any]]:
     headers = {"last-event-id": str(last_event_id)} if last_event_id is not None else {}
     url = f"/pub/b/{backend_id}/status-stream"
@@ -44,13 +44,31 @@ async def test_status_stream_replays_history_then_follows_until_terminated() -> 
                 await api.client.post(f"/ctrl/b/{backend_id}/soft-terminate")
             # the stream ended by itself after terminated
         statuses = [e["data"]["status"] for e in received]
-        assert statuses == ["requested", "starting", "ready", "terminating", "terminated"]
-        ids = [e["id"] for e in received]
-        assert ids == sorted(set(ids))
+        assert statuses == ["scheduled", "loading", "waiting", "ready", "terminating", "terminated"]
+        # Plane's SSE id is the status itself
+        assert [e["id"] for e in received] == statuses
         assert received[-1]["data"]["termination_reason"] == "external"
-        # ids are stream versions; each data equals the status at that version
-        state = api.supervisor.states[backend_id]
-        assert ids[-1] == state.version
+        assert received[-1]["data"]["termination_kind"] == "soft"
+        times = [e["data"]["time"] for e in received]
+        assert times == sorted(times)
+
+
+async def test_ready_and_idle_are_one_plane_status() -> None:
+    async with open_api() as api:
+        backend_id = (await api.connect())["backend_id"]
+        await api.wait_status(backend_id, Status.READY)
+        api.supervisor.tell(backend_id, ConnectionOpened(0.0, "c1"))
+        api.supervisor.tell(backend_id, ConnectionClosed(0.0, "c1"))
+        await api.wait_status(backend_id, Status.IDLE)
+        api.supervisor.tell(backend_id, ConnectionOpened(0.0, "c2"))
+        await api.wait_status(backend_id, Status.READY)
+        await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
+        await api.wait_status(backend_id, Status.TERMINATED)
+        with trio.fail_after(5):
+            events = await _status_events(api, backend_id)
+        statuses = [e["data"]["status"] for e in events]
+        assert statuses.count("ready") == 1
+        assert statuses[-2:] == ["hard-terminating", "terminated"]
 
 
 async def test_reconnecting_with_last_event_id_loses_and_repeats_nothing() -> None:
@@ -58,9 +76,9 @@ async def test_reconnecting_with_last_event_id_loses_and_repeats_nothing() -> No
     async with open_api(executor=executor) as api:
         backend_id = (await api.connect())["backend_id"]
         await api.wait_for(backend_id, lambda s: s.address is not None)
-        # first connection: history so far (requested, starting), then it drops
+        # first connection: history so far (scheduled, loading, waiting), then it drops
         first = await _status_events(api, backend_id, count=2)
-        assert [e["data"]["status"] for e in first] == ["requested", "starting"]
+        assert [e["data"]["status"] for e in first] == ["scheduled", "loading"]
         # while disconnected: ready
         executor.make_ready(backend_id)
         await api.wait_status(backend_id, Status.READY)
@@ -74,18 +92,48 @@ async def test_reconnecting_with_last_event_id_loses_and_repeats_nothing() -> No
                 nursery.start_soon(resume)
                 await trio.sleep(0.05)  # the resumed stream is now following live
                 await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
-        assert [e["data"]["status"] for e in second] == ["ready", "terminating", "terminated"]
+        assert [e["data"]["status"] for e in second] == [
+            "waiting",
+            "ready",
+            "hard-terminating",
+            "terminated",
+        ]
         whole = await _status_events(api, backend_id)
         assert first + second == whole
         # resuming after the last event of a terminated backend: 204, stop reconnecting
         response = await api.client.get(
-            f"/pub/b/{backend_id}/status-stream", headers={"last-event-id": str(whole[-1]["id"])}
+            f"/pub/b/{backend_id}/status-stream", headers={"last-event-id": "terminated"}
         )
         assert response.status_code == 204
-        # resuming from any point in the middle gives exactly the rest
+        # resuming from any status in the middle gives exactly the rest
         for i, event in enumerate(whole[:-1]):
             rest = await _status_events(api, backend_id, last_event_id=event["id"])
             assert rest == whole[i + 1 :]
+        # a status this backend never had still skips everything up to it, as Plane does
+        rest = await _status_events(api, backend_id, last_event_id="starting")
+        assert [e["data"]["status"] for e in rest] == [
+            "waiting",
+            "ready",
+            "hard-terminating",
+            "terminated",
+        ]
+
+
+async def test_numeric_last_event_id_is_a_stream_version() -> None:
+    async with open_api() as api:
+        backend_id = (await api.connect())["backend_id"]
+        await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
+        await api.wait_status(backend_id, Status.TERMINATED)
+        whole = await _status_events(api, backend_id)
+        records = await api.store.read_stream(backend_id)
+        # after version 1 (the request): everything but "scheduled"
+        rest = await _status_events(api, backend_id, last_event_id=1)
+        assert rest == whole[1:]
+        last = records[-1].version
+        response = await api.client.get(
+            f"/pub/b/{backend_id}/status-stream", headers={"last-event-id": str(last)}
+        )
+        assert response.status_code == 204
 
 
 async def test_status_stream_sends_keep_alive_comments() -> None:
@@ -202,7 +250,7 @@ async def test_websocket_feed_needs_the_key(api: Api) -> None:
             raise AssertionError("connected without a key")
     except trio_websocket.ConnectionRejected as rejected:
         assert rejected.status_code == 401
-        assert json.loads(rejected.body or b"")["error"]["code"] == "Unauthorized"
+        assert json.loads(rejected.body or b"")["kind"] == "Unauthorized"
 
 
 async def test_websocket_feed_client_closing_ends_the_session(api: Api) -> None:

@@ -60,11 +60,16 @@ def test_connect_ls_status_logs_events_terminate(plane: PlaneServe) -> None:
     code, out, _ = cli(plane, "ls")
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split()[:2] == ["BACKEND", "STATUS"]
+    assert header.split()[:3] == ["BACKEND", "STATE", "STATUS"]
     assert any(backend in row and "ready" in row and "room-1" in row for row in rows)
 
     code, out, _ = cli(plane, "status", backend)
-    assert code == 0 and backend in out and "ready" in out
+    assert code == 0 and backend in out and "state=ready" in out and "status=ready" in out
+
+    code, out, _ = cli(plane, "ls", "--state", "ready")
+    assert code == 0 and backend in out
+    code, out, _ = cli(plane, "ls", "--status", "scheduled")
+    assert code == 0 and backend not in out
 
     code, out, _ = cli(plane, "logs", backend)
     assert code == 0 and out.strip(), "the backend printed a line at start"
@@ -74,14 +79,15 @@ def test_connect_ls_status_logs_events_terminate(plane: PlaneServe) -> None:
     plane.wait_status(backend, "terminated")
     code, out, _ = cli(plane, "status", backend, "--json")
     status = json.loads(out)
-    assert status["status"] == "terminated" and status["termination_reason"] == "external"
+    assert status["state"] == "terminated" and status["status"] == "terminated"
+    assert status["reason"] == "external" and status["termination_reason"] == "external"
 
     code, out, _ = cli(plane, "events", "--json")
     types = [json.loads(line)["type"] for line in out.splitlines()]
     assert types[0] == "backend.requested.v1" and "backend.terminated.v1" in types
 
     code, out, _ = cli(plane, "status", backend, "--follow")
-    assert code == 0 and out.strip().splitlines()[-1].split()[1] == "terminated"
+    assert code == 0 and out.strip().splitlines()[-1].split()[1] == "status=terminated"
 
 
 def test_clear_messages_for_bad_key_unknown_backend_and_no_server(plane: PlaneServe) -> None:

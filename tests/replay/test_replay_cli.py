@@ -10,6 +10,8 @@ import pytest
 import trio
 import trio.testing
 
+from plane.actors.supervisor import ConnectRequest
+from plane.events.spec import BackendKey, Executable, RegistryCredentials, SpawnConfig
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import ConnectionClosed, ConnectionOpened, Status, TerminationKind
 from plane.tables import iso
@@ -55,14 +57,19 @@ async def test_summary_lists_every_backend_with_reason(
     code, out, _ = run(capsys, "summary", str(log), "--json")
     assert code == 0
     backends = {b["backend_id"]: b for b in json.loads(out)["backends"]}
-    assert backends[ids["idle"]]["termination_reason"] == "idle"
-    assert backends[ids["exited"]]["termination_reason"] == "exited"
+    assert backends[ids["idle"]]["reason"] == "idle"
+    assert backends[ids["idle"]]["termination_reason"] == "swept"
+    assert backends[ids["exited"]]["reason"] == "exited"
+    assert backends[ids["exited"]]["termination_reason"] is None
     assert backends[ids["exited"]]["exit_code"] == 7
-    assert backends[ids["killed"]]["termination_reason"] == "external"
+    assert backends[ids["exited"]]["exit_error"] is True
+    assert backends[ids["killed"]]["reason"] == "external"
+    assert backends[ids["killed"]]["termination_kind"] == "hard"
+    assert all(b["state"] == "terminated" for b in backends.values())
     assert all(b["status"] == "terminated" for b in backends.values())
     code, out, _ = run(capsys, "summary", str(log))
     assert code == 0
-    assert out.splitlines()[0].split()[:3] == ["BACKEND", "STATUS", "REASON"]
+    assert out.splitlines()[0].split()[:4] == ["BACKEND", "STATE", "STATUS", "REASON"]
     assert ids["idle"] in out and "idle-room" in out
 
 
@@ -74,10 +81,13 @@ async def test_timeline_shows_each_event_and_the_state_after_it(
     code, out, _ = run(capsys, "timeline", str(log), ids["idle"], "--json")
     assert code == 0
     events = json.loads(out)["events"]
+    states = [e["state_after"] for e in events]
     statuses = [e["status_after"] for e in events]
     types = [e["type"] for e in events]
     assert types[0] == "backend.requested.v1"
-    assert statuses[0] == "requested" and statuses[-1] == "terminated"
+    assert states[0] == "requested" and states[-1] == "terminated"
+    assert statuses[0] == "scheduled" and statuses[-1] == "terminated"
+    assert "idle" in states and "idle" not in statuses
     assert "backend.idle.v1" in types and "proxy.connection_opened.v1" in types
     assert [e["version"] for e in events] == list(range(1, len(events) + 1))
     code, _, err = run(capsys, "timeline", str(log), "no-such-backend")
@@ -92,10 +102,10 @@ async def test_state_at_a_sequence_number_and_at_a_time(
     code, out, _ = run(capsys, "state", str(log), "--at", "1", "--json")
     assert code == 0
     (only,) = json.loads(out)["backends"]
-    assert only["status"] == "requested"
+    assert only["state"] == "requested" and only["status"] == "scheduled"
     code, out, _ = run(capsys, "state", str(log), "--at", iso(EPOCH + 1), "--json")
     assert code == 0
-    states = {b["backend_id"]: b["status"] for b in json.loads(out)["backends"]}
+    states = {b["backend_id"]: b["state"] for b in json.loads(out)["backends"]}
     assert states == {ids["idle"]: "ready", ids["exited"]: "ready", ids["killed"]: "ready"}
     code, _, err = run(capsys, "state", str(log), "--at", "yesterday")
     assert code == 2 and "ISO-8601" in err
@@ -204,3 +214,33 @@ async def test_replay_reads_a_log_that_plane_is_writing(
         assert code == 0
         await h.supervisor.terminate(result.backend_id, TerminationKind.HARD)
         await h.wait_status(result.backend_id, Status.TERMINATED)
+
+
+async def test_timeline_and_state_redact_secrets_unless_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], slow_autojump_clock: trio.testing.MockClock
+) -> None:
+    log = tmp_path / "events.db"
+    executable = Executable(
+        image="app:1",
+        env={"SECRET": "hunter2"},
+        credentials=RegistryCredentials("registry-user", "registry-pass"),
+    )
+    async with open_sqlite_store(log) as store, open_harness(store=store) as h:
+        result = await h.supervisor.connect(
+            ConnectRequest(key=BackendKey("secretive"), spawn_config=SpawnConfig(executable))
+        )
+        await h.wait_status(result.backend_id, Status.READY)
+    secrets = ("hunter2", "registry-pass", result.secret_token)
+    for argv in (
+        ("timeline", str(log), result.backend_id),
+        ("timeline", str(log), result.backend_id, "--json"),
+        ("state", str(log), "--at", "99", "--json"),
+        ("summary", str(log), "--json"),
+    ):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        assert not [s for s in secrets if s in out], argv
+    code, out, _ = run(capsys, "timeline", str(log), result.backend_id, "--json", "--show-secrets")
+    assert code == 0 and all(s in out for s in secrets)
+    code, out, _ = run(capsys, "state", str(log), "--at", "99", "--json", "--show-secrets")
+    assert code == 0 and "hunter2" in out and "registry-pass" in out
