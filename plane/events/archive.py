@@ -63,7 +63,7 @@ from typing import Self
 import trio
 
 from plane.events.sqlite import SqliteEventStore, SqliteLogReader, _create_schema, _store_error
-from plane.events.store import RecordedEvent
+from plane.events.store import RecordedEvent, StoreError
 from plane.events.types import SYSTEM_STREAM, HistoryArchived, KeyFencing
 
 __all__ = [
@@ -369,6 +369,23 @@ async def archive_before(store: SqliteEventStore, before: float, *, now: float) 
 # ------------------------------------------------------------------ reading
 
 
+def _open_archive_reader(path: Path, *, check: bool) -> SqliteLogReader:
+    """A read-only reader of an archive; an archive a crash left with a hot WAL
+    (which a read-only connection may not replay) is first opened for writing
+    once, which replays it."""
+    try:
+        return SqliteLogReader(path, check=check)
+    except StoreError:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            raise _store_error(exc, path, "opening the archive") from exc
+        finally:
+            conn.close()
+        return SqliteLogReader(path, check=check)
+
+
 class HistoryReader:
     """The live log and its archives read as one history (read-only, synchronous).
 
@@ -382,7 +399,7 @@ class HistoryReader:
         try:
             self.live = self._stack.enter_context(SqliteLogReader(self.path, check=check))
             self.archives = [
-                self._stack.enter_context(SqliteLogReader(p, check=check))
+                self._stack.enter_context(_open_archive_reader(p, check=check))
                 for p in archive_paths(self.path)
             ]
         except BaseException:
@@ -445,7 +462,7 @@ def read_archived_stream(
     """The events of ``stream`` with version > ``after_version`` from the archives
     (empty if no archive holds it), newest archive first."""
     for path in reversed(archive_paths(log)):
-        with SqliteLogReader(path, check=False) as reader:
+        with _open_archive_reader(path, check=False) as reader:
             found = reader.stream_events(stream, after_version)
         if found:
             return found
