@@ -69,6 +69,8 @@ class PlaneConfig:
             raise ConfigError("--max-backends: must be at least 1")
         if self.token_lifetime_seconds <= 0:
             raise ConfigError("--token-lifetime: must be positive")
+        if not (self.retain_days >= 0 and self.retain_days != float("inf")):
+            raise ConfigError(f"--retain: {self.retain_days} is not a number of days >= 0")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError("--api-key: use at least 8 characters")
 

@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import IO
 
 import attrs
@@ -32,6 +33,7 @@ from plane.api.app import ApiContext, serve_api
 from plane.config import ConfigError, PlaneConfig, base_url
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
+from plane.events.upkeep import keep_log
 from plane.executors.base import Executor
 from plane.metrics import Metrics
 from plane.proxy.server import ProxyContext, serve_proxy
@@ -138,6 +140,7 @@ async def serve_plane(
             proxy_host, proxy_port = config.proxy_address
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.serve)
+                await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
                 metrics.load_statuses(list(supervisor.states.values()))
                 proxy_ctx = ProxyContext(
                     store=store,
