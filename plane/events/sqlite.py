@@ -58,7 +58,12 @@ Resource handling:
 Error handling:
     Opening a file that is not a usable log raises, never a raw traceback:
     :class:`~plane.events.store.CorruptLogError` for a file that is not a
-    SQLite database or fails ``PRAGMA quick_check``;
+    SQLite database, whose pages read at open are damaged, or that fails
+    ``PRAGMA quick_check`` (which reads the whole file, so
+    :func:`open_sqlite_store` runs it only when the last writer did not close
+    cleanly, i.e. left a non-empty WAL: a restart after a clean stop does not
+    pay for the log's length; :class:`SqliteLogReader`, hence ``plane-replay``,
+    always runs it);
     :class:`~plane.events.store.NotAPlaneLogError` for some other
     application's database; :class:`~plane.events.store.SchemaTooNewError`
     for a log written by a newer plane.  A missing or empty file becomes a new
@@ -267,6 +272,7 @@ def _open_writer(
     """Open (creating if new) the log at ``path`` for writing; the writer connection."""
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+    unclean = _closed_uncleanly(path)  # before connecting: a read would create the WAL
     try:
         conn = sqlite3.connect(
             path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
@@ -287,7 +293,8 @@ def _open_writer(
                         conn.execute("ROLLBACK")
                 raise
         else:
-            _quick_check(conn, path)
+            if unclean:
+                _quick_check(conn, path)
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if max_page_count is not None:
@@ -299,6 +306,15 @@ def _open_writer(
         conn.close()
         raise
     return conn
+
+
+def _closed_uncleanly(path: Path) -> bool:
+    """Whether the log's last writer left a non-empty WAL behind (a crash, a kill,
+    another process still writing): then its integrity is checked at open."""
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _set_max_page_count(conn: sqlite3.Connection, pages: int) -> None:
