@@ -71,7 +71,7 @@ def _template(finished: bool) -> list[tuple[str, str]]:
     life.feed(t.ExecutorStarted(AT + 0.1, "127.0.0.1:20000", "handle"))
     life.feed(t.ReadinessObserved(AT + 0.2))
     if finished:
-        for i in range(7):
+        for i in range(4):
             life.feed(t.ConnectionOpened(AT + 1 + i, f"c{i}"))
             life.feed(t.HttpActivityRecorded(AT + 1.5 + i, 3))
             life.feed(t.ConnectionClosed(AT + 2 + i, f"c{i}"))

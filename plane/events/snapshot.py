@@ -168,11 +168,14 @@ def _fingerprint(reader: SqliteLogReader, seq: int) -> list[Any] | None:
 
 
 def _to_json(state: StartupState, *, with_fingerprint: bool = True) -> dict[str, Any]:
+    fencing = [(ns, name, token) for (ns, name), token in state.fencing.items()]
     out: dict[str, Any] = {
         "seq": state.seq,
         "system_version": state.system_version,
         "live": {bid: wire.converter.unstructure(s) for bid, s in sorted(state.live.items())},
-        "fencing": sorted([ns, name, token] for (ns, name), token in state.fencing.items()),
+        # three flat lists (namespaces, names, tokens): one entry per key ever used,
+        # so the cheapest shape to parse
+        "fencing": [list(column) for column in zip(*sorted(fencing), strict=True)] or [[], [], []],
         "ids": sorted(state.ids),
         "routes": [
             [r.seq, r.stream, r.version, *wire.encode(r.event)] for r in state.route_records()
@@ -188,7 +191,7 @@ def _from_json(doc: dict[str, Any]) -> StartupState:
         seq=int(doc["seq"]),
         system_version=int(doc["system_version"]),
         live={str(k): wire.converter.structure(v, BackendState) for k, v in doc["live"].items()},
-        fencing={(str(ns), str(name)): int(token) for ns, name, token in doc["fencing"]},
+        fencing={(ns, name): token for ns, name, token in zip(*doc["fencing"], strict=True)},
         ids={str(i) for i in doc["ids"]},
         fingerprint=doc["fingerprint"],
     )

@@ -124,7 +124,7 @@ async def test_verify_finds_a_snapshot_that_lies(tmp_path: Path) -> None:
     write_snapshot(log)
     path = snapshot_path(log)
     doc = json.loads(path.read_text())
-    doc["fencing"][0][2] += 100
+    doc["fencing"][2][0] += 100  # the first key's token
     path.write_text(json.dumps(doc))
     snapshot, why = read_snapshot(log)
     assert snapshot is not None, why
