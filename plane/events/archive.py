@@ -3,15 +3,17 @@
 This module owns the archive files and the move of old streams into them.
 
 Layout: beside ``DATA_DIR/events.db`` live ``events-archive-YYYY-MM.db``, one
-per month (UTC) in which the archived backends terminated.  An archive has the
+per month (UTC) in which retention ran: each holds the streams archived in that
+month.  An archive has the
 log's own schema (same tables, index, triggers, ``application_id``): rows keep
 their ``seq``, ``stream``, ``version``, ``type``, ``data`` and
 ``recorded_at``.  An archive is only ever appended to, and once its month is
-over and a later archiving ran it is *closed*: a ``closed_at`` row in its
+over it is *closed* by the next archiving: a ``closed_at`` row in its
 ``meta`` table and its file mode made read-only (0400).
 
-The move (:func:`archive_streams`, run by the store's writer thread between
-two batches, see :meth:`plane.events.sqlite.SqliteEventStore.archive_before`)
+The move (:func:`archive_before` on an open store: :func:`archive_streams` runs
+in the store's writer thread between two batches, through
+:meth:`plane.events.sqlite.SqliteEventStore.run_exclusive`)
 goes in steps that each leave every event in exactly one place once
 :func:`recover` has run, whatever step a ``kill -9`` interrupts:
 
@@ -103,18 +105,17 @@ def _month(when: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(when))
 
 
-def expired_streams(conn: sqlite3.Connection, before: float) -> dict[str, list[str]]:
+def expired_streams(conn: sqlite3.Connection, before: float, now: float) -> dict[str, list[str]]:
     """The backend streams of the log on ``conn`` terminated before ``before``
-    (by the time their ``terminated`` event was recorded), by month."""
-    by_month: dict[str, list[str]] = {}
+    (by the time their ``terminated`` event was recorded), under the month of
+    ``now``: an archive holds what was archived in its month, so once the month
+    is over nothing is ever added to it."""
     rows = conn.execute(
-        "SELECT stream, recorded_at FROM events WHERE type = ? AND recorded_at < ? ORDER BY seq",
+        "SELECT stream FROM events WHERE type = ? AND recorded_at < ? ORDER BY seq",
         (_TERMINATED_TAG, before),
     )
-    for stream, recorded_at in rows:
-        if stream != SYSTEM_STREAM:
-            by_month.setdefault(_month(float(recorded_at)), []).append(str(stream))
-    return by_month
+    streams = [str(stream) for (stream,) in rows if stream != SYSTEM_STREAM]
+    return {_month(now): streams} if streams else {}
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -150,9 +151,7 @@ def _read_journal(log: Path) -> dict[str, list[str]] | None:
 
 
 def _open_archive(path: Path) -> sqlite3.Connection:
-    """Open (creating if new) an archive file for appending."""
-    if path.exists() and not os.access(path, os.W_OK) and os.geteuid() != 0:
-        path.chmod(0o600)  # reopened for a late straggler of a closed month
+    """Open (creating if new) this month's archive file for appending."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         has_events = conn.execute(
@@ -199,9 +198,8 @@ def _copy_into_archives(log: Path, by_month: dict[str, list[str]]) -> None:
             conn.close()
 
 
-def _close_old_archives(log: Path, now: float) -> None:
-    """Mark archives of months before this one closed and make them read-only."""
-    this_month = _month(now)
+def _close_old_archives(log: Path, this_month: str) -> None:
+    """Mark archives of months before ``this_month`` closed and make them read-only."""
     for path in archive_paths(log):
         month = path.stem.rsplit("-archive-", 1)[1]
         if month >= this_month or not path.stat().st_mode & stat.S_IWUSR:
@@ -210,7 +208,7 @@ def _close_old_archives(log: Path, now: float) -> None:
         try:
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('closed_at', ?)",
-                (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),),
+                (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),),
             )
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.execute("PRAGMA journal_mode = DELETE")  # a lone file, no -wal
@@ -296,7 +294,7 @@ def _finish(log: Path, live: sqlite3.Connection, by_month: dict[str, list[str]])
     journal_path(log).unlink(missing_ok=True)
     _fsync_dir(log.parent)
     with suppress(OSError, sqlite3.Error):
-        _close_old_archives(log, time.time())
+        _close_old_archives(log, max(by_month))
 
 
 def recover(log: Path, live: sqlite3.Connection) -> bool:
@@ -317,12 +315,14 @@ def recover(log: Path, live: sqlite3.Connection) -> bool:
 # ------------------------------------------------ running it on an open store
 
 
-def _plan(log: Path, before: float) -> tuple[dict[str, list[str]], list[KeyFencing], int]:
+def _plan(
+    log: Path, before: float, now: float
+) -> tuple[dict[str, list[str]], list[KeyFencing], int]:
     """What to archive (by month), its keys' highest fencing tokens, and the
     system stream's version; read on a connection of its own."""
     conn = sqlite3.connect(log.resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        by_month = expired_streams(conn, before)
+        by_month = expired_streams(conn, before, now)
         streams = [s for ss in by_month.values() for s in ss]
         fencing: dict[tuple[str, str], int] = {}
         for i in range(0, len(streams), 500):
@@ -355,7 +355,8 @@ async def archive_before(store: SqliteEventStore, before: float, *, now: float) 
     (a :class:`~plane.events.store.ConcurrencyError` if the system stream moved
     meanwhile: try again later), then moves them in the writer thread.
     """
-    by_month, fencing, system_version = await trio.to_thread.run_sync(_plan, store.path, before)
+    planned = await trio.to_thread.run_sync(_plan, store.path, before, now)
+    by_month, fencing, system_version = planned
     ids = tuple(s for ss in by_month.values() for s in ss)
     if not ids:
         return 0

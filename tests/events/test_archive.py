@@ -232,3 +232,30 @@ async def test_snapshot_after_archiving_is_used_and_verified(tmp_path: Path) -> 
     assert report.ok and report.snapshot.startswith("matches")
     with SqliteLogReader(log) as reader:
         assert all(isinstance(r, RecordedEvent) for r in reader.iter_events())
+
+
+async def test_an_archive_is_closed_once_its_month_is_over(tmp_path: Path) -> None:
+    log = tmp_path / "events.db"
+    history = History()
+    month = 31 * 86_400.0
+    async with open_sqlite_store(log) as store:
+        await history.add_finished(store, 3)
+        await trio.sleep(0.05)
+        assert await archive_before(store, time.time(), now=time.time()) == 3
+        (first,) = archive_paths(log)
+        await history.add_finished(store, 2)
+        await trio.sleep(0.05)
+        # the next archiving runs a month later: a new file, the old one closed
+        assert await archive_before(store, time.time(), now=time.time() + month) == 2
+    paths = archive_paths(log)
+    assert len(paths) == 2 and paths[0] == first
+    assert first.stat().st_mode & 0o777 == 0o400
+    conn = sqlite3.connect(f"file:{first}?mode=ro", uri=True)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    finally:
+        conn.close()
+    assert "closed_at" in meta
+    assert not first.with_name(first.name + "-wal").exists()
+    assert verify_log(log, jobs=1).ok
+    assert {r.stream for r in read_history(log)} >= set(history.finished)
