@@ -768,7 +768,8 @@ class SqliteEventStore:
     # -------------------------------------------------------------- reading
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
-        """Events of one stream with version > ``after_version``, in order."""
+        """Events of one stream with version > ``after_version``, in order; a stream
+        retention moved out of the live log is read from its archive."""
         self._check_open()
         found = await trio.to_thread.run_sync(
             _select_stream,
@@ -794,7 +795,12 @@ class SqliteEventStore:
         )
 
     async def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[RecordedEvent]:
-        """Events of all streams with seq > ``after_seq``, in order, at most ``limit``."""
+        """Events of all streams with seq > ``after_seq``, in order, at most ``limit``.
+
+        The live log only: streams retention moved to the archives are read with
+        :class:`plane.events.archive.HistoryReader` (and, one by one, by
+        :meth:`read_stream`).
+        """
         check_limit(limit)
         self._check_open()
         return await trio.to_thread.run_sync(
