@@ -111,6 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             mount_base=Path(args.mount_base) if args.mount_base else None,
             trust_forwarded_from=tuple(args.trust_forwarded_from),
             proxy_root_redirect=args.proxy_root_redirect,
+            retain_days=args.retain,
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
@@ -146,6 +147,30 @@ def _bind_note(bind: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return f"{bind} (every interface)"
     return bind
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from plane.events.backup import backup_log
+    from plane.events.store import StoreError
+
+    log = PlaneConfig(data_dir=Path(args.data_dir)).log_path
+    try:
+        written = backup_log(log, Path(args.dest))
+    except (StoreError, ValueError, OSError) as exc:
+        raise CliError(f"backup failed: {exc}", 2) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, not {text!r}") from None
+    if not (days >= 0 and days != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, not {text!r}")
+    return days
 
 
 async def _serve_until_signal(config: PlaneConfig) -> None:
@@ -492,12 +517,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), help="text or json")
     serve.add_argument(
+        "--retain",
+        type=_days,
+        default=_env("RETAIN", "30"),
+        metavar="DAYS",
+        help="move backends terminated more than DAYS ago (fractions allowed) to monthly"
+        " archive files beside the log (default 30; 0 keeps everything in the log)",
+    )
+    serve.add_argument(
         "--terminate-on-exit",
         action="store_true",
         default=_env("TERMINATE_ON_EXIT") in ("1", "true"),
         help="terminate every backend on shutdown instead of leaving them for adoption",
     )
     serve.set_defaults(run=cmd_serve)
+
+    backup = sub.add_parser(
+        "backup",
+        help="copy the event log, its archives and its snapshot to DEST (online)",
+        description="Copy the event log, its archives and its snapshot into the directory"
+        " DEST with SQLite's backup API; plane serve may keep running.  To restore, stop"
+        " plane and copy the files back into an empty data directory.",
+    )
+    backup.add_argument("dest", metavar="DEST", help="the directory to write the copies to")
+    backup.add_argument("--data-dir", default=_env("DATA_DIR", ".plane"))
+    backup.set_defaults(run=cmd_backup)
 
     def client(name: str, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext)

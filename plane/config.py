@@ -91,6 +91,8 @@ class PlaneConfig:
             raise ConfigError("--max-backends: must be at least 1")
         if self.token_lifetime_seconds <= 0:
             raise ConfigError("--token-lifetime: must be positive")
+        if not (self.retain_days >= 0 and self.retain_days != float("inf")):
+            raise ConfigError(f"--retain: {self.retain_days} is not a number of days >= 0")
         if self.cluster is not None:
             try:
                 parse_cluster(self.cluster)

@@ -32,6 +32,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import IO
 
 import attrs
@@ -44,6 +45,7 @@ from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url, host_port
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
+from plane.events.upkeep import keep_log
 from plane.executors.base import Executor, ExecutorError
 from plane.metrics import Metrics
 from plane.permissions import make_private, private_umask
@@ -242,6 +244,7 @@ async def serve_plane(
             proxy_host, proxy_port = config.proxy_address
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.serve)
+                await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
                 metrics.load_statuses(list(supervisor.states.values()))
                 proxy_ctx = ProxyContext(
                     store=store,

@@ -5,14 +5,17 @@ Commands (each takes ``--json`` for machines; tables otherwise):
 * ``summary LOG``: every backend with its state, status, reason, key and times;
 * ``timeline LOG BACKEND``: each event of one backend, with the state after it;
 * ``state LOG --at SEQ|ISO-TIME``: the whole state at that point;
+* ``verify LOG``: invariants and the determinism check, and the snapshot beside
+  the log against a fold of the log; exit 1 on a violation.
 
 Backends are shown in both vocabularies: ``state`` and ``reason`` ours,
 ``status`` Plane's (:mod:`plane.plane_words`).  Secrets (secret and static
 tokens, env values, registry credentials) are redacted by
 :func:`plane.redact.redact` unless ``--show-secrets`` is given.
-* ``verify LOG``: invariants and the determinism check; exit 1 on a violation.
 
-The log is opened read-only, so a running plane may keep writing it.
+The log and its archives (``events-archive-YYYY-MM.db`` beside it, written by
+retention) are read as one history, read-only, so a running plane may keep
+writing.
 Exit codes: 0 fine, 1 violations found, 2 bad usage or unreadable log.
 """
 
@@ -28,7 +31,7 @@ import attrs
 
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
-from plane.events.sqlite import read_log
+from plane.events.archive import read_history
 from plane.events.store import RecordedEvent, StoreError
 from plane.events.wire import tag_of, unstructure
 from plane.plane_words import state_status
@@ -44,7 +47,8 @@ class UsageError(Exception):
 
 
 def _records(path: str) -> Iterator[RecordedEvent]:
-    return iter(read_log(path))
+    """The log and its archives as one history."""
+    return iter(read_history(path))
 
 
 def _plane_status(state: BackendState) -> str | None:
@@ -173,6 +177,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "last_seq": report.last_seq,
                     "processes": report.jobs,
                     "violations": [attrs.asdict(v) for v in violations],
+                    "snapshot": report.snapshot,
+                    "archives": report.archives,
                 },
                 indent=2,
             )
@@ -186,6 +192,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"OK: {report.events} events, {report.backends} backends, "
             f"last seq {report.last_seq}; invariants hold and every decision replays"
         )
+        if report.archives:
+            print(f"archives: {report.archives} file(s) read with the log as one history")
+        print(f"snapshot: {report.snapshot}")
     return 0 if report.ok else 1
 
 

@@ -1,8 +1,11 @@
 """Verifying a whole log file, on one core or on several.
 
 This module owns the work of ``plane-replay verify`` on a file: it folds the
-log with :class:`replay.fold.LogFold` (invariants and the determinism check)
-and returns a :class:`VerifyReport`.
+log and its archives as one history (:class:`plane.events.archive.HistoryReader`)
+with :class:`replay.fold.LogFold` (invariants and the determinism check),
+checks the snapshot beside the log against a fold of that history
+(:func:`plane.events.snapshot.check_snapshot`; a violation of kind
+``snapshot`` if it differs) and returns a :class:`VerifyReport`.
 
 Streams are independent: each backend's events are checked against that
 backend's own state only.  So a big log is split by stream over worker
@@ -31,7 +34,8 @@ from pathlib import Path
 
 import attrs
 
-from plane.events.sqlite import SqliteLogReader
+from plane.events.archive import HistoryReader
+from plane.events.snapshot import check_snapshot, snapshot_path
 from replay.fold import LogFold, Violation
 
 PARALLEL_FROM_EVENTS = 50_000
@@ -53,6 +57,9 @@ class VerifyReport:
     last_seq: int
     violations: tuple[Violation, ...]
     jobs: int
+    snapshot: str = "none"
+    """``none``, ``matches the log at seq N``, or what is wrong with it."""
+    archives: int = 0
 
     @property
     def ok(self) -> bool:
@@ -82,14 +89,24 @@ def verify_log(path: str | os.PathLike[str], *, jobs: int | None = None) -> Veri
     """Verify the log at ``path`` with ``jobs`` processes (``None``: :func:`auto_jobs`)."""
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
-    with SqliteLogReader(path) as reader:  # checks the file once, for every worker
+    with HistoryReader(path) as reader:  # checks the files once, for every worker
         last_seq = reader.last_seq()
+        archives = len(reader.archives)
+        snapshot, snapshot_violations = _check_snapshot(path, reader, last_seq)
         if jobs is None:
             jobs = auto_jobs(last_seq)
         if jobs == 1 or not can_fork():
             fold = LogFold(verify=True).feed_all(reader.iter_events(up_to_seq=last_seq))
-            violations = fold.finish(last_seq)
-            return VerifyReport(fold.events, len(fold.backends), last_seq, tuple(violations), 1)
+            violations = [*fold.finish(last_seq), *snapshot_violations]
+            return VerifyReport(
+                fold.events,
+                len(fold.backends),
+                last_seq,
+                tuple(violations),
+                1,
+                snapshot,
+                archives,
+            )
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=context) as pool:
         others = [
@@ -112,14 +129,30 @@ def verify_log(path: str | os.PathLike[str], *, jobs: int | None = None) -> Veri
         events=sum(part.events for part in parts),
         backends=sum(part.backends for part in parts),
         last_seq=last_seq,
-        violations=tuple(merged),
+        violations=(*merged, *snapshot_violations),
         jobs=jobs,
+        snapshot=snapshot,
+        archives=archives,
     )
+
+
+def _check_snapshot(
+    path: str | os.PathLike[str], reader: HistoryReader, last_seq: int
+) -> tuple[str, list[Violation]]:
+    """The snapshot beside the log against a fold of the history up to its seq."""
+    if not snapshot_path(path).exists():
+        return "none", []
+    problems = check_snapshot(path, reader.iter_events(up_to_seq=last_seq))
+    if not problems:
+        return "matches the log (or is unusable and will be rebuilt at startup)", []
+    return "DIFFERS from the log", [
+        Violation(last_seq, "", "snapshot", problem) for problem in problems
+    ]
 
 
 def _verify_share(path: Path, share: int, shares: int, last_seq: int) -> _Part:
     """Fold the streams of one share (of ``shares``) of the log, up to ``last_seq``."""
-    with SqliteLogReader(path, check=False) as reader:
+    with HistoryReader(path, check=False) as reader:
         records = reader.iter_events(up_to_seq=last_seq, keep_stream=_share_of(share, shares))
         fold = LogFold(verify=True).feed_all(records)
     violations = fold.finish(last_seq)

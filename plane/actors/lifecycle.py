@@ -69,6 +69,7 @@ from plane.events.types import (
     ExecutorExited,
     ExecutorStarted,
     ExecutorVanished,
+    HistoryArchived,
     HttpActivityRecorded,
     InputEvent,
     OrphanRemoved,
@@ -176,6 +177,7 @@ _ALLOWED: dict[type[Event], frozenset[Status | None]] = {
     TerminationEscalated: frozenset({Status.TERMINATING}),
     BackendTerminated: frozenset(NOT_TERMINAL),
     OrphanRemoved: frozenset(),  # only in SYSTEM_STREAM, never in a backend's
+    HistoryArchived: frozenset(),  # likewise
 }
 _INPUT_ALLOWED: frozenset[Status | None] = frozenset(NOT_TERMINAL)
 
@@ -284,6 +286,7 @@ _EVOLVERS: dict[type[Event], Callable[[BackendState, Event], Changes]] = {
     TokenIssued: _unchanged,
     TokenRevoked: _unchanged,
     OrphanRemoved: _unchanged,
+    HistoryArchived: _unchanged,
     BackendStarting: lambda s, e: _status(s, Status.STARTING, e.at),
     BackendReady: _ev_ready,  # type: ignore[dict-item]
     BackendIdle: lambda s, e: _status(s, Status.IDLE, e.at),
@@ -390,7 +393,7 @@ def next_deadline(state: BackendState) -> float | None:
 # -------------------------------------------------------------------- decide
 
 
-_PLAIN_INPUTS = frozenset(INPUT_TYPES) - {BackendRequested, OrphanRemoved}
+_PLAIN_INPUTS = frozenset(INPUT_TYPES) - {BackendRequested, OrphanRemoved, HistoryArchived}
 
 
 def decide(state: BackendState, command: Command) -> list[Event]:
@@ -416,8 +419,9 @@ def _decide_unusual(state: BackendState, command: Command) -> list[Event]:
         if state.status is not None:
             raise IllegalTransition(f"backend {state.backend_id} was already requested")
         return [command]
-    if isinstance(command, OrphanRemoved):
-        raise IllegalTransition("OrphanRemoved belongs to the system stream, not a backend's")
+    if isinstance(command, OrphanRemoved | HistoryArchived):
+        name = type(command).__name__
+        raise IllegalTransition(f"{name} belongs to the system stream, not a backend's")
     raise IllegalTransition(f"{type(command).__name__} is a decision, not a command")
 
 

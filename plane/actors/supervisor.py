@@ -65,6 +65,7 @@ from plane.events.types import (
     ExecutorExited,
     ExecutorStarted,
     ExecutorVanished,
+    HistoryArchived,
     OrphanRemoved,
     Status,
     TerminationKind,
@@ -162,6 +163,7 @@ class Supervisor:
         self._held_by_slot: dict[Slot, str] = {}  # holds its key: not terminated
         self._released: dict[Slot, trio.Event] = {}  # set when the key's holder ends
         self._fencing: dict[Slot, int] = {}
+        self._archived_ids: set[str] = set()  # ids of streams retention archived
         self._reserved = 0
         self._locks: dict[Slot, trio.Lock] = {}
         self._system_version = 0
@@ -294,7 +296,7 @@ class Supervisor:
                 503,
             )
         backend_id = request.backend_id or tokens.new_backend_id()
-        if backend_id in self.states:
+        if backend_id in self.states or backend_id in self._archived_ids:
             raise ConnectRefused("BackendIdTaken", f"backend id {backend_id!r} is taken", 409)
         static = None
         if spawn_config.use_static_token:
@@ -487,6 +489,11 @@ class Supervisor:
         for record in records:
             if record.stream == SYSTEM_STREAM:
                 self._system_version = record.version
+                if isinstance(record.event, HistoryArchived):  # retention: what outlives
+                    self._archived_ids.update(record.event.backend_ids)
+                    for mark in record.event.fencing:
+                        slot = (mark.namespace, mark.name)
+                        self._fencing[slot] = max(self._fencing.get(slot, 0), mark.fencing_token)
                 continue
             streams.setdefault(record.stream, []).append(record.event)
         for backend_id, events in streams.items():

@@ -58,7 +58,12 @@ Resource handling:
 Error handling:
     Opening a file that is not a usable log raises, never a raw traceback:
     :class:`~plane.events.store.CorruptLogError` for a file that is not a
-    SQLite database or fails ``PRAGMA quick_check``;
+    SQLite database, whose pages read at open are damaged, or that fails
+    ``PRAGMA quick_check`` (which reads the whole file, so
+    :func:`open_sqlite_store` runs it only when the last writer did not close
+    cleanly, i.e. left a non-empty WAL: a restart after a clean stop does not
+    pay for the log's length; :class:`SqliteLogReader`, hence ``plane-replay``,
+    always runs it);
     :class:`~plane.events.store.NotAPlaneLogError` for some other
     application's database; :class:`~plane.events.store.SchemaTooNewError`
     for a log written by a newer plane.  A missing or empty file becomes a new
@@ -88,7 +93,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
 import outcome
 import sqlite_utils
@@ -161,6 +166,7 @@ _RECENT_LIMIT = 4096
 _BUSY_TIMEOUT_SECONDS = 10.0
 
 _Row = tuple[int, str, int, str, str]
+_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------ opening a file
@@ -266,6 +272,7 @@ def _open_writer(
     """Open (creating if new) the log at ``path`` for writing; the writer connection."""
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+    unclean = _closed_uncleanly(path)  # before connecting: a read would create the WAL
     try:
         conn = sqlite3.connect(
             path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
@@ -286,7 +293,8 @@ def _open_writer(
                         conn.execute("ROLLBACK")
                 raise
         else:
-            _quick_check(conn, path)
+            if unclean:
+                _quick_check(conn, path)
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if max_page_count is not None:
@@ -300,6 +308,15 @@ def _open_writer(
     return conn
 
 
+def _closed_uncleanly(path: Path) -> bool:
+    """Whether the log's last writer left a non-empty WAL behind (a crash, a kill,
+    another process still writing): then its integrity is checked at open."""
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def _set_max_page_count(conn: sqlite3.Connection, pages: int) -> None:
     conn.execute(f"PRAGMA max_page_count = {int(pages)}")
 
@@ -310,6 +327,9 @@ def _open_connections(
     """The store's writer and reader connections, and the log's last seq."""
     writer = _open_writer(path, synchronous, max_page_count)
     try:
+        from plane.events.archive import recover
+
+        recover(path, writer)  # finish a move to the archives a crash interrupted
         reader = _connect_read_only(path)
         try:
             last_seq = _select_last_seq(writer, path)
@@ -408,6 +428,23 @@ def _select_stream(
     return list(_decode(rows, path))
 
 
+def _stream_if_absent(
+    conn: sqlite3.Connection,
+    path: Path,
+    stream: str,
+    after_version: int,
+    from_archives: Callable[[Path, str, int], list[RecordedEvent]],
+) -> list[RecordedEvent]:
+    """The stream's events from the archives if the live log holds none of it."""
+    try:
+        present = conn.execute("SELECT 1 FROM events WHERE stream = ? LIMIT 1", (stream,))
+        if present.fetchone() is not None:
+            return []
+    except sqlite3.Error as exc:
+        raise _store_error(exc, path, "reading it") from exc
+    return from_archives(path, stream, after_version)
+
+
 def _select_last_seq(conn: sqlite3.Connection, path: Path) -> int:
     try:
         row = conn.execute("SELECT max(seq) FROM events").fetchone()
@@ -496,6 +533,10 @@ class SqliteEventStore:
         # The latest events this store committed, contiguous in seq: tails that
         # have caught up read them here instead of from the file.
         self._recent: list[RecordedEvent] = []
+        # Whether archive files may exist beside the log (read_stream looks there).
+        from plane.events.archive import archive_paths
+
+        self.has_archives = bool(archive_paths(path))
 
     # ------------------------------------------------------------ appending
 
@@ -537,6 +578,23 @@ class SqliteEventStore:
     def _set_max_page_count(self, pages: int) -> int:
         _set_max_page_count(self._writer, pages)
         return int(self._writer.execute("PRAGMA max_page_count").fetchone()[0])
+
+    async def run_exclusive(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(writer connection)`` in the writer thread between two batches
+        (no transaction open; appends wait meanwhile).  The writer forgets what
+        it cached of the file afterwards.  Used by retention
+        (:mod:`plane.events.archive`)."""
+        results: list[_T] = []
+
+        def job(_: int) -> int:
+            try:
+                results.append(fn(self._writer))
+            finally:
+                self._versions.clear()
+            return 0
+
+        await self._run_in_writer(job, 0)
+        return results[0]
 
     async def _run_in_writer(self, fn: Callable[[int], int], arg: int) -> int:
         """Run ``fn(arg)`` in the writer thread, between two batches."""
@@ -710,9 +768,10 @@ class SqliteEventStore:
     # -------------------------------------------------------------- reading
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
-        """Events of one stream with version > ``after_version``, in order."""
+        """Events of one stream with version > ``after_version``, in order; a stream
+        retention moved out of the live log is read from its archive."""
         self._check_open()
-        return await trio.to_thread.run_sync(
+        found = await trio.to_thread.run_sync(
             _select_stream,
             self._reader,
             self.path,
@@ -720,9 +779,28 @@ class SqliteEventStore:
             after_version,
             limiter=self._read_limiter,
         )
+        if found or not self.has_archives:
+            return found
+        # Not in the live log: retention may have moved it to an archive.
+        from plane.events.archive import read_archived_stream
+
+        return await trio.to_thread.run_sync(
+            _stream_if_absent,
+            self._reader,
+            self.path,
+            stream,
+            after_version,
+            read_archived_stream,
+            limiter=self._read_limiter,
+        )
 
     async def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[RecordedEvent]:
-        """Events of all streams with seq > ``after_seq``, in order, at most ``limit``."""
+        """Events of all streams with seq > ``after_seq``, in order, at most ``limit``.
+
+        The live log only: streams retention moved to the archives are read with
+        :class:`plane.events.archive.HistoryReader` (and, one by one, by
+        :meth:`read_stream`).
+        """
         check_limit(limit)
         self._check_open()
         return await trio.to_thread.run_sync(
@@ -861,6 +939,24 @@ class SqliteLogReader:
         if not _has_events_table(self._conn):
             return 0
         return _select_last_seq(self._conn, self.path)
+
+    def stream_events(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
+        """Events of one stream with version > ``after_version``, in order."""
+        if not _has_events_table(self._conn):
+            return []
+        return _select_stream(self._conn, self.path, stream, after_version)
+
+    def raw_row(self, seq: int) -> tuple[str, int, str, str] | None:
+        """The stored (stream, version, type, data) of event ``seq``, undecoded; None if absent."""
+        if not _has_events_table(self._conn):
+            return None
+        try:
+            row = self._conn.execute(
+                "SELECT stream, version, type, data FROM events WHERE seq = ?", (seq,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.path, "reading it") from exc
+        return None if row is None else (str(row[0]), int(row[1]), str(row[2]), str(row[3]))
 
     def close(self) -> None:
         self._conn.close()

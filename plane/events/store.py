@@ -58,7 +58,23 @@ class CorruptLogError(StoreError):
 
 
 class StoreFullError(StoreError):
-    """The disk (or the configured page limit) is full; nothing was written."""
+    """The disk (or the configured page limit) is full; nothing was written.
+
+    The store's contract on a full log (the "LogFull" error; retryable):
+
+    * the failed append wrote nothing (its whole batch was rolled back), so
+      retrying it later writes it once; an append that returned is durable;
+    * the store stays open and usable: reads (``read_stream``, ``read_all``,
+      ``last_seq``, ``tail``) keep working, and appends succeed again as soon
+      as there is space, with no reopening (each append retries the disk);
+    * the file stays sound (``PRAGMA integrity_check`` ok, ``plane-replay
+      verify`` OK).  Callers (the API, the actors) should answer 503 /
+      retry with a backoff rather than stop.
+    """
+
+
+LogFull = StoreFullError
+"""The name the issue uses for :class:`StoreFullError`."""
 
 
 class StoreClosedError(StoreError):

@@ -173,6 +173,29 @@ class OrphanRemoved:
     handle: str = ""
 
 
+@attrs.frozen
+class KeyFencing:
+    """A key's highest fencing token so far (in :class:`HistoryArchived`)."""
+
+    namespace: str
+    name: str
+    fencing_token: int
+
+
+@attrs.frozen
+class HistoryArchived:
+    """Retention moved the streams of ``backend_ids`` (terminated before ``before``)
+    out of the live log into archive files.  Recorded in ``SYSTEM_STREAM`` first,
+    so what must outlive those streams stays in the live log: the ids (never to be
+    used again) and, per key of theirs, the highest fencing token (so tokens keep
+    increasing).  See :mod:`plane.events.archive`."""
+
+    at: float
+    before: float
+    backend_ids: tuple[str, ...] = ()
+    fencing: tuple[KeyFencing, ...] = ()
+
+
 SYSTEM_STREAM = "_plane"
 """The stream of the supervisor's own facts; every other stream is a backend."""
 
@@ -249,6 +272,7 @@ InputEvent = (
     | TokenIssued
     | TokenRevoked
     | OrphanRemoved
+    | HistoryArchived
 )
 DecisionEvent = (
     BackendStarting

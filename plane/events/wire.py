@@ -35,6 +35,7 @@ TAGS: dict[type[t.Event], str] = {
     t.TokenIssued: "token.issued.v1",
     t.TokenRevoked: "token.revoked.v1",
     t.OrphanRemoved: "plane.orphan_removed.v1",
+    t.HistoryArchived: "plane.history_archived.v1",
     # decisions
     t.BackendStarting: "backend.starting.v1",
     t.BackendReady: "backend.ready.v1",

@@ -37,7 +37,9 @@ from plane.events.types import (
     ExecutorExited,
     ExecutorStarted,
     ExecutorVanished,
+    HistoryArchived,
     HttpActivityRecorded,
+    KeyFencing,
     OrphanRemoved,
     ReadinessObserved,
     SpawnFailed,
@@ -111,6 +113,12 @@ EXPECTED: dict[str, Event] = {
     "token.revoked.v1": TokenRevoked(at=1700000011.0, token_hash=TOKEN_HASH),
     "plane.orphan_removed.v1": OrphanRemoved(
         at=1700000012.0, backend_id="bk-orphan", handle="deadbeef0001"
+    ),
+    "plane.history_archived.v1": HistoryArchived(
+        at=1700000012.5,
+        before=1697408012.5,
+        backend_ids=("bk-old-1", "bk-old-2"),
+        fencing=(KeyFencing(namespace="acme", name="doc-42", fencing_token=11),),
     ),
     "backend.starting.v1": BackendStarting(at=1700000000.25),
     "backend.ready.v1": BackendReady(at=1700000002.75, address=ADDRESS),
