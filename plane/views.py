@@ -77,4 +77,5 @@ def detail_view(state: BackendState) -> dict[str, Any]:
         "message": state.message or None,
         "version": state.version,
         "spawn_config": spawn,
+        "engine": state.engine,
     }
