@@ -47,6 +47,7 @@ from plane.client import (
 from plane.client.core import DEFAULT_API
 from plane.client.models import unstructure
 from plane.config import ConfigError, PlaneConfig
+from plane.engines.config import engine_specs
 from plane.tables import iso, render_table
 
 if TYPE_CHECKING:
@@ -112,6 +113,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             trust_forwarded_from=tuple(args.trust_forwarded_from),
             proxy_root_redirect=args.proxy_root_redirect,
             retain_days=args.retain,
+            engines=engine_specs(
+                args.engine, Path(args.engines_file) if args.engines_file else None
+            ),
+            engine_lost_after=args.engine_lost_after,
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
@@ -347,15 +352,44 @@ def cmd_ls(args: argparse.Namespace) -> int:
             b.key.name if b.key else None,
             b.connections,
             b.address,
+            b.engine,
             iso(b.requested_at / 1000) if b.requested_at is not None else None,
         ]
         for b in backends
     ]
-    print(
-        render_table(
-            ["backend", "state", "status", "reason", "key", "conns", "address", "requested"], rows
-        )
-    )
+    headers = ["backend", "state", "status", "reason", "key", "conns", "address", "engine"]
+    print(render_table([*headers, "requested"], rows))
+    return 0
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    engines = _api(args).engines()
+    if args.json:
+        _print_json({"engines": [unstructure(e) for e in engines]})
+        return 0
+    rows = [
+        [
+            e.name,
+            e.state,
+            e.pool or '""',
+            e.live_backends,
+            e.max,
+            e.url,
+            e.publish,
+            iso(e.last_answer / 1000) if e.last_answer is not None else None,
+        ]
+        for e in engines
+    ]
+    headers = ["engine", "state", "pool", "live", "max", "url", "publish", "last answer"]
+    print(render_table(headers, rows))
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    api = _api(args)
+    changed = api.drain(args.name) if args.draining else api.undrain(args.name)
+    word = "drained" if args.draining else "undrained"
+    print(f"{args.name} {word}" if changed else f"{args.name} was already {word}")
     return 0
 
 
@@ -479,6 +513,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="where GET / on the proxy redirects (default: 400)",
     )
     serve.add_argument(
+        "--engine",
+        action="append",
+        default=[v for v in (_env("ENGINE") or "").split(" ") if v],
+        metavar="NAME=URL[,publish=ADDR][,pool=POOL][,max=N][,tls=DIR]",
+        help="a Docker engine to place backends on (repeatable); URL unix://, tcp://, ssh://",
+    )
+    serve.add_argument(
+        "--engines-file",
+        default=_env("ENGINES_FILE"),
+        metavar="PATH",
+        help="a TOML file of [[engine]] tables (name, url, publish, pool, max, tls)",
+    )
+    serve.add_argument(
+        "--engine-lost-after",
+        type=float,
+        default=float(_env("ENGINE_LOST_AFTER") or "30"),
+        metavar="SECONDS",
+        help="an engine silent this long is lost: its backends end as lost (default 30)",
+    )
+    serve.add_argument(
         "--executor",
         default=_env("EXECUTOR", "auto"),
         help="docker, process, or auto (Docker if an engine answers, else local processes)",
@@ -589,6 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backend")
     p.add_argument("--hard", action="store_true")
     p.set_defaults(run=cmd_terminate)
+
+    p = client("engines", "the engines backends are placed on")
+    p.set_defaults(run=cmd_engines)
+
+    p = client("drain", "place no new backend on an engine (its own keep running)")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_drain, draining=True)
+
+    p = client("undrain", "let an engine take new backends again")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_drain, draining=False)
 
     p = client("logs", "a backend's stdout and stderr")
     p.add_argument("backend")

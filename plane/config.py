@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
+
+if TYPE_CHECKING:
+    from plane.engines.config import EngineSpec
 
 from plane.cluster import ClusterNameError, parse_cluster
 
@@ -79,8 +83,17 @@ class PlaneConfig:
     insecure_no_auth: bool = False
     """Serve the API on a non-loopback address without a key (refused otherwise)."""
     retain_days: float = 30.0
+    engines: tuple[EngineSpec, ...] = ()
+    """The Docker engines to drive (``--engine``, ``--engines-file``); none: one
+    engine, ``local``, chosen by ``executor`` as before."""
+    engine_lost_after: float = 30.0
+    """How long an engine may not answer before it is recorded lost."""
 
     def __attrs_post_init__(self) -> None:
+        if self.engines and self.executor == "process":
+            raise ConfigError("--engine: engines are Docker engines; not with --executor process")
+        if self.engine_lost_after <= 0:
+            raise ConfigError("--engine-lost-after: must be positive")
         parse_listen(self.api_listen, "--api-listen")
         parse_listen(self.proxy_listen, "--proxy-listen")
         if self.executor not in ("auto", "docker", "process"):

@@ -157,6 +157,34 @@ def proxy_settings(config: PlaneConfig) -> ProxySettings:
         raise ConfigError(str(exc)) from None
 
 
+async def open_engines(config: PlaneConfig) -> dict[str, Executor]:
+    """One executor per engine: ``--engine`` s, or the one default engine ``local``.
+
+    An engine that does not answer now is not a reason to refuse to start: it
+    is watched, and recorded lost if it stays silent."""
+    if not config.engines:
+        return {"local": await open_executor(config)}
+    from plane.executors.docker import DockerExecutor
+
+    executors: dict[str, Executor] = {}
+    for spec in config.engines:
+        executor = DockerExecutor(
+            base_url=spec.url,
+            publish=spec.publish,
+            tls=spec.tls,
+            scope=str(config.data_dir.resolve()),
+            logs_dir=config.data_dir / "logs",
+            mount_base=config.mount_base,
+        )
+        try:
+            with trio.fail_after(10):
+                await executor.inspect_engine()
+        except (ExecutorError, trio.TooSlowError) as exc:
+            log.warning("engine %s does not answer (yet): %s", spec.name, exc)
+        executors[spec.name] = executor
+    return executors
+
+
 async def open_executor(config: PlaneConfig) -> Executor:
     choice = config.executor
     if choice in ("auto", "docker"):
@@ -229,15 +257,19 @@ async def serve_plane(
 
     settings = proxy_settings(config)
     with private_umask(), hold_data_dir(config):
-        executor = await open_executor(config)
+        engines = await open_engines(config)
         metrics = Metrics()
         async with open_sqlite_store(config.log_path) as store:
             supervisor = Supervisor(
                 store,
-                executor,
+                next(iter(engines.values())),
                 max_backends=config.max_backends,
                 token_lifetime_seconds=config.token_lifetime_seconds,
+                engines=engines,
+                engine_specs=config.engines,
+                engine_lost_after=config.engine_lost_after,
             )
+            executor = supervisor.executor
             supervisor.observers.append(metrics.observe_backend)
             supervisor.observers.append(lambda _state, events: metrics.observe_append(len(events)))
             api_host, api_port = config.api_address

@@ -91,4 +91,5 @@ def detail_view(state: BackendState, *, show_secrets: bool = False) -> dict[str,
         "message": state.message or None,
         "version": state.version,
         "spawn_config": _spawn_view(state, show_secrets),
+        "engine": state.engine,
     }

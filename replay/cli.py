@@ -66,10 +66,13 @@ def _summary_row(state: BackendState) -> list[object]:
         iso(state.requested_at),
         iso(state.status_at),
         state.exit_code,
+        state.engine,
     ]
 
 
-_SUMMARY_HEADERS = ["backend", "state", "status", "reason", "key", "requested", "changed", "exit"]
+_SUMMARY_HEADERS = [
+    "backend", "state", "status", "reason", "key", "requested", "changed", "exit", "engine",
+]  # fmt: skip
 
 
 def _print_states(
@@ -89,7 +92,22 @@ def _print_states(
 def cmd_summary(args: argparse.Namespace) -> int:
     fold = LogFold(verify=False).feed_all(_records(args.log))
     states = sorted(fold.backends.values(), key=lambda s: (s.requested_at, s.backend_id))
-    _print_states(states, args.json, {"last_seq": fold.last_seq}, show_secrets=args.show_secrets)
+    engines = [
+        {"name": v.name, "url": v.url, "pool": v.pool, "state": v.state.value}
+        for v in sorted(fold.engines.values(), key=lambda v: v.name)
+    ]
+    extra: dict[str, Any] = {"last_seq": fold.last_seq}
+    if engines:
+        extra["engines"] = engines
+    _print_states(states, args.json, extra, show_secrets=args.show_secrets)
+    if engines and not args.json:
+        print()
+        print(
+            render_table(
+                ["engine", "state", "pool", "url"],
+                [[e["name"], e["state"], e["pool"], e["url"]] for e in engines],
+            )
+        )
     return 0
 
 

@@ -214,6 +214,7 @@ class BackendActor:
             fencing_token=state.fencing_token,
             executable=state.config.executable,
             static_token=state.static_token,
+            engine=state.engine,
         )
         delay = self._policy.backoff_initial
         while True:

@@ -55,6 +55,7 @@ import attrs
 
 from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.types import (
+    ENGINE_TYPES,
     INPUT_TYPES,
     BackendActive,
     BackendIdle,
@@ -145,6 +146,8 @@ class BackendState:
     killed_at: float | None = None
     exit_code: int | None = None
     message: str = ""
+    engine: str = "local"
+    """The engine (Plane's drone) the backend is placed on."""
 
     @property
     def config(self) -> SpawnConfig:
@@ -178,6 +181,7 @@ _ALLOWED: dict[type[Event], frozenset[Status | None]] = {
     BackendTerminated: frozenset(NOT_TERMINAL),
     OrphanRemoved: frozenset(),  # only in SYSTEM_STREAM, never in a backend's
     HistoryArchived: frozenset(),  # likewise
+    **{cls: frozenset() for cls in ENGINE_TYPES},  # likewise
 }
 _INPUT_ALLOWED: frozenset[Status | None] = frozenset(NOT_TERMINAL)
 
@@ -202,6 +206,7 @@ def _ev_requested(s: BackendState, e: BackendRequested) -> Changes:
         fencing_token=e.fencing_token,
         static_token=e.static_token,
         requested_at=e.at,
+        engine=e.engine,
     )
 
 
@@ -287,6 +292,7 @@ _EVOLVERS: dict[type[Event], Callable[[BackendState, Event], Changes]] = {
     TokenRevoked: _unchanged,
     OrphanRemoved: _unchanged,
     HistoryArchived: _unchanged,
+    **{cls: _unchanged for cls in ENGINE_TYPES},
     BackendStarting: lambda s, e: _status(s, Status.STARTING, e.at),
     BackendReady: _ev_ready,  # type: ignore[dict-item]
     BackendIdle: lambda s, e: _status(s, Status.IDLE, e.at),
@@ -419,7 +425,7 @@ def _decide_unusual(state: BackendState, command: Command) -> list[Event]:
         if state.status is not None:
             raise IllegalTransition(f"backend {state.backend_id} was already requested")
         return [command]
-    if isinstance(command, OrphanRemoved | HistoryArchived):
+    if isinstance(command, (OrphanRemoved, HistoryArchived, *ENGINE_TYPES)):
         name = type(command).__name__
         raise IllegalTransition(f"{name} belongs to the system stream, not a backend's")
     raise IllegalTransition(f"{type(command).__name__} is a decision, not a command")

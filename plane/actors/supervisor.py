@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Mapping
 
 import attrs
 import trio
@@ -56,11 +57,20 @@ from plane.actors import lifecycle
 from plane.actors.backend import DEFAULT_POLICY, BackendActor, ExecutorPolicy, resume_effects
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState, Command
+from plane.engines.config import DEFAULT_ENGINE, EngineSpec
+from plane.engines.health import DEFAULT_LOST_AFTER, PING_INTERVAL, Health, Verdict
+from plane.engines.placement import Load, place, why_none
+from plane.engines.registry import EngineView, evolve_engines
 from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.store import ConcurrencyError, EventStore
 from plane.events.types import (
     SYSTEM_STREAM,
     BackendRequested,
+    EngineDrained,
+    EngineLost,
+    EngineRegistered,
+    EngineReturned,
+    EngineUndrained,
     Event,
     ExecutorExited,
     ExecutorStarted,
@@ -74,6 +84,7 @@ from plane.events.types import (
     TokenRevoked,
 )
 from plane.executors.base import Executor, ExecutorError, ExitObserved, Running, SpawnError
+from plane.executors.multi import MultiExecutor
 
 log = logging.getLogger("plane.supervisor")
 
@@ -110,6 +121,8 @@ class ConnectResult:
     secret_token: str | None
     state: BackendState
     subdomain: str | None = None
+    engine: str | None = None
+    """The engine (Plane's ``drone``) the backend runs on."""
 
 
 @attrs.frozen
@@ -127,6 +140,12 @@ class ConnectRefused(Exception):
         super().__init__(message)
         self.code = code
         self.http_status = http_status
+
+
+class UnknownEngine(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no engine {name!r}")
+        self.name = name
 
 
 class UnknownBackend(LookupError):
@@ -150,9 +169,27 @@ class Supervisor:
         max_backends: int | None = None,
         token_lifetime_seconds: float = 3600.0,
         policy: ExecutorPolicy = DEFAULT_POLICY,
+        engines: Mapping[str, Executor] | None = None,
+        engine_specs: tuple[EngineSpec, ...] = (),
+        engine_lost_after: float = DEFAULT_LOST_AFTER,
+        ping_interval: float = PING_INTERVAL,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
-        self.executor = executor
+        if engines is None:
+            engines = {DEFAULT_ENGINE: executor}
+        specs = {spec.name: spec for spec in engine_specs}
+        self._explicit = set(specs)  # recorded in the log; the implicit default is not
+        self.engine_specs = {name: specs.get(name, EngineSpec(name)) for name in engines}
+        self.engine_lost_after = engine_lost_after
+        self.ping_interval = ping_interval
+        self.rng = rng if rng is not None else random.Random()
+        self.engine_views: dict[str, EngineView] = {}
+        self.engine_answers: dict[str, float] = {}  # engine -> when it last answered
+        self._deferred: set[str] = set()  # engines not listed at start: recover when they answer
+        self._reserved_on: dict[str, int] = {}
+        self._system_lock = trio.Lock()
+        self.executor = MultiExecutor(engines, locate=self._engine_of, is_lost=self._is_lost)
         self._clock = clock
         self.max_backends = max_backends
         self.token_lifetime_seconds = token_lifetime_seconds
@@ -184,9 +221,12 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             exits_send, exits_recv = trio.open_memory_channel[ExitObserved](math.inf)
-            await nursery.start(self._watch_exits, exits_send)
+            for name in self.executor.engines:
+                await nursery.start(self._watch_exits, name, exits_send)
             await self._recover()
             nursery.start_soon(self._route_exits, exits_recv)
+            for name in self.executor.engines:
+                nursery.start_soon(self._monitor_engine, name)
             task_status.started()
 
     def live_count(self) -> int:
@@ -287,7 +327,8 @@ class Supervisor:
     async def _spawn(
         self, request: ConnectRequest, key: BackendKey, slot: Slot, spawn_config: SpawnConfig
     ) -> ConnectResult:
-        self._check_runnable(spawn_config)
+        engine = self._place(spawn_config.pool)
+        self._check_runnable(engine, spawn_config)
         limit = self.max_backends
         if limit is not None and self.live_count() + self._reserved >= limit:
             raise ConnectRefused(
@@ -303,10 +344,13 @@ class Supervisor:
             _refuse_user_data(request, backend_id)
             static = tokens.mint_static()
         self._reserved += 1
+        self._reserved_on[engine] = self._reserved_on.get(engine, 0) + 1
         try:
             fencing = self._fencing.get(slot, 0) + 1
             now = self.clock.now()
-            requested = BackendRequested(now, backend_id, key, spawn_config, fencing, static)
+            requested = BackendRequested(
+                now, backend_id, key, spawn_config, fencing, static, engine
+            )
             events = [*lifecycle.decide(lifecycle.initial, requested)]
             token: str
             secret: str | None = None
@@ -327,6 +371,7 @@ class Supervisor:
             self._notify(state, events)
         finally:
             self._reserved -= 1
+            self._reserved_on[engine] -= 1
         return self._result(state, True, token, secret)
 
     @staticmethod
@@ -341,12 +386,13 @@ class Supervisor:
             secret,
             state,
             state.config.subdomain,
+            state.engine,
         )
 
-    def _check_runnable(self, spawn_config: SpawnConfig) -> None:
-        """Refuse at once what this executor could never start."""
+    def _check_runnable(self, engine: str, spawn_config: SpawnConfig) -> None:
+        """Refuse at once what the engine's executor could never start."""
         try:
-            self.executor.check(spawn_config.executable)
+            self.executor.engine(engine).check(spawn_config.executable)
         except SpawnError as exc:
             raise ConnectRefused("InvalidRequest", str(exc), 400) from None
 
@@ -443,39 +489,214 @@ class Supervisor:
 
     async def _watch_exits(
         self,
+        engine: str,
         send: trio.MemorySendChannel[ExitObserved],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Keep the executor's exit watch running; after a gap, reconcile.
+        """Keep one engine's exit watch running; after a gap, reconcile.
 
         If the engine's event stream breaks, exits during the gap are not seen:
-        once watching again, every started backend the executor no longer runs
-        is told it vanished.
+        once watching again, every started backend the engine no longer runs
+        is told it vanished.  An engine that cannot be watched at start does not
+        hold plane's start up: it is reported started after its first failure.
         """
+        executor = self.executor.engine(engine)
         delay = self.policy.backoff_initial
         started = False
         while True:
             try:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self.executor.serve_exits, send)
+                    await nursery.start(executor.serve_exits, send)
                     if not started:
                         started = True
                         task_status.started()
-                    else:
-                        await self._reconcile_running()
+                    elif not self._is_lost(engine) and engine not in self._deferred:
+                        await self._reconcile_engine(engine, orphans=False)
                     delay = self.policy.backoff_initial
             except* ExecutorError as group:
-                log.warning("watching exits failed, retrying in %.1fs: %s", delay, group.exceptions)
+                log.warning(
+                    "watching exits on engine %s failed, retrying in %.1fs: %s",
+                    engine,
+                    delay,
+                    group.exceptions,
+                )
+                if not started:
+                    started = True
+                    task_status.started()
             await trio.sleep(delay)
             delay = min(delay * 2, self.policy.backoff_max)
 
     async def _reconcile_running(self) -> None:
-        running = {r.backend_id for r in await self._list_running()}
+        for engine in self.executor.engines:
+            await self._reconcile_engine(engine, orphans=False)
+
+    async def _reconcile_engine(self, engine: str, *, orphans: bool) -> None:
+        """Tell every started backend of ``engine`` that it no longer runs that it
+        vanished; with ``orphans``, also remove what the engine runs that the log
+        does not hold as live there (recovery of an engine, or its return)."""
+        try:
+            with trio.fail_after(self.policy.call_timeout):
+                listing = await self.executor.list_engine(engine)
+        except (ExecutorError, trio.TooSlowError) as exc:
+            log.warning("listing engine %s failed: %s", engine, exc)
+            return
+        running = {r.backend_id: r for r in listing}
         for backend_id, actor in list(self.actors.items()):
             state = actor.state
+            if state.engine != engine:
+                continue
             if state.address is not None and backend_id not in running:
                 actor.tell(ExecutorVanished(0.0, "exit not observed: the executor lost track"))
+        if orphans:
+            stray = [
+                r
+                for r in listing
+                if not (
+                    r.backend_id in self.actors
+                    and self.actors[r.backend_id].state.engine == engine
+                    and not lifecycle.is_terminal(self.actors[r.backend_id].state)
+                )
+            ]
+            await self._remove_orphans(stray, engine)
+
+    # ---------------------------------------------------------------- engines
+
+    def _engine_of(self, backend_id: str) -> str | None:
+        state = self.states.get(backend_id)
+        return state.engine if state is not None else None
+
+    def _is_lost(self, engine: str) -> bool:
+        view = self.engine_views.get(engine)
+        return view is not None and view.lost
+
+    def engine_loads(self) -> list[Load]:
+        """Each configured engine with its live backends (and reservations)."""
+        live: dict[str, int] = dict.fromkeys(self.executor.engines, 0)
+        for backend_id in self._live_by_slot.values():
+            engine = self.states[backend_id].engine
+            live[engine] = live.get(engine, 0) + 1
+        loads = []
+        for name in self.executor.engines:
+            view = self.engine_views.get(name) or EngineView(name)
+            spec = self.engine_specs[name]
+            loads.append(
+                Load(
+                    name,
+                    spec.pool,
+                    live[name] + self._reserved_on.get(name, 0),
+                    spec.max_backends,
+                    view.draining,
+                    view.lost,
+                )
+            )
+        return loads
+
+    def _place(self, pool: str) -> str:
+        loads = self.engine_loads()
+        engine = place(loads, pool, self.rng)
+        if engine is None:
+            raise ConnectRefused("NoDroneAvailable", why_none(loads, pool), 503)
+        return engine
+
+    async def _append_system(self, events: list[Event]) -> None:
+        async with self._system_lock:
+            await self.store.append(SYSTEM_STREAM, self._system_version, events)
+            self._system_version += len(events)
+            for event in events:
+                self.engine_views = evolve_engines(self.engine_views, event)
+
+    async def drain(self, name: str, *, draining: bool = True) -> bool:
+        """Drain (or undrain) an engine; True if that changed anything."""
+        if name not in self.executor.engines:
+            raise UnknownEngine(name)
+        view = self.engine_views.get(name) or EngineView(name)
+        if view.draining == draining:
+            return False
+        event = EngineDrained if draining else EngineUndrained
+        await self._append_system([event(self.clock.now(), name)])
+        log.info("engine %s %s", name, "drained" if draining else "undrained")
+        return True
+
+    async def _register_engines(self) -> None:
+        events: list[Event] = []
+        now = self.clock.now()
+        for name, spec in self.engine_specs.items():
+            if name not in self._explicit:
+                continue
+            registered = EngineRegistered(
+                now, name, spec.shown_url, spec.publish, spec.pool, spec.max_backends
+            )
+            view = self.engine_views.get(name)
+            if view is None or (view.url, view.publish, view.pool, view.max_backends) != (
+                registered.url,
+                registered.publish,
+                registered.pool,
+                registered.max_backends,
+            ):
+                events.append(registered)
+        if events:
+            await self._append_system(events)
+
+    async def _monitor_engine(self, engine: str) -> None:
+        """Ping ``engine`` every ``ping_interval``; record it lost after
+        ``engine_lost_after`` of silence (its live backends end as lost) and
+        returned when it answers again (what it still runs of them is removed)."""
+        executor = self.executor.engine(engine)
+        health = Health(
+            since=self.clock.now(), lost=self._is_lost(engine), lost_after=self.engine_lost_after
+        )
+        timeout = max(0.5, min(5.0, self.engine_lost_after / 3))
+        while True:
+            try:
+                with trio.fail_after(timeout):
+                    await executor.ping()
+                answered = True
+            except (ExecutorError, trio.TooSlowError) as exc:
+                answered = False
+                problem = str(exc) or "no answer"
+            now = self.clock.now()
+            if answered:
+                self.engine_answers[engine] = now
+                if health.answered(now) is Verdict.RETURNED:
+                    log.warning("engine %s answers again", engine)
+                    await self._append_system([EngineReturned(now, engine)])
+                    self._deferred.discard(engine)
+                    await self._reconcile_engine(engine, orphans=True)
+                elif engine in self._deferred:
+                    self._deferred.discard(engine)
+                    await self._reconcile_engine(engine, orphans=True)
+            elif health.silent(now) is Verdict.LOST:
+                await self._lose_engine(engine, now, problem)
+            await trio.sleep(self.ping_interval)
+
+    async def _lose_engine(self, engine: str, now: float, problem: str) -> None:
+        message = f"engine {engine} lost: no answer for {self.engine_lost_after:g} s ({problem})"
+        log.error("%s", message)
+        await self._append_system([EngineLost(now, engine, message[:500])])
+        for actor in list(self.actors.values()):
+            if actor.state.engine == engine and not lifecycle.is_terminal(actor.state):
+                actor.tell(ExecutorVanished(0.0, message[:500]))
+
+    def engines_view(self) -> list[dict[str, object]]:
+        """Every configured engine, as ``GET /ctrl/engines`` shows it."""
+        out: list[dict[str, object]] = []
+        for load in self.engine_loads():
+            view = self.engine_views.get(load.name) or EngineView(load.name)
+            answered = self.engine_answers.get(load.name)
+            out.append(
+                {
+                    "name": load.name,
+                    "url": view.url,
+                    "publish": view.publish,
+                    "pool": load.pool,
+                    "max": load.max_backends,
+                    "state": view.state.value,
+                    "live_backends": load.live,
+                    "last_answer": round(answered * 1000) if answered is not None else None,
+                }
+            )
+        return out
 
     async def _route_exits(self, exits: trio.MemoryReceiveChannel[ExitObserved]) -> None:
         async for observed in exits:
@@ -494,6 +715,7 @@ class Supervisor:
                     for mark in record.event.fencing:
                         slot = (mark.namespace, mark.name)
                         self._fencing[slot] = max(self._fencing.get(slot, 0), mark.fencing_token)
+                self.engine_views = evolve_engines(self.engine_views, record.event)
                 continue
             streams.setdefault(record.stream, []).append(record.event)
         for backend_id, events in streams.items():
@@ -502,11 +724,23 @@ class Supervisor:
             if state.key is not None:
                 slot = state.key.slot()
                 self._fencing[slot] = max(self._fencing.get(slot, 0), state.fencing_token)
-        running = {r.backend_id: r for r in await self._list_running()}
+        await self._register_engines()
+        listings: dict[str, dict[str, Running] | None] = {}
+        for engine in self.executor.engines:
+            listings[engine] = await self._list_engine_at_start(engine)
         for backend_id, state in list(self.states.items()):
             if lifecycle.is_terminal(state):
                 continue
-            seen = running.pop(backend_id, None)
+            listing = listings.get(state.engine)
+            if state.engine not in self.executor.engines:
+                actor = self._adopt(state, [])
+                actor.tell(ExecutorVanished(0.0, f"engine {state.engine} is not configured"))
+                self.recovery_report["lost"].append(backend_id)
+                continue
+            if listing is None:  # the engine did not answer: recovered when it does
+                self._adopt(state, resume_effects(state, running=True)[0])
+                continue
+            seen = listing.pop(backend_id, None)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
             if first is not None:
@@ -516,30 +750,46 @@ class Supervisor:
                 self.recovery_report["adopted"].append(backend_id)
                 if state.status is Status.STARTING and state.address is None and seen.address:
                     actor.tell(ExecutorStarted(0.0, seen.address, seen.handle))
-        await self._remove_orphans(list(running.values()))
+        for engine, listing in listings.items():
+            if listing:
+                await self._remove_orphans(list(listing.values()), engine)
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
 
-    async def _list_running(self) -> list[Running]:
+    async def _list_engine_at_start(self, engine: str) -> dict[str, Running] | None:
+        """What ``engine`` runs, or None (deferred) if it does not answer within a
+        few tries: an engine that is down does not stop plane from starting."""
         delay = self.policy.backoff_initial
-        while True:
+        for _ in range(3):
             try:
                 with trio.fail_after(self.policy.call_timeout):
-                    return await self.executor.list_running()
+                    return {r.backend_id: r for r in await self.executor.list_engine(engine)}
             except (ExecutorError, trio.TooSlowError) as exc:
-                log.warning("listing running backends failed, retrying in %.1fs: %s", delay, exc)
+                log.warning("listing engine %s failed, retrying in %.1fs: %s", engine, delay, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.policy.backoff_max)
+        log.error("engine %s does not answer; its backends are recovered when it does", engine)
+        self._deferred.add(engine)
+        return None
 
-    async def _remove_orphans(self, orphans: list[Running]) -> None:
-        """Kill and remove each orphan, then record those that are gone (one listing)."""
+    async def _remove_orphans(self, orphans: list[Running], engine: str) -> None:
+        """Kill and remove each orphan on ``engine``, then record those that are gone."""
         if not orphans:
             return
+        executor = self.executor.engine(engine)
         for orphan in orphans:
+            try:
+                with trio.fail_after(self.policy.call_timeout):
+                    await executor.kill(orphan.backend_id)
+                    await executor.remove(orphan.backend_id)
+            except (ExecutorError, trio.TooSlowError) as exc:
+                log.warning("removing orphan %s failed: %s", orphan.backend_id, exc)
+        try:
             with trio.fail_after(self.policy.call_timeout):
-                await self.executor.kill(orphan.backend_id)
-                await self.executor.remove(orphan.backend_id)
-        still = {r.backend_id for r in await self._list_running()}
+                still = {r.backend_id for r in await self.executor.list_engine(engine)}
+        except (ExecutorError, trio.TooSlowError) as exc:
+            log.warning("listing engine %s after removing orphans failed: %s", engine, exc)
+            return
         for orphan in orphans:
             if orphan.backend_id in still:
                 log.error(
@@ -549,8 +799,7 @@ class Supervisor:
                 )
                 continue
             event = OrphanRemoved(self.clock.now(), orphan.backend_id, orphan.handle)
-            await self.store.append(SYSTEM_STREAM, self._system_version, [event])
-            self._system_version += 1
+            await self._append_system([event])
             self.recovery_report["orphans"].append(orphan.backend_id)
 
 

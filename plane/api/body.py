@@ -331,8 +331,8 @@ def _check_executable(p: _Problems, exe: _Executable, at: str) -> None:
 
 _NOT_YET_HONOURED: dict[str, Callable[[_SpawnConfig], bool]] = {
     # The executable's fields (credentials, mount, network_name, every limit) are
-    # honoured or refused by name by the executor's check().
-    "pool": lambda c: bool(c.pool),
+    # honoured or refused by name by the executor's check(); ``pool`` selects the
+    # engines (a pool no engine serves: 503 NoDroneAvailable, as Plane answers).
 }
 """Plane fields this plane does not honour yet, each with the test of a non-default
 value: such a value is refused with 400 naming the field, never accepted and

@@ -320,6 +320,17 @@ def _schemas() -> dict[str, Any]:
             ["version", "hash", "executor", "live_backends", "backends", "last_seq"],
         ),
         "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}, ["status"]),
+        "EngineList": _obj(
+            {"engines": {"type": "array", "items": {"type": "object"}}}, ["engines"]
+        ),
+        "Updated": _obj({"updated": {"type": "boolean"}}, ["updated"]),
+        "ClusterState": _obj(
+            {
+                "drones": {"type": "array", "items": {"type": "object"}},
+                "proxies": {"type": "array", "items": {"type": "object"}},
+            },
+            ["drones", "proxies"],
+        ),
         "RevokeRequest": {
             **_obj({"token": _nullable({"type": "string", "minLength": 1})}),
             "additionalProperties": False,
@@ -407,6 +418,12 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 BACKEND_ID = {"$ref": "#/components/parameters/BackendId"}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
@@ -624,6 +641,49 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     operation_id="statusStream",
+                )
+            },
+            "/ctrl/engines": {
+                "get": _op(
+                    "The engines (drones) backends are placed on: state, pool, load",
+                    {"200": _json("Every engine.", "EngineList")},
+                    operation_id="engines",
+                )
+            },
+            "/ctrl/engines/{name}/drain": {
+                "post": _op(
+                    "Place no new backend on the engine; its own keep running",
+                    {"200": _json("Whether that changed the engine.", "Updated")},
+                    errors=(404,),
+                    parameters=[_path_param("name")],
+                    operation_id="drainEngine",
+                )
+            },
+            "/ctrl/engines/{name}/undrain": {
+                "post": _op(
+                    "Let the engine take new backends again",
+                    {"200": _json("Whether that changed the engine.", "Updated")},
+                    errors=(404,),
+                    parameters=[_path_param("name")],
+                    operation_id="undrainEngine",
+                )
+            },
+            "/ctrl/c/{cluster}/d/{drone}/drain": {
+                "post": _op(
+                    "Plane's drain of a drone (an engine)",
+                    {"200": _json("Whether that changed the drone.", "Updated")},
+                    errors=(400, 404),
+                    parameters=[_path_param("cluster"), _path_param("drone")],
+                    operation_id="drainDrone",
+                )
+            },
+            "/ctrl/c/{cluster}/state": {
+                "get": _op(
+                    "Plane's ClusterState: every drone (engine)",
+                    {"200": _json("The cluster's drones.", "ClusterState")},
+                    errors=(400, 404),
+                    parameters=[_path_param("cluster")],
+                    operation_id="clusterState",
                 )
             },
             "/pub/health": {

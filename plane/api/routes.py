@@ -47,7 +47,7 @@ import trio_websocket
 from plane import __version__, cluster, tokens
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
-from plane.actors.supervisor import ConnectRefused, UnknownBackend
+from plane.actors.supervisor import ConnectRefused, UnknownBackend, UnknownEngine
 from plane.api import body, feeds, sse
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
@@ -375,6 +375,61 @@ class Endpoints:
         metrics = self.ctx.metrics
         return Response(200, (("content-type", metrics.content_type),), metrics.render())
 
+    # ------------------------------------------------------------ engines
+
+    async def engines(self, request: Request, params: Params) -> Response:
+        return json_response({"engines": self.ctx.supervisor.engines_view()})
+
+    async def _drain(self, name: str, draining: bool) -> bool:
+        try:
+            return await self.ctx.supervisor.drain(name, draining=draining)
+        except UnknownEngine:
+            raise ApiError(404, "NotFound", f"no engine {name!r}") from None
+
+    async def drain_engine(self, request: Request, params: Params) -> Response:
+        return json_response({"updated": await self._drain(params["name"], True)})
+
+    async def undrain_engine(self, request: Request, params: Params) -> Response:
+        return json_response({"updated": await self._drain(params["name"], False)})
+
+    def _our_cluster(self, name: str) -> None:
+        try:
+            given = cluster.parse_cluster(name)
+        except cluster.ClusterNameError as exc:
+            raise ApiError(400, "InvalidClusterName", str(exc)) from None
+        if given != self.ctx.cluster_name:
+            raise ApiError(404, "NotFound", f"no cluster {name!r} here")
+
+    async def drain_drone(self, request: Request, params: Params) -> Response:
+        """Plane's ``POST /ctrl/c/{cluster}/d/{drone}/drain``."""
+        self._our_cluster(params["cluster"])
+        return json_response({"updated": await self._drain(params["drone"], True)})
+
+    async def cluster_state(self, request: Request, params: Params) -> Response:
+        """Plane's ``GET /ctrl/c/{cluster}/state`` (ClusterState)."""
+        self._our_cluster(params["cluster"])
+        now = self.ctx.supervisor.clock.now()
+        drones = []
+        for engine in self.ctx.supervisor.engines_view():
+            answered = engine["last_answer"]
+            age = max(0, round(now * 1000) - answered) if isinstance(answered, int) else None
+            drones.append(
+                {
+                    "ready": engine["state"] == "healthy",
+                    "draining": engine["state"] == "draining",
+                    "last_heartbeat_age": age,
+                    "backend_count": engine["live_backends"],
+                    "node": {
+                        "name": engine["name"],
+                        "plane_version": __version__,
+                        "plane_hash": "",
+                        "controller": "plane",
+                        "controller_heartbeat_age": 0,
+                    },
+                }
+            )
+        return json_response({"drones": drones, "proxies": []})
+
     async def openapi(self, request: Request, params: Params) -> Response:
         return json_response(document())
 
@@ -428,6 +483,11 @@ def build_router(ctx: ApiContext) -> Router:
         Route("GET", "/pub/b/{id}/status", e.status),
         Route("GET", "/pub/b/{id}/status-stream", e.status_stream),
         Route("GET", "/pub/health", e.health),
+        Route("GET", "/ctrl/engines", e.engines),
+        Route("POST", "/ctrl/engines/{name}/drain", e.drain_engine),
+        Route("POST", "/ctrl/engines/{name}/undrain", e.undrain_engine),
+        Route("POST", "/ctrl/c/{cluster}/d/{drone}/drain", e.drain_drone),
+        Route("GET", "/ctrl/c/{cluster}/state", e.cluster_state),
         Route("GET", "/metrics", e.metrics),
         Route("GET", "/openapi.json", e.openapi),
     ]

@@ -24,7 +24,7 @@ import anyio
 import httpx
 
 from plane.client import _transport, core
-from plane.client.models import Backend, BackendStatus, Connection, Event, Status
+from plane.client.models import Backend, BackendStatus, Connection, Engine, Event, Status
 from plane.events.spec import BackendKey, SpawnConfig
 
 R = TypeVar("R")
@@ -172,6 +172,18 @@ class AsyncClient:
         """Revoke the backend's tokens: one ``token``, a ``user``'s (Plane's
         endpoint), or all of them."""
         await self._run(core.revoke(self.settings, backend_id, token=token, user=user))
+
+    async def engines(self) -> list[Engine]:
+        """Every engine plane places backends on, with its state and load."""
+        return await self._run(core.engines(self.settings))
+
+    async def drain(self, name: str) -> bool:
+        """No new backend goes to engine ``name``; True if it was not draining."""
+        return await self._run(core.drain(self.settings, name, draining=True))
+
+    async def undrain(self, name: str) -> bool:
+        """Engine ``name`` takes new backends again; True if it was draining."""
+        return await self._run(core.drain(self.settings, name, draining=False))
 
     async def backend(self, backend_id: str) -> Backend:
         """Everything the API tells about one backend."""

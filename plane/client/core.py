@@ -49,6 +49,7 @@ from plane.client.models import (
     BackendPage,
     BackendStatus,
     Connection,
+    Engine,
     Event,
     Status,
     structure,
@@ -500,6 +501,19 @@ def revoke(settings: Settings, backend_id: str, *, token: str | None, user: str 
         body = {"token": token} if token is not None else {}
         call = Call("POST", _path("ctrl", "b", backend_id, "revoke"), json=body)
     yield from request(settings, call, safe=True)
+
+
+def engines(settings: Settings) -> Op[list[Engine]]:
+    """``GET /ctrl/engines``."""
+    reply = yield from request(settings, Call("GET", "/ctrl/engines"), safe=True)
+    return [structure(item, Engine) for item in _json(reply)["engines"]]
+
+
+def drain(settings: Settings, name: str, *, draining: bool) -> Op[bool]:
+    """``POST /ctrl/engines/{name}/drain`` (or ``undrain``): True if that changed it."""
+    call = Call("POST", _path("ctrl", "engines", name, "drain" if draining else "undrain"))
+    reply = yield from request(settings, call, safe=True)
+    return bool(_json(reply)["updated"])
 
 
 def backend(settings: Settings, backend_id: str) -> Op[Backend]:

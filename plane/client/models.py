@@ -125,6 +125,24 @@ class Backend:
     version: int | None = None
     spawn_config: dict[str, Any] | None = None
     """The spawn config as the API shows it (env values never included)."""
+    engine: str | None = None
+    """The engine (Plane's drone) the backend runs on."""
+
+
+@attrs.frozen
+class Engine:
+    """One engine plane places backends on (``GET /ctrl/engines``)."""
+
+    name: str
+    state: str
+    """healthy, draining or lost."""
+    url: str = ""
+    publish: str = "127.0.0.1"
+    pool: str = ""
+    max: int | None = None
+    live_backends: int = 0
+    last_answer: int | None = None
+    """When it last answered (ms since the epoch), or None."""
 
 
 @attrs.frozen

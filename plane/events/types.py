@@ -69,6 +69,9 @@ class BackendRequested:
     """Plane's static token (``s.`` prefix) when ``spawn_config.use_static_token``:
     the same token is handed to every connect, so it is kept (a secret, redacted
     in every view) rather than only its hash."""
+    engine: str = "local"
+    """The engine (Plane's drone) the backend was placed on; logs written before
+    engines existed hold one engine, ``local``."""
 
 
 @attrs.frozen
@@ -200,6 +203,60 @@ SYSTEM_STREAM = "_plane"
 """The stream of the supervisor's own facts; every other stream is a backend."""
 
 
+# -------------------------------------------------------------------- engines
+# Facts about the engines (Plane's drones) backends run on, in ``SYSTEM_STREAM``;
+# :mod:`plane.engines.registry` folds them.  Neither inputs of a backend's
+# decider nor its decisions.
+
+
+@attrs.frozen
+class EngineRegistered:
+    """An engine was configured (again, or with new settings) at plane's start.
+
+    ``url`` never carries credentials; ``max_backends`` None: no limit."""
+
+    at: float
+    name: str
+    url: str
+    publish: str = "127.0.0.1"
+    pool: str = ""
+    max_backends: int | None = None
+
+
+@attrs.frozen
+class EngineDrained:
+    """No new backend goes to the engine; its own keep running until they end."""
+
+    at: float
+    name: str
+
+
+@attrs.frozen
+class EngineUndrained:
+    """The engine takes new backends again."""
+
+    at: float
+    name: str
+
+
+@attrs.frozen
+class EngineLost:
+    """The engine did not answer for ``--engine-lost-after``: its live backends
+    are terminated as lost, and it takes no new ones until it returns."""
+
+    at: float
+    name: str
+    message: str = ""
+
+
+@attrs.frozen
+class EngineReturned:
+    """A lost engine answers again; what it still runs of lost backends is removed."""
+
+    at: float
+    name: str
+
+
 # ------------------------------------------------------------------ decisions
 
 
@@ -283,10 +340,12 @@ DecisionEvent = (
     | TerminationEscalated
     | BackendTerminated
 )
-Event = InputEvent | DecisionEvent
+EngineEvent = EngineRegistered | EngineDrained | EngineUndrained | EngineLost | EngineReturned
+Event = InputEvent | DecisionEvent | EngineEvent
 
 INPUT_TYPES: tuple[type, ...] = InputEvent.__args__
 DECISION_TYPES: tuple[type, ...] = DecisionEvent.__args__
+ENGINE_TYPES: tuple[type, ...] = EngineEvent.__args__
 
 
 def is_input(event: Event) -> bool:

@@ -44,6 +44,12 @@ TAGS: dict[type[t.Event], str] = {
     t.BackendTerminating: "backend.terminating.v1",
     t.TerminationEscalated: "backend.termination_escalated.v1",
     t.BackendTerminated: "backend.terminated.v1",
+    # engines (in the system stream)
+    t.EngineRegistered: "engine.registered.v1",
+    t.EngineDrained: "engine.drained.v1",
+    t.EngineUndrained: "engine.undrained.v1",
+    t.EngineLost: "engine.lost.v1",
+    t.EngineReturned: "engine.returned.v1",
 }
 TYPES_BY_TAG: dict[str, type[t.Event]] = {tag: cls for cls, tag in TAGS.items()}
 

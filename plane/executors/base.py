@@ -69,6 +69,8 @@ class StartSpec:
     executable: Executable
     static_token: str | None = attrs.field(default=None, repr=False)
     """Plane's static token, for a ``use_static_token`` backend."""
+    engine: str = "local"
+    """The engine the backend was placed on (:mod:`plane.executors.multi` routes by it)."""
 
     def session_env(self) -> dict[str, str]:
         """plane's variables for the backend (every executor sets them, after the
@@ -111,6 +113,8 @@ class Running:
     address: str | None
     handle: str
     key: str
+    engine: str = ""
+    """The engine it runs on (set by :mod:`plane.executors.multi`)."""
 
 
 @attrs.frozen
@@ -170,6 +174,11 @@ class Executor(Protocol):
 
         Pure and cheap: callers use it to refuse a request before recording it.
         """
+        ...
+
+    async def ping(self) -> None:
+        """Return once the engine answers; :class:`ExecutorError` if it does not.
+        (Engine health: :mod:`plane.engines.health`.)"""
         ...
 
     async def start(self, spec: StartSpec) -> Started:

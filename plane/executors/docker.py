@@ -116,6 +116,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.tls
 import docker.types
 import trio
 
@@ -207,7 +208,13 @@ class DockerExecutor:
         max_pool_size: int = 64,
         logs_dir: str | os.PathLike[str] | None = None,
         mount_base: str | os.PathLike[str] | None = None,
+        publish: str = "127.0.0.1",
+        tls: str | os.PathLike[str] | None = None,
     ) -> None:
+        #: the host address container ports are published on, that plane dials
+        self.publish = publish
+        #: a directory with ca.pem, cert.pem, key.pem (as ``docker --tlsverify``)
+        self.tls = Path(tls) if tls is not None else None
         #: where Plane's ``mount`` directories live (None: ``mount`` is refused)
         self.mount_base = Path(mount_base) if mount_base is not None else None
         #: why ``disk_limit_bytes`` cannot be honoured (None: it can, or not read yet)
@@ -285,8 +292,19 @@ class DockerExecutor:
     def _make_client(self, timeout: int | None) -> Any:
         # A pool as large as the worker threads that may call the engine at once.
         if self._base_url is not None:
+            tls: Any = False
+            if self.tls is not None:
+                tls = docker.tls.TLSConfig(
+                    client_cert=(str(self.tls / "cert.pem"), str(self.tls / "key.pem")),
+                    ca_cert=str(self.tls / "ca.pem"),
+                    verify=True,
+                )
             return docker.DockerClient(
-                base_url=self._base_url, timeout=timeout, max_pool_size=self._max_pool_size
+                base_url=self._base_url,
+                timeout=timeout,
+                max_pool_size=self._max_pool_size,
+                tls=tls,
+                use_ssh_client=self._base_url.startswith("ssh://"),
             )
         return docker.from_env(timeout=timeout, max_pool_size=self._max_pool_size)
 
@@ -394,29 +412,35 @@ class DockerExecutor:
 
     # -- addresses ---------------------------------------------------------------
 
-    @staticmethod
-    def _address_from_inspect(attrs: dict[str, Any], port: int | str) -> str | None:
+    def _address_from_inspect(self, attrs: dict[str, Any], port: int | str) -> str | None:
         ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
         for binding in ports.get(f"{port}/tcp") or []:
             host_port = binding.get("HostPort")
-            if host_port and binding.get("HostIp") in ("127.0.0.1", "", "0.0.0.0"):
-                return f"127.0.0.1:{host_port}"
+            if host_port and binding.get("HostIp") in (self.publish, "", "0.0.0.0"):
+                return f"{self.publish}:{host_port}"
         return None
 
-    @staticmethod
-    def _address_from_list(summary: dict[str, Any], port: str | None) -> str | None:
+    def _address_from_list(self, summary: dict[str, Any], port: str | None) -> str | None:
         for entry in summary.get("Ports") or []:
             if (
                 port is not None
                 and str(entry.get("PrivatePort")) == port
                 and entry.get("Type") == "tcp"
                 and entry.get("PublicPort")
-                and entry.get("IP") in ("127.0.0.1", "0.0.0.0", None)
+                and entry.get("IP") in (self.publish, "0.0.0.0", None)
             ):
-                return f"127.0.0.1:{entry['PublicPort']}"
+                return f"{self.publish}:{entry['PublicPort']}"
         return None
 
     # -- the Executor protocol ---------------------------------------------------
+
+    async def ping(self) -> None:
+        """Return once the engine answers a ping; :class:`ExecutorError` if it does not."""
+        client = await self._client()
+        try:
+            await self._call(client.ping, what="ping", limit=min(self._timeout, 5.0))
+        except docker.errors.APIError as exc:
+            raise self._api_error("ping", exc) from exc
 
     async def inspect_engine(self) -> None:
         """Read what the engine can do, once (its init, its storage driver), so
@@ -575,7 +599,7 @@ class DockerExecutor:
                 self.label_fencing_token: str(spec.fencing_token),
             },
             "environment": environment,
-            "ports": {f"{executable.port}/tcp": ("127.0.0.1", None)},
+            "ports": {f"{executable.port}/tcp": (self.publish, None)},
             "privileged": False,
             "security_opt": ["no-new-privileges"],
             "cap_drop": list(self._cap_drop),

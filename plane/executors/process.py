@@ -439,6 +439,9 @@ class ProcessExecutor:
         self._reported.discard(backend_id)
         await trio.to_thread.run_sync(self.cgroups.remove, backend_id)
 
+    async def ping(self) -> None:
+        """Local processes: this machine always answers."""
+
     async def list_running(self) -> list[Running]:
         """Every running labelled process-group leader on this host, adopted or not."""
         running: list[Running] = []

@@ -52,6 +52,7 @@ class FakeExecutor:
         self._next_port = 20000
         self._broken = trio.Event()
         self.watches = 0
+        self.down = False  # the engine does not answer: every call raises ExecutorError
 
     # ----------------------------------------------------------- test controls
 
@@ -67,6 +68,19 @@ class FakeExecutor:
         """The engine's event stream breaks: ``serve_exits`` raises ExecutorError."""
         self._broken.set()
 
+    def go_down(self) -> None:
+        """The engine stops answering (its exit watch breaks too)."""
+        self.down = True
+        self._broken.set()
+
+    def come_back(self) -> None:
+        """The engine answers again (what ran on it still runs)."""
+        self.down = False
+
+    def _answer(self) -> None:
+        if self.down:
+            raise ExecutorError("the fake engine is down")
+
     def vanish(self, backend_id: str) -> None:
         """The backend ends without any exit being reported (e.g. during a watch gap)."""
         self.running.pop(backend_id, None)
@@ -81,7 +95,11 @@ class FakeExecutor:
         if self.needs_image and not executable.image:
             raise SpawnError("spawn_config.executable.image is required")
 
+    async def ping(self) -> None:
+        self._answer()
+
     async def start(self, spec: StartSpec) -> Started:
+        self._answer()
         self.calls.append(("start", spec.backend_id))
         self.starts += 1
         await trio.sleep(self.start_delay)
@@ -107,18 +125,22 @@ class FakeExecutor:
         await self._ready.setdefault(backend_id, trio.Event()).wait()
 
     async def stop(self, backend_id: str) -> None:
+        self._answer()
         self.calls.append(("stop", backend_id))
         if self.stop_exit_code is not None:
             self.exit(backend_id, self.stop_exit_code)
 
     async def kill(self, backend_id: str) -> None:
+        self._answer()
         self.calls.append(("kill", backend_id))
         self.exit(backend_id, 137)
 
     async def remove(self, backend_id: str) -> None:
+        self._answer()
         self.calls.append(("remove", backend_id))
 
     async def list_running(self) -> list[Running]:
+        self._answer()
         return [Running(b, s.address, s.handle, b) for b, s in sorted(self.running.items())]
 
     async def serve_exits(
@@ -127,6 +149,7 @@ class FakeExecutor:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        self._answer()
         self._exits = send
         self.watches += 1
         task_status.started()

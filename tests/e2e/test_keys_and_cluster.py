@@ -110,7 +110,6 @@ def test_the_default_cluster_is_the_proxys_host_and_port(plane: PlaneServe) -> N
         ({"subdomain": "-bad"}, "$.spawn_config.subdomain"),
         ({"subdomain": "Upper"}, "$.spawn_config.subdomain"),
         ({"subdomain": "x" * 64}, "$.spawn_config.subdomain"),
-        ({"pool": "gpu"}, "$.spawn_config.pool"),
         ({"cluster": "not a cluster"}, "$.spawn_config.cluster"),
     ],
 )
@@ -120,6 +119,13 @@ def test_what_cannot_be_honoured_is_refused_by_name(
     answer = named_plane.api.post("/ctrl/connect", json=body("refused", **spawn))
     status, _kind, message = refusal(answer)
     assert status == 400 and field in message
+    assert named_plane.backends() == []
+
+
+def test_a_pool_no_engine_serves_is_503_no_drone_available(named_plane: PlaneServe) -> None:
+    answer = named_plane.api.post("/ctrl/connect", json=body("pooled", pool="gpu"))
+    status, kind, message = refusal(answer)
+    assert (status, kind) == (503, "NoDroneAvailable") and "'gpu'" in message
     assert named_plane.backends() == []
 
 

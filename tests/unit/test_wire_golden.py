@@ -33,6 +33,11 @@ from plane.events.types import (
     BackendTerminating,
     ConnectionClosed,
     ConnectionOpened,
+    EngineDrained,
+    EngineLost,
+    EngineRegistered,
+    EngineReturned,
+    EngineUndrained,
     Event,
     ExecutorExited,
     ExecutorStarted,
@@ -134,6 +139,20 @@ EXPECTED: dict[str, Event] = {
         exit_code=143,
         message="exited after the stop signal",
     ),
+    "engine.registered.v1": EngineRegistered(
+        at=1700000030.0,
+        name="b",
+        url="tcp://10.0.0.7:2376",
+        publish="10.0.0.7",
+        pool="gpu",
+        max_backends=40,
+    ),
+    "engine.drained.v1": EngineDrained(at=1700000031.0, name="b"),
+    "engine.undrained.v1": EngineUndrained(at=1700000032.0, name="b"),
+    "engine.lost.v1": EngineLost(
+        at=1700000033.0, name="b", message="engine b lost: no answer for 30 s"
+    ),
+    "engine.returned.v1": EngineReturned(at=1700000034.0, name="b"),
 }
 
 
@@ -162,6 +181,7 @@ ADDED_AFTER_FIXTURE: dict[str, tuple[str, ...]] = {
         "spawn_config.subdomain",
         "spawn_config.pool",
         "static_token",
+        "engine",
     ),
 }
 """Fields added to a tag after its fixture was written, each with a default.
@@ -284,7 +304,7 @@ def test_fields_added_after_the_fixture_round_trip_with_non_default_values() -> 
         subdomain="doc-42",
         pool="gpu",
     )
-    full = attrs.evolve(requested, spawn_config=spawn, static_token="s.Zm9vYmFy")
+    full = attrs.evolve(requested, spawn_config=spawn, static_token="s.Zm9vYmFy", engine="b")
     assert non_default_fields(full, "r") == []
     text = wire.dumps(full)
     assert wire.loads("backend.requested.v1", text) == full
