@@ -14,8 +14,10 @@ This module owns the nursery of the backend actors and the routing around them:
 * **recovery** (:meth:`Supervisor.serve` before it reports started): fold the
   log, ask the executor what really runs, adopt what is alive (its address,
   tokens and idle timer carry on), start again what was still being started,
-  record as lost what vanished, and remove
-  (and record) any plane-labelled backend that the log does not hold as live.
+  record as lost what vanished, and remove (and record) everything
+  plane-labelled of its scope that the log does not hold as live (terminated
+  or unknown), running or not: an exited container whose removal a stop
+  interrupted is removed on the next start.
   Plane (the Rust reference) kills everything on restart; we adopt.
 
 Resource handling
@@ -386,11 +388,12 @@ class Supervisor:
             if state.key is not None:
                 slot = state.key.slot()
                 self._fencing[slot] = max(self._fencing.get(slot, 0), state.fencing_token)
-        running = {r.backend_id: r for r in await self._list_running()}
+        found = await self._list(everything=True)
+        running = {r.backend_id: r for r in found if r.running}
         for backend_id, state in list(self.states.items()):
             if lifecycle.is_terminal(state):
                 continue
-            seen = running.pop(backend_id, None)
+            seen = running.get(backend_id)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
             if first is not None:
@@ -400,34 +403,69 @@ class Supervisor:
                 self.recovery_report["adopted"].append(backend_id)
                 if state.status is Status.STARTING and state.address is None and seen.address:
                     actor.tell(ExecutorStarted(0.0, seen.address, seen.handle))
-        await self._remove_orphans(list(running.values()))
+        # what the log does not hold live (terminated, or unknown to it), running or not
+        leftovers: dict[str, Running] = {}
+        for item in found:
+            known = self.states.get(item.backend_id)
+            if known is not None and not lifecycle.is_terminal(known):
+                continue
+            if item.running or item.backend_id not in leftovers:
+                leftovers[item.backend_id] = item
+        await self._remove_orphans(list(leftovers.values()))
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
 
     async def _list_running(self) -> list[Running]:
+        return await self._list(everything=False)
+
+    async def _list(self, *, everything: bool) -> list[Running]:
+        """The executor's listing (``list_all`` or ``list_running``), retried until it answers."""
         delay = self.policy.backoff_initial
+        call = self.executor.list_all if everything else self.executor.list_running
         while True:
             try:
                 with trio.fail_after(self.policy.call_timeout):
-                    return await self.executor.list_running()
+                    return await call()
             except (ExecutorError, trio.TooSlowError) as exc:
-                log.warning("listing running backends failed, retrying in %.1fs: %s", delay, exc)
+                log.warning("listing backends failed, retrying in %.1fs: %s", delay, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.policy.backoff_max)
 
     async def _remove_orphans(self, orphans: list[Running]) -> None:
-        """Kill and remove each orphan, then record those that are gone (one listing)."""
+        """Kill and remove each leftover (its output kept first, by ``remove``), a few
+        at a time, then record those that are gone (one listing).
+
+        A leftover that cannot be removed now is logged and not recorded; the
+        next start finds it again (``list_all`` reports it whatever its state),
+        so a plane stopped in the middle of a removal leaves nothing behind.
+        """
         if not orphans:
             return
-        for orphan in orphans:
-            with trio.fail_after(self.policy.call_timeout):
-                await self.executor.kill(orphan.backend_id)
-                await self.executor.remove(orphan.backend_id)
-        still = {r.backend_id for r in await self._list_running()}
+        limiter = trio.CapacityLimiter(_ORPHAN_REMOVALS_AT_ONCE)
+
+        async def remove(orphan: Running) -> None:
+            async with limiter:
+                try:
+                    with trio.fail_after(self.policy.call_timeout):
+                        if orphan.running:
+                            await self.executor.kill(orphan.backend_id)
+                        await self.executor.remove(orphan.backend_id)
+                except (ExecutorError, trio.TooSlowError) as exc:
+                    log.error(
+                        "could not remove leftover %s (%s): %s",
+                        orphan.backend_id,
+                        orphan.handle,
+                        exc,
+                    )
+
+        async with trio.open_nursery() as nursery:
+            for orphan in orphans:
+                nursery.start_soon(remove, orphan)
+        still = {r.backend_id for r in await self._list(everything=True)}
         for orphan in orphans:
             if orphan.backend_id in still:
                 log.error(
-                    "could not remove orphan %s (%s); not recording it",
+                    "could not remove leftover %s (%s); not recording it",
                     orphan.backend_id,
                     orphan.handle,
                 )
@@ -436,6 +474,10 @@ class Supervisor:
             await self.store.append(SYSTEM_STREAM, self._system_version, [event])
             self._system_version += 1
             self.recovery_report["orphans"].append(orphan.backend_id)
+
+
+#: How many leftovers recovery removes at once.
+_ORPHAN_REMOVALS_AT_ONCE = 8
 
 
 def _status(state: BackendState) -> Status:
