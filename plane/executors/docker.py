@@ -44,6 +44,10 @@ What a backend container looks like
 * ``credentials``: the registry username and password for the pull (sent as
   the pull's ``X-Registry-Auth``); they are never logged nor put in an error
   message;
+* output: the ``json-file`` log driver with ``max-size`` ``LOG_MAX_BYTES`` and
+  ``max-file`` ``LOG_FILES``; at removal the end of the output (at most
+  ``LOG_MAX_BYTES``) is kept in ``logs_dir`` (0600) for ``plane logs``, until
+  :meth:`DockerExecutor.forget`;
 * hardening: ``privileged=False``, ``security_opt=["no-new-privileges"]``, the
   capabilities in :data:`DEFAULT_CAP_DROP` dropped (none of which an ordinary
   server, busybox httpd included, needs), and ``init=True`` so that PID 1 is
@@ -70,7 +74,9 @@ idempotent); if it runs but belongs to something else, :class:`SpawnError`.
 Resource handling
 -----------------
 Containers are not tied to plane's lifetime: they keep running when plane
-stops and are found again with :meth:`DockerExecutor.list_running`.
+stops and are found again with :meth:`DockerExecutor.list_running`;
+:meth:`DockerExecutor.list_all` lists every container of the scope, whatever
+its state, for recovery to remove what the log does not hold live.
 :meth:`~DockerExecutor.remove` deletes a container and its anonymous volumes.
 A container that exits before its port can be read back is left in place (so
 its logs can be read) and ``start`` raises :class:`SpawnError`; ``remove``
@@ -89,13 +95,16 @@ Error handling
 --------------
 A deadline that passes, an engine that does not answer and engine errors
 other than the ones below raise :class:`ExecutorError` (transient; the caller
-retries).  Missing images, failed pulls, invalid container configurations
-(HTTP 400 from the engine) and commands the runtime cannot execute raise
-:class:`SpawnError`.  ``stop``/``kill``/``remove`` of an unknown or already
-stopped container are no-ops.  When the event stream ends by itself (the
-engine restarted), ``serve_exits`` raises :class:`ExecutorError`; the caller
-starts it again and should reconcile with ``list_running``, since exits
-during the gap are not replayed.  A timed-out call's worker thread is
+retries): while starting, 5xx, 408, 409 and 429.  An invalid image reference
+(Docker's reference grammar) is refused by :meth:`DockerExecutor.check`, so
+connect answers 400.  Missing images, failed pulls, the engine refusing a
+request about the image, the network or the container's configuration (any
+other 4xx) and commands the runtime cannot execute raise :class:`SpawnError`.
+``stop``/``kill``/``remove`` of an unknown or already stopped container are
+no-ops.  When the event stream ends by itself (the engine restarted),
+``serve_exits`` raises :class:`ExecutorError`; the caller starts it again
+and should reconcile with ``list_running``, since exits during the gap are
+not replayed.  A timed-out call's worker thread is
 abandoned and finishes in the background (the SDK's own HTTP timeout bounds
 it).
 """

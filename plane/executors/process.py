@@ -37,10 +37,17 @@ Each backend runs in its own session and process group
 ``os.killpg`` and reach the backend's children; they also signal any other
 group that still holds a process labelled with the backend id.  Backends are
 *not* tied to any nursery: when plane exits, or is killed with SIGKILL, they
-keep running and are adopted by the next plane.  Stdout and stderr are
-appended to ``<logs_dir>/<backend id>.log``, so logs survive a plane restart;
-:meth:`~ProcessExecutor.remove` SIGKILLs any process still labelled with the
-backend id and forgets the backend; the log file stays for ``plane logs``.
+keep running and are adopted by the next plane.  Stdout and stderr go
+through a pipe to a small writer process (``plane.executors.logpipe``, in its
+own session, outliving plane like the backend) that appends them to
+``<logs_dir>/<backend id>.log`` (0600, the directory 0700), rotated to
+``.log.1`` at ``LOG_MAX_BYTES`` (``LOG_FILES`` files in all), so logs survive a
+plane restart and stay bounded; :meth:`~ProcessExecutor.remove` SIGKILLs any
+process still labelled with the backend id, waits for the writer and
+forgets the backend (the log files stay for ``plane logs``);
+:meth:`~ProcessExecutor.forget` deletes them.  :meth:`~ProcessExecutor.list_all`
+also reports leftovers (a labelled process whose group leader is gone, a pids
+cgroup) so recovery removes them.
 
 Limits and refusals
 -------------------
@@ -66,7 +73,9 @@ Error handling
 --------------
 A missing command, a command that is not executable, a missing or bad
 ``cwd``, or an empty argv raise :class:`~plane.executors.base.SpawnError`
-with a message naming the culprit.  Other ``OSError`` at start (out of
+with a message naming the culprit; :meth:`check` already resolves the command
+as ``exec`` will (``PATH`` as the backend's environment has it, a name with a
+slash relative to ``cwd``), so connect refuses it with 400.  Other ``OSError`` at start (out of
 processes, out of file descriptors) raise
 :class:`~plane.executors.base.ExecutorError`.  ``stop``/``kill``/``remove`` of
 an unknown or finished backend do nothing.  Processes plane may not inspect
