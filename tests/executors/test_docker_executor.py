@@ -390,9 +390,15 @@ async def test_output_is_bounded_kept_0600_and_forgotten(
     0600 whatever the umask, bounded, and ``forget`` deletes it."""
     executor = DockerExecutor(docker_client, timeout=20, logs_dir=tmp_path / "logs")
     bid = backend_id("bounded")
-    command = ("sh", "-c", "i=0; while [ $i -lt 3 ]; do echo line-$i; i=$((i+1)); done")
+    command = ("sh", "-c", "for i in 0 1 2; do echo line-$i; done; exec sleep 60")
     await executor.start(make_spec(bid, image, command=command))
     log_config = (await inspect(docker_client, bid))["HostConfig"]["LogConfig"]
+    with trio.fail_after(10):
+        while True:  # the output is written
+            async with aclosing(executor.logs(bid)) as chunks:
+                if b"line-2" in b"".join([chunk async for chunk in chunks]):
+                    break
+            await trio.sleep(0.05)
     assert log_config["Type"] == "json-file"
     assert log_config["Config"] == {"max-size": str(LOG_MAX_BYTES), "max-file": str(LOG_FILES)}
     old = os.umask(0o022)
