@@ -25,8 +25,10 @@ This module owns the nursery of the backend actors and the routing around them:
 * **recovery** (:meth:`Supervisor.serve` before it reports started): fold the
   log, ask the executor what really runs, adopt what is alive (its address,
   tokens and idle timer carry on), start again what was still being started,
-  record as lost what vanished, and remove
-  (and record) any plane-labelled backend that the log does not hold as live.
+  record as lost what vanished, and remove (and record) everything
+  plane-labelled of its scope that the log does not hold as live (terminated
+  or unknown), running or not: an exited container whose removal a stop
+  interrupted is removed on the next start.
   Plane (the Rust reference) kills everything on restart; we adopt.
 
 Resource handling
@@ -533,15 +535,16 @@ class Supervisor:
 
     async def _reconcile_engine(self, engine: str, *, orphans: bool) -> None:
         """Tell every started backend of ``engine`` that it no longer runs that it
-        vanished; with ``orphans``, also remove what the engine runs that the log
-        does not hold as live there (recovery of an engine, or its return)."""
+        vanished; with ``orphans``, also remove what the engine holds, running or
+        not, that the log does not hold as live there (recovery of an engine, or
+        its return)."""
         try:
             with trio.fail_after(self.policy.call_timeout):
-                listing = await self.executor.list_engine(engine)
+                listing = await self.executor.list_engine(engine, everything=orphans)
         except (ExecutorError, trio.TooSlowError) as exc:
             log.warning("listing engine %s failed: %s", engine, exc)
             return
-        running = {r.backend_id: r for r in listing}
+        running = {r.backend_id: r for r in listing if r.running}
         for backend_id, actor in list(self.actors.items()):
             state = actor.state
             if state.engine != engine:
@@ -549,16 +552,16 @@ class Supervisor:
             if state.address is not None and backend_id not in running:
                 actor.tell(ExecutorVanished(0.0, "exit not observed: the executor lost track"))
         if orphans:
-            stray = [
-                r
-                for r in listing
+            stray = {
+                r.backend_id: r
+                for r in sorted(listing, key=lambda r: r.running)  # a running one wins
                 if not (
                     r.backend_id in self.actors
                     and self.actors[r.backend_id].state.engine == engine
                     and not lifecycle.is_terminal(self.actors[r.backend_id].state)
                 )
-            ]
-            await self._remove_orphans(stray, engine)
+            }
+            await self._remove_orphans(list(stray.values()), engine)
 
     # ---------------------------------------------------------------- engines
 
@@ -725,7 +728,7 @@ class Supervisor:
                 slot = state.key.slot()
                 self._fencing[slot] = max(self._fencing.get(slot, 0), state.fencing_token)
         await self._register_engines()
-        listings: dict[str, dict[str, Running] | None] = {}
+        listings: dict[str, list[Running] | None] = {}
         for engine in self.executor.engines:
             listings[engine] = await self._list_engine_at_start(engine)
         for backend_id, state in list(self.states.items()):
@@ -740,7 +743,7 @@ class Supervisor:
             if listing is None:  # the engine did not answer: recovered when it does
                 self._adopt(state, resume_effects(state, running=True)[0])
                 continue
-            seen = listing.pop(backend_id, None)
+            seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
             if first is not None:
@@ -750,20 +753,33 @@ class Supervisor:
                 self.recovery_report["adopted"].append(backend_id)
                 if state.status is Status.STARTING and state.address is None and seen.address:
                     actor.tell(ExecutorStarted(0.0, seen.address, seen.handle))
-        for engine, listing in listings.items():
-            if listing:
-                await self._remove_orphans(list(listing.values()), engine)
+        for engine, found in listings.items():
+            if found:
+                await self._remove_orphans(self._leftovers(found), engine)
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
 
-    async def _list_engine_at_start(self, engine: str) -> dict[str, Running] | None:
-        """What ``engine`` runs, or None (deferred) if it does not answer within a
-        few tries: an engine that is down does not stop plane from starting."""
+    def _leftovers(self, found: list[Running]) -> list[Running]:
+        """What the log does not hold live (terminated, or unknown to it), running or
+        not: one entry per backend, a running one first."""
+        leftovers: dict[str, Running] = {}
+        for item in found:
+            known = self.states.get(item.backend_id)
+            if known is not None and not lifecycle.is_terminal(known):
+                continue
+            if item.running or item.backend_id not in leftovers:
+                leftovers[item.backend_id] = item
+        return list(leftovers.values())
+
+    async def _list_engine_at_start(self, engine: str) -> list[Running] | None:
+        """Everything of ours on ``engine`` (running or not), or None (deferred) if
+        it does not answer within a few tries: an engine that is down does not stop
+        plane from starting."""
         delay = self.policy.backoff_initial
         for _ in range(3):
             try:
                 with trio.fail_after(self.policy.call_timeout):
-                    return {r.backend_id: r for r in await self.executor.list_engine(engine)}
+                    return await self.executor.list_engine(engine, everything=True)
             except (ExecutorError, trio.TooSlowError) as exc:
                 log.warning("listing engine %s failed, retrying in %.1fs: %s", engine, delay, exc)
                 await trio.sleep(delay)
@@ -773,27 +789,47 @@ class Supervisor:
         return None
 
     async def _remove_orphans(self, orphans: list[Running], engine: str) -> None:
-        """Kill and remove each orphan on ``engine``, then record those that are gone."""
+        """Kill and remove each leftover on ``engine`` (its output kept first, by
+        ``remove``), a few at a time, then record those that are gone (one listing).
+
+        A leftover that cannot be removed now is logged and not recorded; the
+        next start finds it again (``list_all`` reports it whatever its state),
+        so a plane stopped in the middle of a removal leaves nothing behind.
+        """
         if not orphans:
             return
         executor = self.executor.engine(engine)
-        for orphan in orphans:
-            try:
-                with trio.fail_after(self.policy.call_timeout):
-                    await executor.kill(orphan.backend_id)
-                    await executor.remove(orphan.backend_id)
-            except (ExecutorError, trio.TooSlowError) as exc:
-                log.warning("removing orphan %s failed: %s", orphan.backend_id, exc)
+        limiter = trio.CapacityLimiter(_ORPHAN_REMOVALS_AT_ONCE)
+
+        async def remove(orphan: Running) -> None:
+            async with limiter:
+                try:
+                    with trio.fail_after(self.policy.call_timeout):
+                        if orphan.running:
+                            await executor.kill(orphan.backend_id)
+                        await executor.remove(orphan.backend_id)
+                except (ExecutorError, trio.TooSlowError) as exc:
+                    log.error(
+                        "could not remove leftover %s (%s): %s",
+                        orphan.backend_id,
+                        orphan.handle,
+                        exc,
+                    )
+
+        async with trio.open_nursery() as nursery:
+            for orphan in orphans:
+                nursery.start_soon(remove, orphan)
         try:
             with trio.fail_after(self.policy.call_timeout):
-                still = {r.backend_id for r in await self.executor.list_engine(engine)}
+                listed = await self.executor.list_engine(engine, everything=True)
         except (ExecutorError, trio.TooSlowError) as exc:
-            log.warning("listing engine %s after removing orphans failed: %s", engine, exc)
+            log.warning("listing engine %s after removing leftovers failed: %s", engine, exc)
             return
+        still = {r.backend_id for r in listed}
         for orphan in orphans:
             if orphan.backend_id in still:
                 log.error(
-                    "could not remove orphan %s (%s); not recording it",
+                    "could not remove leftover %s (%s); not recording it",
                     orphan.backend_id,
                     orphan.handle,
                 )
@@ -816,6 +852,10 @@ def _refuse_user_data(request: ConnectRequest, backend_id: str) -> None:
 
 def _has_auth(request: ConnectRequest) -> bool:
     return request.auth is not None and request.auth not in ("{}", "null")
+
+
+#: How many leftovers recovery removes at once.
+_ORPHAN_REMOVALS_AT_ONCE = 8
 
 
 def _status(state: BackendState) -> Status:

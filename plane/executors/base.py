@@ -21,7 +21,9 @@ Resource handling
 Backends outlive the plane process on purpose: nothing here is tied to a
 nursery that would kill a backend when plane stops or crashes.  A backend ends
 only through ``stop``/``kill`` or by itself, and ``remove`` frees what is left
-after its exit (the container, the log file).  ``serve_exits`` is a
+after its exit (the container, its cgroup); ``forget`` deletes its output
+files when its stream leaves the log.  Output files are created 0600 and
+rotate at :data:`LOG_MAX_BYTES` (:data:`LOG_FILES` files in all).  ``serve_exits`` is a
 long-running task; cancel it to stop watching.  ``logs`` is an async generator:
 drive it inside ``contextlib.aclosing`` so its stream is closed promptly.
 
@@ -47,6 +49,8 @@ from plane.events.spec import BackendKey, Executable
 
 __all__ = [
     "EXECUTABLE",
+    "LOG_FILES",
+    "LOG_MAX_BYTES",
     "Executor",
     "ExecutorError",
     "ExitObserved",
@@ -103,16 +107,21 @@ class Started:
 
 @attrs.frozen
 class Running:
-    """What :meth:`Executor.list_running` reports for each live backend.
+    """What :meth:`Executor.list_running` reports for each live backend, and
+    :meth:`Executor.list_all` for each backend it holds anything of.
 
     ``address`` is ``None`` when the executor cannot tell where it listens;
-    ``key`` is the key's display form (``BackendKey.display()``).
+    ``key`` is the key's display form (``BackendKey.display()``).  ``running``
+    is False for what is left of a backend that no longer runs (an exited or
+    never started container, a labelled straggler whose backend process is
+    gone, a pids cgroup): :meth:`Executor.remove` frees it.
     """
 
     backend_id: str
     address: str | None
     handle: str
     key: str
+    running: bool = True
     engine: str = ""
     """The engine it runs on (set by :mod:`plane.executors.multi`)."""
 
@@ -136,6 +145,13 @@ class ExecutorError(Exception):
 
 class SpawnError(ExecutorError):
     """Permanent failure of a spawn configuration; the message is for people."""
+
+
+#: Size at which a backend's output file is rotated (process executor's log
+#: files, Docker's ``json-file`` log, the output kept of a removed container).
+LOG_MAX_BYTES = 1 << 20
+#: How many output files a backend keeps: the current one and the rotated ones.
+LOG_FILES = 2
 
 
 #: The JSON path of the connect body's executable, which refusals name.
@@ -206,8 +222,22 @@ class Executor(Protocol):
         """
         ...
 
+    async def forget(self, backend_id: str) -> None:
+        """Delete what the executor keeps of a removed backend (its output files).
+
+        Called when the backend's stream leaves the log (retention); an unknown
+        backend is not an error.
+        """
+        ...
+
     async def list_running(self) -> list[Running]:
         """Every plane-labelled backend this executor runs now."""
+        ...
+
+    async def list_all(self) -> list[Running]:
+        """Everything plane-labelled of this executor's scope, running or not
+        (``Running.running`` says which); recovery removes what the log does
+        not hold live."""
         ...
 
     async def serve_exits(

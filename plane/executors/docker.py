@@ -45,6 +45,10 @@ What a backend container looks like
 * ``credentials``: the registry username and password for the pull (sent as
   the pull's ``X-Registry-Auth``); they are never logged nor put in an error
   message;
+* output: the ``json-file`` log driver with ``max-size`` ``LOG_MAX_BYTES`` and
+  ``max-file`` ``LOG_FILES``; at removal the end of the output (at most
+  ``LOG_MAX_BYTES``) is kept in ``logs_dir`` (0600) for ``plane logs``, until
+  :meth:`DockerExecutor.forget`;
 * hardening: ``privileged=False``, ``security_opt=["no-new-privileges"]``, the
   capabilities in :data:`DEFAULT_CAP_DROP` dropped (none of which an ordinary
   server, busybox httpd included, needs), and ``init=True`` so that PID 1 is
@@ -71,7 +75,9 @@ idempotent); if it runs but belongs to something else, :class:`SpawnError`.
 Resource handling
 -----------------
 Containers are not tied to plane's lifetime: they keep running when plane
-stops and are found again with :meth:`DockerExecutor.list_running`.
+stops and are found again with :meth:`DockerExecutor.list_running`;
+:meth:`DockerExecutor.list_all` lists every container of the scope, whatever
+its state, for recovery to remove what the log does not hold live.
 :meth:`~DockerExecutor.remove` deletes a container and its anonymous volumes.
 A container that exits before its port can be read back is left in place (so
 its logs can be read) and ``start`` raises :class:`SpawnError`; ``remove``
@@ -90,13 +96,16 @@ Error handling
 --------------
 A deadline that passes, an engine that does not answer and engine errors
 other than the ones below raise :class:`ExecutorError` (transient; the caller
-retries).  Missing images, failed pulls, invalid container configurations
-(HTTP 400 from the engine) and commands the runtime cannot execute raise
-:class:`SpawnError`.  ``stop``/``kill``/``remove`` of an unknown or already
-stopped container are no-ops.  When the event stream ends by itself (the
-engine restarted), ``serve_exits`` raises :class:`ExecutorError`; the caller
-starts it again and should reconcile with ``list_running``, since exits
-during the gap are not replayed.  A timed-out call's worker thread is
+retries): while starting, 5xx, 408, 409 and 429.  An invalid image reference
+(Docker's reference grammar) is refused by :meth:`DockerExecutor.check`, so
+connect answers 400.  Missing images, failed pulls, the engine refusing a
+request about the image, the network or the container's configuration (any
+other 4xx) and commands the runtime cannot execute raise :class:`SpawnError`.
+``stop``/``kill``/``remove`` of an unknown or already stopped container are
+no-ops.  When the event stream ends by itself (the engine restarted),
+``serve_exits`` raises :class:`ExecutorError`; the caller starts it again
+and should reconcile with ``list_running``, since exits during the gap are
+not replayed.  A timed-out call's worker thread is
 abandoned and finishes in the background (the SDK's own HTTP timeout bounds
 it).
 """
@@ -122,6 +131,8 @@ import trio
 
 from plane.events.spec import Executable
 from plane.executors.base import (
+    LOG_FILES,
+    LOG_MAX_BYTES,
     ExecutorError,
     ExitObserved,
     Running,
@@ -155,6 +166,33 @@ _START_FAILURE_HINTS = (
     "no such file or directory",
     "permission denied",
 )
+#: An image reference, by Docker's reference grammar (distribution/reference:
+#: ``[domain[:port]/]path[:tag][@digest]``, path components lower-case).
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REFERENCE = re.compile(
+    rf"^(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?$"
+)
+_IMAGE_NAME_MAX = 255
+
+
+def image_reference_problem(image: str) -> str | None:
+    """Why *image* is not a valid Docker image reference, or None when it is."""
+    match = _IMAGE_REFERENCE.match(image)
+    if match is None:
+        return refusal(
+            "image",
+            f"{image!r} is not a valid image reference ([registry[:port]/]name[:tag]"
+            "[@digest], the name in lower case)",
+        )
+    if len(match.group("name")) > _IMAGE_NAME_MAX:
+        return refusal("image", f"the image name is longer than {_IMAGE_NAME_MAX} characters")
+    return None
+
+
 #: Network modes in which no port can be published on 127.0.0.1.
 _UNPUBLISHABLE_NETWORKS = ("host", "none")
 
@@ -289,6 +327,18 @@ class DockerExecutor:
         explanation = getattr(exc, "explanation", None) or str(exc)
         return ExecutorError(f"docker engine error during {what}: {explanation}")
 
+    @staticmethod
+    def _start_error(what: str, exc: Any) -> ExecutorError:
+        """Classify an engine error while starting: the engine refusing the
+        request (a 4xx about the image, the reference, the configuration) is
+        permanent (:class:`SpawnError`); 5xx, conflicts (409), timeouts (408)
+        and rate limits (429) are transient."""
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429):
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            return SpawnError(f"the docker engine refused {what}: {explanation}")
+        return DockerExecutor._api_error(what, exc)
+
     def _make_client(self, timeout: int | None) -> Any:
         # A pool as large as the worker threads that may call the engine at once.
         if self._base_url is not None:
@@ -366,7 +416,7 @@ class DockerExecutor:
                 refusal("network_name", f"the Docker engine has no network {network!r}")
             ) from None
         except docker.errors.APIError as exc:
-            raise self._api_error(what, exc) from exc
+            raise self._start_error(what, exc) from exc
 
     async def _ensure_image(self, client: Any, image: str, executable: Executable) -> None:
         policy = executable.pull_policy
@@ -382,7 +432,7 @@ class DockerExecutor:
             except docker.errors.ImageNotFound:
                 pass
             except docker.errors.APIError as exc:
-                raise self._api_error(f"inspecting image {image!r}", exc) from exc
+                raise self._start_error(f"inspecting image {image!r}", exc) from exc
             if policy == "Never":
                 raise SpawnError(f"image {image!r} is not present and pull_policy is Never")
         credentials = executable.credentials
@@ -469,6 +519,9 @@ class DockerExecutor:
                 "is required (run `plane serve --executor process` for local commands)"
             )
         problems: list[str] = []
+        reference = image_reference_problem(executable.image)
+        if reference is not None:
+            problems.append(reference)
         mount = mount_problem(self.mount_base, executable.mount)
         if mount is not None:
             problems.append(mount)
@@ -605,6 +658,10 @@ class DockerExecutor:
             "cap_drop": list(self._cap_drop),
             "pids_limit": limits.pids_limit or self._default_pids_limit,
             "init": init,
+            "log_config": docker.types.LogConfig(
+                type="json-file",
+                config={"max-size": str(LOG_MAX_BYTES), "max-file": str(LOG_FILES)},
+            ),
         }
         if executable.command:
             kwargs["command"] = list(executable.command)
@@ -642,7 +699,7 @@ class DockerExecutor:
                 if limits.disk_limit_bytes and "storage" in str(exc.explanation).lower():
                     message = refusal("resource_limits.disk_limit_bytes", message)
                 raise SpawnError(message) from exc
-            raise self._api_error(what, exc) from exc
+            raise self._start_error(what, exc) from exc
 
     async def _remove(self, client: Any, name: str) -> None:
         what = f"removing container {name}"
@@ -706,6 +763,12 @@ class DockerExecutor:
         for container in await self._containers_of(client, backend_id):
             await self._remove(client, container)
 
+    async def forget(self, backend_id: str) -> None:
+        """Delete the output kept of the backend's removed container."""
+        path = self.kept_log_path(backend_id)
+        if path is not None:
+            await trio.to_thread.run_sync(_unlink, path)
+
     def kept_log_path(self, backend_id: str) -> Path | None:
         if self.logs_dir is None or not _SAFE_ID.match(backend_id):
             return None
@@ -733,32 +796,42 @@ class DockerExecutor:
             await trio.to_thread.run_sync(_write_file, path, b"".join(chunks))
 
     async def list_running(self) -> list[Running]:
-        """Running containers labelled ``<prefix>.managed=true``, with their addresses."""
+        """Running containers of this scope, with their addresses."""
+        return [found for found in await self._list(everything=False) if found.running]
+
+    async def list_all(self) -> list[Running]:
+        """Every container of this scope, whatever its state (created, exited,
+        being removed...); ``running`` is True for the running ones."""
+        return await self._list(everything=True)
+
+    async def _list(self, *, everything: bool) -> list[Running]:
         client = await self._client()
         what = "listing containers"
+        filters: dict[str, Any] = {"label": self.ours}
+        if not everything:
+            filters["status"] = "running"
         try:
             summaries = await self._call(
-                client.api.containers,
-                filters={"label": self.ours, "status": "running"},
-                what=what,
+                client.api.containers, all=everything, filters=filters, what=what
             )
         except docker.errors.APIError as exc:
             raise self._api_error(what, exc) from exc
-        running: list[Running] = []
+        found: list[Running] = []
         for summary in summaries:
             labels = summary.get("Labels") or {}
             backend_id = labels.get(self.label_backend)
             if not backend_id:
                 continue
-            running.append(
+            found.append(
                 Running(
                     backend_id=str(backend_id),
                     address=self._address_from_list(summary, labels.get(self.label_port)),
                     handle=str(summary.get("Id")),
                     key=str(labels.get(self.label_key, "")),
+                    running=summary.get("State") == "running",
                 )
             )
-        return running
+        return found
 
     async def serve_exits(
         self,
@@ -901,15 +974,27 @@ class DockerExecutor:
             _close_stream(stream)
 
 
-KEPT_LOG_BYTES = 1 << 20
+KEPT_LOG_BYTES = LOG_MAX_BYTES
 """How much of a removed container's output is kept (its end)."""
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    """Write *data* to *path*, readable by plane's user only (0600, whatever the umask)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _read_file(path: Path) -> bytes:

@@ -89,10 +89,12 @@ class MultiExecutor:
         if executor is not None:
             await executor.remove(backend_id)
 
-    async def list_engine(self, name: str) -> list[Running]:
-        """What one engine runs, each tagged with the engine."""
-        running = await self.engines[name].list_running()
-        return [attrs.evolve(r, engine=name) for r in running]
+    async def list_engine(self, name: str, *, everything: bool = False) -> list[Running]:
+        """What one engine runs (with ``everything``, all it holds of ours, running
+        or not), each tagged with the engine."""
+        executor = self.engines[name]
+        found = await (executor.list_all() if everything else executor.list_running())
+        return [attrs.evolve(r, engine=name) for r in found]
 
     async def list_running(self) -> list[Running]:
         found: list[Running] = []
@@ -100,6 +102,19 @@ class MultiExecutor:
             if not self.is_lost(name):
                 found += await self.list_engine(name)
         return found
+
+    async def list_all(self) -> list[Running]:
+        found: list[Running] = []
+        for name in self.engines:
+            if not self.is_lost(name):
+                found += await self.list_engine(name, everything=True)
+        return found
+
+    async def forget(self, backend_id: str) -> None:
+        name = self.locate(backend_id)
+        executor = self.engines.get(name) if name is not None else None
+        if executor is not None:
+            await executor.forget(backend_id)
 
     async def serve_exits(
         self,

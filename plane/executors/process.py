@@ -38,10 +38,17 @@ Each backend runs in its own session and process group
 ``os.killpg`` and reach the backend's children; they also signal any other
 group that still holds a process labelled with the backend id.  Backends are
 *not* tied to any nursery: when plane exits, or is killed with SIGKILL, they
-keep running and are adopted by the next plane.  Stdout and stderr are
-appended to ``<logs_dir>/<backend id>.log``, so logs survive a plane restart;
-:meth:`~ProcessExecutor.remove` SIGKILLs any process still labelled with the
-backend id and forgets the backend; the log file stays for ``plane logs``.
+keep running and are adopted by the next plane.  Stdout and stderr go
+through a pipe to a small writer process (``plane.executors.logpipe``, in its
+own session, outliving plane like the backend) that appends them to
+``<logs_dir>/<backend id>.log`` (0600, the directory 0700), rotated to
+``.log.1`` at ``LOG_MAX_BYTES`` (``LOG_FILES`` files in all), so logs survive a
+plane restart and stay bounded; :meth:`~ProcessExecutor.remove` SIGKILLs any
+process still labelled with the backend id, waits for the writer and
+forgets the backend (the log files stay for ``plane logs``);
+:meth:`~ProcessExecutor.forget` deletes them.  :meth:`~ProcessExecutor.list_all`
+also reports leftovers (a labelled process whose group leader is gone, a pids
+cgroup) so recovery removes them.
 
 Limits and refusals
 -------------------
@@ -67,7 +74,9 @@ Error handling
 --------------
 A missing command, a command that is not executable, a missing or bad
 ``cwd``, or an empty argv raise :class:`~plane.executors.base.SpawnError`
-with a message naming the culprit.  Other ``OSError`` at start (out of
+with a message naming the culprit; :meth:`check` already resolves the command
+as ``exec`` will (``PATH`` as the backend's environment has it, a name with a
+slash relative to ``cwd``), so connect refuses it with 400.  Other ``OSError`` at start (out of
 processes, out of file descriptors) raise
 :class:`~plane.executors.base.ExecutorError`.  ``stop``/``kill``/``remove`` of
 an unknown or finished backend do nothing.  Processes plane may not inspect
@@ -80,9 +89,11 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 
@@ -90,7 +101,10 @@ import attrs
 import trio
 
 from plane.events.spec import Executable
+from plane.executors import logpipe
 from plane.executors.base import (
+    LOG_FILES,
+    LOG_MAX_BYTES,
     ExecutorError,
     ExitObserved,
     Running,
@@ -195,6 +209,33 @@ def _still_labelled(pid: int, backend_id: str, scope: str) -> bool:
     )
 
 
+def _command_problem(argv0: str, cwd: str | None, search_path: str) -> str | None:
+    """Why *argv0* cannot be executed from *cwd* (None when it can), resolved as
+    ``exec`` will: a name with a slash relative to *cwd*, else along *search_path*
+    (blocking: a few ``stat`` calls)."""
+    if cwd is not None and not os.path.isdir(cwd):
+        return refusal("cwd", f"working directory {cwd!r} does not exist or is not a directory")
+    if "/" not in argv0:
+        if shutil.which(argv0, path=search_path) is None:
+            return refusal("command", f"command {argv0!r} not found on PATH {search_path!r}")
+        return None
+    path = os.path.join(cwd or os.getcwd(), argv0)
+    if not os.path.exists(path):
+        return refusal("command", f"command {argv0!r} not found")
+    if os.path.isdir(path):
+        return refusal("command", f"command {argv0!r} is a directory")
+    if not os.access(path, os.X_OK):
+        return refusal("command", f"command {argv0!r} is not executable")
+    return None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
 def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -233,6 +274,7 @@ class ProcessExecutor:
         self._adopted_poll_interval = adopted_poll_interval
         self._follow_poll_interval = follow_poll_interval
         self._children: dict[str, trio.Process] = {}
+        self._writers: dict[str, trio.Process] = {}  # backend id -> its logpipe
         self._child_ports: dict[str, str] = {}
         self._adopted: dict[str, int] = {}
         self._reported: set[str] = set()
@@ -243,10 +285,24 @@ class ProcessExecutor:
     # -- helpers -----------------------------------------------------------
 
     def log_path(self, backend_id: str) -> Path:
-        """Where the backend's stdout and stderr go; ValueError for a bad id."""
+        """Where the backend's stdout and stderr go; ValueError for a bad id.
+
+        The older output is in the rotated files beside it (:meth:`log_paths`).
+        """
         if not _VALID_ID.match(backend_id):
             raise ValueError(f"invalid backend id {backend_id!r}")
         return self._logs_dir / f"{backend_id}.log"
+
+    def log_paths(self, backend_id: str) -> list[Path]:
+        """The backend's output files, oldest first (rotated ones, then the current)."""
+        current = self.log_path(backend_id)
+        older = [Path(logpipe.rotated(str(current), i)) for i in range(LOG_FILES - 1, 0, -1)]
+        return [*older, current]
+
+    def _search_path(self, executable: Executable) -> str:
+        """The ``PATH`` the backend's command is looked up on (as its environment has it)."""
+        inherited = os.environ.get("PATH") if "PATH" in self._inherit_env else None
+        return executable.env.get("PATH", inherited if inherited is not None else os.defpath)
 
     def _notify_changed(self) -> None:
         self._changed.set()
@@ -304,6 +360,11 @@ class ProcessExecutor:
                 refusal("mount", "local processes get no mount (they see the host's files)")
             )
         problems += limit_problems(executable.resource_limits, self.cgroups.problem)
+        command = _command_problem(
+            executable.command[0], executable.cwd, self._search_path(executable)
+        )
+        if command is not None:
+            problems.append(command)
         refuse(problems)
 
     async def start(self, spec: StartSpec) -> Started:
@@ -318,8 +379,6 @@ class ProcessExecutor:
         self.check(executable)
         argv = list(executable.command or ())
         cwd = executable.cwd
-        if cwd is not None and not await trio.Path(cwd).is_dir():
-            raise SpawnError(f"working directory {cwd!r} does not exist or is not a directory")
 
         proc = self._child_alive(backend_id)
         if proc is not None:
@@ -351,27 +410,62 @@ class ProcessExecutor:
                 self.cgroups.prepare, backend_id, limits.pids_limit
             )
         child_limits = ChildLimits.of(limits, cgroup_procs)
-        log_path = self.log_path(backend_id)
+        writer: trio.Process | None = None
         try:
-            self._logs_dir.mkdir(parents=True, exist_ok=True)
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as exc:
-            raise ExecutorError(f"cannot open log file {str(log_path)!r}: {exc}") from exc
-        try:
+            writer, log_fd = await self._open_writer(backend_id)
             proc = await self._open(argv, cwd, env, log_fd, child_limits)
         except BaseException:
-            if cgroup_procs is not None:
-                with contextlib.suppress(ExecutorError):
-                    await trio.to_thread.run_sync(self.cgroups.remove, backend_id)
+            with trio.move_on_after(5) as cleanup:
+                cleanup.shield = True
+                if writer is not None:
+                    os.close(log_fd)  # the writer sees the end of its input and exits
+                    await writer.wait()
+                if cgroup_procs is not None:
+                    with contextlib.suppress(ExecutorError):
+                        await trio.to_thread.run_sync(self.cgroups.remove, backend_id)
             raise
-        finally:
-            os.close(log_fd)
+        os.close(log_fd)
+        self._writers[backend_id] = writer
         self._children[backend_id] = proc
         self._child_ports[backend_id] = str(port)
         self._adopted.pop(backend_id, None)
         self._reported.discard(backend_id)
         self._notify_changed()
         return Started(backend_id=backend_id, address=f"127.0.0.1:{port}", handle=str(proc.pid))
+
+    async def _open_writer(self, backend_id: str) -> tuple[trio.Process, int]:
+        """Start the backend's output writer (``plane.executors.logpipe``); returns
+        it and the write end of its pipe, for the backend's stdout and stderr."""
+        log_path = self.log_path(backend_id)
+        try:
+            self._logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            raise ExecutorError(f"cannot prepare the output of {backend_id}: {exc}") from exc
+        try:
+            writer = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    logpipe.__file__,
+                    str(log_path),
+                    str(LOG_MAX_BYTES),
+                    str(LOG_FILES),
+                ],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                env={},
+            )
+        except OSError as exc:
+            os.close(write_fd)
+            raise ExecutorError(f"cannot start the output writer of {backend_id}: {exc}") from exc
+        finally:
+            os.close(read_fd)
+        return writer, write_fd
 
     async def _open(
         self,
@@ -434,6 +528,10 @@ class ProcessExecutor:
         if proc is not None:
             with trio.move_on_after(5):
                 await proc.wait()
+        writer = self._writers.pop(backend_id, None)
+        if writer is not None:
+            with trio.move_on_after(5):
+                await writer.wait()  # it ends once it has written the last output
         self._child_ports.pop(backend_id, None)
         self._adopted.pop(backend_id, None)
         self._reported.discard(backend_id)
@@ -441,6 +539,32 @@ class ProcessExecutor:
 
     async def ping(self) -> None:
         """Local processes: this machine always answers."""
+
+    async def forget(self, backend_id: str) -> None:
+        """Delete the backend's output files (current and rotated)."""
+        try:
+            paths = self.log_paths(backend_id)
+        except ValueError:
+            return
+        for path in paths:
+            await trio.Path(path).unlink(missing_ok=True)
+
+    async def list_all(self) -> list[Running]:
+        """The running backends, and what is left of others: labelled processes
+        whose group leader is gone, and pids cgroups (``running=False``)."""
+        running = await self.list_running()
+        seen = {r.backend_id for r in running}
+        left: dict[str, Running] = {}
+        for labelled in await trio.to_thread.run_sync(_scan_labelled, self.scope):
+            if labelled.backend_id not in seen:
+                left.setdefault(
+                    labelled.backend_id,
+                    Running(labelled.backend_id, None, str(labelled.pid), labelled.key, False),
+                )
+        for backend_id in await trio.to_thread.run_sync(self.cgroups.backend_ids):
+            if backend_id not in seen:
+                left.setdefault(backend_id, Running(backend_id, None, "cgroup", "", False))
+        return [*running, *left.values()]
 
     async def list_running(self) -> list[Running]:
         """Every running labelled process-group leader on this host, adopted or not."""
@@ -529,16 +653,27 @@ class ProcessExecutor:
         return any(p.backend_id == backend_id and p.pid == p.pgid for p in labelled)
 
     async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
-        """Read the backend's log file; with *follow*, keep reading until it exits.
+        """Read the backend's output files (rotated ones first); with *follow*,
+        keep reading, across rotations, until it exits and its writer is done.
 
         Unknown backends (no log file) yield nothing.
         """
         try:
-            path = self.log_path(backend_id)
-            f = await trio.open_file(path, "rb")
-        except (ValueError, FileNotFoundError):
+            paths = self.log_paths(backend_id)
+        except ValueError:
             return
-        async with f:
+        current = paths[-1]
+        try:
+            f = await trio.open_file(current, "rb")
+        except FileNotFoundError:
+            return
+        try:
+            opened = os.fstat(f.fileno()).st_ino
+            for older in paths[:-1]:  # skip one that is the file just opened, rotated since
+                if await trio.to_thread.run_sync(_inode, older) not in (None, opened):
+                    async with await trio.open_file(older, "rb") as old:
+                        while chunk := await old.read(_READ_SIZE):
+                            yield chunk
             while True:
                 chunk = await f.read(_READ_SIZE)
                 if chunk:
@@ -546,8 +681,22 @@ class ProcessExecutor:
                     continue
                 if not follow:
                     return
+                if await trio.to_thread.run_sync(_inode, current) not in (None, opened):
+                    # rotated: what is left of the old file was just read; go on with the new
+                    await f.aclose()
+                    f = await trio.open_file(current, "rb")
+                    opened = os.fstat(f.fileno()).st_ino
+                    continue
                 if not await self._is_running(backend_id):
+                    writer = self._writers.get(backend_id)
+                    if writer is not None:
+                        with trio.move_on_after(2):
+                            await writer.wait()
+                    if await trio.to_thread.run_sync(_inode, current) not in (None, opened):
+                        continue
                     while chunk := await f.read(_READ_SIZE):
                         yield chunk
                     return
                 await trio.sleep(self._follow_poll_interval)
+        finally:
+            await f.aclose()

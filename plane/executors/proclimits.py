@@ -164,6 +164,16 @@ class PidsCgroups:
             raise ExecutorError(f"cannot set up the pids cgroup {path}: {exc}") from exc
         return str(path / "cgroup.procs")
 
+    def backend_ids(self) -> list[str]:
+        """The backend ids that have a cgroup of this scope now (blocking)."""
+        if self.problem() is not None or self._hierarchy is None:
+            return []
+        try:
+            names = os.listdir(self._hierarchy)
+        except OSError:
+            return []
+        return sorted(n[len(self._prefix) :] for n in names if n.startswith(self._prefix))
+
     def remove(self, backend_id: str) -> None:
         """Delete the backend's cgroup if it exists and is empty (blocking)."""
         if not self._probed:

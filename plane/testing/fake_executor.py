@@ -2,7 +2,9 @@
 
 :class:`FakeExecutor` implements the :class:`~plane.executors.base.Executor`
 protocol in memory: nothing runs, every call is recorded in ``calls``, and the
-test decides when a backend answers (``make_ready``) or exits (``exit``).  It
+test decides when a backend answers (``make_ready``) or exits (``exit``).  A
+backend that exited stays in ``leftovers`` (as an exited container does) until
+``remove``; ``list_all`` reports both.  It
 works under ``trio.testing.MockClock``; pair it with :meth:`FakeExecutor.probe`
 as the actor's readiness probe.
 """
@@ -44,6 +46,8 @@ class FakeExecutor:
         self.stop_exit_code = stop_exit_code  # None: the backend ignores the stop signal
         self.missing_images = missing_images
         self.running: dict[str, Started] = {}
+        self.leftovers: dict[str, str] = {}  # backend id -> handle of what no longer runs
+        self.forgotten: list[str] = []
         self.specs: dict[str, StartSpec] = {}
         self.calls: list[tuple[str, str]] = []
         self.starts = 0
@@ -61,8 +65,11 @@ class FakeExecutor:
 
     def exit(self, backend_id: str, exit_code: int | None) -> None:
         """The backend's process ends by itself with ``exit_code``."""
-        if self.running.pop(backend_id, None) is not None and self._exits is not None:
-            self._exits.send_nowait(ExitObserved(backend_id, exit_code))
+        started = self.running.pop(backend_id, None)
+        if started is not None:
+            self.leftovers[backend_id] = started.handle
+            if self._exits is not None:
+                self._exits.send_nowait(ExitObserved(backend_id, exit_code))
 
     def break_exit_watch(self) -> None:
         """The engine's event stream breaks: ``serve_exits`` raises ExecutorError."""
@@ -88,6 +95,10 @@ class FakeExecutor:
     def adopt(self, backend_id: str, address: str, key: str = "") -> None:
         """Pretend a backend of an earlier plane is still running."""
         self.running[backend_id] = Started(backend_id, address, f"fake-{backend_id}")
+
+    def leave(self, backend_id: str) -> None:
+        """Pretend an earlier plane left a backend's remains (an exited container)."""
+        self.leftovers[backend_id] = f"fake-{backend_id}"
 
     # ------------------------------------------------------------ the protocol
 
@@ -138,10 +149,23 @@ class FakeExecutor:
     async def remove(self, backend_id: str) -> None:
         self._answer()
         self.calls.append(("remove", backend_id))
+        self.leftovers.pop(backend_id, None)
+
+    async def forget(self, backend_id: str) -> None:
+        self.calls.append(("forget", backend_id))
+        self.forgotten.append(backend_id)
 
     async def list_running(self) -> list[Running]:
         self._answer()
         return [Running(b, s.address, s.handle, b) for b, s in sorted(self.running.items())]
+
+    async def list_all(self) -> list[Running]:
+        left = [
+            Running(b, None, handle, b, running=False)
+            for b, handle in sorted(self.leftovers.items())
+            if b not in self.running
+        ]
+        return [*await self.list_running(), *left]
 
     async def serve_exits(
         self,

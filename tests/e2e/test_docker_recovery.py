@@ -244,3 +244,62 @@ def test_another_planes_containers_are_left_alone(
     finally:
         assert second.stop() == 0
         assert first.stop() == 0
+
+
+def test_terminated_backends_leave_no_container_when_serve_stops_at_once(
+    docker_client: Any, image: str, cleanup: Cleanup, tmp_path: Path
+) -> None:
+    """Terminate 10, stop plane right away (removals in flight), start again: every
+    container of those backends is gone soon after, whatever state it was left in."""
+    data_dir = tmp_path / "data"
+    plane = cleanup.serve(data_dir)
+    results = [plane.connect(docker_body(f"leak-{i}", image)) for i in range(10)]
+    ids = [r["backend_id"] for r in results]
+    cleanup.ids |= set(ids)
+    for bid in ids:
+        plane.wait_status(bid, "ready", timeout=60)
+    for i, bid in enumerate(ids):
+        kind = "hard-terminate" if i % 2 else "soft-terminate"
+        assert plane.api.post(f"/ctrl/b/{bid}/{kind}").status_code == 200
+    assert plane.stop() == 0  # SIGTERM right after the terminate calls returned
+
+    plane = cleanup.serve(data_dir)
+    try:
+
+        def none_left() -> bool:
+            return not any(containers_of(docker_client, bid) for bid in ids)
+
+        assert eventually(none_left, timeout=10), {
+            bid: containers_of(docker_client, bid)
+            for bid in ids
+            if containers_of(docker_client, bid)
+        }
+        for bid in ids:
+            assert plane.wait_status(bid, "terminated", timeout=10)["status"] == "terminated"
+    finally:
+        assert plane.stop() == 0
+
+
+def test_created_and_exited_leftovers_are_removed_and_recorded(
+    docker_client: Any, image: str, cleanup: Cleanup, tmp_path: Path
+) -> None:
+    """Leftovers that do not run (never started, exited) are removed too."""
+    data_dir = tmp_path / "data"
+    cleanup.serve(data_dir).kill9()
+    scope = str(data_dir.resolve())
+    created, exited = (f"left-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("created", "exited"))
+    cleanup.ids |= {created, exited}
+    for bid in (created, exited):
+        labels = {MANAGED: "true", BACKEND: bid, "dev.plane.scope": scope}
+        container = docker_client.containers.create(image, ["true"], labels=labels)
+        if bid == exited:
+            container.start()
+            container.wait(timeout=30)
+    plane = cleanup.serve(data_dir)
+    try:
+        events = plane.api.get("/ctrl/events", params={"follow": 0}).text
+        assert created in events and exited in events, "each removal is recorded"
+        assert not containers_of(docker_client, created)
+        assert not containers_of(docker_client, exited)
+    finally:
+        assert plane.stop() == 0

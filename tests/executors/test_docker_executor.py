@@ -9,6 +9,8 @@ module fixture's finalizer.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,11 +20,21 @@ from typing import Any
 
 import attrs
 import docker
+import docker.errors
 import pytest
+import requests
 import trio
 
 from plane.events.spec import BackendKey, Executable, ResourceLimits
-from plane.executors.base import Executor, ExitObserved, SpawnError, Started, StartSpec
+from plane.executors.base import (
+    LOG_FILES,
+    LOG_MAX_BYTES,
+    Executor,
+    ExitObserved,
+    SpawnError,
+    Started,
+    StartSpec,
+)
 from plane.executors.docker import DEFAULT_CAP_DROP, DockerExecutor
 from plane.executors.readiness import wait_until_answers
 from plane.testing.images import INDEX_HTML, build_test_image
@@ -385,3 +397,75 @@ async def test_a_static_token_backend_gets_its_token_in_the_environment(
     await start_ready(executor, make_spec(plain, image))
     env = set((await inspect(docker_client, plain))["Config"]["Env"])
     assert not [v for v in env if v.startswith("SESSION_BACKEND_STATIC_TOKEN=")]
+
+
+async def test_output_is_bounded_kept_0600_and_forgotten(
+    docker_client: Any, image: str, tmp_path: Path
+) -> None:
+    """The container logs to json-file with max-size; the output kept at removal is
+    0600 whatever the umask, bounded, and ``forget`` deletes it."""
+    executor = DockerExecutor(docker_client, timeout=20, logs_dir=tmp_path / "logs")
+    bid = backend_id("bounded")
+    command = ("sh", "-c", "for i in 0 1 2; do echo line-$i; done; exec sleep 60")
+    await executor.start(make_spec(bid, image, command=command))
+    log_config = (await inspect(docker_client, bid))["HostConfig"]["LogConfig"]
+    with trio.fail_after(10):
+        while True:  # the output is written
+            async with aclosing(executor.logs(bid)) as chunks:
+                if b"line-2" in b"".join([chunk async for chunk in chunks]):
+                    break
+            await trio.sleep(0.05)
+    assert log_config["Type"] == "json-file"
+    assert log_config["Config"] == {"max-size": str(LOG_MAX_BYTES), "max-file": str(LOG_FILES)}
+    old = os.umask(0o022)
+    try:
+        await executor.remove(bid)
+    finally:
+        os.umask(old)
+    kept = executor.kept_log_path(bid)
+    assert kept is not None and kept.exists()
+    assert b"line-2" in kept.read_bytes()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
+    await executor.forget(bid)
+    assert not kept.exists()
+    await executor.forget(bid)  # twice is fine
+
+
+async def test_list_all_reports_containers_that_do_not_run(
+    executor: DockerExecutor,
+    exits: trio.MemoryReceiveChannel[ExitObserved],
+    image: str,
+) -> None:
+    bid = backend_id("exited")
+    await executor.start(make_spec(bid, image))
+    await executor.kill(bid)
+    await next_exit(exits, bid)
+    assert bid not in {r.backend_id for r in await executor.list_running()}
+    found = [r for r in await executor.list_all() if r.backend_id == bid]
+    assert len(found) == 1 and not found[0].running
+    await executor.remove(bid)
+    assert bid not in {r.backend_id for r in await executor.list_all()}
+
+
+def test_invalid_image_reference_is_refused_by_check(executor: DockerExecutor) -> None:
+    for image in ("Bad/Image:Name", "a//b", "busybox:", "x@sha256:short"):
+        with pytest.raises(SpawnError, match=r"\$\.spawn_config\.executable\.image"):
+            executor.check(Executable(image=image))
+    for image in ("busybox", "localhost:5000/a/b:v1.2", "ghcr.io/org/app@sha256:" + "a" * 64):
+        executor.check(Executable(image=image))
+
+
+def test_engine_errors_while_starting_are_classified() -> None:
+    """A 4xx about the request is permanent; 5xx, 408, 409 and 429 are retried."""
+
+    def api_error(status: int) -> docker.errors.APIError:
+        response = requests.Response()
+        response.status_code = status
+        return docker.errors.APIError("engine said no", response, explanation="engine said no")
+
+    for status in (400, 403, 404, 422):
+        assert isinstance(DockerExecutor._start_error("x", api_error(status)), SpawnError)
+    for status in (408, 409, 429, 500, 503):
+        error = DockerExecutor._start_error("x", api_error(status))
+        assert not isinstance(error, SpawnError) and "engine said no" in str(error)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import sys
 import urllib.request
 import uuid
@@ -16,7 +18,7 @@ import pytest
 import trio
 
 from plane.events.spec import BackendKey, Executable
-from plane.executors.base import Executor, ExitObserved, SpawnError, StartSpec
+from plane.executors.base import LOG_MAX_BYTES, Executor, ExitObserved, SpawnError, StartSpec
 from plane.executors.process import ProcessExecutor, exit_code_from_returncode
 from plane.executors.readiness import wait_until_answers
 
@@ -300,3 +302,101 @@ def test_exit_code_from_returncode() -> None:
     assert exit_code_from_returncode(3) == 3
     assert exit_code_from_returncode(-15) == 143
     assert exit_code_from_returncode(-9) == 137
+
+
+LOUD = (
+    "import sys\nfor i in range(30000):\n    sys.stdout.write('line %06d %s\\n' % (i, 'x' * 100))\n"
+)
+
+
+def loud_output() -> bytes:
+    return b"".join(b"line %06d %s\n" % (i, b"x" * 100) for i in range(30000))
+
+
+async def test_output_rotates_at_a_size_files_0600_and_forget(
+    executor: ProcessExecutor, exits: trio.MemoryReceiveChannel[ExitObserved]
+) -> None:
+    """A backend that prints 3.4 MB keeps at most LOG_FILES files of LOG_MAX_BYTES,
+    the newest output; ``logs`` reads them in order, ``forget`` deletes them."""
+    bid = backend_id("loud")
+    old = os.umask(0o022)
+    try:
+        await executor.start(make_spec(bid, command=(sys.executable, "-c", LOUD)))
+    finally:
+        os.umask(old)
+    await next_exit(exits, bid)
+    followed = []
+    async with aclosing(executor.logs(bid, follow=True)) as chunks:
+        async for chunk in chunks:
+            followed.append(chunk)
+    await executor.remove(bid)  # waits for the writer to finish
+    paths = executor.log_paths(bid)
+    assert [p.name for p in paths] == [f"{bid}.log.1", f"{bid}.log"]
+    assert not await trio.Path(f"{paths[-1]}.2").exists()
+    for path in paths:
+        assert path.stat().st_size <= LOG_MAX_BYTES
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths[-1].parent.stat().st_mode) == 0o700
+    everything = loud_output()
+    kept = b"".join(p.read_bytes() for p in paths)
+    assert len(kept) > LOG_MAX_BYTES and everything.endswith(kept)  # the newest output
+    async with aclosing(executor.logs(bid)) as chunks:
+        read = b"".join([chunk async for chunk in chunks])
+    assert read == kept
+    assert b"".join(followed).endswith(b"line 029999 " + b"x" * 100 + b"\n")
+    await executor.forget(bid)
+    assert not any(p.exists() for p in paths)
+
+
+async def test_check_resolves_the_command(executor: ProcessExecutor, tmp_path: Path) -> None:
+    """A command that cannot run is refused by ``check`` (connect answers 400)."""
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    executor.check(Executable(command=("./tool",), cwd=str(tmp_path)))
+    executor.check(Executable(command=("sh", "-c", "true")))
+    executor.check(Executable(command=("tool",), env={"PATH": str(tmp_path)}))
+    for executable, field in [
+        (Executable(command=("./tool",), cwd="/"), "command"),
+        (Executable(command=(f"no-such-{RUN}",)), "command"),
+        (Executable(command=("sh",), env={"PATH": str(tmp_path)}), "command"),
+        (Executable(command=(str(tmp_path),)), "command"),
+        (Executable(command=("sh",), cwd=str(tmp_path / "nope")), "cwd"),
+    ]:
+        with pytest.raises(SpawnError, match=rf"\$\.spawn_config\.executable\.{field}"):
+            executor.check(executable)
+    tool.chmod(0o644)
+    with pytest.raises(SpawnError, match="not executable"):
+        executor.check(Executable(command=(str(tool),)))
+
+
+async def test_list_all_reports_a_straggler_and_remove_ends_it(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    """The backend process died but its child still runs, labelled: not running, but
+    left over; ``remove`` ends it."""
+    bid = backend_id("straggler")
+    marker = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        "open(sys.argv[1] + '.tmp', 'w').write(str(child.pid))\n"
+        "import os; os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+        "time.sleep(60)\n"
+    )
+    command = (sys.executable, "-c", script, str(marker))
+    started = await executor.start(make_spec(bid, command=command))
+    with trio.fail_after(10):
+        while True:
+            if await trio.Path(marker).exists():
+                break
+            await trio.sleep(0.02)
+    child = int(marker.read_text())
+    os.kill(int(started.handle), signal.SIGKILL)
+    await wait_gone(int(started.handle))
+    found = [r for r in await executor.list_all() if r.backend_id == bid]
+    assert len(found) == 1 and not found[0].running and found[0].handle == str(child)
+    assert bid not in {r.backend_id for r in await executor.list_running()}
+    await executor.remove(bid)
+    await wait_gone(child)
+    assert bid not in {r.backend_id for r in await executor.list_all()}

@@ -147,6 +147,37 @@ async def test_recovery_adopts_running_records_lost_and_removes_orphans(
             assert len(ended) == 1
 
 
+async def test_recovery_removes_leftovers_that_no_longer_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What the log does not hold live is removed whether it runs or not: a terminated
+    backend whose removal a stop interrupted, and remains the log never knew."""
+    executor = FakeExecutor()
+    async with open_memory_store() as store:
+        async with open_harness(store=store, executor=executor) as h:
+            done = await h.supervisor.connect(request("done"))
+            alive = await h.supervisor.connect(request("alive", max_idle_seconds=500))
+            for r in (done, alive):
+                await h.wait_status(r.backend_id, Status.READY)
+            await h.supervisor.terminate(done.backend_id, TerminationKind.SOFT)
+            await h.wait_status(done.backend_id, Status.TERMINATED)
+        # plane stopped before the removal: the exited container is still there
+        executor.leave(done.backend_id)
+        executor.leave("stranger")  # an exited container no log knows
+        executor.calls.clear()
+        async with open_harness(store=store, executor=executor) as h:
+            report = h.supervisor.recovery_report
+            assert sorted(report["orphans"]) == sorted([done.backend_id, "stranger"])
+            assert report["adopted"] == [alive.backend_id]
+            assert {("remove", done.backend_id), ("remove", "stranger")} <= set(executor.calls)
+            assert ("kill", "stranger") not in executor.calls  # nothing runs there
+            assert {r.backend_id for r in await executor.list_all()} == {alive.backend_id}
+            system = [r.event for r in await store.read_stream(SYSTEM_STREAM)]
+            assert sorted(e.backend_id for e in system if isinstance(e, OrphanRemoved)) == sorted(
+                [done.backend_id, "stranger"]
+            )
+
+
 async def test_a_broken_exit_watch_is_restarted_and_missed_exits_reconciled(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
