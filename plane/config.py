@@ -79,6 +79,13 @@ class PlaneConfig:
     insecure_no_auth: bool = False
     """Serve the API on a non-loopback address without a key (refused otherwise)."""
     retain_days: float = 30.0
+    proxy_max_connections: int | None = None
+    """Concurrent client connections per proxy process (None: derived from the
+    file-descriptor limit, :mod:`plane.limits`)."""
+    api_max_streams: int | None = None
+    """Concurrent streamed API responses (SSE, logs, the event feed), a cap of
+    their own so that proxy connections and streams do not starve each other
+    (None: derived from the file-descriptor limit)."""
 
     def __attrs_post_init__(self) -> None:
         parse_listen(self.api_listen, "--api-listen")
@@ -89,6 +96,10 @@ class PlaneConfig:
             raise ConfigError(f"--log-format: {self.log_format!r} is not text or json")
         if self.max_backends is not None and self.max_backends < 1:
             raise ConfigError("--max-backends: must be at least 1")
+        if self.proxy_max_connections is not None and self.proxy_max_connections < 1:
+            raise ConfigError("--proxy-max-connections: must be at least 1")
+        if self.api_max_streams is not None and self.api_max_streams < 1:
+            raise ConfigError("--api-max-streams: must be at least 1")
         if self.token_lifetime_seconds <= 0:
             raise ConfigError("--token-lifetime: must be positive")
         if self.cluster is not None:

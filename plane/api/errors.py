@@ -21,7 +21,7 @@ The codes, by status:
 413    ``PayloadTooLarge``
 431    ``HeadersTooLarge``
 500    ``InternalError``
-503    ``CapacityExceeded``
+503    ``CapacityExceeded``, ``TooManyStreams`` (``--api-max-streams``)
 =====  ==========================================================
 """
 
@@ -41,7 +41,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     413: ("PayloadTooLarge",),
     431: ("HeadersTooLarge",),
     500: ("InternalError",),
-    503: ("CapacityExceeded", "LogUnavailable"),
+    503: ("CapacityExceeded", "LogUnavailable", "TooManyStreams"),
 }
 """Every (status, code) the API can answer with; the OpenAPI document lists them."""
 
