@@ -431,7 +431,6 @@ def add_proxy_limits(parser: argparse.ArgumentParser, option: str) -> None:
     )
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plane", description="Session backends: spawn, proxy and reap per-session servers."
