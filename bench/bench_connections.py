@@ -333,6 +333,7 @@ def main() -> int:
                 wait_connections(plane, backend_id, n)
                 time.sleep(1.0)
                 rss_open = rss_kib(pid)
+                clients.each("echo", [1] * args.workers)  # warm-up, not counted
                 samples = max(1, n // 100)
                 rtts = [t for ts in clients.each("echo", split(samples, args.workers)) for t in ts]
                 clients.call("close", [None] * args.workers)
