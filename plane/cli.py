@@ -117,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 args.engine, Path(args.engines_file) if args.engines_file else None
             ),
             engine_lost_after=args.engine_lost_after,
+            proxy_max_connections=args.proxy_max_connections,
+            api_max_streams=args.api_max_streams,
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
@@ -209,6 +211,7 @@ async def _serve_until_signal(config: PlaneConfig) -> None:
                 f"  listening: api on {_bind_note(serving.api_bind)}, "
                 f"proxy on {_bind_note(serving.proxy_bind)}\n"
                 f"  api auth:  {serving.auth}\n"
+                f"  limits:    {serving.limits}\n"
                 f"  executor:  {serving.executor}\n"
                 f"  event log: {serving.log_path}\n"
                 f"  recovered: {len(report['adopted'])} adopted, {len(report['lost'])} lost, "
@@ -470,6 +473,36 @@ def _event_line(event: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ parser
 
 
+def _positive_int(option: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be at least 1, not {value}")
+        return value
+
+    parse.__name__ = option
+    return parse
+
+
+def add_proxy_limits(parser: argparse.ArgumentParser, option: str) -> None:
+    """The proxy's connection cap, as ``option`` (``--proxy-max-connections`` in
+    ``plane serve``; a stand-alone proxy command reuses it as ``--max-connections``);
+    env ``PLANE_PROXY_MAX_CONNECTIONS`` either way."""
+    parser.add_argument(
+        option,
+        dest="proxy_max_connections",
+        type=_positive_int(option),
+        default=_env("PROXY_MAX_CONNECTIONS"),
+        metavar="N",
+        help="concurrent client connections per proxy process; past it 503 ProxyOverloaded "
+        "(GET /ready is still answered). Default: from the file-descriptor limit "
+        "(2 per connection, room kept for the API and the log)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plane", description="Session backends: spawn, proxy and reap per-session servers."
@@ -568,6 +601,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_env("TOKEN_LIFETIME", "3600"),
         help="seconds a connection token is valid (default 3600)",
+    )
+    add_proxy_limits(serve, "--proxy-max-connections")
+    serve.add_argument(
+        "--api-max-streams",
+        type=_positive_int("--api-max-streams"),
+        default=_env("API_MAX_STREAMS"),
+        metavar="N",
+        help="concurrent API streams (SSE, logs, the event feed), a cap apart from the "
+        "proxy's; more are answered 503 (default: from the file-descriptor limit)",
     )
     serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), help="text or json")
     serve.add_argument(

@@ -88,6 +88,13 @@ class PlaneConfig:
     engine, ``local``, chosen by ``executor`` as before."""
     engine_lost_after: float = 30.0
     """How long an engine may not answer before it is recorded lost."""
+    proxy_max_connections: int | None = None
+    """Concurrent client connections per proxy process (None: derived from the
+    file-descriptor limit, :mod:`plane.limits`)."""
+    api_max_streams: int | None = None
+    """Concurrent streamed API responses (SSE, logs, the event feed), a cap of
+    their own so that proxy connections and streams do not starve each other
+    (None: derived from the file-descriptor limit)."""
 
     def __attrs_post_init__(self) -> None:
         if self.engines and self.executor == "process":
@@ -102,6 +109,10 @@ class PlaneConfig:
             raise ConfigError(f"--log-format: {self.log_format!r} is not text or json")
         if self.max_backends is not None and self.max_backends < 1:
             raise ConfigError("--max-backends: must be at least 1")
+        if self.proxy_max_connections is not None and self.proxy_max_connections < 1:
+            raise ConfigError("--proxy-max-connections: must be at least 1")
+        if self.api_max_streams is not None and self.api_max_streams < 1:
+            raise ConfigError("--api-max-streams: must be at least 1")
         if self.token_lifetime_seconds <= 0:
             raise ConfigError("--token-lifetime: must be positive")
         if not (self.retain_days >= 0 and self.retain_days != float("inf")):

@@ -47,6 +47,7 @@ from plane.events.sqlite import open_sqlite_store
 from plane.events.types import TerminationKind
 from plane.events.upkeep import keep_log
 from plane.executors.base import Executor, ExecutorError
+from plane.limits import Budget, budget, raise_fd_limit
 from plane.metrics import Metrics
 from plane.permissions import make_private, private_umask
 from plane.proxy.server import ProxyContext, serve_proxy
@@ -78,6 +79,8 @@ class Serving:
     api_bind: str = ""
     proxy_bind: str = ""
     auth: str = ""
+    limits: str = ""
+    """The connection caps in force and the file-descriptor limit behind them."""
     reload_keys: Callable[[], None] = attrs.field(default=lambda: None, eq=False)
 
 
@@ -145,13 +148,39 @@ def cluster_host(config: PlaneConfig) -> str | None:
     return f"[{host}]" if ":" in host else host
 
 
-def proxy_settings(config: PlaneConfig) -> ProxySettings:
-    """The proxy's settings from the configuration (ConfigError if refused)."""
+def connection_budget(config: PlaneConfig) -> Budget:
+    """Raise the soft file-descriptor limit to the hard one and draw the
+    connection caps from it (ConfigError if a cap given does not fit); a low
+    result is logged."""
+    fds = raise_fd_limit()
+    caps = budget(
+        fds,
+        proxy_max_connections=config.proxy_max_connections,
+        api_max_streams=config.api_max_streams,
+    )
+    if fds.before != fds.soft:
+        log.info("file-descriptor limit raised from %d to %d", fds.before, fds.soft)
+    if caps.low:
+        log.warning(
+            "the file-descriptor limit is low (%d, hard %d): the proxy holds at most %d "
+            "connections; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)",
+            fds.soft,
+            fds.hard,
+            caps.proxy_max_connections,
+        )
+    return caps
+
+
+def proxy_settings(config: PlaneConfig, max_connections: int | None = None) -> ProxySettings:
+    """The proxy's settings from the configuration (ConfigError if refused);
+    ``max_connections`` the cap drawn by :func:`connection_budget`."""
+    cap = max_connections or config.proxy_max_connections
     try:
         return ProxySettings(
             cluster_host=cluster_host(config),
             trust_forwarded_from=config.trust_forwarded_from,
             root_redirect=config.proxy_root_redirect,
+            **({} if cap is None else {"max_connections": cap}),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -255,7 +284,8 @@ async def serve_plane(
             return
         log.info("API keys re-read from %s", ", ".join(str(p) for p in keys.files))
 
-    settings = proxy_settings(config)
+    caps = connection_budget(config)
+    settings = proxy_settings(config, caps.proxy_max_connections)
     with private_umask(), hold_data_dir(config):
         engines = await open_engines(config)
         metrics = Metrics()
@@ -300,6 +330,7 @@ async def serve_plane(
                     keys=keys,
                     cluster=cluster,
                     executor_name=executor.name,
+                    max_streams=caps.api_max_streams,
                 )
                 bound_api = await nursery.start(serve_api, api_ctx, api_host, api_port)
                 if not config.api_public_url:
@@ -314,6 +345,7 @@ async def serve_plane(
                         api_bind=host_port(api_host, bound_api),
                         proxy_bind=host_port(proxy_host, bound_proxy),
                         auth=_auth_summary(config, keys),
+                        limits=caps.summary(),
                         reload_keys=reload_keys,
                     )
                 )

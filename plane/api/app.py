@@ -26,7 +26,7 @@ from __future__ import annotations
 import trio
 
 from plane.api.context import ApiContext
-from plane.api.http import ServerConfig, serve_http_connection
+from plane.api.http import ServerConfig, StreamGate, serve_http_connection
 from plane.api.routes import build_router
 
 __all__ = ["ApiContext", "serve_api"]
@@ -56,7 +56,9 @@ async def serve_api(
     listeners = await trio.open_tcp_listeners(port, host=host)
     router = build_router(ctx)
     config = ServerConfig(
-        max_body_bytes=ctx.max_body_bytes, header_timeout=ctx.header_timeout_seconds
+        streams=StreamGate(ctx.max_streams),
+        max_body_bytes=ctx.max_body_bytes,
+        header_timeout=ctx.header_timeout_seconds,
     )
 
     def observe(status: int) -> None:

@@ -44,6 +44,9 @@ class ApiContext:
     * ``max_body_bytes``: larger request bodies are refused with 413.
     * ``keepalive_seconds``: the longest silence on an SSE stream before a
       ``: keep-alive`` comment.
+    * ``max_streams``: concurrent streamed answers (SSE, logs, the WebSocket
+      event feed); past it a stream is answered 503 ``TooManyStreams``.  Other
+      requests are not counted, so the API keeps answering at the cap.
     * ``header_timeout_seconds``: how long a request's head (and, again, its
       body) may take to arrive; also how long an idle keep-alive connection
       stays open.
@@ -60,6 +63,7 @@ class ApiContext:
     max_body_bytes: int = 65536
     keepalive_seconds: float = 15.0
     header_timeout_seconds: float = 10.0
+    max_streams: int = 1024
     executor_name: str = attrs.field(default=attrs.Factory(_executor_name, takes_self=True))
 
     @property

@@ -35,6 +35,7 @@ Ours (each also in the README's table):
 500    ``InternalError``       a bug; details only in the server log
 503    ``CapacityExceeded``    at ``--max-backends`` live backends
 503    ``LogUnavailable``      the event log refused a write (nothing done)
+503    ``TooManyStreams``      at ``--api-max-streams`` streamed answers
 =====  ======================  ==============================================
 """
 
@@ -73,7 +74,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     413: ("PayloadTooLarge",),
     431: ("HeadersTooLarge",),
     500: ("InternalError",),
-    503: ("CapacityExceeded", "LogUnavailable", "NoDroneAvailable"),
+    503: ("CapacityExceeded", "LogUnavailable", "NoDroneAvailable", "TooManyStreams"),
 }
 """Every (status, kind) the API can answer with; the OpenAPI document lists them."""
 

@@ -70,8 +70,31 @@ Observer = Callable[[int], None]
 """Told the status of every answer this layer produces itself (400, 408, 413, 431)."""
 
 
+class StreamGate:
+    """The cap on concurrent streamed responses and WebSocket sessions (SSE,
+    logs, the event feed), shared by every connection of one server: past
+    ``limit`` a stream is answered ``503 TooManyStreams`` instead.  O(1)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the stream limit must be at least 1, not {limit}")
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
 @attrs.frozen
 class ServerConfig:
+    streams: StreamGate | None = None
+    """The stream cap (None: none)."""
     max_body_bytes: int = 65536
     header_timeout: float = 10.0
     """Seconds to wait for a request's head (also the keep-alive idle limit) and,
@@ -263,10 +286,28 @@ class _Connection:
                 peer=self.peer,
             )
             response = await handler(request)
-            if response.websocket is not None:
+            gate = self.config.streams
+            if gate is not None and (response.stream or response.websocket) is not None:
+                if not gate.take():
+                    await self._answer_and_close(
+                        503,
+                        "TooManyStreams",
+                        f"the API is at its limit of {gate.limit} concurrent streams "
+                        "(--api-max-streams); try again later",
+                    )
+                    return
+                try:
+                    if response.websocket is not None:
+                        await self._websocket(head, response.websocket)
+                        return
+                    await self._respond(response)
+                finally:
+                    gate.give_back()
+            elif response.websocket is not None:
                 await self._websocket(head, response.websocket)
                 return
-            await self._respond(response)
+            else:
+                await self._respond(response)
             if self.peer_gone or self.conn.our_state is not h11.DONE:
                 return
             if self.conn.their_state is not h11.DONE:

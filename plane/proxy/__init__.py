@@ -18,6 +18,7 @@ The modules behind it, each with one job:
   events, coalesced HTTP activity, metrics;
 * :mod:`~plane.proxy.errors`: the proxy's own error responses;
 * :mod:`~plane.proxy.settings`: limits and timeouts;
+* :mod:`~plane.proxy.deadlines`: the sessions' timeouts, filed by time;
 * :mod:`~plane.proxy.server`: binding, accepting, the connection cap.
 """
 

@@ -121,9 +121,10 @@ def render_redirect(location: str, *, close: bool, head_only: bool = False) -> b
     )
 
 
+OVERLOADED_MESSAGE = "the proxy is at its connection limit"
+
+
 def render_overloaded() -> bytes:
-    """Sent (non-blocking) to a connection accepted past ``max_connections``
+    """Sent to a connection past ``max_connections`` that cannot even be read
     (not logged: an overload must not also flood the log; the metrics count it)."""
-    return render_error(
-        503, "ProxyOverloaded", "the proxy is at its connection limit", close=True, logged=False
-    )
+    return render_error(503, "ProxyOverloaded", OVERLOADED_MESSAGE, close=True, logged=False)

@@ -73,7 +73,9 @@ import trio
 from plane import tokens
 from plane.actors.clock import TrioClock
 from plane.proxy import sockio
+from plane.proxy.deadlines import Deadlines
 from plane.proxy.errors import (
+    OVERLOADED_MESSAGE,
     ClientFault,
     GatewayFault,
     ProxyFault,
@@ -121,10 +123,26 @@ class Relay:
     settings: ProxySettings
     clock: TrioClock
     cluster_host: bytes | None = attrs.field(init=False)
+    deadlines: Deadlines[ClientSession] = attrs.field(init=False)
+    """The sessions' header and keep-alive deadlines, for the server's watchdog."""
 
     def __attrs_post_init__(self) -> None:
-        host = self.settings.cluster_host
+        settings = self.settings
+        host = settings.cluster_host
         self.cluster_host = None if host is None else host.encode("ascii")
+        self.deadlines = Deadlines(watchdog_tick(settings))
+
+
+WATCHDOG_TICK = 0.1
+"""How often the timeouts are checked at most (seconds)."""
+
+OVERLOADED_HEAD_TIMEOUT = 1.0
+"""An over-cap connection's request head must arrive within this long."""
+
+
+def watchdog_tick(settings: ProxySettings) -> float:
+    """The precision of the header and keep-alive timeouts."""
+    return min(WATCHDOG_TICK, settings.header_timeout / 5, settings.keepalive_timeout / 5)
 
 
 class _StaleUpstream(Exception):
@@ -170,11 +188,25 @@ def original_form(url: bytes) -> bytes:
 
 
 class ClientSession:
-    """Serves one client connection; see the module docstring."""
+    """Serves one client connection; see the module docstring.
 
-    def __init__(self, relay: Relay, sock: socket.socket, peer: str) -> None:
+    ``overloaded``: the connection came past the proxy's connection cap.  It
+    gets one answer and is closed: ``GET /ready`` as usual (so a load
+    balancer's health check still works at the cap), anything else ``503
+    ProxyOverloaded``; its head must arrive within
+    :data:`OVERLOADED_HEAD_TIMEOUT`."""
+
+    def __init__(
+        self, relay: Relay, sock: socket.socket, peer: str, *, overloaded: bool = False
+    ) -> None:
         settings = relay.settings
         self.relay = relay
+        self.overloaded = overloaded
+        self.header_timeout = (
+            min(settings.header_timeout, OVERLOADED_HEAD_TIMEOUT)
+            if overloaded
+            else settings.header_timeout
+        )
         self.sock = sock
         self.peer = peer.encode("ascii", "replace")
         self.forwarded = b"\r\nx-forwarded-for: " + self.peer + b"\r\nx-forwarded-proto: http\r\n"
@@ -196,9 +228,11 @@ class ClientSession:
         self.request_done = False
         self.response_started = False
         self.backend_header = b""
-        # timeouts: the watchdog cancels ``scope`` once ``deadline`` (trio time) passes
+        # timeouts: the watchdog cancels ``scope`` once ``deadline`` (trio time)
+        # passes; ``bucket`` is where relay.deadlines files the session
         self.scope = trio.CancelScope()
         self.deadline = math.inf
+        self.bucket: int | None = None
 
     # ------------------------------------------------------------------- run
 
@@ -221,13 +255,21 @@ class ClientSession:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
+            self.relay.deadlines.disarm(self)
             sockio.close(self.sock)
 
     def expire(self, now: float) -> None:
-        """Called by the server's watchdog: end the session if its deadline passed."""
+        """Called by the server's watchdog for a session its deadlines gave up:
+        end the session if its deadline passed (else file it again)."""
         if self.deadline <= now:
             self.deadline = math.inf
             self.scope.cancel()
+        else:
+            self.relay.deadlines.arm(self, self.deadline)
+
+    def _arm(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.relay.deadlines.arm(self, deadline)
 
     async def _last_words(self, fault: ProxyFault) -> None:
         """Answer a fault on a connection about to close, if the client listens."""
@@ -323,6 +365,8 @@ class ClientSession:
                 piece = pieces[pos]
                 self.pos = pos + 1
                 if type(piece) is RequestHead:
+                    if self.bucket is not None:
+                        self.relay.deadlines.disarm(self)
                     self.deadline = math.inf
                     return piece
                 continue  # cannot happen: bodies are consumed with their request
@@ -334,14 +378,15 @@ class ClientSession:
             if self.eof or self.upgraded:
                 return None
             if self.deadline == math.inf:
-                self.deadline = trio.current_time() + (
-                    settings.header_timeout if first else settings.keepalive_timeout
+                self._arm(
+                    trio.current_time()
+                    + (self.header_timeout if first else settings.keepalive_timeout)
                 )
             await self._fill(wait_first)
             wait_first = False
             if not timing_head and sink.in_head:
                 timing_head = True
-                self.deadline = trio.current_time() + settings.header_timeout
+                self._arm(trio.current_time() + self.header_timeout)
 
     def _take_body_into(self, parts: list[bytes], chunked: bool) -> bool:
         """Move the queued body pieces of the current request into ``parts``,
@@ -406,6 +451,19 @@ class ClientSession:
             return await self._reply_root(head, original)
         if token == b"ready" and original == b"/ready":
             return await self._reply_ready(head)
+        if self.overloaded:
+            return await self._answer(
+                head,
+                503,
+                lambda close, head_only: render_error(
+                    503,
+                    "ProxyOverloaded",
+                    OVERLOADED_MESSAGE,
+                    close=close,
+                    head_only=head_only,
+                    logged=False,
+                ),
+            )
         relay = self.relay
         synced = relay.feed.synced
         if not synced.is_set():
@@ -499,6 +557,7 @@ class ClientSession:
         """True if the connection can go on after an answer of our own."""
         return (
             head.keep_alive
+            and not self.overloaded
             and head.upgrade is None
             and self.fault is None
             and not self.upgraded

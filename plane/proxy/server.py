@@ -8,10 +8,17 @@ pool (:mod:`~plane.proxy.upstream`), the tracker that emits connection events
 per client connection.
 
 Connection cap: past ``settings.max_connections`` concurrent client
-connections, a new connection is still accepted, answered ``503
-ProxyOverloaded`` and closed (after reading what the client had sent, for at
-most a second, so that the answer is not lost to a reset).  The kernel's
+connections, a new connection is still accepted and its request head read
+(for at most a second): ``GET /ready`` is answered as usual, so health checks
+keep working at the cap, anything else ``503 ProxyOverloaded``; then it is
+closed.  At most :data:`MAX_REJECTING` such connections are read at once; past
+that a 503 is sent without reading and the connection closed.  The kernel's
 accept queue therefore never fills up behind a full proxy.
+
+Cost per connection: one task and one :class:`ClientSession` (an upgraded one
+adds the two splice tasks); nothing the proxy does on a connection's open or
+close, or on a timer, visits the other connections (the timeouts are filed by
+time in :mod:`plane.proxy.deadlines`).
 
 Start-up: the listener is bound and accepting at once; the table's feed
 reads the log's history meanwhile.  Until it has, ``GET /ready`` answers 503
@@ -31,10 +38,10 @@ out of file descriptors while accepting pauses accepting for 100 ms (logged)
 rather than spinning.  A bug that escapes a client session is logged and ends
 that session only.
 
-Timeouts (header, keep-alive) are enforced by one watchdog task that looks at
-every session's deadline each :data:`WATCHDOG_TICK` and cancels the sessions
-past theirs.  Store errors in the table feed end the proxy (a stale
-table would route revoked tokens).
+Timeouts (header, keep-alive) are enforced by one watchdog task that collects,
+each :data:`~plane.proxy.relay.WATCHDOG_TICK`, the sessions whose deadline has
+passed (:mod:`plane.proxy.deadlines`) and cancels them.  Store errors in the
+table feed end the proxy (a stale table would route revoked tokens).
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from plane.events.store import EventStore
 from plane.metrics import Metrics
 from plane.proxy import sockio
 from plane.proxy.errors import render_overloaded
-from plane.proxy.relay import ClientSession, Relay
+from plane.proxy.relay import ClientSession, Relay, watchdog_tick
 from plane.proxy.routes import RouteTable
 from plane.proxy.settings import ProxySettings
 from plane.proxy.table_feed import TableFeed
@@ -60,11 +67,10 @@ from plane.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("plane.proxy")
 
-WATCHDOG_TICK = 0.1
-"""How often the timeouts are checked (seconds)."""
-
 MAX_REJECTING = 64
-"""Over-cap connections being answered 503 at once; past this they are just closed."""
+"""Over-cap connections read at once (to answer ``/ready``, or 503); past this
+they are sent a 503 unread and closed.  Counted in the fd budget
+(:mod:`plane.limits`)."""
 
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -95,7 +101,7 @@ class ProxyServer:
         self.tracker = Tracker(ctx.emit, ctx.clock, ctx.metrics, settings)
         self.relay = Relay(self.table, self.feed, self.pool, self.tracker, settings, ctx.clock)
         self.active = 0
-        self.sessions: set[ClientSession] = set()
+        """Client connections open, below the cap."""
         self._rejecting = 0
         self.port = 0
         self.listening = trio.Event()
@@ -139,17 +145,18 @@ class ProxyServer:
                 await trio.lowlevel.checkpoint()
             if metrics is not None:
                 metrics.proxy_connections.inc()
-            if self.active >= limit:
-                if self._rejecting < MAX_REJECTING:
-                    self._rejecting += 1
-                    nursery.start_soon(self._reject, sock)
-                else:
-                    sock.close()
+            over = self.active >= limit
+            if over and self._rejecting >= MAX_REJECTING:
+                self._refuse(sock)
                 continue
             try:
                 sockio.configure(sock)
             except OSError:
                 sock.close()
+                continue
+            if over:
+                self._rejecting += 1
+                nursery.start_soon(self._overloaded, sock, str(address[0]))
                 continue
             self.active += 1
             if metrics is not None:
@@ -157,47 +164,48 @@ class ProxyServer:
             nursery.start_soon(self._session, sock, str(address[0]))
 
     async def _session(self, sock: socket.socket, peer: str) -> None:
-        session = ClientSession(self.relay, sock, peer)
-        self.sessions.add(session)
         try:
-            await session.run()
+            await ClientSession(self.relay, sock, peer).run()
         except Exception:
             log.exception("client session from %s failed", peer)
         finally:
-            self.sessions.discard(session)
             self.active -= 1
             if self.ctx.metrics is not None:
                 self.ctx.metrics.proxy_open.dec()
 
-    async def _watchdog(self) -> None:
-        """Enforce the header and keep-alive timeouts: a session whose deadline
-        has passed is cancelled (one timer for all, rather than a cancel scope
-        per request on the hot path; precision: one tick)."""
-        settings = self.ctx.settings
-        tick = min(WATCHDOG_TICK, settings.header_timeout / 5, settings.keepalive_timeout / 5)
-        while True:
-            await trio.sleep(tick)
-            now = trio.current_time()
-            for session in list(self.sessions):
-                if session.deadline <= now:
-                    session.expire(now)
+    async def _overloaded(self, sock: socket.socket, peer: str) -> None:
+        """A connection past the cap: one answer (``/ready``, else 503), then closed."""
+        try:
+            await ClientSession(self.relay, sock, peer, overloaded=True).run()
+        except Exception:
+            log.exception("over-cap session from %s failed", peer)
+        finally:
+            self._rejecting -= 1
 
-    async def _reject(self, sock: socket.socket) -> None:
-        """Answer 503 and close, reading (and dropping) what the client sends
-        meanwhile so that the close does not reset the answer away."""
+    def _refuse(self, sock: socket.socket) -> None:
+        """Past the cap and past :data:`MAX_REJECTING`: a 503 without reading
+        the request (sent if the socket takes it at once), then close."""
+        self.tracker.response(503)
         try:
             sock.setblocking(False)
-            self.tracker.response(503)
-            with trio.move_on_after(1.0):
-                await sockio.send_all(sock, render_overloaded())
-                sock.shutdown(socket.SHUT_WR)
-                while await sockio.recv(sock, 65536):
-                    pass
+            sock.send(render_overloaded())
         except OSError:
             pass
         finally:
-            self._rejecting -= 1
             sockio.close(sock)
+
+    async def _watchdog(self) -> None:
+        """Enforce the header and keep-alive timeouts: the sessions whose
+        deadline has passed are cancelled (one timer for all, rather than a
+        cancel scope per request on the hot path; precision: one tick).  Only
+        the expired sessions are visited."""
+        deadlines = self.relay.deadlines
+        tick = watchdog_tick(self.ctx.settings)
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for session in deadlines.expired(now):
+                session.expire(now)
 
 
 async def serve_proxy(

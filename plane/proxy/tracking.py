@@ -14,12 +14,18 @@ The rules
   ``text/event-stream`` (opened when its head arrives); or any proxied request
   still in flight, waiting for or streaming its response,
   ``settings.long_request_after`` (1 s) after it was forwarded (opened by a
-  watcher that looks four times per ``long_request_after``, so at 1 to 1.25 s).
+  watcher that looks four times per ``long_request_after``, so at 1 to 1.25 s;
+  it visits only the requests old enough: the ones in flight are kept in the
+  order they were forwarded, and a request leaves that queue once opened).
 * **Plain requests** are counted per backend and reported as
   ``HttpActivityRecorded(requests=n)``, at most one per backend per
   ``settings.activity_interval`` (see :mod:`plane.proxy.activity`).
 * **Metrics** are tallied in plain dicts on the hot path and copied into the
   Prometheus registry once a second (so a scrape may lag by up to a second).
+
+Cost: every call here is O(1) (no scan of the open connections); the memory
+is one entry per request in flight and per long-lived connection open, plus
+one tally per status code.
 
 Resource handling
 -----------------
@@ -39,6 +45,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
@@ -84,7 +91,8 @@ class Tracker:
         self._activity = ActivityCoalescer(settings.activity_interval)
         self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
-        self._inflight: set[InFlight] = set()
+        self._inflight: OrderedDict[InFlight, None] = OrderedDict()
+        """Requests in flight not yet opened as long-lived, oldest first."""
         self._wake_flusher: trio.Event | None = None
         self._wake_watcher: trio.Event | None = None
         self.codes: dict[int, int] = {}
@@ -106,7 +114,7 @@ class Tracker:
         elif self._wake_flusher is not None:
             self._wake_flusher.set()
         flight = InFlight(backend_id, at)
-        self._inflight.add(flight)
+        self._inflight[flight] = None
         if self._wake_watcher is not None:
             self._wake_watcher.set()
         return flight
@@ -114,11 +122,12 @@ class Tracker:
     def long_lived(self, flight: InFlight) -> None:
         """The request turned out long-lived (an event stream): open it now."""
         if flight.connection_id is None:
+            self._inflight.pop(flight, None)
             flight.connection_id = self.open(flight.backend_id)
 
     def done(self, flight: InFlight) -> None:
         """The request ended (answered, failed or cancelled)."""
-        self._inflight.discard(flight)
+        self._inflight.pop(flight, None)
         if flight.connection_id is not None:
             self.close(flight.backend_id, flight.connection_id)
             flight.connection_id = None
@@ -176,8 +185,13 @@ class Tracker:
                 self._wake_watcher = None
             await trio.sleep(step)
             horizon = trio.current_time() - self._long_after
-            for flight in list(self._inflight):
-                if flight.connection_id is None and flight.started <= horizon:
+            inflight = self._inflight
+            while inflight:
+                flight = next(iter(inflight))
+                if flight.started > horizon:
+                    break
+                del inflight[flight]
+                if flight.connection_id is None:
                     flight.connection_id = self.open(flight.backend_id)
 
     async def _flush_metrics(self) -> None:
