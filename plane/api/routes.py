@@ -16,6 +16,8 @@ Endpoints (the OpenAPI document, :mod:`plane.api.openapi`, describes each):
   ``GET /ctrl/b/{id}/events``, ``GET /ctrl/events`` (SSE, or a WebSocket feed
   on an upgrade request), ``GET /ctrl/b/{id}/logs``
 * ``GET /metrics``, ``GET /openapi.json``
+* the dashboard's: ``GET /ctrl/state``, ``GET /ctrl/event-types``, ``/ui/``
+  (:mod:`plane.api.ui`)
 
 Status stream ids are the backend's stream **versions**; global event ids are
 **sequence numbers**.  A ``Last-Event-ID`` resumes after that id.  A status
@@ -356,6 +358,9 @@ def build_router(ctx: ApiContext) -> Router:
         Route("GET", "/metrics", e.metrics),
         Route("GET", "/openapi.json", e.openapi),
     ]
+    from plane.api.ui import ui_routes  # the dashboard's routes (its module imports this one)
+
+    routes += ui_routes(ctx, routes)
 
     def access(request: Request) -> Access:
         return ctx.keys.access(request.header("authorization"))
