@@ -29,6 +29,7 @@ export class BackendPage {
     this.seen = new Set();
     this.events = [];
     $("b-title").textContent = `Backend ${id}`;
+    $("b-title").focus();
     $("b-summary").replaceChildren();
     $("b-timeline").querySelector("tbody").replaceChildren();
     $("b-logs").textContent = "";

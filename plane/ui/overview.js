@@ -38,6 +38,7 @@ export class Overview {
     this.travelTimer = null;
     this.travelToken = 0;
     this.tbody = $("backends").querySelector("tbody");
+    this.trs = new Map(); // backend id -> its <tr>, reused across renders
     $("filter-state").addEventListener("change", () => { this.page = 0; this.render(); });
     $("filter-key").addEventListener("input", () => { this.page = 0; this.render(); });
     $("page-prev").addEventListener("click", () => this.turn(-1));
@@ -160,9 +161,14 @@ export class Overview {
     this.page = Math.min(Math.max(this.page, 0), pages - 1);
     const shown = rows.slice(this.page * PAGE, (this.page + 1) * PAGE);
     const now = this.moment();
-    const fragment = document.createDocumentFragment();
-    for (const b of shown) fragment.append(this.row(b, now));
-    this.tbody.replaceChildren(fragment);
+    // Rows are kept by backend id and patched in place, so a live update never
+    // takes the keyboard focus away from a row's link.
+    const wanted = shown.map((b) => this.patch(b, now));
+    const body = this.tbody;
+    wanted.forEach((tr, i) => {
+      if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    });
+    while (body.children.length > wanted.length) body.lastElementChild.remove();
     $("empty").hidden = rows.length > 0;
     $("shown").textContent = `${rows.length} of ${this.rows().size}`;
     $("page-info").textContent = `page ${this.page + 1} of ${pages}`;
@@ -170,19 +176,32 @@ export class Overview {
     $("page-next").disabled = this.page >= pages - 1;
   }
 
-  row(b, now) {
+  patch(b, now) {
+    let tr = this.trs.get(b.backend_id);
+    if (!tr) {
+      const link = el("a", { href: `#/b/${encodeURIComponent(b.backend_id)}`, class: "mono", text: b.backend_id });
+      tr = el("tr", { dataset: { id: b.backend_id } },
+        el("td", {}, link), el("td", { class: "key" }), el("td", { class: "state" }, el("span")),
+        el("td", { class: "plane" }), el("td", { class: "engine" }), el("td", { class: "num conns" }),
+        el("td", { class: "num idle" }), el("td", { class: "num age" }));
+      this.trs.set(b.backend_id, tr);
+    }
     const state = stateOf(b);
     const idle = b.idle_deadline && (state === "ready" || state === "idle") ? b.idle_deadline : null;
-    return el("tr", { dataset: { id: b.backend_id, state } },
-      el("td", {}, el("a", { href: `#/b/${encodeURIComponent(b.backend_id)}`, class: "mono", text: b.backend_id })),
-      el("td", { text: keyText(b.key) }),
-      el("td", {}, el("span", { class: `state state-${state}`, text: state })),
-      el("td", { text: planeStatusOf(b) || "—" }),
-      el("td", { text: b.engine || "" }),
-      el("td", { class: "num conns", text: String(b.connections ?? "") }),
-      el("td", { class: "num idle", dataset: idle ? { deadline: String(idle) } : {}, text: idle ? duration(idle - now) : "" }),
-      el("td", { class: "num age", dataset: { since: String(b.requested_at) }, text: duration(now - b.requested_at) }),
-    );
+    const cells = tr.children;
+    tr.dataset.state = state;
+    cells[1].textContent = keyText(b.key);
+    cells[2].firstChild.className = `state state-${state}`;
+    cells[2].firstChild.textContent = state;
+    cells[3].textContent = planeStatusOf(b) || "—";
+    cells[4].textContent = b.engine || "";
+    cells[5].textContent = String(b.connections ?? "");
+    if (idle) cells[6].dataset.deadline = String(idle);
+    else delete cells[6].dataset.deadline;
+    cells[6].textContent = idle ? duration(Math.max(0, idle - now)) : "";
+    cells[7].dataset.since = String(b.requested_at);
+    cells[7].textContent = duration(now - b.requested_at);
+    return tr;
   }
 
   // Counts the idle timers down and the ages up (in the past, time stands still).
