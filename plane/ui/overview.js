@@ -181,7 +181,7 @@ export class Overview {
     if (!tr) {
       const link = el("a", { href: `#/b/${encodeURIComponent(b.backend_id)}`, class: "mono", text: b.backend_id });
       tr = el("tr", { dataset: { id: b.backend_id } },
-        el("td", {}, link), el("td", { class: "key" }), el("td", { class: "state" }, el("span")),
+        el("td", {}, link), el("td", { class: "key" }), el("td", { class: "st" }, el("span")),
         el("td", { class: "plane" }), el("td", { class: "engine" }), el("td", { class: "num conns" }),
         el("td", { class: "num idle" }), el("td", { class: "num age" }));
       this.trs.set(b.backend_id, tr);
