@@ -159,6 +159,35 @@ def _show(event: Event) -> str:
     return f"{tag_of(event)} {attrs.asdict(event, recurse=False)}"
 
 
+@attrs.define
+class FoldUntil:
+    """:func:`fold_until` fed in batches, for a caller that reads the log piece by
+    piece (the API's ``GET /ctrl/state``): :meth:`feed` folds what lies before the
+    cut and returns False once a record lies past ``seq`` (nothing later counts)."""
+
+    seq: int | None = None
+    at: float | None = None
+    fold: LogFold = attrs.Factory(lambda: LogFold(verify=False))
+    last_at: float | None = None
+    """The time of the last event folded (None before the first)."""
+    _cut: set[str] = attrs.Factory(set)
+
+    def feed(self, records: Iterable[RecordedEvent]) -> bool:
+        seq, at, cut, fold = self.seq, self.at, self._cut, self.fold
+        for record in records:
+            if seq is not None and record.seq > seq:
+                return False
+            if at is not None:
+                if record.stream in cut:
+                    continue
+                if record.event.at > at:
+                    cut.add(record.stream)
+                    continue
+            fold.feed(record)
+            self.last_at = record.event.at
+        return True
+
+
 def fold_until(
     records: Iterable[RecordedEvent], *, seq: int | None = None, at: float | None = None
 ) -> LogFold:
@@ -166,16 +195,6 @@ def fold_until(
 
     By time, each stream keeps its events up to the first one later than ``at``.
     """
-    fold = LogFold(verify=False)
-    cut: set[str] = set()
-    for record in records:
-        if seq is not None and record.seq > seq:
-            break
-        if at is not None:
-            if record.stream in cut:
-                continue
-            if record.event.at > at:
-                cut.add(record.stream)
-                continue
-        fold.feed(record)
-    return fold
+    until = FoldUntil(seq, at)
+    until.feed(records)
+    return until.fold

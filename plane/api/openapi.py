@@ -417,6 +417,146 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+def _dashboard_paths() -> dict[str, Any]:
+    """The dashboard's routes (:mod:`plane.api.ui`): the state at a point of the log,
+    the event vocabulary, and the static files (public: they hold no data)."""
+    backend_detail = _ref("BackendDetail")
+    state_page = _obj(
+        {
+            "at": _nullable({"type": "string"}),
+            "seq": {"type": "integer", "description": "The last sequence number folded."},
+            "time": _nullable({"type": "integer", "description": "Its event's time (ms)."}),
+            "last_seq": {"type": "integer"},
+            "first_time": _nullable({"type": "integer"}),
+            "last_time": _nullable({"type": "integer"}),
+            "backends": {
+                "type": "array",
+                "items": {
+                    "allOf": [backend_detail],
+                    "description": "BackendDetail plus `idle_deadline`, `next_deadline` "
+                    "(ms or null) and `engine`.",
+                },
+            },
+            "next": _nullable({"type": "string"}),
+        },
+        ["at", "seq", "time", "last_seq", "backends", "next"],
+    )
+    event_types = _obj(
+        {
+            "inputs": {"type": "array", "items": {"type": "string"}},
+            "decisions": {"type": "array", "items": {"type": "string"}},
+            "connection_opened": {"type": "string"},
+            "connection_closed": {"type": "string"},
+            "terminated": {"type": "string"},
+        },
+        ["inputs", "decisions"],
+    )
+
+    def page(kind: str) -> dict[str, Any]:
+        return {
+            "description": "A dashboard file.",
+            "content": {kind: {"schema": {"type": "string"}}},
+        }
+
+    def public(summary: str, responses: dict[str, Any], op_id: str, **kw: Any) -> dict[str, Any]:
+        return _op(summary, responses, protected=False, operation_id=op_id, **kw)
+
+    return {
+        "/ctrl/state": {
+            "get": _op(
+                "Every backend's state at a point of the log (the fold `plane-replay state "
+                "--at` uses), or now; paged like /ctrl/backends",
+                {"200": {"description": "One page.", "content": {JSON: {"schema": state_page}}}},
+                errors=(400,),
+                parameters=[
+                    _query(
+                        "at",
+                        {"type": "string"},
+                        "A sequence number or an ISO-8601 time (UTC without a zone); absent: now.",
+                    ),
+                    _query(
+                        "status",
+                        {"type": "string", "enum": [s.value for s in Status]},
+                        "Only backends in this state.",
+                    ),
+                    _query("key", {"type": "string"}, "Only backends whose key name is this."),
+                    {
+                        "name": "backend",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "array", "items": {"type": "string"}},
+                        "style": "form",
+                        "explode": True,
+                        "description": "Only these backends (repeatable).",
+                    },
+                    _query("limit", _int_range(1, 1000), "Page size (default 100)."),
+                    _query("cursor", {"type": "string"}, "`next` of the previous page."),
+                ],
+                operation_id="stateAt",
+            )
+        },
+        "/ctrl/event-types": {
+            "get": _op(
+                "Which event tags are inputs and which are the decider's decisions",
+                {"200": {"description": "Tags.", "content": {JSON: {"schema": event_types}}}},
+                operation_id="eventTypes",
+            )
+        },
+        "/ui": {
+            "get": public(
+                "The dashboard (redirects to /ui/)",
+                {"308": {"description": "To /ui/."}},
+                "dashboardRedirect",
+            )
+        },
+        "/ui/": {"get": public("The dashboard's page", {"200": page("text/html")}, "dashboard")},
+        "/ui/settings.json": {
+            "get": public(
+                "Whether the API wants a key, and which optional panels exist",
+                {
+                    "200": {
+                        "description": "Settings.",
+                        "content": {
+                            JSON: {
+                                "schema": _obj(
+                                    {
+                                        "auth": {"type": "boolean"},
+                                        "panels": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "boolean"},
+                                        },
+                                    },
+                                    ["auth", "panels"],
+                                )
+                            }
+                        },
+                    }
+                },
+                "dashboardSettings",
+            )
+        },
+        "/ui/{name}": {
+            "get": public(
+                "A dashboard file (script, style sheet, icon)",
+                {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            k: {"schema": {"type": "string"}}
+                            for k in ("text/javascript", "text/css", "text/html", "image/svg+xml")
+                        },
+                    }
+                },
+                "dashboardFile",
+                errors=(404,),
+                parameters=[
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+            )
+        },
+    }
+
+
 BACKEND_ID = {"$ref": "#/components/parameters/BackendId"}
 
 
@@ -719,6 +859,7 @@ def document() -> dict[str, Any]:
                     operation_id="openapi",
                 )
             },
+            **_dashboard_paths(),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

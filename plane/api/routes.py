@@ -24,6 +24,8 @@ Ours, in both vocabularies (``state``/``reason`` ours, ``status`` Plane's):
   ``GET /ctrl/events`` (SSE, or a WebSocket feed on an upgrade request),
   ``GET /ctrl/b/{id}/logs``, ``POST /ctrl/b/{id}/revoke``
 * ``GET /metrics``, ``GET /openapi.json``
+* the dashboard's: ``GET /ctrl/state``, ``GET /ctrl/event-types``, ``/ui/``
+  (:mod:`plane.api.ui`)
 
 A status stream sends an event only when Plane's status changes; its SSE
 ``id`` is that status, and ``Last-Event-ID: <status>`` skips every status up
@@ -491,6 +493,9 @@ def build_router(ctx: ApiContext) -> Router:
         Route("GET", "/metrics", e.metrics),
         Route("GET", "/openapi.json", e.openapi),
     ]
+    from plane.api.ui import ui_routes  # the dashboard's routes (its module imports this one)
+
+    routes += ui_routes(ctx, routes)
 
     def access(request: Request) -> Access:
         return ctx.keys.access(request.header("authorization"))
