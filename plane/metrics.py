@@ -4,7 +4,8 @@ This module owns the metric names.  :class:`Metrics` holds its own registry
 (so tests and several planes in one process never collide) and is fed by:
 
 * the supervisor's observer (:meth:`Metrics.observe_backend`): backends by
-  status, spawn latency (requested -> ready);
+  status, spawn latency (requested -> ready); it remembers the status of live
+  backends only (a terminated one is counted, then forgotten);
 * the proxy: proxied connections and requests;
 * the API: requests by route and status;
 * the event store: appended events (:meth:`Metrics.observe_append`).
@@ -66,7 +67,7 @@ class Metrics:
         self.log_appends = Counter(
             "plane_log_appended_events", "Events appended to the log", registry=r
         )
-        self._statuses: dict[str, Status | None] = {}
+        self._statuses: dict[str, Status | None] = {}  # live backends only
         for status in Status:
             self.backends.labels(status.value).set(0)
 
@@ -78,17 +79,24 @@ class Metrics:
                 self.backends.labels(previous.value).dec()
             if state.status is not None:
                 self.backends.labels(state.status.value).inc()
-            self._statuses[state.backend_id] = state.status
+            if state.status is Status.TERMINATED:  # counted; nothing kept per backend
+                self._statuses.pop(state.backend_id, None)
+            else:
+                self._statuses[state.backend_id] = state.status
         for event in events:
             if isinstance(event, BackendReady):
                 self.spawn_seconds.observe(max(0.0, event.at - state.requested_at))
 
-    def load_statuses(self, states: list[BackendState]) -> None:
-        """Seed the gauge from recovered states."""
+    def load_statuses(self, states: list[BackendState], terminated: int = 0) -> None:
+        """Seed the gauge from recovered live states and the count of terminated
+        backends the history holds (they are not kept per backend)."""
         tally = Tally(s.status for s in states if s.status is not None)
+        tally[Status.TERMINATED] += terminated
         for status in Status:
             self.backends.labels(status.value).set(tally.get(status, 0))
-        self._statuses = {s.backend_id: s.status for s in states}
+        self._statuses = {
+            s.backend_id: s.status for s in states if s.status is not Status.TERMINATED
+        }
 
     def observe_append(self, count: int) -> None:
         self.log_appends.inc(count)

@@ -6,6 +6,14 @@ data directory (an exclusive lock on ``DATA_DIR/plane.lock``), choosing the
 executor (``auto``: Docker when an engine answers, else local processes), and
 the order of start and stop.
 
+Startup follows the live backends, not the log's length: the startup fold
+(:func:`plane.events.snapshot.load_startup`: the snapshot plus the log's
+tail) is made once and handed to the supervisor (live backends, fencing
+tokens) and to the proxy's route table (the route records of unfinished
+backends); neither keeps it.  The backends index
+(:mod:`plane.events.backend_index`) is brought up to date in the background
+once serving.
+
 Exposure and privacy
 --------------------
 :class:`~plane.config.PlaneConfig` has refused an API on a non-loopback
@@ -38,12 +46,13 @@ from typing import IO
 import attrs
 import trio
 
-from plane.actors.supervisor import Supervisor
+from plane.actors.supervisor import Supervisor, load_startup_state
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys, file_is_shared
 from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url, host_port
 from plane.events.sqlite import open_sqlite_store
+from plane.events.store import StoreError
 from plane.events.types import TerminationKind
 from plane.events.upkeep import keep_log
 from plane.executors.base import Executor, ExecutorError
@@ -239,6 +248,14 @@ async def open_executor(config: PlaneConfig) -> Executor:
     return ProcessExecutor(config.data_dir / "logs")
 
 
+async def _index_backends(ctx: ApiContext) -> None:
+    """Bring the backends index up to date once, so the first list is quick."""
+    try:
+        await ctx.index.catch_up()
+    except StoreError as exc:
+        log.warning("could not index the backends yet (the first list will): %s", exc)
+
+
 def _auth_summary(config: PlaneConfig, keys: ApiKeys) -> str:
     if keys.full is None:
         if config.exposed_without_auth:
@@ -253,9 +270,13 @@ async def serve_plane(
     config: PlaneConfig,
     *,
     shutdown: trio.Event | None = None,
+    executor: Executor | None = None,
     task_status: trio.TaskStatus[Serving] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run everything until ``shutdown`` is set (or until cancelled).
+
+    ``executor``: use this executor instead of the configured one (benchmarks
+    and tests compose plane with the fake executor this way).
 
     Reports :class:`Serving` once both listeners are bound.  While it runs the
     process umask is ``077`` (:mod:`plane.permissions`).
@@ -287,9 +308,17 @@ async def serve_plane(
     caps = connection_budget(config)
     settings = proxy_settings(config, caps.proxy_max_connections)
     with private_umask(), hold_data_dir(config):
-        engines = await open_engines(config)
+        engines = await open_engines(config) if executor is None else {"local": executor}
         metrics = Metrics()
         async with open_sqlite_store(config.log_path) as store:
+            startup, how = await load_startup_state(store)
+            log.info(
+                "startup: %d live backends, %d ids in the history (%s)",
+                len(startup.live),
+                len(startup.ids),
+                how,
+            )
+            route_seed = (startup.route_records(), startup.seq)
             supervisor = Supervisor(
                 store,
                 next(iter(engines.values())),
@@ -298,7 +327,9 @@ async def serve_plane(
                 engines=engines,
                 engine_specs=config.engines,
                 engine_lost_after=config.engine_lost_after,
+                startup=startup,
             )
+            del startup  # the supervisor takes what it needs and drops the rest
             executor = supervisor.executor
             supervisor.observers.append(metrics.observe_backend)
             supervisor.observers.append(lambda _state, events: metrics.observe_append(len(events)))
@@ -307,14 +338,18 @@ async def serve_plane(
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.serve)
                 await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
-                metrics.load_statuses(list(supervisor.states.values()))
+                metrics.load_statuses(
+                    list(supervisor.states.values()), terminated=supervisor.terminated_count
+                )
                 proxy_ctx = ProxyContext(
                     store=store,
                     emit=supervisor.tell,
                     clock=supervisor.clock,
                     metrics=metrics,
                     settings=settings,
+                    seed=route_seed,
                 )
+                del route_seed
                 bound_proxy = await nursery.start(serve_proxy, proxy_ctx, proxy_host, proxy_port)
                 proxy_url = (config.public_url or base_url(proxy_host, bound_proxy)).rstrip("/")
                 cluster = (
@@ -333,6 +368,7 @@ async def serve_plane(
                     max_streams=caps.api_max_streams,
                 )
                 bound_api = await nursery.start(serve_api, api_ctx, api_host, api_port)
+                nursery.start_soon(_index_backends, api_ctx)
                 if not config.api_public_url:
                     api_ctx.public_api_url = base_url(api_host, bound_api)
                 task_status.started(

@@ -22,14 +22,28 @@ This module owns the nursery of the backend actors and the routing around them:
   is refused at once and nothing is started.
 * **routing**: commands for a backend (terminate, tokens, connection events,
   executor exits) go to its actor's inbox.
-* **recovery** (:meth:`Supervisor.serve` before it reports started): fold the
-  log, ask the executor what really runs, adopt what is alive (its address,
+* **recovery** (:meth:`Supervisor.serve` before it reports started): take the
+  startup fold (:class:`~plane.events.snapshot.StartupState`: the snapshot
+  plus the log's tail, so its cost follows the live backends, not the log's
+  length), ask the executor what really runs, adopt what is alive (its address,
   tokens and idle timer carry on), start again what was still being started,
   record as lost what vanished, and remove (and record) everything
   plane-labelled of its scope that the log does not hold as live (terminated
   or unknown), running or not: an exited container whose removal a stop
   interrupted is removed on the next start.
   Plane (the Rust reference) kills everything on restart; we adopt.
+
+Memory
+------
+The supervisor holds live backends, not history: :attr:`Supervisor.states`
+and :attr:`Supervisor.actors` hold a backend from its request until its actor
+ends after ``terminated``, then drop it.  A terminated backend's state is
+read from the log (and its archives) when asked (:meth:`Supervisor.lookup`).
+What outlives a backend in memory is per *key*, not per backend: the key's
+highest fencing token (one int per key ever used).  Ids used by terminated
+backends are not kept: a connect naming its ``backend_id`` is checked against
+the log and its archives (``read_stream``), and the log's unique
+``(stream, version)`` index refuses a live-log duplicate in any case.
 
 Resource handling
 -----------------
@@ -63,6 +77,7 @@ from plane.engines.config import DEFAULT_ENGINE, EngineSpec
 from plane.engines.health import DEFAULT_LOST_AFTER, PING_INTERVAL, Health, Verdict
 from plane.engines.placement import Load, place, why_none
 from plane.engines.registry import EngineView, evolve_engines
+from plane.events.snapshot import StartupState, load_startup
 from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.store import ConcurrencyError, EventStore
 from plane.events.types import (
@@ -77,7 +92,6 @@ from plane.events.types import (
     ExecutorExited,
     ExecutorStarted,
     ExecutorVanished,
-    HistoryArchived,
     OrphanRemoved,
     Status,
     TerminationKind,
@@ -176,8 +190,10 @@ class Supervisor:
         engine_lost_after: float = DEFAULT_LOST_AFTER,
         ping_interval: float = PING_INTERVAL,
         rng: random.Random | None = None,
+        startup: StartupState | None = None,
     ) -> None:
         self.store = store
+        self._startup = startup  # given (plane serve shares it with the proxy), else loaded
         if engines is None:
             engines = {DEFAULT_ENGINE: executor}
         specs = {spec.name: spec for spec in engine_specs}
@@ -201,8 +217,9 @@ class Supervisor:
         self._live_by_slot: dict[Slot, str] = {}  # live: requested .. idle
         self._held_by_slot: dict[Slot, str] = {}  # holds its key: not terminated
         self._released: dict[Slot, trio.Event] = {}  # set when the key's holder ends
-        self._fencing: dict[Slot, int] = {}
-        self._archived_ids: set[str] = set()  # ids of streams retention archived
+        self._fencing: dict[Slot, int] = {}  # per key ever used: its highest fencing token
+        self.terminated_count = 0
+        """Backends the history holds as terminated (archived ones too)."""
         self._reserved = 0
         self._locks: dict[Slot, trio.Lock] = {}
         self._system_version = 0
@@ -234,11 +251,28 @@ class Supervisor:
     def live_count(self) -> int:
         return len(self._live_by_slot)
 
+    def known_count(self) -> int:
+        """Every backend the history holds: in memory, or terminated and dropped."""
+        in_memory_terminated = sum(1 for s in self.states.values() if lifecycle.is_terminal(s))
+        return len(self.states) + self.terminated_count - in_memory_terminated
+
     def state_of(self, backend_id: str) -> BackendState:
+        """The state of a backend held in memory (not yet dropped after it ended)."""
         state = self.states.get(backend_id)
         if state is None:
             raise UnknownBackend(backend_id)
         return state
+
+    async def lookup(self, backend_id: str) -> BackendState:
+        """The state of any backend the history holds: from memory while it is
+        held, else folded from its stream in the log or its archive."""
+        state = self.states.get(backend_id)
+        if state is not None:
+            return state
+        records = await self.store.read_stream(backend_id) if backend_id else []
+        if not records or records[0].stream == SYSTEM_STREAM:
+            raise UnknownBackend(backend_id)
+        return lifecycle.fold(r.event for r in records)
 
     # ---------------------------------------------------------------- connect
 
@@ -322,9 +356,10 @@ class Supervisor:
             _refuse_user_data(request, backend_id)
             return self._result(holder, False, holder.static_token, None)
         token, secret, issued = self._token_event(request)
-        if not await self.actors[backend_id].ask(issued):
+        actor = self.actors[backend_id]
+        if not await actor.ask(issued):
             return None
-        return self._result(self.states[backend_id], False, token, secret)
+        return self._result(actor.state, False, token, secret)
 
     async def _spawn(
         self, request: ConnectRequest, key: BackendKey, slot: Slot, spawn_config: SpawnConfig
@@ -339,7 +374,9 @@ class Supervisor:
                 503,
             )
         backend_id = request.backend_id or tokens.new_backend_id()
-        if backend_id in self.states or backend_id in self._archived_ids:
+        if backend_id in self.states or (
+            request.backend_id is not None and await self._id_used(backend_id)
+        ):
             raise ConnectRefused("BackendIdTaken", f"backend id {backend_id!r} is taken", 409)
         static = None
         if spawn_config.use_static_token:
@@ -375,6 +412,10 @@ class Supervisor:
             self._reserved -= 1
             self._reserved_on[engine] -= 1
         return self._result(state, True, token, secret)
+
+    async def _id_used(self, backend_id: str) -> bool:
+        """Whether the history (log or archives) holds a stream ``backend_id``."""
+        return backend_id == SYSTEM_STREAM or bool(await self.store.read_stream(backend_id))
 
     @staticmethod
     def _result(
@@ -416,21 +457,19 @@ class Supervisor:
 
     async def terminate(self, backend_id: str, kind: TerminationKind) -> BackendState:
         """Ask a backend to terminate; returns its state once the request is recorded."""
-        state = self.state_of(backend_id)
         actor = self.actors.get(backend_id)
         if actor is not None:
             await actor.ask(TerminationRequested(self.clock.now(), kind))
-            return self.states[backend_id]
-        return state
+            return actor.state
+        return await self.lookup(backend_id)
 
     async def revoke(self, backend_id: str, token_hash: str | None = None) -> BackendState:
         """Revoke one token (by hash) or all of a backend's tokens."""
-        state = self.state_of(backend_id)
         actor = self.actors.get(backend_id)
         if actor is not None:
             await actor.ask(TokenRevoked(self.clock.now(), token_hash))
-            return self.states[backend_id]
-        return state
+            return actor.state
+        return await self.lookup(backend_id)
 
     def tell(self, backend_id: str, command: Command) -> None:
         """Deliver a command without waiting (proxy connection events); dropped if
@@ -474,8 +513,15 @@ class Supervisor:
         finally:
             if self.actors.get(actor.backend_id) is actor:
                 del self.actors[actor.backend_id]
+                # history from here on: read from the log when asked (lookup)
+                state = self.states.get(actor.backend_id)
+                if state is not None and lifecycle.is_terminal(state):
+                    del self.states[actor.backend_id]
 
     def _notify(self, state: BackendState, events: list[Event]) -> None:
+        previous = self.states.get(state.backend_id)
+        if lifecycle.is_terminal(state) and not (previous and lifecycle.is_terminal(previous)):
+            self.terminated_count += 1
         self.states[state.backend_id] = state
         if state.key is not None and not lifecycle.is_live(state):
             slot = state.key.slot()
@@ -708,25 +754,18 @@ class Supervisor:
     # --------------------------------------------------------------- recovery
 
     async def _recover(self) -> None:
-        records = await self.store.read_all()
-        streams: dict[str, list[Event]] = {}
-        for record in records:
-            if record.stream == SYSTEM_STREAM:
-                self._system_version = record.version
-                if isinstance(record.event, HistoryArchived):  # retention: what outlives
-                    self._archived_ids.update(record.event.backend_ids)
-                    for mark in record.event.fencing:
-                        slot = (mark.namespace, mark.name)
-                        self._fencing[slot] = max(self._fencing.get(slot, 0), mark.fencing_token)
-                self.engine_views = evolve_engines(self.engine_views, record.event)
-                continue
-            streams.setdefault(record.stream, []).append(record.event)
-        for backend_id, events in streams.items():
-            state = lifecycle.fold(events)
-            self.states[backend_id] = state
-            if state.key is not None:
-                slot = state.key.slot()
-                self._fencing[slot] = max(self._fencing.get(slot, 0), state.fencing_token)
+        startup, self._startup = self._startup, None  # not kept: it holds every id
+        if startup is None:
+            startup, how = await load_startup_state(self.store)
+            log.info("startup fold: %s", how)
+        self._system_version = startup.system_version
+        self._fencing = startup.fencing
+        self.terminated_count = len(startup.ids) - len(startup.live)
+        self.states.update(startup.live)
+        del startup
+        # the engines' views: a fold of the system stream (small: engine and upkeep facts)
+        for record in await self.store.read_stream(SYSTEM_STREAM):
+            self.engine_views = evolve_engines(self.engine_views, record.event)
         await self._register_engines()
         listings: dict[str, list[Running] | None] = {}
         for engine in self.executor.engines:
@@ -837,6 +876,16 @@ class Supervisor:
             event = OrphanRemoved(self.clock.now(), orphan.backend_id, orphan.handle)
             await self._append_system([event])
             self.recovery_report["orphans"].append(orphan.backend_id)
+
+
+async def load_startup_state(store: EventStore) -> tuple[StartupState, str]:
+    """The startup fold of ``store``: for a SQLite store its snapshot plus the
+    tail (:func:`plane.events.snapshot.load_startup`, in a worker thread), for
+    any other store a fold of its whole log; and how it was made."""
+    path = getattr(store, "path", None)
+    if path is not None:
+        return await trio.to_thread.run_sync(load_startup, path)
+    return StartupState().apply_all(await store.read_all()), "folded the whole log"
 
 
 def _refuse_user_data(request: ConnectRequest, backend_id: str) -> None:

@@ -1,7 +1,7 @@
 """What the API serves from: :class:`ApiContext` (re-exported by :mod:`plane.api.app`).
 
 This module owns the one object every endpoint reads: the supervisor, the
-event store, the executor (for logs), the metrics, the public URLs that
+event store, the backends index, the executor (for logs), the metrics, the public URLs that
 connect answers are built from, and the API's settings.
 """
 
@@ -12,6 +12,7 @@ import attrs
 from plane.actors.supervisor import Supervisor
 from plane.api.keys import ApiKeys
 from plane.cluster import ClusterName, cluster_of_url
+from plane.events.backend_index import BackendIndex
 from plane.events.store import EventStore
 from plane.executors.base import Executor
 from plane.metrics import Metrics
@@ -19,6 +20,10 @@ from plane.metrics import Metrics
 
 def _executor_name(ctx: ApiContext) -> str:
     return ctx.executor.name
+
+
+def _index(ctx: ApiContext) -> BackendIndex:
+    return BackendIndex.for_store(ctx.store)
 
 
 @attrs.define(kw_only=True)
@@ -50,6 +55,8 @@ class ApiContext:
     * ``header_timeout_seconds``: how long a request's head (and, again, its
       body) may take to arrive; also how long an idle keep-alive connection
       stays open.
+    * ``index``: the backends index the list pages terminated backends from
+      (:mod:`plane.events.backend_index`); by default the store's.
     """
 
     supervisor: Supervisor
@@ -65,6 +72,7 @@ class ApiContext:
     header_timeout_seconds: float = 10.0
     max_streams: int = 1024
     executor_name: str = attrs.field(default=attrs.Factory(_executor_name, takes_self=True))
+    index: BackendIndex = attrs.field(default=attrs.Factory(_index, takes_self=True))
 
     @property
     def cluster_name(self) -> ClusterName:

@@ -43,6 +43,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 import trio_websocket
 
@@ -58,7 +59,15 @@ from plane.api.keys import Access
 from plane.api.openapi import document
 from plane.api.router import Params, Route, Router, json_response
 from plane.build import build_hash
-from plane.events.types import Status, TerminationKind, TokenIssued, TokenRevoked
+from plane.events.backend_index import Order
+from plane.events.store import RecordedEvent
+from plane.events.types import (
+    SYSTEM_STREAM,
+    Status,
+    TerminationKind,
+    TokenIssued,
+    TokenRevoked,
+)
 from plane.plane_words import PlaneStatus, state_status
 from plane.views import detail_view, status_view
 
@@ -128,6 +137,15 @@ def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None
     return value
 
 
+def _terminated_may_match(state_filter: str | None, status_filter: str | None) -> bool:
+    """Whether a terminated backend can pass the list's state/status filters."""
+    terminated = state_status(attrs.evolve(lifecycle.initial, status=Status.TERMINATED))
+    return state_filter in (None, Status.TERMINATED.value) and status_filter in (
+        None,
+        terminated.value if terminated else None,
+    )
+
+
 # ------------------------------------------------------------------ the API
 
 
@@ -137,11 +155,22 @@ class Endpoints:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
 
-    def _state(self, backend_id: str) -> BackendState:
+    async def _state(self, backend_id: str) -> BackendState:
+        """A backend's state: from memory while live, else from the log (or its
+        archives); 404 if the history holds no such backend."""
         try:
-            return self.ctx.supervisor.state_of(backend_id)
+            return await self.ctx.supervisor.lookup(backend_id)
         except UnknownBackend:
             raise not_found(backend_id) from None
+
+    async def _stream(self, backend_id: str) -> list[RecordedEvent]:
+        """A backend's recorded events (log or archives); 404 if it has none."""
+        records = []
+        if backend_id != SYSTEM_STREAM:
+            records = await self.ctx.store.read_stream(backend_id)
+        if not records:
+            raise not_found(backend_id)
+        return records
 
     # ------------------------------------------------------------- Plane's
 
@@ -191,13 +220,14 @@ class Endpoints:
         return await self._terminate(params["id"], TerminationKind.HARD)
 
     async def status(self, request: Request, params: Params) -> Response:
-        return json_response(status_view(self._state(params["id"])))
+        return json_response(status_view(await self._state(params["id"])))
 
     async def status_stream(self, request: Request, params: Params) -> Response:
         backend_id = params["id"]
         resume = _status_resume(request)
-        self._state(backend_id)
-        history = await feeds.status_history(self.ctx.store, backend_id)
+        history = None
+        if backend_id != SYSTEM_STREAM:
+            history = await feeds.status_history(self.ctx.store, backend_id)
         if history is None:
             raise not_found(backend_id)
         if history.ended and not any(resume.wants(c) for c in history.changes):
@@ -224,8 +254,7 @@ class Endpoints:
     async def revoke_user(self, request: Request, params: Params) -> Response:
         """Plane's revoke: every live token of ``user`` on ``backend_id``."""
         backend_id, user = body.parse_revoke_user(request.body)
-        self._state(backend_id)
-        records = await self.ctx.store.read_stream(backend_id)
+        records = await self._stream(backend_id)
         now = self.ctx.supervisor.clock.now()
         live: dict[str, None] = {}
         for record in records:
@@ -254,12 +283,18 @@ class Endpoints:
                 "hash": build_hash(),
                 "executor": self.ctx.executor_name,
                 "live_backends": supervisor.live_count(),
-                "backends": len(supervisor.states),
+                "backends": supervisor.known_count(),
                 "last_seq": await self.ctx.store.last_seq(),
             }
         )
 
     async def list_backends(self, request: Request, params: Params) -> Response:
+        """Every backend the history holds, in (requested_at, backend_id) order,
+        ``limit`` at a time; ``next`` is the cursor (a backend id) for the next
+        page.  Backends held in memory (live, or just ended) come from the
+        supervisor; terminated ones from the backends index
+        (:mod:`plane.events.backend_index`), their views folded from their
+        streams, one page at a time.  ``live`` lists only the former."""
         state_filter = _choice(request, "state", tuple(s.value for s in Status))
         status_filter = _choice(request, "status", tuple(_PLANE_STATUSES))
         name = request.param("key")
@@ -268,18 +303,24 @@ class Endpoints:
         limit = _integer(
             request.param("limit"), "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE
         )
-        states = self.ctx.supervisor.states
+        # memory first, then the index: a backend ending in between is in both
+        # (kept from memory), never in neither
+        held = dict(self.ctx.supervisor.states)
+        index = self.ctx.index
+        with_terminated = not live and _terminated_may_match(state_filter, status_filter)
+        if with_terminated or request.param("cursor"):
+            await index.catch_up()
 
-        def order(state: BackendState) -> tuple[float, str]:
+        def order(state: BackendState) -> Order:
             return (state.requested_at, state.backend_id)
 
         cursor = request.param("cursor")
-        after: tuple[float, str] | None = None
+        after: Order | None = None
         if cursor:
-            cursor_state = states.get(cursor)
-            if cursor_state is None:
+            cursor_state = held.get(cursor)
+            after = order(cursor_state) if cursor_state else await index.order_of(cursor)
+            if after is None:
                 raise invalid(f"unknown cursor {cursor[:40]!r}")
-            after = order(cursor_state)
 
         def keep(state: BackendState) -> bool:
             if state_filter is not None and (
@@ -297,21 +338,36 @@ class Endpoints:
                 return False
             return namespace is None or (key is not None and key.namespace == namespace)
 
-        chosen = sorted(
-            (s for s in states.values() if keep(s) and (after is None or order(s) > after)),
-            key=order,
-        )
+        chosen: list[tuple[Order, BackendState | None]] = [
+            (order(s), s) for s in held.values() if keep(s) and (after is None or order(s) > after)
+        ]
+        if with_terminated:
+            wanted = limit + 1
+            while True:
+                found = await index.terminated_page(after, wanted, namespace=namespace, name=name)
+                fresh = [(o, None) for o in found if o[1] not in held]
+                if len(fresh) >= limit + 1 or len(found) < wanted:
+                    break
+                wanted *= 2  # some were also in memory: look further
+            chosen += fresh
+        chosen.sort(key=lambda item: item[0])
         page = chosen[:limit]
-        following = page[-1].backend_id if len(chosen) > limit else None
-        return json_response({"backends": [detail_view(s) for s in page], "next": following})
+        views = []
+        for (_, backend_id), state in page:
+            if state is None:
+                try:
+                    state = await self.ctx.supervisor.lookup(backend_id)
+                except UnknownBackend:
+                    continue  # the index knows more than the log: derived data, skip it
+            views.append(detail_view(state))
+        following = page[-1][0][1] if len(chosen) > limit else None
+        return json_response({"backends": views, "next": following})
 
     async def detail(self, request: Request, params: Params) -> Response:
-        return json_response(detail_view(self._state(params["id"])))
+        return json_response(detail_view(await self._state(params["id"])))
 
     async def backend_events(self, request: Request, params: Params) -> Response:
-        backend_id = params["id"]
-        self._state(backend_id)
-        records = await self.ctx.store.read_stream(backend_id)
+        records = await self._stream(params["id"])
         return json_response({"events": [feeds.event_json(r) for r in records]})
 
     async def events(self, request: Request, params: Params) -> Response:
@@ -342,7 +398,7 @@ class Endpoints:
 
     async def logs(self, request: Request, params: Params) -> Response:
         backend_id = params["id"]
-        self._state(backend_id)
+        await self._state(backend_id)
         follow = _flag(request, "follow")
         executor = self.ctx.executor
 

@@ -528,6 +528,13 @@ class ProcessExecutor:
         if proc is not None:
             with trio.move_on_after(5):
                 await proc.wait()
+        else:  # not our child (adopted, or a stranger): wait until SIGKILL has taken it
+            with trio.move_on_after(5):
+                while any(
+                    p.backend_id == backend_id
+                    for p in await trio.to_thread.run_sync(_scan_labelled, self.scope)
+                ):
+                    await trio.sleep(0.02)
         writer = self._writers.pop(backend_id, None)
         if writer is not None:
             with trio.move_on_after(5):

@@ -49,12 +49,13 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Sequence
 
 import attrs
 import trio
 
 from plane.actors.clock import TrioClock
-from plane.events.store import EventStore
+from plane.events.store import EventStore, RecordedEvent
 from plane.metrics import Metrics
 from plane.proxy import sockio
 from plane.proxy.errors import render_overloaded
@@ -86,6 +87,9 @@ class ProxyContext:
     clock: TrioClock
     metrics: Metrics | None = None
     settings: ProxySettings = attrs.field(factory=ProxySettings)
+    seed: tuple[Sequence[RecordedEvent], int] | None = None
+    """The route table's start (:class:`~plane.proxy.table_feed.TableFeed`):
+    the startup fold's route records and the seq they cover; None: the log."""
 
 
 class ProxyServer:
@@ -96,7 +100,8 @@ class ProxyServer:
         self.ctx = ctx
         settings = ctx.settings
         self.table = RouteTable()
-        self.feed = TableFeed(ctx.store, self.table, ctx.clock)
+        self.feed = TableFeed(ctx.store, self.table, ctx.clock, ctx.seed)
+        ctx.seed = None  # the feed has it; nothing else keeps it
         self.pool = UpstreamPool(settings)
         self.tracker = Tracker(ctx.emit, ctx.clock, ctx.metrics, settings)
         self.relay = Relay(self.table, self.feed, self.pool, self.tracker, settings, ctx.clock)

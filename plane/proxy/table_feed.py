@@ -1,8 +1,12 @@
 """The shell that keeps the routing table current: it tails the event store.
 
 This module owns :class:`TableFeed`, the only writer of the proxy's
-:class:`~plane.proxy.routes.RouteTable`.  :meth:`TableFeed.run` reads the log's
-history, sets :attr:`TableFeed.synced` and reports started (requests wait for
+:class:`~plane.proxy.routes.RouteTable`.  :meth:`TableFeed.run` seeds the table
+with the startup fold's route records when given
+(:meth:`~plane.events.snapshot.StartupState.route_records`: the routing
+events of every unfinished backend, from the snapshot plus the log's tail),
+reads the log from there (else from the start), sets
+:attr:`TableFeed.synced` and reports started (requests wait for
 ``synced``, so the proxy never routes before it knows every token that
 existed when it started; ``GET /ready`` answers 503 until then), then applies
 each new event as the store announces it, and wakes every request waiting for
@@ -21,10 +25,12 @@ would keep routing revoked tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from plane.actors.clock import TrioClock
-from plane.events.store import EventStore
+from plane.events.store import EventStore, RecordedEvent
 from plane.proxy.routes import RouteTable
 
 PRUNE_EVERY = 3600.0
@@ -35,10 +41,18 @@ PRUNE_AFTER = 86400.0
 class TableFeed:
     """Feeds ``table`` from ``store``; see the module docstring."""
 
-    def __init__(self, store: EventStore, table: RouteTable, clock: TrioClock) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        table: RouteTable,
+        clock: TrioClock,
+        seed: tuple[Sequence[RecordedEvent], int] | None = None,
+    ) -> None:
         self.store = store
         self.table = table
         self.clock = clock
+        self._seed = seed
+        """(route records, the seq they cover) to start from instead of the log's start."""
         self._changed = trio.Event()
         self.synced = trio.Event()
         """Set once the log's history is in the table."""
@@ -58,6 +72,12 @@ class TableFeed:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         table = self.table
+        if self._seed is not None:
+            records, covered = self._seed
+            self._seed = None  # not kept
+            for recorded in records:
+                table.apply(recorded)
+            table.seq = max(table.seq, covered)
         for recorded in await self.store.read_all(after_seq=table.seq):
             table.apply(recorded)
         self._notify()

@@ -17,7 +17,7 @@ import trio
 from plane.actors.backend import ExecutorPolicy
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState
-from plane.actors.supervisor import Supervisor
+from plane.actors.supervisor import Supervisor, UnknownBackend
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys
 from plane.events.memory import open_memory_store
@@ -76,7 +76,10 @@ class Api:
     ) -> BackendState:
         with trio.fail_after(limit):
             while True:
-                state = self.supervisor.states.get(backend_id)
+                try:  # from memory while held, else from the log (terminated, dropped)
+                    state = await self.supervisor.lookup(backend_id)
+                except UnknownBackend:
+                    state = None
                 if state is not None and check(state):
                     return state
                 await trio.sleep(0.002)

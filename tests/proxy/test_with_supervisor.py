@@ -55,8 +55,15 @@ class World:
 
     async def status_becomes(self, backend_id: str, status: Status, limit: float) -> float:
         """Wait for ``status``; returns when (trio time) it was seen."""
+        seen: dict[str, Status | None] = {}
+        self.supervisor.observers.append(lambda s, _: seen.update({s.backend_id: s.status}))
         states = self.supervisor.states
-        await eventually(lambda: states[backend_id].status is status, limit)
+        await eventually(
+            lambda: (
+                (seen[backend_id] if backend_id in seen else states[backend_id].status) is status
+            ),
+            limit,
+        )
         return trio.current_time()
 
 

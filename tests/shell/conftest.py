@@ -12,7 +12,7 @@ import trio
 from plane.actors.backend import ExecutorPolicy
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState
-from plane.actors.supervisor import ConnectRequest, Supervisor
+from plane.actors.supervisor import ConnectRequest, Supervisor, UnknownBackend
 from plane.events.memory import open_memory_store
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.store import EventStore
@@ -44,7 +44,10 @@ class Harness:
         try:
             with trio.fail_after(limit):
                 while True:
-                    state = self.supervisor.states.get(backend_id)
+                    try:  # from memory while held, else from the log (terminated, dropped)
+                        state: BackendState | None = await self.supervisor.lookup(backend_id)
+                    except UnknownBackend:
+                        state = None
                     if state is not None and check(state):
                         return state
                     await changed.wait()

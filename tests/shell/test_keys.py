@@ -87,7 +87,7 @@ async def test_200_connects_with_a_hard_terminate_in_the_middle_only_get_live_ba
         backends = list(dict.fromkeys(b for b, _, _ in answers))
         assert len(backends) == 2, backends
         assert sum(spawned for _, spawned, _ in answers) == 2
-        first, second = (h.supervisor.states[b] for b in backends)
+        first, second = [await h.supervisor.lookup(b) for b in backends]
         assert first.status is Status.TERMINATED
         assert second.fencing_token == first.fencing_token + 1
         # some connects did arrive while the first was terminating, and waited
@@ -118,7 +118,7 @@ async def test_while_the_holder_terminates_each_kind_of_connect_gets_its_answer(
         nxt = await h.supervisor.connect(request("room", tag="v1"))
         assert nxt.spawned and nxt.backend_id != first.backend_id
         assert trio.current_time() - before == pytest.approx(4.0)
-        assert h.supervisor.states[first.backend_id].status is Status.TERMINATED
+        assert (await h.supervisor.lookup(first.backend_id)).status is Status.TERMINATED
         assert overlaps(await h.store.read_all()) == []
 
 
