@@ -39,11 +39,13 @@ the page limit) is handled in one place, :meth:`BackendActor._persist`:
   (``ExecutorPolicy.backoff_initial`` .. ``log_retry_max``), and acts on it only
   once it is recorded (persist first).  While it waits, the actor keeps taking
   its inbox: every input is stamped with the time it arrived and queued in the
-  actor's backlog (in order; a waiting caller's command is refused at once),
-  and the backlog is decided, oldest first, once the log takes appends again,
-  each after the deadlines due by its arrival time.  So nothing is lost, the
-  stream's times never go backwards, and nothing is written twice (a refused
-  append wrote nothing).
+  actor's backlog (in order), and the backlog is decided, oldest first, once
+  the log takes appends again, each after the deadlines due by its arrival
+  time.  A caller's command arriving meanwhile prompts one more try at once:
+  if the log still refuses, the caller is refused then (it never waits out the
+  outage), else it is decided in its turn.  So nothing is lost, the stream's
+  times never go backwards, and nothing is written twice (a refused append
+  wrote nothing).
 
 Any other store error (a concurrency conflict means a second writer)
 propagates: the actor does not act on a decision it could not record.
@@ -218,18 +220,16 @@ class BackendActor:
                 return
 
     def _take(self, envelope: Envelope) -> None:
-        """Stamp a command taken from the inbox and queue it in the backlog; while
-        the log is full, refuse it at once if somebody waits for it."""
+        """Stamp a command taken from the inbox and queue it in the backlog."""
         envelope.at = self._clock.now()
-        if envelope.waits and self._full is not None:
-            self._refuse(envelope, self._full)
-        else:
-            self._backlog.append(envelope)
+        self._backlog.append(envelope)
 
-    @staticmethod
-    def _refuse(envelope: Envelope, exc: StoreFullError) -> None:
-        envelope.refused = exc
-        envelope.done.set()
+    def _refuse_waiting(self, exc: StoreFullError) -> None:
+        """Refuse every queued command somebody waits for: the log is full."""
+        for envelope in [e for e in self._backlog if e.waits]:
+            self._backlog.remove(envelope)
+            envelope.refused = exc
+            envelope.done.set()
 
     async def _handle(self, command: Command, *, waits: bool = False) -> list[Event]:
         events = lifecycle.decide(self.state, command)
@@ -264,12 +264,10 @@ class BackendActor:
                         type(events[0]).__name__,
                         exc,
                     )
-                    for waiting in [e for e in self._backlog if e.waits]:
-                        self._backlog.remove(waiting)
-                        self._refuse(waiting, exc)
                 self._full = exc
-                await self._take_inbox_until(trio.current_time() + delay)
-                delay = min(delay * 2, self._policy.log_retry_max)
+                self._refuse_waiting(exc)
+                if not await self._take_inbox_until(trio.current_time() + delay):
+                    delay = min(delay * 2, self._policy.log_retry_max)
                 continue
             if self._full is not None:
                 self._full = None
@@ -280,11 +278,16 @@ class BackendActor:
                 )
             return
 
-    async def _take_inbox_until(self, deadline: float) -> None:
-        """Take (stamp and queue) whatever arrives until ``deadline`` (trio time)."""
+    async def _take_inbox_until(self, deadline: float) -> bool:
+        """Take (stamp and queue) whatever arrives until ``deadline`` (trio time);
+        True, early, when somebody waits for a command: then the pending append
+        is tried again at once, and the caller is refused only if it fails."""
         with trio.move_on_at(deadline):
             async for envelope in self._inbox:
                 self._take(envelope)
+                if envelope.waits:
+                    return True
+        return False
 
     def _drain_inbox(self) -> None:
         for envelope in self._backlog:
