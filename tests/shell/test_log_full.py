@@ -200,3 +200,25 @@ async def test_an_exit_and_a_start_in_flight_while_full_are_recorded_once_freed(
         assert len(exited) == 1
         assert len(only(await h.events(starting.backend_id), BackendReady)) == 1
         assert executor.starts == 2, "the start was not redone"
+
+
+async def test_a_caller_after_space_is_freed_is_not_refused_for_the_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = FillableStore()
+    async with open_harness(store=store) as h:
+        ready = await ready_backend(h, request("held", max_idle_seconds=600))
+        bid = ready.backend_id
+        store.full = True
+        h.supervisor.tell(bid, ConnectionOpened(0.0, "c1"))
+        await wait_until_pending(h, store, bid)
+        await trio.sleep(30)  # the retry is at its cap now
+        store.full = False
+        before = trio.current_time()
+        with trio.fail_after(1):
+            again = await h.supervisor.connect(request("held"))  # prompts the retry
+        assert trio.current_time() - before < 0.01, "waited out the backoff"
+        assert again.backend_id == bid
+        state = h.supervisor.states[bid]
+        assert state.connections == frozenset({"c1"}), "the pending input went first"
+        assert not h.supervisor.actors[bid].waiting_for_space
