@@ -31,6 +31,15 @@ the listeners close first, pending appends are flushed by the store's
 context, and the backends keep running for the next start to adopt, unless
 ``terminate_on_exit`` is set, in which case every live backend is terminated
 first.
+
+Error handling
+--------------
+A full disk (the store's ``StoreFullError``, "LogFull") does not stop
+serving: the API answers 503 ``LogUnavailable`` to what needs a write, reads,
+status and streams keep working, the proxy keeps relaying, and the actors keep
+their pending decisions and record them once space is freed
+(:mod:`plane.actors.backend`), with no restart.  The upkeep task skips a round
+it cannot write (:mod:`plane.events.upkeep`).
 """
 
 from __future__ import annotations
@@ -388,7 +397,10 @@ async def serve_plane(
                 await (shutdown if shutdown is not None else trio.Event()).wait()
                 if config.terminate_on_exit:
                     log.info("terminating every live backend before exit")
-                    with trio.move_on_after(60):
-                        await supervisor.terminate_all(TerminationKind.SOFT)
+                    try:
+                        with trio.move_on_after(60):
+                            await supervisor.terminate_all(TerminationKind.SOFT)
+                    except StoreError as exc:  # a full log: they are adopted next start
+                        log.error("could not terminate every backend before exit: %s", exc)
                 nursery.cancel_scope.cancel()
         log.info("stopped; the log is flushed and closed")

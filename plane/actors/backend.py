@@ -25,15 +25,37 @@ Error handling
 --------------
 Executor calls each have a timeout; transient :class:`ExecutorError` s are
 retried with capped exponential backoff, never in a tight loop.  A
-:class:`SpawnError` becomes a ``SpawnFailed`` input.  A store error (disk full,
-a concurrency conflict that means a second writer) propagates: the actor does
-not act on a decision it could not record.
+:class:`SpawnError` becomes a ``SpawnFailed`` input.
+
+A full log (:class:`~plane.events.store.StoreFullError`, "LogFull": the disk or
+the page limit) is handled in one place, :meth:`BackendActor._persist`:
+
+* a command somebody waits for (:meth:`BackendActor.ask`: a connect's token,
+  terminate, revoke) is refused: the caller gets ``StoreFullError`` (the API
+  answers 503 ``LogUnavailable``) and nothing of it is done or retried;
+* any other decision (a timer firing, an exit, a connection event, what an
+  effect task observed) stays pending: the actor retries the *same* append, at
+  the same expected version, with capped backoff
+  (``ExecutorPolicy.backoff_initial`` .. ``log_retry_max``), and acts on it only
+  once it is recorded (persist first).  While it waits, the actor keeps taking
+  its inbox: every input is stamped with the time it arrived and queued in the
+  actor's backlog (in order), and the backlog is decided, oldest first, once
+  the log takes appends again, each after the deadlines due by its arrival
+  time.  A caller's command arriving meanwhile prompts one more try at once:
+  if the log still refuses, the caller is refused then (it never waits out the
+  outage), else it is decided in its turn.  So nothing is lost, the stream's
+  times never go backwards, and nothing is written twice (a refused append
+  wrote nothing).
+
+Any other store error (a concurrency conflict means a second writer)
+propagates: the actor does not act on a decision it could not record.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,7 +65,7 @@ import trio
 from plane.actors import lifecycle
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState, Command, Effect, Tick
-from plane.events.store import EventStore
+from plane.events.store import EventStore, StoreFullError
 from plane.events.types import (
     Event,
     ExecutorStarted,
@@ -68,6 +90,9 @@ class ExecutorPolicy:
     probe_interval: float = 0.01
     probe: Callable[..., Awaitable[None]] = wait_until_answers
     """``probe(address, interval=...)`` returns once the backend answers HTTP."""
+    log_retry_max: float = 1.0
+    """The longest wait between two tries of an append the full log refused: once
+    space is freed, a pending decision is recorded within about this long."""
 
 
 DEFAULT_POLICY = ExecutorPolicy()
@@ -75,11 +100,16 @@ DEFAULT_POLICY = ExecutorPolicy()
 
 @attrs.define(eq=False)
 class Envelope:
-    """A command in an actor's inbox; ``done`` is set once it is recorded or ignored."""
+    """A command in an actor's inbox; ``done`` is set once it is recorded, ignored
+    or (``refused``) turned down because the log is full.  ``waits``: somebody
+    awaits the outcome (:meth:`BackendActor.ask`); ``at``: when the actor took it."""
 
     command: Command
+    waits: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
     recorded: list[Event] = attrs.field(factory=list)
+    refused: StoreFullError | None = None
+    at: float = 0.0
 
 
 Listener = Callable[[BackendState, list[Event]], None]
@@ -106,26 +136,39 @@ class BackendActor:
         self._policy = policy
         self._on_change = on_change
         self._send, self._inbox = trio.open_memory_channel[Envelope](math.inf)
+        self._backlog: deque[Envelope] = deque()  # taken, stamped, not yet decided
+        self._full: StoreFullError | None = None  # set while a pending append waits for space
         self._probe_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self.ended = trio.Event()
 
     # ------------------------------------------------------------ public face
 
+    @property
+    def waiting_for_space(self) -> bool:
+        """True while a decision waits for the full log to take it."""
+        return self._full is not None
+
     def tell(self, command: Command) -> Envelope:
-        """Queue ``command`` without waiting; await ``envelope.done`` to know it landed."""
-        envelope = Envelope(command)
+        """Queue ``command`` without waiting; await ``envelope.done`` to know it landed.
+        Kept (and retried) while the log is full."""
+        return self._post(Envelope(command))
+
+    async def ask(self, command: Command) -> list[Event]:
+        """Queue ``command`` and wait until it is recorded; returns what was appended.
+        Raises :class:`StoreFullError` (nothing done) when the log is full."""
+        envelope = self._post(Envelope(command, waits=True))
+        await envelope.done.wait()
+        if envelope.refused is not None:
+            raise StoreFullError(str(envelope.refused))
+        return envelope.recorded
+
+    def _post(self, envelope: Envelope) -> Envelope:
         try:
             self._send.send_nowait(envelope)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             envelope.done.set()  # the actor is gone: nothing will be recorded
         return envelope
-
-    async def ask(self, command: Command) -> list[Event]:
-        """Queue ``command`` and wait until it is recorded; returns what was appended."""
-        envelope = self.tell(command)
-        await envelope.done.wait()
-        return envelope.recorded
 
     async def run(self, *, resume: list[Effect] | None = None) -> None:
         """Drive the backend until it is terminated; ``resume`` re-performs effects
@@ -148,28 +191,51 @@ class BackendActor:
     # ------------------------------------------------------------------- loop
 
     async def _step(self) -> None:
-        deadline = lifecycle.next_deadline(self.state)
-        envelope: Envelope | None = None
-        with trio.move_on_at(self._clock.to_trio(deadline)):
-            envelope = await self._inbox.receive()
-        now = self._clock.now()
-        if deadline is not None and now >= deadline:
-            await self._handle(Tick(now))
-            while (due := lifecycle.next_deadline(self.state)) is not None and due <= now:
-                if not await self._handle(Tick(now)):
-                    break
-        if envelope is not None:
-            command = envelope.command
-            if not isinstance(command, Tick):
-                command = attrs.evolve(command, at=now)
-            envelope.recorded = await self._handle(command)
+        if not self._backlog:
+            envelope: Envelope | None = None
+            with trio.move_on_at(self._clock.to_trio(lifecycle.next_deadline(self.state))):
+                envelope = await self._inbox.receive()
+            if envelope is None:
+                await self._tick(self._clock.now())
+                return
+            self._take(envelope)
+        envelope = self._backlog[0]
+        await self._tick(envelope.at)  # a deadline due by then fires first
+        if envelope.done.is_set():
+            return  # refused while the tick waited for space
+        self._backlog.popleft()
+        command = envelope.command
+        if not isinstance(command, Tick):
+            command = attrs.evolve(command, at=envelope.at)
+        try:
+            envelope.recorded = await self._handle(command, waits=envelope.waits)
+        except StoreFullError as exc:
+            envelope.refused = exc
+        envelope.done.set()
+
+    async def _tick(self, now: float) -> None:
+        """Fire every deadline due by ``now``."""
+        while (due := lifecycle.next_deadline(self.state)) is not None and due <= now:
+            if not await self._handle(Tick(now)):
+                return
+
+    def _take(self, envelope: Envelope) -> None:
+        """Stamp a command taken from the inbox and queue it in the backlog."""
+        envelope.at = self._clock.now()
+        self._backlog.append(envelope)
+
+    def _refuse_waiting(self, exc: StoreFullError) -> None:
+        """Refuse every queued command somebody waits for: the log is full."""
+        for envelope in [e for e in self._backlog if e.waits]:
+            self._backlog.remove(envelope)
+            envelope.refused = exc
             envelope.done.set()
 
-    async def _handle(self, command: Command) -> list[Event]:
+    async def _handle(self, command: Command, *, waits: bool = False) -> list[Event]:
         events = lifecycle.decide(self.state, command)
         if not events:
             return []
-        await self._store.append(self.backend_id, self.state.version, events)
+        await self._persist(events, waits=waits)
         for event in events:
             self.state = lifecycle.evolve(self.state, event)
             for effect in lifecycle.effects(event, self.state):
@@ -180,7 +246,53 @@ class BackendActor:
             self._on_change(self.state, events)
         return events
 
+    async def _persist(self, events: list[Event], *, waits: bool) -> None:
+        """Append ``events`` at the stream's version: the one place that handles a
+        full log (see the module docstring's Error handling).  Raises
+        :class:`StoreFullError` only when ``waits`` (a caller hears it)."""
+        delay = self._policy.backoff_initial
+        while True:
+            try:
+                await self._store.append(self.backend_id, self.state.version, events)
+            except StoreFullError as exc:
+                if waits:
+                    raise
+                if self._full is None:
+                    log.warning(
+                        "the event log is full: %s keeps its pending %s and retries: %s",
+                        self.backend_id,
+                        type(events[0]).__name__,
+                        exc,
+                    )
+                self._full = exc
+                self._refuse_waiting(exc)
+                if not await self._take_inbox_until(trio.current_time() + delay):
+                    delay = min(delay * 2, self._policy.log_retry_max)
+                continue
+            if self._full is not None:
+                self._full = None
+                log.info(
+                    "the event log took %s's pending decision; %d input(s) queued meanwhile",
+                    self.backend_id,
+                    len(self._backlog),
+                )
+            return
+
+    async def _take_inbox_until(self, deadline: float) -> bool:
+        """Take (stamp and queue) whatever arrives until ``deadline`` (trio time);
+        True, early, when somebody waits for a command: then the pending append
+        is tried again at once, and the caller is refused only if it fails."""
+        with trio.move_on_at(deadline):
+            async for envelope in self._inbox:
+                self._take(envelope)
+                if envelope.waits:
+                    return True
+        return False
+
     def _drain_inbox(self) -> None:
+        for envelope in self._backlog:
+            envelope.done.set()
+        self._backlog.clear()
         while True:
             try:
                 envelope = self._inbox.receive_nowait()

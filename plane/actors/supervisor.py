@@ -55,7 +55,9 @@ Error handling
 --------------
 Refusals are :class:`ConnectRefused` with a Plane-style ``code`` and an HTTP
 status; :class:`UnknownBackend` for an id the log does not know.  Store errors
-propagate.
+propagate: on a full log (``StoreFullError``) connect, terminate and revoke
+raise it with nothing done (the API answers 503 ``LogUnavailable``), while the
+actors keep their own pending decisions (:mod:`plane.actors.backend`).
 """
 
 from __future__ import annotations

@@ -218,11 +218,15 @@ def write_snapshot(log: str | os.PathLike[str], state: StartupState | None = Non
     }
     target = snapshot_path(log)
     temporary = target.with_name(target.name + ".tmp")
-    with open(temporary, "wb") as out:
-        out.write(orjson.dumps(doc, default=sorted))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, target)
+    try:
+        with open(temporary, "wb") as out:
+            out.write(orjson.dumps(doc, default=sorted))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a full disk: give its space back
+        raise
     _fsync_dir(target.parent)
     return state
 

@@ -8,8 +8,9 @@ keeps everything) and then rewrites the snapshot
 follows what changed, not the log's length).  When cancelled (plane stops) it
 writes a last snapshot, shielded, so the next start folds no tail.
 
-Error handling: a failed round (a full disk, the system stream moved under the
-checkpoint) is logged and retried next period; nothing is lost, the move is
+Error handling: a failed round (a full disk, for the log or the snapshot
+file; the system stream moved under the checkpoint) is logged and retried
+next period, never stopping plane; nothing is lost, the move is
 finished by :func:`plane.events.archive.recover` if it was cut short.
 """
 
@@ -69,7 +70,7 @@ async def keep_log(
         while True:
             try:
                 await upkeep_once(store, retain_days)
-            except StoreError as exc:
+            except (StoreError, OSError) as exc:
                 log.warning("log upkeep failed, retrying in %.0fs: %s", every, exc)
             await trio.sleep(every)
     finally:

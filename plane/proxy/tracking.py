@@ -37,7 +37,10 @@ being cancelled.
 Error handling
 --------------
 ``emit`` must not block; an exception from it is logged and swallowed, never
-allowed to break a client's connection.
+allowed to break a client's connection.  A full event log changes nothing
+here: the actor queues what it is told and records it once the log takes
+appends again (:mod:`plane.actors.backend`), so connection events and activity
+emitted meanwhile are not lost, and relaying never waits for the log.
 """
 
 from __future__ import annotations

@@ -52,11 +52,13 @@ class PlaneServe:
         *extra: str,
         umask: int = -1,
         env: dict[str, str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         """``umask`` (default: this process's) and ``env`` (added to this process's
-        environment) are the child's."""
+        environment) are the child's; its stderr goes to ``log_path`` (default
+        ``data_dir/serve.log``)."""
         self.data_dir = data_dir
-        self.log_path = data_dir / "serve.log"
+        self.log_path = log_path or data_dir / "serve.log"
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._log = open(fd, "ab")  # noqa: SIM115 - closed in stop()

@@ -4,9 +4,7 @@ without reopening; nothing acknowledged is lost, nothing is written twice."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,28 +14,15 @@ from plane.events.sqlite import open_sqlite_store
 from plane.events.store import StoreFullError
 from replay.verify import verify_log
 
+from ..tmpfs import mounted_tmpfs
 from .histories import History
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MB tmpfs, mounted for the test and unmounted after."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        message = f"cannot mount a tmpfs (needs root): {done.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
+    with mounted_tmpfs(tmp_path / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 async def test_a_full_disk_fails_appends_then_heals_without_reopening(small_disk: Path) -> None:
