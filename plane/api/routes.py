@@ -39,6 +39,7 @@ reconnecting.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,7 +61,7 @@ from plane.api.openapi import document
 from plane.api.router import Params, Route, Router, json_response
 from plane.build import build_hash
 from plane.events.backend_index import Order
-from plane.events.store import RecordedEvent
+from plane.events.store import RecordedEvent, StoreFullError
 from plane.events.types import (
     SYSTEM_STREAM,
     Status,
@@ -76,6 +77,8 @@ MAX_PAGE = 1000
 TEXT_PLAIN = "text/plain; charset=utf-8"
 FLAG_VALUES = ("1", "0", "true", "false")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------- query parsing
@@ -309,7 +312,10 @@ class Endpoints:
         index = self.ctx.index
         with_terminated = not live and _terminated_may_match(state_filter, status_filter)
         if with_terminated or request.param("cursor"):
-            await index.catch_up()
+            try:
+                await index.catch_up()
+            except StoreFullError:  # derived data: list from what it holds
+                log.warning("the backends index is not caught up: the disk is full")
 
         def order(state: BackendState) -> Order:
             return (state.requested_at, state.backend_id)

@@ -200,7 +200,10 @@ class BackendIndex:
 
         assert self.log is not None and self.path is not None
         log = self.log
-        index = self._open_index()
+        try:
+            index = self._open_index()
+        except sqlite3.Error as exc:
+            raise _store_error(exc, log, "indexing its backends") from exc
         try:
             live = _read_only(log)
             archives = [_read_only(p) for p in archive_paths(log)]
@@ -221,7 +224,10 @@ class BackendIndex:
             conn = sqlite3.connect(self.path, isolation_level=None)
             conn.executescript(_SCHEMA)
             return conn
-        except sqlite3.Error:
+        except sqlite3.OperationalError:  # full, locked, I/O: not a damaged file
+            conn.close()
+            raise
+        except sqlite3.Error:  # damaged: derived data, made anew
             conn.close()
             self.path.unlink(missing_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None)

@@ -529,12 +529,11 @@ class ProcessExecutor:
             with trio.move_on_after(5):
                 await proc.wait()
         else:  # not our child (adopted, or a stranger): wait until SIGKILL has taken it
-            with trio.move_on_after(5):
-                while any(
-                    p.backend_id == backend_id
-                    for p in await trio.to_thread.run_sync(_scan_labelled, self.scope)
-                ):
-                    await trio.sleep(0.02)
+            for _ in range(250):  # /proc can only be polled; at most 5 s
+                labelled = await trio.to_thread.run_sync(_scan_labelled, self.scope)
+                if all(p.backend_id != backend_id for p in labelled):
+                    break
+                await trio.sleep(0.02)
         writer = self._writers.pop(backend_id, None)
         if writer is not None:
             with trio.move_on_after(5):
