@@ -208,6 +208,7 @@ async def _serve_until_signal(config: PlaneConfig) -> None:
                 f"plane {__version__} serving\n"
                 f"  api:       {serving.api_url}   (OpenAPI: {serving.api_url}/openapi.json)\n"
                 f"  proxy:     {serving.proxy_url}\n"
+                f"  dashboard: {serving.api_url}/ui/\n"
                 f"  listening: api on {_bind_note(serving.api_bind)}, "
                 f"proxy on {_bind_note(serving.proxy_bind)}\n"
                 f"  api auth:  {serving.auth}\n"
