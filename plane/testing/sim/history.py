@@ -42,8 +42,8 @@ import contextlib
 import logging
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,7 +64,7 @@ from plane.proxy.settings import ProxySettings
 from plane.proxy.tracking import InFlight, Tracker
 from plane.testing.sim.checks import Ack, Checker, InvariantBroken
 from plane.testing.sim.executor import SimExecutor
-from plane.testing.sim.store import Disk, FaultyStore
+from plane.testing.sim.store import ClockHold, Disk, FaultyStore
 
 EPOCH = 1_700_000_000.0
 KEYS = ("a", "b", "c", "d", "e")
@@ -169,6 +169,23 @@ class Incarnation:
     streams: int = 0
 
 
+@asynccontextmanager
+async def _sqlite(path: Path, hold: ClockHold) -> AsyncIterator[EventStore]:
+    """The SQLite log at ``path``; opening and closing it take no simulated time."""
+    opened = open_sqlite_store(path)
+    with hold.held():
+        store = await opened.__aenter__()
+    raised: tuple[Any, Any, Any] = (None, None, None)
+    try:
+        yield store
+    except BaseException as exc:
+        raised = (type(exc), exc, exc.__traceback__)
+        raise
+    finally:
+        with hold.held():
+            await opened.__aexit__(*raised)
+
+
 async def _host_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
     async with trio.open_nursery() as nursery:
         task_status.started(nursery)
@@ -187,6 +204,7 @@ class History:
         self.world = world
         self.executor = SimExecutor(self.rng, world)
         self.disk = Disk()
+        self.hold = ClockHold()
         self.sqlite_path = sqlite_path
         self.memory = MemoryEventStore() if sqlite_path is None else None
         self.checker = Checker()
@@ -199,6 +217,7 @@ class History:
         self._stopping = False
         self._scope: trio.CancelScope | None = None
         self._up = trio.Event()
+        self._stopped = trio.Event()
         self._incarnations = 0
         self._compared = -1
 
@@ -209,6 +228,12 @@ class History:
 
     async def keep_plane(self) -> None:
         """Run plane; after a crash (or a store error) start it again."""
+        try:
+            await self._keep_plane()
+        finally:
+            self._stopped.set()
+
+    async def _keep_plane(self) -> None:
         while not self._stopping:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -229,8 +254,8 @@ class History:
                 inner = self.memory
             else:
                 assert self.sqlite_path is not None
-                inner = await stack.enter_async_context(open_sqlite_store(self.sqlite_path))
-            store = FaultyStore(inner, self.disk)
+                inner = await stack.enter_async_context(_sqlite(self.sqlite_path, self.hold))
+            store = FaultyStore(inner, self.disk, None if self.memory else self.hold)
             supervisor = Supervisor(
                 store,
                 self.executor,
@@ -262,6 +287,8 @@ class History:
     # ------------------------------------------------------------ steps
 
     async def run(self) -> None:
+        if self.memory is None:
+            self.world.start_soon(self.hold.run)
         self.world.start_soon(self.keep_plane)
         await self.wait_up()
         for _ in range(self.steps):
@@ -433,7 +460,8 @@ class History:
             return
         acked = len(self.acked)
         try:
-            records = await store.read_all(self.checker.last_seq)
+            with self.hold.held():
+                records = await store.read_all(self.checker.last_seq)
         except StoreError:
             return  # the SQLite store closed under us by a crash: check next time
         touched = self.checker.feed(records)
@@ -469,6 +497,7 @@ class History:
         self.checker.no_leak(self.executor.resources())
         self._stopping = True
         self.crash()
+        await self._stopped.wait()  # the last plane has closed its log
 
     async def final_log(self) -> list[RecordedEvent]:
         if self.memory is not None:

@@ -12,7 +12,9 @@ on its way to the stores; until then the stores' own
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
 
 import trio
 
@@ -40,12 +42,51 @@ class Disk:
         return trio.current_time() < self.full_until
 
 
-class FaultyStore:
-    """``inner`` behind a :class:`Disk` that may be full."""
+class ClockHold:
+    """Keeps trio's run queue busy while held, so ``MockClock``'s autojump (which
+    jumps when every task waits) cannot jump while a thread works: the SQLite
+    store's disk work takes no simulated time, as the in-memory store's.  Run
+    :meth:`run` in a nursery that outlives every holder."""
 
-    def __init__(self, inner: EventStore, disk: Disk) -> None:
+    def __init__(self) -> None:
+        self.holds = 0
+        self._wake = trio.Event()
+
+    async def run(self) -> None:
+        while True:
+            if self.holds:
+                await trio.lowlevel.checkpoint()
+            else:
+                await self._wake.wait()
+                self._wake = trio.Event()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holds += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            self.holds -= 1
+
+
+T = TypeVar("T")
+
+
+class FaultyStore:
+    """``inner`` behind a :class:`Disk` that may be full.  With ``hold`` (an inner
+    store that works in a thread: SQLite) its calls hold the simulated clock."""
+
+    def __init__(self, inner: EventStore, disk: Disk, hold: ClockHold | None = None) -> None:
         self.inner = inner
         self.disk = disk
+        self.hold = hold
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self.hold is None:
+            return await call()
+        with self.hold.held():
+            return await call()
 
     async def append(
         self, stream: str, expected_version: int, events: Sequence[Event]
@@ -54,16 +95,16 @@ class FaultyStore:
             await trio.lowlevel.checkpoint()
             self.disk.refusals += 1
             raise LOG_FULL("simulated: the disk is full; nothing was written")
-        return await self.inner.append(stream, expected_version, events)
+        return await self._call(lambda: self.inner.append(stream, expected_version, events))
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
-        return await self.inner.read_stream(stream, after_version)
+        return await self._call(lambda: self.inner.read_stream(stream, after_version))
 
     async def read_all(self, after_seq: int = 0, limit: int | None = None) -> list[RecordedEvent]:
-        return await self.inner.read_all(after_seq, limit)
+        return await self._call(lambda: self.inner.read_all(after_seq, limit))
 
     async def last_seq(self) -> int:
-        return await self.inner.last_seq()
+        return await self._call(self.inner.last_seq)
 
     def tail(self, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
         return self.inner.tail(after_seq)
