@@ -24,7 +24,8 @@ This module owns the nursery of the backend actors and the routing around them:
   executor exits) go to its actor's inbox.
 * **recovery** (:meth:`Supervisor.serve` before it reports started): fold the
   log, ask the executor what really runs, adopt what is alive (its address,
-  tokens and idle timer carry on), start again what was still being started,
+  tokens and idle timer carry on; its connections, which died with the previous
+  proxy, are closed), start again what was still being started,
   record as lost what vanished, and remove
   (and record) any plane-labelled backend that the log does not hold as live.
   Plane (the Rust reference) kills everything on restart; we adopt.
@@ -61,6 +62,7 @@ from plane.events.store import ConcurrencyError, EventStore
 from plane.events.types import (
     SYSTEM_STREAM,
     BackendRequested,
+    ConnectionClosed,
     Event,
     ExecutorExited,
     ExecutorStarted,
@@ -502,6 +504,9 @@ class Supervisor:
             seen = running.pop(backend_id, None)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
+            for connection_id in sorted(state.connections):
+                # the proxy that held it died with the previous plane: it is closed
+                actor.tell(ConnectionClosed(0.0, connection_id))
             if first is not None:
                 actor.tell(first)
                 self.recovery_report["lost"].append(backend_id)

@@ -5,4 +5,5 @@ and must pass for ever after.
 """
 
 REGRESSIONS: list[tuple[int, int, str]] = [
+    (3, 200, "connections of a crashed plane's proxy stayed open after recovery: never idle"),
 ]
