@@ -178,12 +178,13 @@ class Checker:
         if left:
             raise InvariantBroken("terminates", f"actors left running for {left[:5]}")
 
-    def no_leak(self, resources: Iterable[str]) -> None:
+    def no_leak(self, resources: Mapping[str, str]) -> None:
+        """``resources``: what the executor holds, backend id -> how."""
         folded = self.fold.backends
         leaked = sorted(
-            b for b in resources if b not in folded or folded[b].status is Status.TERMINATED
+            f"{b} ({how})"
+            for b, how in resources.items()
+            if b not in folded or folded[b].status is Status.TERMINATED
         )
         if leaked:
-            raise InvariantBroken(
-                "no-leak", f"executor still holds terminated backends {leaked[:5]}"
-            )
+            raise InvariantBroken("no-leak", f"executor holds terminated backends: {leaked[:5]}")

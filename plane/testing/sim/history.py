@@ -245,7 +245,7 @@ class History:
             self._up = trio.Event()
             if self._stopping:
                 return
-            await trio.sleep(self.rng.uniform(0.5, 5.0))
+            await trio.sleep(self.rng.uniform(1.0, 8.0))  # as a service manager restarts it
 
     async def _incarnation(self) -> None:
         async with AsyncExitStack() as stack:
@@ -449,7 +449,7 @@ class History:
 
     def disk_full(self, plane: Incarnation) -> None:
         self.count("disk-full")
-        self.disk.fill(self.rng.uniform(1, 30))
+        self.disk.fill(self.rng.uniform(1, 20))
 
     # ----------------------------------------------------------- checks
 
