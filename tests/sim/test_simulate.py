@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from plane.actors.supervisor import Supervisor
 from plane.events.sqlite import read_log
 from plane.testing import simulate
 from plane.testing.sim.history import run_history
+from replay.verify import verify_log
 
 from .regressions import REGRESSIONS
 
@@ -73,3 +75,34 @@ def test_the_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -
         simulate.main(["--seed", "1", "--histories", "2"])
     assert exited.value.code == 2
     assert "one of --seed" in capsys.readouterr().err
+
+
+def test_a_kept_log_is_a_plane_log_that_verifies(tmp_path: Path) -> None:
+    outcome = run_history(21, 120)
+    path = simulate.keep_log(outcome.events, tmp_path / "kept.db")
+    assert list(read_log(path)) == outcome.events
+    report = verify_log(path)
+    assert report.ok and report.events == len(outcome.events) > 20
+
+
+def test_a_failing_history_is_reported_with_its_command_and_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recover = Supervisor._recover
+
+    async def forgetful(self: Supervisor) -> None:
+        await recover(self)
+        self._fencing.clear()
+
+    monkeypatch.setattr(Supervisor, "_recover", forgetful)
+    failing = next(s for s in range(500, 560) if not simulate.run(s, 200).ok)
+    code = simulate.main(
+        ["--histories", "1", "--start-seed", str(failing), "--keep-dir", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"FAILED seed={failing} steps=200 store=memory: fencing:" in out
+    assert "shrunk to" in out and "1 failed" in out
+    (kept,) = tmp_path.glob(f"sim-{failing}-*.db")
+    assert f"plane-replay timeline {kept}" in out
+    assert len(list(read_log(kept))) > 0
