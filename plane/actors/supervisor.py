@@ -26,7 +26,8 @@ This module owns the nursery of the backend actors and the routing around them:
   startup fold (:class:`~plane.events.snapshot.StartupState`: the snapshot
   plus the log's tail, so its cost follows the live backends, not the log's
   length), ask the executor what really runs, adopt what is alive (its address,
-  tokens and idle timer carry on), start again what was still being started,
+  tokens and idle timer carry on; its connections, which died with the previous
+  in-process proxy, are closed), start again what was still being started,
   record as lost what vanished, and remove (and record) everything
   plane-labelled of its scope that the log does not hold as live (terminated
   or unknown), running or not: an exited container whose removal a stop
@@ -85,6 +86,7 @@ from plane.events.store import ConcurrencyError, EventStore
 from plane.events.types import (
     SYSTEM_STREAM,
     BackendRequested,
+    ConnectionClosed,
     EngineDrained,
     EngineLost,
     EngineRegistered,
@@ -787,6 +789,9 @@ class Supervisor:
             seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
+            for connection_id in sorted(state.connections):
+                # the proxy that held it died with the previous plane: it is closed
+                actor.tell(ConnectionClosed(0.0, connection_id))
             if first is not None:
                 actor.tell(first)
                 self.recovery_report["lost"].append(backend_id)

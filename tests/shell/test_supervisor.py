@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -13,6 +14,7 @@ from plane.events.types import (
     SYSTEM_STREAM,
     BackendTerminated,
     BackendTerminating,
+    ConnectionClosed,
     ConnectionOpened,
     OrphanRemoved,
     Status,
@@ -140,8 +142,14 @@ async def test_recovery_adopts_running_records_lost_and_removes_orphans(
                 e for e in await h.events(alive.backend_id) if isinstance(e, BackendTerminating)
             ]
             assert terminating[0].at == ready_at + 50
-            # the connected one is still held open by its connection
-            assert h.supervisor.states[connected.backend_id].status is Status.READY
+            # its connection died with the previous plane's proxy: recorded closed, so
+            # the connected one is idle now and its idle clock runs
+            assert h.supervisor.states[connected.backend_id].status is Status.IDLE
+            assert ConnectionClosed(0.0, "c1") in [
+                attrs.evolve(e, at=0.0)
+                for e in await h.events(connected.backend_id)
+                if isinstance(e, ConnectionClosed)
+            ]
             assert executor.starts == 3
             ended = [e for e in await h.events(gone.backend_id) if isinstance(e, BackendTerminated)]
             assert len(ended) == 1

@@ -1,0 +1,16 @@
+"""Seeds of every bug the simulator found, kept as regression cases: (seed, steps, bug).
+
+Each failed before its fix (with the in-memory store unless the bug says SQLite)
+and must pass for ever after.
+"""
+
+REGRESSIONS: list[tuple[int, int, str]] = [
+    (3, 200, "connections of a crashed plane's proxy stayed open after recovery: never idle"),
+    (
+        7399520080,
+        130,
+        "an exited, unremoved container of a backend terminated just before a crash is "
+        "never removed (recovery lists running ones only); checked once executors have "
+        "list_all (branch h8-leaks), see plane.testing.sim.executor.LIST_ALL",
+    ),
+]
