@@ -41,6 +41,7 @@ import trio
 
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
+from plane.actors.supervisor import UnknownBackend
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid
 from plane.api.http import Request, Response
@@ -222,9 +223,19 @@ class UiEndpoints:
         )
         point = request.param("at")
         last_seq = await self.ctx.store.last_seq()
-        if point is None:
-            snapshot = Snapshot(
-                dict(self.ctx.supervisor.states), last_seq, await self._time_of(last_seq - 1)
+        if point is None and wanted:
+            # now, for some backends: memory holds the live ones, the log the others
+            supervisor = self.ctx.supervisor
+            found: dict[str, BackendState] = {}
+            for backend_id in wanted:
+                try:
+                    found[backend_id] = await supervisor.lookup(backend_id)
+                except UnknownBackend:
+                    continue
+            snapshot = Snapshot(found, last_seq, await self._time_of(last_seq - 1))
+        elif point is None:  # now, everything: the fold of the whole history (cached)
+            snapshot = await self._fold(str(last_seq), last_seq) if last_seq else Snapshot(
+                {}, 0, None
             )
         else:
             snapshot = await self._fold(point, last_seq)

@@ -100,7 +100,7 @@ def test_live_table_connections_terminate_timeline_travel(
         held.close()
     wait_for(lambda: cell(driver, backend, "conns") == "0", "0 connections in the table")
     wait_row_state(driver, backend, "idle")  # the last connection closed: the idle clock runs
-    assert plane.status(backend)["status"] == "idle"
+    assert plane.client.request("GET", f"/ctrl/b/{backend}")["state"] == "idle"
 
     # one backend's page: summary, logs, spawn config with the secret redacted
     row(driver, backend).find_element(By.CSS_SELECTOR, "a").send_keys(Keys.ENTER)
@@ -151,8 +151,8 @@ def test_live_table_connections_terminate_timeline_travel(
 
     # time travel: the slider set before the termination shows the backend ready
     ended = next(e["seq"] for e in expected if e["type"].startswith("api.termination"))
-    before = max(e["seq"] for e in expected if e["seq"] < ended and e["status_after"] == "ready")
-    assert replay(plane, "state", "--at", str(before))["backends"][0]["status"] == "ready"
+    before = max(e["seq"] for e in expected if e["seq"] < ended and e["state_after"] == "ready")
+    assert replay(plane, "state", "--at", str(before))["backends"][0]["state"] == "ready"
     slider = driver.find_element(By.ID, "travel-slider")
     slider.send_keys(Keys.HOME)
     for _ in range(before):
