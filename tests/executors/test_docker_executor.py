@@ -30,12 +30,13 @@ from plane.executors.base import (
     LOG_FILES,
     LOG_MAX_BYTES,
     Executor,
+    ExecutorError,
     ExitObserved,
     SpawnError,
     Started,
     StartSpec,
 )
-from plane.executors.docker import DEFAULT_CAP_DROP, DockerExecutor
+from plane.executors.docker import DEFAULT_CAP_DROP, DockerExecutor, engine_errors
 from plane.executors.readiness import wait_until_answers
 from plane.testing.images import INDEX_HTML, build_test_image
 
@@ -456,16 +457,31 @@ def test_invalid_image_reference_is_refused_by_check(executor: DockerExecutor) -
         executor.check(Executable(image=image))
 
 
-def test_engine_errors_while_starting_are_classified() -> None:
-    """A 4xx about the request is permanent; 5xx, 408, 409 and 429 are retried."""
+def test_engine_errors_are_classified_in_one_place() -> None:
+    """While starting, a 4xx about the request is permanent; 5xx, 408, 409 and 429
+    are retried; outside a start everything is transient; ignored statuses are
+    swallowed; a caller's rule makes its own permanent errors."""
 
     def api_error(status: int) -> docker.errors.APIError:
         response = requests.Response()
         response.status_code = status
         return docker.errors.APIError("engine said no", response, explanation="engine said no")
 
+    def raised(status: int, **options: Any) -> Exception | None:
+        try:
+            with engine_errors("x", **options):
+                raise api_error(status)
+        except Exception as exc:
+            return exc
+        return None
+
     for status in (400, 403, 404, 422):
-        assert isinstance(DockerExecutor._start_error("x", api_error(status)), SpawnError)
+        assert type(raised(status, starting=True)) is SpawnError
+        assert type(raised(status)) is ExecutorError
     for status in (408, 409, 429, 500, 503):
-        error = DockerExecutor._start_error("x", api_error(status))
-        assert not isinstance(error, SpawnError) and "engine said no" in str(error)
+        error = raised(status, starting=True)
+        assert type(error) is ExecutorError and "engine said no" in str(error)
+    assert raised(404, ignore=(404, 409)) is None and raised(409, ignore=(404, 409)) is None
+    assert type(raised(500, ignore=(404,))) is ExecutorError
+    rule = raised(500, permanent=lambda exc: f"mine: {exc.status_code}")
+    assert type(rule) is SpawnError and str(rule) == "mine: 500"
