@@ -29,6 +29,15 @@ c. **docker, concurrent** (target rate ratio plane/bare >= 0.8).
    *plane*: ``N`` threads connect at once, each then follows its status
    stream; the time ends when all ``N`` are ready.  *bare*: ``N`` threads, each
    create + start + reload + poll as in (a).  Rate = ``N`` / time.
+d. **docker, concurrent, two engines vs one** (information; no target on this
+   2-core machine).  The burst of (c) through ``plane serve --engine
+   a=unix:///var/run/docker.sock --engine b=unix:///var/run/plane-docker2.sock,publish=127.0.0.2``
+   (the second engine of ``scripts/ensure-docker2``; the image copied to it
+   with ``docker save | docker load``) against ``plane serve --engine
+   a=unix:///var/run/docker.sock``; the ratio is the rate on two over the rate
+   on one.  Both engines share this machine's CPUs, so it shows what spreading
+   costs or gains here, not what two hosts would give.  Skipped, with a
+   message, when the second engine does not answer.
 
 Sides alternate run by run (plane, bare, bare, plane, ...), after one untimed
 warm-up of each.  Between runs, untimed, every backend is hard-terminated and
@@ -51,6 +60,7 @@ readiness GETs use ``http.client`` (``httpx.get`` costs ~10 ms of CPU per call
 building a client).  On a loaded host, every number is noisy: compare runs.
 
     python bench/bench_spawn.py [--runs 8] [--process-runs 20] [--concurrent 16] [--rounds 5]
+                                [--only-two-engines]
 """
 
 from __future__ import annotations
@@ -79,7 +89,7 @@ import docker.errors
 import httpx
 
 from plane.executors.readiness import EAGER_ATTEMPTS
-from plane.testing.images import INDEX_HTML, build_test_image
+from plane.testing.images import INDEX_HTML, build_test_image, copy_image
 from plane.testing.serve_process import PlaneServe
 
 POLL = 0.01
@@ -91,6 +101,10 @@ DOCKER_TARGET = 1.3
 PROCESS_TARGET = 1.25
 RATE_TARGET = 0.8
 
+ENGINE_A = "a=unix:///var/run/docker.sock"
+DOCKER2_URL = "unix:///var/run/plane-docker2.sock"
+ENGINE_B = f"b={DOCKER2_URL},publish=127.0.0.2"
+
 
 # ------------------------------------------------------------------ plane serve
 
@@ -98,8 +112,8 @@ RATE_TARGET = 0.8
 class Plane(PlaneServe):
     """A ``plane serve`` child process (see plane.testing), with the bench's helpers."""
 
-    def __init__(self, executor: str, data_dir: Path) -> None:
-        super().__init__(data_dir, executor)
+    def __init__(self, executor: str, data_dir: Path, *extra: str) -> None:
+        super().__init__(data_dir, executor, *extra)
         self.api_url = self.urls["api"]
 
     def spawn_to_ready(self, body: dict[str, Any], client: httpx.Client | None = None) -> str:
@@ -119,18 +133,17 @@ class Plane(PlaneServe):
                     raise RuntimeError(f"backend {backend_id} ended before ready: {status}")
         raise RuntimeError(f"status stream of {backend_id} ended before ready")
 
-    def terminate(self, backend_ids: list[str], docker_client: Any = None) -> None:
+    def terminate(self, backend_ids: list[str], *docker_clients: Any) -> None:
         """Hard-terminate each and wait until it is terminated (and, with
-        ``docker_client``, until its container is removed)."""
+        ``docker_clients``, until its container is removed from each engine)."""
         for backend_id in backend_ids:
             self.api.post(f"/ctrl/b/{backend_id}/hard-terminate").raise_for_status()
         deadline = time.monotonic() + 30
         for backend_id in backend_ids:
-            while self.api.get(f"/pub/b/{backend_id}/status").json()["status"] != "terminated" or (
-                docker_client is not None
-                and docker_client.api.containers(
-                    all=True, filters={"label": f"dev.plane.backend={backend_id}"}
-                )
+            label = {"label": f"dev.plane.backend={backend_id}"}
+            status_url = f"/pub/b/{backend_id}/status"
+            while self.api.get(status_url).json()["status"] != "terminated" or any(
+                c.api.containers(all=True, filters=label) for c in docker_clients
             ):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{backend_id} not terminated and removed after 30 s")
@@ -329,6 +342,59 @@ def bench_docker(
     return sequential, burst
 
 
+def bench_two_engines(
+    clients: list[Any], image: str, root: Path, concurrent: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Bursts of ``concurrent`` spawns on two engines and on one; (two, one) times."""
+    two = Plane("docker", root / "two-engines", "--engine", ENGINE_A, "--engine", ENGINE_B)
+    one = Plane("docker", root / "one-engine", "--engine", ENGINE_A)
+    counter = iter(range(1_000_000))
+    try:
+
+        def burst(plane: Plane) -> float:
+            batch = next(counter)
+            ids: list[str] = [""] * concurrent
+            http = [httpx.Client(base_url=plane.api_url, timeout=60) for _ in range(concurrent)]
+
+            def work(i: int) -> None:
+                ids[i] = plane.spawn_to_ready(docker_body(f"e{batch}-{i}", image), http[i])
+
+            try:
+                elapsed = in_threads(concurrent, work)
+            finally:
+                for c in http:
+                    c.close()
+            plane.terminate([i for i in ids if i], *clients)
+            return elapsed
+
+        return alternate(rounds, lambda: burst(two), lambda: burst(one))
+    finally:
+        two.stop()
+        one.stop()
+        for client in clients:
+            remove_containers(
+                client,
+                "dev.plane.managed=true",
+                lambda labels: f"bench-{RUN}-" in labels.get("dev.plane.key", ""),
+            )
+
+
+def second_engine(concurrent: int) -> Any | None:
+    """A client of the second engine (``scripts/ensure-docker2 start``), or None."""
+    try:
+        client = docker.DockerClient(
+            base_url=DOCKER2_URL, timeout=60, max_pool_size=max(10, concurrent)
+        )
+        client.ping()
+    except Exception as exc:
+        print(
+            f"d. skipped: no second Docker engine answers on {DOCKER2_URL} "
+            f"(start it with `scripts/ensure-docker2 start`): {exc}"
+        )
+        return None
+    return client
+
+
 def bench_process(
     root: Path, runs: int, name: str, command: list[str], env: dict[str, str]
 ) -> tuple[list[float], list[float]]:
@@ -440,7 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="bursts per side")
     parser.add_argument("--keep", action="store_true", help="keep plane's data directories")
     parser.add_argument("--skip-docker", action="store_true", help="only the process comparison")
+    parser.add_argument(
+        "--only-two-engines", action="store_true", help="only (d): two engines vs one"
+    )
     args = parser.parse_args(argv)
+    if args.only_two_engines:
+        return main_two_engines(args.concurrent, args.rounds)
 
     if not Path(BUSYBOX).exists():
         print(f"{BUSYBOX} is missing", file=sys.stderr)
@@ -449,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     client: Any = None
     rows: list[Row] = []
     info_rows: list[Row] = []
+    two_engines = ""
     print("runs, in order of measurement (plane: POST /ctrl/connect -> 'ready' on the SSE stream)")
     try:
         if not args.skip_docker:
@@ -491,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                     burst_bare,
                 )
             )
+            two_engines = run_two_engines(client, image, root, args.concurrent, args.rounds)
     finally:
         if client is not None:
             remove_containers(client, f"dev.plane.bench={RUN}")
@@ -520,7 +593,43 @@ def main(argv: list[str] | None = None) -> int:
             f" {plane_ms - bare_ms:.1f} ms more)"
         )
     print("ratio: of the medians; paired: median of per-pair ratios (the verdict)")
+    if two_engines:
+        print(two_engines)
     return 0 if all(row.ok for row in rows) else 1
+
+
+def run_two_engines(client: Any, image: str, root: Path, concurrent: int, rounds: int) -> str:
+    """(d): ``concurrent`` spawns at once on two engines vs one; the line to print."""
+    client2 = second_engine(concurrent)
+    if client2 is None:
+        return "d. two engines vs one: skipped (no second engine)"
+    try:
+        copy_image(client, client2, image)
+        two, one = bench_two_engines([client, client2], image, root, concurrent, rounds)
+    finally:
+        client2.close()
+    show(f"d. two engines x{concurrent}", two)
+    show(f"d. one engine x{concurrent}", one)
+    rate_two, rate_one = concurrent / statistics.median(two), concurrent / statistics.median(one)
+    paired = statistics.median(y / x for x, y in zip(two, one, strict=True))
+    return (
+        f"d. docker {concurrent} concurrent: two engines {rate_two:.2f} /s, one engine "
+        f"{rate_one:.2f} /s, ratio two/one {rate_two / rate_one:.2f} (paired {paired:.2f}; "
+        "information, no target)"
+    )
+
+
+def main_two_engines(concurrent: int, rounds: int) -> int:
+    """(d) alone."""
+    client = docker.from_env(timeout=60, max_pool_size=max(10, concurrent))
+    root = Path(tempfile.mkdtemp(prefix="plane-bench-spawn-"))
+    try:
+        client.ping()
+        print(run_two_engines(client, build_test_image(client), root, concurrent, rounds))
+    finally:
+        client.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

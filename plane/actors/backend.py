@@ -24,8 +24,8 @@ down) leaves the backend running, to be adopted on the next start.
 Error handling
 --------------
 Executor calls each have a timeout; transient :class:`ExecutorError` s are
-retried with capped exponential backoff, never in a tight loop.  A
-:class:`SpawnError` becomes a ``SpawnFailed`` input.
+retried with capped exponential backoff (:func:`plane.retry.retrying`), never
+in a tight loop.  A :class:`SpawnError` becomes a ``SpawnFailed`` input.
 
 A full log (:class:`~plane.events.store.StoreFullError`, "LogFull": the disk or
 the page limit) is handled in one place, :meth:`BackendActor._persist`:
@@ -74,10 +74,14 @@ from plane.events.types import (
     SpawnFailed,
     Status,
 )
-from plane.executors.base import Executor, ExecutorError, SpawnError, StartSpec
+from plane.executors.base import Executor, ExecutorError, SpawnError, Started, StartSpec
 from plane.executors.readiness import wait_until_answers
+from plane.retry import Backoff, retrying
 
 log = logging.getLogger("plane.actor")
+
+#: What an executor call may fail with that a retry can cure.
+TRANSIENT: tuple[type[BaseException], ...] = (ExecutorError, trio.TooSlowError)
 
 
 @attrs.frozen
@@ -93,6 +97,11 @@ class ExecutorPolicy:
     log_retry_max: float = 1.0
     """The longest wait between two tries of an append the full log refused: once
     space is freed, a pending decision is recorded within about this long."""
+
+    @property
+    def backoff(self) -> Backoff:
+        """The waits between two tries of an executor call."""
+        return Backoff(self.backoff_initial, self.backoff_max)
 
 
 DEFAULT_POLICY = ExecutorPolicy()
@@ -328,32 +337,34 @@ class BackendActor:
             static_token=state.static_token,
             engine=state.engine,
         )
-        delay = self._policy.backoff_initial
-        while True:
-            try:
-                # a start may pull an image: it gets the whole start timeout
-                with trio.fail_after(state.config.start_timeout_seconds):
-                    started = await self._executor.start(spec)
-            except SpawnError as exc:
-                self.tell(SpawnFailed(self._clock.now(), str(exc)))
-                return
-            except (ExecutorError, trio.TooSlowError) as exc:
-                if self.state.status is not Status.STARTING:
-                    return
-                log.warning(
-                    "start of %s failed, retrying in %.1fs: %s", spec.backend_id, delay, exc
-                )
-                await trio.sleep(delay)
-                delay = min(delay * 2, self._policy.backoff_max)
-                continue
-            if lifecycle.is_terminal(self.state):
-                # it ended (start timeout, terminate) while the start was in flight:
-                # nothing can be recorded any more, but nothing may be left running
-                await self._retry("kill", self._executor.kill, spec.backend_id)
-                await self._retry("remove", self._executor.remove, spec.backend_id)
-                return
-            self.tell(ExecutorStarted(self._clock.now(), started.address, started.handle))
+        timeout = state.config.start_timeout_seconds  # a start may pull an image
+
+        async def start() -> Started:
+            return await self._executor.start(spec)
+
+        try:
+            started = await retrying(
+                start,
+                policy=self._policy.backoff,
+                what=f"start of {spec.backend_id}",
+                transient=TRANSIENT,
+                permanent=(SpawnError,),
+                each_within=timeout,
+                keep_trying=lambda: self.state.status is Status.STARTING,
+                logger=log,
+            )
+        except SpawnError as exc:
+            self.tell(SpawnFailed(self._clock.now(), str(exc)))
             return
+        except TRANSIENT:
+            return  # it is no longer starting: nothing to start any more
+        if lifecycle.is_terminal(self.state):
+            # it ended (start timeout, terminate) while the start was in flight:
+            # nothing can be recorded any more, but nothing may be left running
+            await self._retry("kill", self._executor.kill, spec.backend_id)
+            await self._retry("remove", self._executor.remove, spec.backend_id)
+            return
+        self.tell(ExecutorStarted(self._clock.now(), started.address, started.handle))
 
     async def _probe(self) -> None:
         address = self.state.address
@@ -373,16 +384,14 @@ class BackendActor:
     async def _retry(
         self, what: str, call: Callable[[str], Awaitable[Any]], backend_id: str
     ) -> None:
-        delay = self._policy.backoff_initial
-        while True:
-            try:
-                with trio.fail_after(self._policy.call_timeout):
-                    await call(backend_id)
-                return
-            except (ExecutorError, trio.TooSlowError) as exc:
-                log.warning("%s of %s failed, retrying in %.1fs: %s", what, backend_id, delay, exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, self._policy.backoff_max)
+        await retrying(
+            lambda: call(backend_id),
+            policy=self._policy.backoff,
+            what=f"{what} of {backend_id}",
+            transient=TRANSIENT,
+            each_within=self._policy.call_timeout,
+            logger=log,
+        )
 
 
 def resume_effects(state: BackendState, *, running: bool) -> tuple[list[Effect], Command | None]:

@@ -73,7 +73,13 @@ import trio
 
 from plane import tokens
 from plane.actors import lifecycle
-from plane.actors.backend import DEFAULT_POLICY, BackendActor, ExecutorPolicy, resume_effects
+from plane.actors.backend import (
+    DEFAULT_POLICY,
+    TRANSIENT,
+    BackendActor,
+    ExecutorPolicy,
+    resume_effects,
+)
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState, Command
 from plane.engines.config import DEFAULT_ENGINE, EngineSpec
@@ -105,6 +111,7 @@ from plane.events.types import (
 )
 from plane.executors.base import Executor, ExecutorError, ExitObserved, Running, SpawnError
 from plane.executors.multi import MultiExecutor
+from plane.retry import retrying
 
 log = logging.getLogger("plane.supervisor")
 
@@ -554,30 +561,40 @@ class Supervisor:
         hold plane's start up: it is reported started after its first failure.
         """
         executor = self.executor.engine(engine)
-        delay = self.policy.backoff_initial
         started = False
-        while True:
+
+        def report_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        async def watch() -> None:
+            """Watch until the stream breaks: raise if it could not be watched at
+            all (retried with growing waits), return if it was (then again)."""
+            watching = False
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(executor.serve_exits, send)
-                    if not started:
-                        started = True
-                        task_status.started()
-                    elif not self._is_lost(engine) and engine not in self._deferred:
-                        await self._reconcile_engine(engine, orphans=False)
-                    delay = self.policy.backoff_initial
+                    watching = True
+                    if started and not self._is_lost(engine) and engine not in self._deferred:
+                        await self._reconcile_engine(engine, orphans=False)  # after a gap
+                    report_started()
             except* ExecutorError as group:
-                log.warning(
-                    "watching exits on engine %s failed, retrying in %.1fs: %s",
-                    engine,
-                    delay,
-                    group.exceptions,
-                )
-                if not started:
-                    started = True
-                    task_status.started()
-            await trio.sleep(delay)
-            delay = min(delay * 2, self.policy.backoff_max)
+                report_started()
+                if not watching:
+                    raise
+                log.warning("watching exits on engine %s stopped: %s", engine, group.exceptions)
+
+        while True:
+            await retrying(
+                watch,
+                policy=self.policy.backoff,
+                what=f"watching exits on engine {engine}",
+                transient=TRANSIENT,
+                logger=log,
+            )
+            await trio.sleep(self.policy.backoff_initial)
 
     async def _reconcile_running(self) -> None:
         for engine in self.executor.engines:
@@ -589,9 +606,8 @@ class Supervisor:
         not, that the log does not hold as live there (recovery of an engine, or
         its return)."""
         try:
-            with trio.fail_after(self.policy.call_timeout):
-                listing = await self.executor.list_engine(engine, everything=orphans)
-        except (ExecutorError, trio.TooSlowError) as exc:
+            listing = await self._list(engine, everything=orphans, attempts=_LISTING_ATTEMPTS)
+        except TRANSIENT as exc:
             log.warning("listing engine %s failed: %s", engine, exc)
             return
         running = {r.backend_id: r for r in listing if r.running}
@@ -821,18 +837,26 @@ class Supervisor:
         """Everything of ours on ``engine`` (running or not), or None (deferred) if
         it does not answer within a few tries: an engine that is down does not stop
         plane from starting."""
-        delay = self.policy.backoff_initial
-        for _ in range(3):
-            try:
-                with trio.fail_after(self.policy.call_timeout):
-                    return await self.executor.list_engine(engine, everything=True)
-            except (ExecutorError, trio.TooSlowError) as exc:
-                log.warning("listing engine %s failed, retrying in %.1fs: %s", engine, delay, exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.policy.backoff_max)
+        try:
+            return await self._list(engine, everything=True, attempts=_LISTING_ATTEMPTS)
+        except TRANSIENT:
+            pass
         log.error("engine %s does not answer; its backends are recovered when it does", engine)
         self._deferred.add(engine)
         return None
+
+    async def _list(self, engine: str, *, everything: bool, attempts: int) -> list[Running]:
+        """One engine's listing (see :meth:`MultiExecutor.list_engine`), tried up to
+        ``attempts`` times with backoff; the last failure propagates."""
+        return await retrying(
+            lambda: self.executor.list_engine(engine, everything=everything),
+            policy=self.policy.backoff,
+            what=f"listing engine {engine}",
+            transient=TRANSIENT,
+            each_within=self.policy.call_timeout,
+            attempts=attempts,
+            logger=log,
+        )
 
     async def _remove_orphans(self, orphans: list[Running], engine: str) -> None:
         """Kill and remove each leftover on ``engine`` (its output kept first, by
@@ -849,12 +873,23 @@ class Supervisor:
 
         async def remove(orphan: Running) -> None:
             async with limiter:
+
+                async def kill_and_remove() -> None:
+                    if orphan.running:
+                        await executor.kill(orphan.backend_id)
+                    await executor.remove(orphan.backend_id)
+
                 try:
-                    with trio.fail_after(self.policy.call_timeout):
-                        if orphan.running:
-                            await executor.kill(orphan.backend_id)
-                        await executor.remove(orphan.backend_id)
-                except (ExecutorError, trio.TooSlowError) as exc:
+                    await retrying(
+                        kill_and_remove,
+                        policy=self.policy.backoff,
+                        what=f"removing leftover {orphan.backend_id} on engine {engine}",
+                        transient=TRANSIENT,
+                        each_within=self.policy.call_timeout,
+                        attempts=_ORPHAN_REMOVAL_ATTEMPTS,
+                        logger=log,
+                    )
+                except TRANSIENT as exc:
                     log.error(
                         "could not remove leftover %s (%s): %s",
                         orphan.backend_id,
@@ -866,9 +901,8 @@ class Supervisor:
             for orphan in orphans:
                 nursery.start_soon(remove, orphan)
         try:
-            with trio.fail_after(self.policy.call_timeout):
-                listed = await self.executor.list_engine(engine, everything=True)
-        except (ExecutorError, trio.TooSlowError) as exc:
+            listed = await self._list(engine, everything=True, attempts=_LISTING_ATTEMPTS)
+        except TRANSIENT as exc:
             log.warning("listing engine %s after removing leftovers failed: %s", engine, exc)
             return
         still = {r.backend_id for r in listed}
@@ -912,6 +946,10 @@ def _has_auth(request: ConnectRequest) -> bool:
 
 #: How many leftovers recovery removes at once.
 _ORPHAN_REMOVALS_AT_ONCE = 8
+#: How many times a leftover's removal is tried (then the next recovery finds it).
+_ORPHAN_REMOVAL_ATTEMPTS = 3
+#: How many times an engine's listing is tried before giving up for now.
+_LISTING_ATTEMPTS = 3
 
 
 def _status(state: BackendState) -> Status:

@@ -205,7 +205,7 @@ class Endpoints:
                 "subdomain": result.subdomain,
                 "secret_token": result.secret_token or None,
                 "status_url": f"{api}/pub/b/{result.backend_id}/status",
-                "drone": self.ctx.executor_name if result.spawned else None,
+                "drone": state.engine if result.spawned else None,
             }
         )
 

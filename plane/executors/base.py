@@ -4,7 +4,9 @@ This module owns the :class:`Executor` protocol, the value types that cross it
 (:class:`StartSpec`, :class:`Started`, :class:`Running`, :class:`ExitObserved`)
 and its two errors.  Two executors implement it: ``plane.executors.docker``
 (one container per backend) and ``plane.executors.process`` (one local process
-group per backend); tests use the fake in ``plane.testing``.
+group per backend); tests use the fake in ``plane.testing``.  All three pass
+one contract suite, ``tests/executors/test_contract.py`` (Docker on each
+engine); :mod:`plane.executors.multi` routes it over many engines.
 
 An executor performs effects and reports observations; it decides nothing.  In
 particular the grace period between :meth:`Executor.stop` and

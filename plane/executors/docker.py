@@ -119,7 +119,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,57 @@ def disk_quota_problem(info: dict[str, Any]) -> str | None:
     )
 
 
+#: Statuses of a refused request that a retry can cure: timeout, conflict, rate limit.
+_TRANSIENT_CLIENT_ERRORS = (408, 409, 429)
+
+
+def explanation_of(exc: Any) -> str:
+    """The engine's words for an SDK error."""
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+@contextlib.contextmanager
+def engine_errors(
+    what: str,
+    *,
+    starting: bool = False,
+    ignore: Collection[int] = (),
+    permanent: Callable[[docker.errors.APIError], str | None] | None = None,
+) -> Iterator[None]:
+    """Map the engine's refusals (``docker.errors.APIError``) raised in the block,
+    in one place (:meth:`DockerExecutor._call` maps timeouts and connection
+    failures to :class:`ExecutorError`):
+
+    * a status in ``ignore`` (e.g. 404 for something already gone, 409 for a
+      removal in progress) means there is nothing to do: the error is swallowed;
+    * ``permanent(exc)`` returning a message: :class:`SpawnError` with it (the
+      caller's own rule: a failed pull, an unknown network...);
+    * while ``starting``, a 4xx other than 408, 409 and 429 (the engine refusing
+      the image, the reference, the configuration) is permanent:
+      :class:`SpawnError`;
+    * anything else (5xx, the transient 4xx, any call but a start's) is
+      transient: :class:`ExecutorError`.
+    """
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        status = exc.status_code
+        if status in ignore:
+            return
+        explanation = explanation_of(exc)
+        message = permanent(exc) if permanent is not None else None
+        if message is not None:
+            raise SpawnError(message) from exc
+        if (
+            starting
+            and isinstance(status, int)
+            and 400 <= status < 500
+            and status not in _TRANSIENT_CLIENT_ERRORS
+        ):
+            raise SpawnError(f"the docker engine refused {what}: {explanation}") from exc
+        raise ExecutorError(f"docker engine error during {what}: {explanation}") from exc
+
+
 class DockerExecutor:
     """Runs each backend as a container; see the module docstring.
 
@@ -301,8 +352,8 @@ class DockerExecutor:
         """Run a blocking SDK call in a thread under a deadline.
 
         ``docker.errors.APIError`` (and its subclasses) propagate for the
-        caller to map; timeouts and connection failures become *timeout_error*
-        and :class:`ExecutorError`.
+        caller to map with :func:`engine_errors`; timeouts and connection
+        failures become *timeout_error* and :class:`ExecutorError`.
         """
         if limit is None:
             limit = self._timeout
@@ -321,23 +372,6 @@ class DockerExecutor:
             raise ExecutorError(f"the docker engine is unreachable ({what}): {exc}") from exc
         except Exception as exc:  # the SDK's own failures (e.g. its connection pools)
             raise ExecutorError(f"the docker SDK failed ({what}): {exc!r}") from exc
-
-    @staticmethod
-    def _api_error(what: str, exc: Any) -> ExecutorError:
-        explanation = getattr(exc, "explanation", None) or str(exc)
-        return ExecutorError(f"docker engine error during {what}: {explanation}")
-
-    @staticmethod
-    def _start_error(what: str, exc: Any) -> ExecutorError:
-        """Classify an engine error while starting: the engine refusing the
-        request (a 4xx about the image, the reference, the configuration) is
-        permanent (:class:`SpawnError`); 5xx, conflicts (409), timeouts (408)
-        and rate limits (429) are transient."""
-        status = getattr(exc, "status_code", None)
-        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429):
-            explanation = getattr(exc, "explanation", None) or str(exc)
-            return SpawnError(f"the docker engine refused {what}: {explanation}")
-        return DockerExecutor._api_error(what, exc)
 
     def _make_client(self, timeout: int | None) -> Any:
         # A pool as large as the worker threads that may call the engine at once.
@@ -392,10 +426,8 @@ class DockerExecutor:
 
     async def _use_init(self, client: Any) -> bool:
         if self._init is None:
-            try:
+            with engine_errors("reading the engine version"):
                 version = await self._call(client.version, what="reading the engine version")
-            except docker.errors.APIError as exc:
-                raise self._api_error("reading the engine version", exc) from exc
             names = {c.get("Name") for c in version.get("Components") or []}
             self._init = "docker-init" in names
             if not self._init:
@@ -409,14 +441,11 @@ class DockerExecutor:
 
     async def _ensure_network(self, client: Any, network: str) -> None:
         what = f"looking up network {network!r}"
-        try:
+        unknown = refusal("network_name", f"the Docker engine has no network {network!r}")
+        with engine_errors(
+            what, starting=True, permanent=lambda exc: unknown if exc.status_code == 404 else None
+        ):
             await self._call(client.networks.get, network, what=what)
-        except docker.errors.NotFound:
-            raise SpawnError(
-                refusal("network_name", f"the Docker engine has no network {network!r}")
-            ) from None
-        except docker.errors.APIError as exc:
-            raise self._start_error(what, exc) from exc
 
     async def _ensure_image(self, client: Any, image: str, executable: Executable) -> None:
         policy = executable.pull_policy
@@ -426,13 +455,12 @@ class DockerExecutor:
                 f"expected one of {', '.join(_PULL_POLICIES)}"
             )
         if policy != "Always":
-            try:
-                await self._call(client.images.get, image, what=f"inspecting image {image!r}")
+            what = f"inspecting image {image!r}"
+            present = None
+            with engine_errors(what, starting=True, ignore=(404,)):
+                present = await self._call(client.images.get, image, what=what)
+            if present is not None:
                 return
-            except docker.errors.ImageNotFound:
-                pass
-            except docker.errors.APIError as exc:
-                raise self._start_error(f"inspecting image {image!r}", exc) from exc
             if policy == "Never":
                 raise SpawnError(f"image {image!r} is not present and pull_policy is Never")
         credentials = executable.credentials
@@ -442,23 +470,25 @@ class DockerExecutor:
             else None
         )
         with_credentials = " with the given credentials" if credentials is not None else ""
-        try:
+
+        def pull_failed(exc: docker.errors.APIError) -> str:
+            """Any refused pull is permanent for this spawn (registry errors are 5xx)."""
+            explanation = explanation_of(exc)
+            if credentials is not None and credentials.password:
+                # the engine does not echo them; be sure all the same
+                explanation = explanation.replace(credentials.password, "<redacted>")
+            return f"image {image!r} could not be pulled{with_credentials}: {explanation}"
+
+        what = f"pulling image {image!r}{with_credentials}"
+        with engine_errors(what, starting=True, permanent=pull_failed):
             await self._call(
                 client.images.pull,
                 image,
                 auth_config=auth,
-                what=f"pulling image {image!r}{with_credentials}",
+                what=what,
                 limit=self._pull_timeout,
                 timeout_error=SpawnError,
             )
-        except docker.errors.APIError as exc:
-            explanation = str(getattr(exc, "explanation", None) or exc)
-            if credentials is not None and credentials.password:
-                # the engine does not echo them; be sure all the same
-                explanation = explanation.replace(credentials.password, "<redacted>")
-            raise SpawnError(
-                f"image {image!r} could not be pulled{with_credentials}: {explanation}"
-            ) from exc
 
     # -- addresses ---------------------------------------------------------------
 
@@ -487,10 +517,8 @@ class DockerExecutor:
     async def ping(self) -> None:
         """Return once the engine answers a ping; :class:`ExecutorError` if it does not."""
         client = await self._client()
-        try:
+        with engine_errors("ping"):
             await self._call(client.ping, what="ping", limit=min(self._timeout, 5.0))
-        except docker.errors.APIError as exc:
-            raise self._api_error("ping", exc) from exc
 
     async def inspect_engine(self) -> None:
         """Read what the engine can do, once (its init, its storage driver), so
@@ -502,10 +530,8 @@ class DockerExecutor:
 
     async def _disk_quota(self, client: Any) -> str | None:
         if not self._disk_quota_known:
-            try:
+            with engine_errors("reading the engine's info"):
                 info = await self._call(client.info, what="reading the engine's info")
-            except docker.errors.APIError as exc:
-                raise self._api_error("reading the engine's info", exc) from exc
             self._disk_quota_problem = disk_quota_problem(info)
             self._disk_quota_known = True
         return self._disk_quota_problem
@@ -572,23 +598,23 @@ class DockerExecutor:
         await self._ensure_image(client, image, executable)
         init = await self._use_init(client)
         container = await self._create(client, spec, image, name, init, source)
-        try:
-            await self._call(container.start, what=f"starting container {name}")
-        except docker.errors.APIError as exc:
-            await self._remove_quietly(client, name)
-            explanation = str(getattr(exc, "explanation", None) or exc)
+
+        def start_failed(exc: docker.errors.APIError) -> str | None:
+            """The engine refusing the start, or the runtime failing to run the
+            command (a 500 naming the cause), is permanent."""
+            explanation = explanation_of(exc)
             if exc.is_client_error() or any(h in explanation for h in _START_FAILURE_HINTS):
-                raise SpawnError(
-                    f"container for image {image!r} could not start: {explanation}"
-                ) from exc
-            raise self._api_error(f"starting container {name}", exc) from exc
+                return f"container for image {image!r} could not start: {explanation}"
+            return None
+
+        try:
+            with engine_errors(f"starting container {name}", permanent=start_failed):
+                await self._call(container.start, what=f"starting container {name}")
         except ExecutorError:
             await self._remove_quietly(client, name)
             raise
-        try:
+        with engine_errors(f"inspecting container {name}"):
             await self._call(container.reload, what=f"inspecting container {name}")
-        except docker.errors.APIError as exc:
-            raise self._api_error(f"inspecting container {name}", exc) from exc
         address = self._address_from_inspect(container.attrs, executable.port)
         if address is None:
             state = container.attrs.get("State") or {}
@@ -602,14 +628,13 @@ class DockerExecutor:
     async def _handle_leftover(
         self, client: Any, name: str, backend_id: str, port: int
     ) -> Started | None:
-        try:
+        existing = None
+        with engine_errors(f"looking for container {name}", ignore=(404,)):
             existing = await self._call(
                 client.containers.get, name, what=f"looking for container {name}"
             )
-        except docker.errors.NotFound:
+        if existing is None:
             return None
-        except docker.errors.APIError as exc:
-            raise self._api_error(f"looking for container {name}", exc) from exc
         labels = existing.labels or {}
         if existing.status in _LIVE_STATES:
             if labels.get(self.label_backend) == backend_id:
@@ -687,30 +712,27 @@ class DockerExecutor:
         if executable.network_name is not None:
             kwargs["network"] = executable.network_name
         what = f"creating container {name}"
-        try:
+
+        def refused(exc: docker.errors.APIError) -> str | None:
+            explanation = explanation_of(exc)
+            if isinstance(exc, docker.errors.ImageNotFound):
+                return f"image {image!r} is not present: {explanation}"
+            if exc.status_code != 400:
+                return None
+            message = f"the engine rejected the container for image {image!r}: {explanation}"
+            if limits.disk_limit_bytes and "storage" in explanation.lower():
+                message = refusal("resource_limits.disk_limit_bytes", message)
+            return message
+
+        with engine_errors(what, starting=True, permanent=refused):
             return await self._call(client.containers.create, image, what=what, **kwargs)
-        except docker.errors.ImageNotFound as exc:
-            raise SpawnError(f"image {image!r} is not present: {exc.explanation}") from exc
-        except docker.errors.APIError as exc:
-            if exc.status_code == 400:
-                message = (
-                    f"the engine rejected the container for image {image!r}: {exc.explanation}"
-                )
-                if limits.disk_limit_bytes and "storage" in str(exc.explanation).lower():
-                    message = refusal("resource_limits.disk_limit_bytes", message)
-                raise SpawnError(message) from exc
-            raise self._start_error(what, exc) from exc
+        raise AssertionError("unreachable: engine_errors swallows nothing here")
 
     async def _remove(self, client: Any, name: str) -> None:
         what = f"removing container {name}"
-        try:
+        # gone already, or its removal already in progress: nothing to do
+        with engine_errors(what, ignore=(404, 409)):
             await self._call(client.api.remove_container, name, v=True, force=True, what=what)
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # removal already in progress
-                return
-            raise self._api_error(what, exc) from exc
 
     async def _remove_quietly(self, client: Any, name: str) -> None:
         try:
@@ -721,15 +743,13 @@ class DockerExecutor:
     async def _containers_of(self, client: Any, backend_id: str) -> list[str]:
         """Ids of this scope's containers labelled with ``backend_id`` (any name)."""
         what = f"finding the containers of backend {backend_id}"
-        try:
+        with engine_errors(what):
             found = await self._call(
                 client.api.containers,
                 all=True,
                 filters={"label": [*self.ours, f"{self.label_backend}={backend_id}"]},
                 what=what,
             )
-        except docker.errors.APIError as exc:
-            raise self._api_error(what, exc) from exc
         return [str(c["Id"]) for c in found]
 
     async def _signal(self, backend_id: str, sig: str) -> None:
@@ -738,14 +758,8 @@ class DockerExecutor:
         client = await self._client()
         for container in await self._containers_of(client, backend_id):
             what = f"sending {sig} to container {container[:12]} of backend {backend_id}"
-            try:
+            with engine_errors(what, ignore=(404, 409)):  # gone, or not running
                 await self._call(client.api.kill, container, signal=sig, what=what)
-            except docker.errors.NotFound:
-                continue
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # not running
-                    continue
-                raise self._api_error(what, exc) from exc
 
     async def stop(self, backend_id: str) -> None:
         """SIGTERM to the container (through its init); does not wait."""
@@ -810,12 +824,10 @@ class DockerExecutor:
         filters: dict[str, Any] = {"label": self.ours}
         if not everything:
             filters["status"] = "running"
-        try:
+        with engine_errors(what):
             summaries = await self._call(
                 client.api.containers, all=everything, filters=filters, what=what
             )
-        except docker.errors.APIError as exc:
-            raise self._api_error(what, exc) from exc
         found: list[Running] = []
         for summary in summaries:
             labels = summary.get("Labels") or {}
@@ -842,7 +854,7 @@ class DockerExecutor:
         """Forward every ``die`` event of a managed container to *send*, until cancelled."""
         client = await self._client()
         what = "subscribing to events"
-        try:
+        with engine_errors(what):
             stream = await self._call(
                 client.events,
                 decode=True,
@@ -853,8 +865,6 @@ class DockerExecutor:
                 },
                 what=what,
             )
-        except docker.errors.APIError as exc:
-            raise self._api_error(what, exc) from exc
         closing = threading.Event()
         failure: Exception | None = None
         try:
@@ -942,7 +952,8 @@ class DockerExecutor:
         client = await (self._stream_client() if follow else self._client())
         name = self.container_name(backend_id)
         what = f"reading logs of container {name}"
-        try:
+        stream = None
+        with engine_errors(what, ignore=(404,)):
             stream = await self._call(
                 client.api.logs,
                 name,
@@ -952,10 +963,8 @@ class DockerExecutor:
                 follow=follow,
                 what=what,
             )
-        except docker.errors.NotFound:
+        if stream is None:
             return
-        except docker.errors.APIError as exc:
-            raise self._api_error(what, exc) from exc
         closing = threading.Event()
         iterator = iter(stream)
         try:

@@ -182,4 +182,8 @@ class FakeExecutor:
         raise ExecutorError("event stream ended")
 
     async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
-        yield f"fake log of {backend_id}\n".encode()
+        """One line for a backend it started (or adopted); nothing for an unknown
+        or forgotten one, as the real executors."""
+        known = backend_id in self.specs or backend_id in self.running
+        if known and backend_id not in self.forgotten:
+            yield f"fake log of {backend_id}\n".encode()

@@ -15,6 +15,10 @@ directly (plane runs containers with an init process that forwards it).
 
 Resource handling
 -----------------
+:func:`copy_image` copies an image from one engine to another (a second
+engine on the same machine, see ``scripts/ensure-docker2``) the way
+``docker save | docker load`` does, through a temporary file.
+
 The build context lives in a :class:`tempfile.TemporaryDirectory` that is
 removed when the build returns or fails.  The image stays in the engine; it is
 labelled with a digest of its inputs, and a second call with the same inputs
@@ -40,7 +44,7 @@ from typing import Any
 
 import docker.errors
 
-__all__ = ["APPLETS", "BUSYBOX", "INDEX_HTML", "build_test_image"]
+__all__ = ["APPLETS", "BUSYBOX", "INDEX_HTML", "build_test_image", "copy_image"]
 
 #: Where the statically linked busybox is taken from.
 BUSYBOX = Path("/bin/busybox")
@@ -126,4 +130,25 @@ def build_test_image(client: Any, tag: str = "plane-test-busybox:latest") -> str
         os.chmod(root / "tmp", 0o1777)
         (Path(tmp) / "Dockerfile").write_text(_DOCKERFILE.format(digest=digest))
         client.images.build(path=tmp, tag=tag, rm=True, forcerm=True, pull=False)
+    return tag
+
+
+def copy_image(source: Any, target: Any, tag: str) -> str:
+    """Copy image *tag* from the engine behind *source* to the one behind *target*
+    (both ``docker.DockerClient``), through a temporary tar file (``docker save``,
+    then ``docker load``).  Idempotent: nothing is copied when *target* has an
+    image with the same id already.  Returns *tag*."""
+    image = source.images.get(tag)
+    try:
+        if target.images.get(tag).id == image.id:
+            return tag
+    except docker.errors.ImageNotFound:
+        pass
+    with tempfile.TemporaryDirectory(prefix="plane-image-copy-") as tmp:
+        path = Path(tmp) / "image.tar"
+        with path.open("wb") as out:
+            for chunk in image.save(named=tag):
+                out.write(chunk)
+        with path.open("rb") as tar:
+            target.images.load(tar.read())
     return tag

@@ -34,7 +34,7 @@ async def test_connect_answers_with_plane_fields(api: Api) -> None:
     assert data["spawned"] is True
     assert data["status"] == "scheduled"
     assert data["subdomain"] is None
-    assert data["drone"] == "fake"
+    assert data["drone"] == "local"  # the engine (Plane's drone) it was placed on
     assert len(data["token"]) == 43
     assert data["url"] == f"{PROXY_URL}/{data['token']}/"
     assert data["status_url"] == f"{API_URL}/pub/b/{data['backend_id']}/status"

@@ -87,7 +87,7 @@ async def lifecycle(
     assert response.status_code == 200, response.text
     connected = parse(ConnectResponse, response.json())
     assert connected.spawned and connected.status is B.SCHEDULED
-    assert connected.drone == "fake" and connected.secret_token
+    assert connected.drone == "local" and connected.secret_token  # its engine
     follower = Follower(api, connected.backend_id)
     with trio.fail_after(3600):  # mock time
         async with trio.open_nursery() as nursery:

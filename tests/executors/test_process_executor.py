@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from plane.events.spec import BackendKey, Executable
-from plane.executors.base import LOG_MAX_BYTES, Executor, ExitObserved, SpawnError, StartSpec
+from plane.executors.base import LOG_MAX_BYTES, ExitObserved, SpawnError, StartSpec
 from plane.executors.process import ProcessExecutor, exit_code_from_returncode
 from plane.executors.readiness import wait_until_answers
 
@@ -140,18 +140,6 @@ async def test_start_answers_with_env_and_logs(executor: ProcessExecutor, tmp_pa
     assert again == started
 
 
-async def test_stop_is_observed_with_exit_code(
-    executor: ProcessExecutor, exits: trio.MemoryReceiveChannel[ExitObserved]
-) -> None:
-    bid = backend_id("stop")
-    started = await executor.start(make_spec(bid))
-    with trio.fail_after(10):
-        await wait_until_answers(started.address)
-    await executor.stop(bid)
-    assert await next_exit(exits, bid) == ExitObserved(bid, 143)  # 128 + SIGTERM
-    assert bid not in {r.backend_id for r in await executor.list_running()}
-
-
 async def test_kill_ends_a_process_that_ignores_sigterm_and_its_child(
     executor: ProcessExecutor, exits: trio.MemoryReceiveChannel[ExitObserved]
 ) -> None:
@@ -174,16 +162,6 @@ async def test_kill_ends_a_process_that_ignores_sigterm_and_its_child(
         await wait_gone(child_pid)
 
 
-async def test_backend_exiting_by_itself_reports_its_code(
-    executor: ProcessExecutor, exits: trio.MemoryReceiveChannel[ExitObserved]
-) -> None:
-    bid = backend_id("exit3")
-    await executor.start(make_spec(bid, "--exit", "3"))
-    assert await next_exit(exits, bid) == ExitObserved(bid, 3)
-    async with aclosing(executor.logs(bid)) as chunks:
-        assert b"exiting with 3" in b"".join([chunk async for chunk in chunks])
-
-
 async def test_exit_before_serve_exits_is_still_reported(executor: ProcessExecutor) -> None:
     bid = backend_id("early")
     started = await executor.start(make_spec(bid, "--exit", "5"))
@@ -194,29 +172,6 @@ async def test_exit_before_serve_exits_is_still_reported(executor: ProcessExecut
         await nursery.start(executor.serve_exits, send)
         assert await next_exit(receive, bid) == ExitObserved(bid, 5)
         nursery.cancel_scope.cancel()
-
-
-async def test_follow_logs_ends_when_the_backend_exits(executor: ProcessExecutor) -> None:
-    bid = backend_id("follow")
-    started = await executor.start(make_spec(bid))
-    with trio.fail_after(10):
-        await wait_until_answers(started.address)
-    collected: list[bytes] = []
-
-    async def follow() -> None:
-        async with aclosing(executor.logs(bid, follow=True)) as chunks:
-            async for chunk in chunks:
-                collected.append(chunk)
-
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)
-            await get_json(started.address)  # logs a request line
-            await trio.sleep(0.2)
-            await executor.stop(bid)
-    output = b"".join(collected)
-    assert b"backend-app listening" in output
-    assert b"request:" in output
 
 
 @pytest.mark.parametrize(
@@ -281,20 +236,6 @@ async def test_list_running_and_adoption_by_a_fresh_executor(
     await fresh.remove(bid)
     assert (tmp_path / "logs" / f"{bid}.log").exists(), "logs outlive the backend"
     assert bid not in {r.backend_id for r in await fresh.list_running()}
-
-
-async def test_unknown_backend_is_not_an_error(executor: ProcessExecutor) -> None:
-    bid = backend_id("unknown")
-    await executor.stop(bid)
-    await executor.kill(bid)
-    await executor.remove(bid)
-    async with aclosing(executor.logs(bid)) as chunks:
-        assert [chunk async for chunk in chunks] == []
-
-
-def test_satisfies_the_executor_protocol(tmp_path: Path) -> None:
-    executor: Executor = ProcessExecutor(tmp_path)  # checked by mypy
-    assert executor.name == "process"
 
 
 def test_exit_code_from_returncode() -> None:
