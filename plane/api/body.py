@@ -364,7 +364,7 @@ def _check(body: _ConnectBody) -> None:
                     "a spawn_config with warm_pool holds nothing else (the pool's template does)",
                 )
     elif cfg is not None and cfg.executable is None:
-        p.add("$.spawn_config.executable", "is required (or give warm_pool)")
+        p.add("$.spawn_config.executable", "required field missing (or give warm_pool)")
     elif cfg is not None and cfg.executable is not None:
         _check_spawn(p, cfg, cfg.executable)
     p.raise_if_any()
@@ -527,7 +527,7 @@ def parse_warm_pool(body: bytes) -> tuple[SpawnConfig | None, int, str | None]:
             if getattr(cfg, field) is not None:
                 p.add(f"$.spawn_config.{field}", "a warm pool's template cannot have it")
         if cfg.executable is None:
-            p.add("$.spawn_config.executable", "is required")
+            p.add("$.spawn_config.executable", "required field missing")
         else:
             _check_spawn(p, cfg, cfg.executable)
     p.raise_if_any()
