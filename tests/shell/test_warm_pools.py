@@ -8,6 +8,8 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import ConnectRefused, ConnectRequest, Supervisor
@@ -18,6 +20,7 @@ from plane.events.types import (
     BackendReady,
     Event,
     Status,
+    TerminationKind,
     TerminationReason,
 )
 from plane.testing.fake_executor import FakeExecutor
@@ -214,3 +217,81 @@ async def test_a_restart_restores_pools_adopts_warm_and_claimed_backends(
             again = await s.connect(ConnectRequest(key=BackendKey("kept")))
             assert again.backend_id == claimed.backend_id and not again.spawned
             assert s.state_of(claimed.backend_id).key == BackendKey("kept")
+
+
+# ------------------------------------------------------------------ property
+
+race_plans = st.lists(
+    st.tuples(
+        st.sampled_from(["claims", "cold", "exit", "terminate", "wait"]),
+        st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=4),
+        st.integers(min_value=0, max_value=50),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(race_plans)
+def test_no_key_has_two_live_holders_with_claims_and_cold_spawns_racing(
+    plan: list[tuple[str, list[int], int]],
+) -> None:
+    """Concurrent claims and cold spawns for a few keys, with exits and
+    terminations in between: at every change the supervisor records, no key is
+    held by two backends that are not terminated, no warm backend holds a key,
+    and no claimed backend is warm again."""
+
+    async def main() -> None:
+        async with open_harness(executor=FakeExecutor(start_delay=0.2)) as h:
+            s = h.supervisor
+            claimed: set[str] = set()
+            problems: list[str] = []
+
+            def check(state: BackendState, events: list[Event]) -> None:
+                if state.key is not None:
+                    claimed.add(state.backend_id)
+                holders: dict[tuple[str, str], set[str]] = {}
+                for other in s.states.values():
+                    if other.key is not None and other.status is not Status.TERMINATED:
+                        holders.setdefault(other.key.slot(), set()).add(other.backend_id)
+                    if other.status is Status.WARM and other.key is not None:
+                        problems.append(f"warm {other.backend_id} holds a key")
+                    if other.backend_id in claimed and other.status is Status.WARM:
+                        problems.append(f"claimed {other.backend_id} is warm again")
+                for slot, ids in holders.items():
+                    if len(ids) > 1:
+                        problems.append(f"key {slot} held by {sorted(ids)}")
+
+            s.observers.append(check)
+            await s.define_warm_pool("web", spawn(stop_grace_seconds=1.0), 2, None)
+            await trio.sleep(1)
+
+            async def one(kind: str, key: int) -> None:
+                name = f"k{key}"
+                try:
+                    if kind == "claims":
+                        await s.connect(claim(name))
+                    else:
+                        await s.connect(ConnectRequest(key=BackendKey(name), spawn_config=spawn()))
+                except ConnectRefused:
+                    pass
+
+            for kind, keys, pick in plan:
+                live = sorted(b for b, st_ in s.states.items() if st_.status is not None)
+                if kind in ("claims", "cold"):
+                    async with trio.open_nursery() as nursery:
+                        for key in keys:
+                            nursery.start_soon(one, kind if key % 2 == 0 else "claims", key)
+                            nursery.start_soon(one, "cold", key)
+                elif kind == "exit" and live:
+                    h.executor.exit(live[pick % len(live)], 0)
+                elif kind == "terminate" and live:
+                    await s.terminate(live[pick % len(live)], TerminationKind.SOFT)
+                else:
+                    await trio.sleep(pick / 10)
+                assert not problems, problems
+            await trio.sleep(30)
+            assert not problems, problems
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
