@@ -384,12 +384,14 @@ class Supervisor:
         holds, and which nobody holds): the oldest warm one not on a draining or
         lost engine.  Its claim hook (if the pool has one) is told first; one
         that fails it is discarded and the next is tried.  None if none is left."""
+        tried: set[str] = set()
         while True:
             candidates = [
                 s
                 for s in self.warm_members(pool.name)
                 if s.status is Status.WARM
                 and s.backend_id not in self._claiming
+                and s.backend_id not in tried
                 and s.backend_id in self.actors
                 and not self.engine_unavailable(s.engine)
             ]
@@ -397,6 +399,7 @@ class Supervisor:
                 return None
             chosen = min(candidates, key=lambda s: (s.status_at, s.backend_id))
             backend_id = chosen.backend_id
+            tried.add(backend_id)
             self._claiming.add(backend_id)
             try:
                 fencing = self._fencing.get(slot, 0) + 1
@@ -406,6 +409,7 @@ class Supervisor:
                     )
                     if problem is not None:
                         log.warning("discarding warm backend %s: %s", backend_id, problem)
+                        self._claiming.discard(backend_id)
                         await self.discard_warm(backend_id)
                         continue
                 token, secret, issued = self._token_event(request)
