@@ -51,6 +51,7 @@ from plane.engines.config import engine_specs
 from plane.tables import iso, render_table
 
 if TYPE_CHECKING:
+    from plane.events.spec import SpawnConfig
     from plane.serve import Serving
 
 
@@ -142,27 +143,35 @@ def _warm_option(text: str) -> WarmPoolOption:
     """``NAME=SIZE:TEMPLATE.json`` -> a warm pool to define at start.  The file
     holds a spawn_config (as in a connect), or a whole ``PUT /ctrl/warm-pools``
     body (then its ``claim_path`` is used; ``SIZE`` wins over its ``size``)."""
-    from plane.api.body import check_warm_pool_name, parse_warm_pool
-    from plane.api.errors import ApiError
 
     name, eq, rest = text.partition("=")
     size_text, colon, path = rest.partition(":")
     if not eq or not colon or not size_text.isdigit() or not path:
         raise ConfigError(f"--warm: expected NAME=SIZE:TEMPLATE.json, not {text!r}")
+    template, size, claim_path = _read_template(name, int(size_text), path)
+    return WarmPoolOption(name, template, size, claim_path)
+
+
+def _read_template(name: str, size: int, path: str) -> tuple[SpawnConfig, int, str | None]:
+    """A warm pool's template file, read as the API reads a ``PUT`` body
+    (:class:`ConfigError` naming what is wrong)."""
+    from plane.api.body import check_warm_pool_name, parse_warm_pool
+    from plane.api.errors import ApiError
+
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"--warm {name}: cannot read {path}: {exc}") from None
+        raise ConfigError(f"warm pool {name}: cannot read {path}: {exc}") from None
     if not (isinstance(document, dict) and "spawn_config" in document):
         document = {"spawn_config": document}
-    document["size"] = int(size_text)
+    document["size"] = size
     try:
         check_warm_pool_name(name)
         template, size, claim_path = parse_warm_pool(json.dumps(document).encode())
     except ApiError as exc:
-        raise ConfigError(f"--warm {name}: {exc.message}") from None
+        raise ConfigError(f"warm pool {name}: {exc.message}") from None
     assert template is not None
-    return WarmPoolOption(name, template, size, claim_path)
+    return template, size, claim_path
 
 
 def cmd_warm_pools(args: argparse.Namespace) -> int:
@@ -173,16 +182,14 @@ def cmd_warm_pools(args: argparse.Namespace) -> int:
     api = _api(args)
     if args.action == "set":
         template = None
+        claim_path = args.claim_path
         if args.template:
-            from plane.client.models import structure
-            from plane.events.spec import SpawnConfig
-
             try:
-                data = json.loads(Path(args.template).read_text(encoding="utf-8"))
-                template = structure(data, SpawnConfig)
-            except (OSError, ValueError, TypeError) as exc:
-                raise CliError(f"cannot read the template {args.template}: {exc}", 2) from None
-        api.put_warm_pool(args.name, args.size, template, claim_path=args.claim_path)
+                template, _, from_file = _read_template(args.name, args.size, args.template)
+            except ConfigError as exc:
+                raise CliError(str(exc), 2) from None
+            claim_path = claim_path or from_file
+        api.put_warm_pool(args.name, args.size, template, claim_path=claim_path)
     elif args.action == "rm":
         api.delete_warm_pool(args.name)
         print(f"{args.name} removed")

@@ -256,3 +256,34 @@ def test_warm_pool_on_the_docker_engine(
             if (summary.get("Labels") or {}).get("dev.plane.backend") in made:
                 with contextlib.suppress(Exception):
                     docker_engine.api.remove_container(summary["Id"], force=True, v=True)
+
+
+def test_plane_warm_pools_cli(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plane.cli import main as cli
+
+    template = tmp_path / "spawn.json"
+    template.write_text(json.dumps({"executable": {"command": [sys.executable, str(WARM_APP)]}}))
+    plane = PlaneServe(data_dir, "process")
+    api = ["--api", plane.urls["api"]]
+    try:
+        assert cli(["warm-pools", "set", "web", "1", "--template", str(template), *api]) == 0
+        wait_warm(plane, "web", 1)
+    except BaseException:
+        plane.stop()
+        raise
+    try:
+        capsys.readouterr()
+        assert cli(["warm-pools", "--json", *api]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["warm_pools"][0]["name"] == "web" and shown["warm_pools"][0]["warm"] == 1
+        assert cli(["warm-pools", "set", "web", "2", *api]) == 0  # resize: keeps the template
+        wait_warm(plane, "web", 2)
+        assert cli(["warm-pools", "rm", "web", *api]) == 0
+        assert "web removed" in capsys.readouterr().out
+        assert cli(["warm-pools", "rm", "web", *api]) != 0  # no such pool: a message
+        assert "no warm pool" in capsys.readouterr().err
+        assert cli(["warm-pools", "set", *api]) == 2
+    finally:
+        assert plane.stop() == 0
