@@ -46,10 +46,13 @@ from plane.actors.lifecycle import BackendState
 from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.store import StoreError
 from plane.events.types import (
+    BackendClaimed,
     BackendTerminated,
+    BackendTerminating,
     BackendWarmed,
     Event,
     TerminationReason,
+    WarmBackendRequested,
     WarmPoolDefined,
     WarmPoolRemoved,
     WarmPoolResized,
@@ -155,6 +158,16 @@ async def call_claim_hook(
     return f"claim hook at {path} answered {answer.status_code}"
 
 
+_POOL_CHANGES = (
+    WarmBackendRequested,
+    BackendWarmed,
+    BackendClaimed,
+    BackendTerminating,
+    BackendTerminated,
+)
+"""What changes a pool's count (connections and HTTP activity do not)."""
+
+
 class PoolHost(Protocol):
     """What the manager needs from the supervisor."""
 
@@ -214,7 +227,8 @@ class WarmPoolManager:
                     event.reason.value,
                     self._backoff[pool],
                 )
-        self.poke()
+        if any(isinstance(e, _POOL_CHANGES) for e in events):
+            self.poke()
 
     async def run(self) -> None:
         """Reconcile whenever poked (or a backoff or retry is due), until cancelled."""
