@@ -18,8 +18,17 @@ This module owns the nursery of the backend actors and the routing around them:
   request (``s.`` + 256 random bits, kept in ``BackendRequested``); every
   connect to that backend answers the same token, with no secret token and no
   user data (a connect with ``user`` or a non-empty ``auth`` is refused).
-* **admission**: at most ``max_backends`` live backends; past that a request
-  is refused at once and nothing is started.
+* **warm pools** (:mod:`plane.actors.warm_pools`): a connect naming a warm
+  pool, for a key nobody holds (under the key's lock, so claims and cold
+  spawns obey the same per-key rules), claims the oldest warm backend of the
+  pool not on a draining or lost engine: its claim hook first (if the pool has
+  one; a failure discards it and the next is tried), then one
+  :class:`~plane.events.types.BackendClaimed` (key, fencing token, token); with
+  none warm it spawns cold from the pool's template.  The pool manager, in this
+  nursery, refills the pools through :meth:`Supervisor.spawn_warm`.
+* **admission**: at most ``max_backends`` live backends (warm pools'
+  unclaimed backends count); past that a request is refused at once and
+  nothing is started.
 * **routing**: commands for a backend (terminate, tokens, connection events,
   executor exits) go to its actor's inbox.
 * **recovery** (:meth:`Supervisor.serve` before it reports started): take the
