@@ -25,11 +25,22 @@ b. **process, sequential** (target plane/bare <= 1.25).
    ``sh -c 'exec busybox httpd -f -p 127.0.0.1:$PORT -h DIR'``, which answers
    ~3 ms after it is started: there plane's fixed cost is most of the time,
    and the line prints it in milliseconds.
+d. **warm pool vs cold, docker** (target warm >= 10x faster at p50).
+   Connect to the first proxied ``200``: ``POST /ctrl/connect`` then ``GET``
+   of the answered URL through plane's proxy until it answers 200.  *warm*:
+   the connect names a warm pool of the busybox image (``spawn_config:
+   {"warm_pool": ...}``) that has a warm backend (the wait for one is
+   untimed); *cold*: the same image's spawn config, spawned on connect (the
+   proxy holds the GET until the backend is ready).  p50 and p99 over
+   ``--warm-runs`` (50) of each, alternating.  Then the **refill rate**: the
+   pool resized from 0 to ``--refill`` (8), timed until all are warm; backends
+   per second, the median of 3 rounds.  With ``--skip-docker`` it runs on the
+   process executor with busybox httpd instead.
 c. **docker, concurrent** (target rate ratio plane/bare >= 0.8).
    *plane*: ``N`` threads connect at once, each then follows its status
    stream; the time ends when all ``N`` are ready.  *bare*: ``N`` threads, each
    create + start + reload + poll as in (a).  Rate = ``N`` / time.
-d. **docker, concurrent, two engines vs one** (information; no target on this
+e. **docker, concurrent, two engines vs one** (information; no target on this
    2-core machine).  The burst of (c) through ``plane serve --engine
    a=unix:///var/run/docker.sock --engine b=unix:///var/run/plane-docker2.sock,publish=127.0.0.2``
    (the second engine of ``scripts/ensure-docker2``; the image copied to it
@@ -60,7 +71,7 @@ readiness GETs use ``http.client`` (``httpx.get`` costs ~10 ms of CPU per call
 building a client).  On a loaded host, every number is noisy: compare runs.
 
     python bench/bench_spawn.py [--runs 8] [--process-runs 20] [--concurrent 16] [--rounds 5]
-                                [--only-two-engines]
+                                [--only-two-engines] [--warm-runs 50] [--refill 8] [--only-warm]
 """
 
 from __future__ import annotations
@@ -100,6 +111,7 @@ RUN = uuid.uuid4().hex[:6]
 DOCKER_TARGET = 1.3
 PROCESS_TARGET = 1.25
 RATE_TARGET = 0.8
+WARM_TARGET = 10.0
 
 ENGINE_A = "a=unix:///var/run/docker.sock"
 DOCKER2_URL = "unix:///var/run/plane-docker2.sock"
@@ -388,7 +400,7 @@ def second_engine(concurrent: int) -> Any | None:
         client.ping()
     except Exception as exc:
         print(
-            f"d. skipped: no second Docker engine answers on {DOCKER2_URL} "
+            f"e. skipped: no second Docker engine answers on {DOCKER2_URL} "
             f"(start it with `scripts/ensure-docker2 start`): {exc}"
         )
         return None
@@ -446,6 +458,90 @@ def bench_process(
         return alternate(runs, plane_run, bare_run)
     finally:
         plane.stop()
+
+
+def first_200(client: httpx.Client, url: str, timeout: float = 60) -> None:
+    """GET ``url`` until it answers 200 (the proxy itself holds a request for a
+    backend that is still starting)."""
+    deadline = time.monotonic() + timeout
+    while client.get(url).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+        time.sleep(POLL)
+
+
+def warm_count(plane: Plane, pool: str) -> int:
+    found = plane.api.get(f"/ctrl/warm-pools/{pool}").json()
+    return int(found["warm"]) if found["starting"] == 0 else -1
+
+
+def wait_warm(plane: Plane, pool: str, wanted: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while warm_count(plane, pool) != wanted:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm pool {pool} not at {wanted} warm after {timeout}s")
+        time.sleep(0.005)
+
+
+def bench_warm(
+    executor: str, spawn: dict[str, Any], root: Path, runs: int, refill: int
+) -> tuple[list[float], list[float], list[float]]:
+    """(warm times, cold times, refill rates): see (d) in the module docstring."""
+    plane = Plane(executor, root / f"warm-{executor}")
+    counter = iter(range(1_000_000))
+    pool = "bench"
+    proxied = httpx.Client(timeout=60)
+    try:
+        plane.api.put(
+            f"/ctrl/warm-pools/{pool}", json={"spawn_config": spawn, "size": 2}
+        ).raise_for_status()
+
+        def one(body: dict[str, Any]) -> float:
+            backend_id = ""
+
+            def go() -> None:
+                nonlocal backend_id
+                answer = plane.api.post("/ctrl/connect", json=body)
+                answer.raise_for_status()
+                backend_id = answer.json()["backend_id"]
+                first_200(proxied, answer.json()["url"])
+
+            elapsed = timed(go)
+            plane.terminate([backend_id])
+            return elapsed
+
+        def warm_run() -> float:
+            deadline = time.monotonic() + 120
+            while warm_count(plane, pool) < 1:  # untimed: one must be warm
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no warm backend after 120 s")
+                time.sleep(0.005)
+            name = f"bench-{RUN}-warm-{next(counter)}"
+            return one({"key": {"name": name}, "spawn_config": {"warm_pool": pool}})
+
+        def cold_run() -> float:
+            name = f"bench-{RUN}-cold-{next(counter)}"
+            return one({"key": {"name": name}, "spawn_config": spawn})
+
+        warm, cold = alternate(runs, warm_run, cold_run)
+        rates = []
+        for _ in range(3):
+            plane.api.put(f"/ctrl/warm-pools/{pool}", json={"size": 0}).raise_for_status()
+            wait_warm(plane, pool, 0)
+            started = time.perf_counter()
+            plane.api.put(f"/ctrl/warm-pools/{pool}", json={"size": refill}).raise_for_status()
+            wait_warm(plane, pool, refill)
+            rates.append(refill / (time.perf_counter() - started))
+        plane.api.delete(f"/ctrl/warm-pools/{pool}").raise_for_status()
+        return warm, cold, rates
+    finally:
+        proxied.close()
+        plane.stop()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 # ------------------------------------------------------------------- reporting
@@ -507,8 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep plane's data directories")
     parser.add_argument("--skip-docker", action="store_true", help="only the process comparison")
     parser.add_argument(
-        "--only-two-engines", action="store_true", help="only (d): two engines vs one"
+        "--only-two-engines", action="store_true", help="only (e): two engines vs one"
     )
+    parser.add_argument("--warm-runs", type=int, default=50, help="warm and cold connects (d)")
+    parser.add_argument("--refill", type=int, default=8, help="pool size refilled from 0 (d)")
+    parser.add_argument("--only-warm", action="store_true", help="only the warm pool bench (d)")
     args = parser.parse_args(argv)
     if args.only_two_engines:
         return main_two_engines(args.concurrent, args.rounds)
@@ -523,6 +622,39 @@ def main(argv: list[str] | None = None) -> int:
     two_engines = ""
     print("runs, in order of measurement (plane: POST /ctrl/connect -> 'ready' on the SSE stream)")
     try:
+        if not args.skip_docker:
+            client = docker.from_env(timeout=60, max_pool_size=max(10, args.concurrent))
+            client.ping()
+            spawn: dict[str, Any] = {
+                "executable": {"image": build_test_image(client), "pull_policy": "Never"},
+                "max_idle_seconds": 600,
+            }
+            warm_executor = "docker"
+        else:
+            www = root / "www-warm"
+            www.mkdir()
+            (www / "index.html").write_text(INDEX_HTML)
+            command = ["sh", "-c", f"exec {BUSYBOX} httpd -f -p 127.0.0.1:$PORT -h {www}"]
+            spawn = {"executable": {"command": command}, "max_idle_seconds": 600}
+            warm_executor = "process"
+        warm, cold, rates = bench_warm(warm_executor, spawn, root, args.warm_runs, args.refill)
+        show(f"d. {warm_executor} warm claim", warm)
+        show(f"d. {warm_executor} cold spawn", cold)
+        warm_p50, cold_p50 = statistics.median(warm), statistics.median(cold)
+        warm_line = (
+            f"d. {warm_executor} connect -> first proxied 200, over {len(warm)} each:\n"
+            f"   warm p50 {ms(warm_p50)}  p99 {ms(percentile(warm, 0.99))}\n"
+            f"   cold p50 {ms(cold_p50)}  p99 {ms(percentile(cold, 0.99))}\n"
+            f"   cold/warm at p50 {cold_p50 / warm_p50:.1f}x (target >= {WARM_TARGET:g}x)"
+            f"  {'PASS' if cold_p50 / warm_p50 >= WARM_TARGET else 'FAIL'}\n"
+            f"   refill {args.refill} from empty: {statistics.median(rates):.1f} backends/s"
+            f" (rounds: {', '.join(f'{r:.1f}' for r in rates)})"
+        )
+        warm_ok = cold_p50 / warm_p50 >= WARM_TARGET
+        if args.only_warm:
+            print()
+            print(warm_line)
+            return 0 if warm_ok else 1
         if not args.skip_docker:
             # a pool as large as the burst: the SDK's default of 10 connections breaks
             # (urllib3 "queue.Full", then a closed pool) with 16 threads
@@ -593,34 +725,36 @@ def main(argv: list[str] | None = None) -> int:
             f" {plane_ms - bare_ms:.1f} ms more)"
         )
     print("ratio: of the medians; paired: median of per-pair ratios (the verdict)")
+    print()
+    print(warm_line)
     if two_engines:
         print(two_engines)
-    return 0 if all(row.ok for row in rows) else 1
+    return 0 if all(row.ok for row in rows) and warm_ok else 1
 
 
 def run_two_engines(client: Any, image: str, root: Path, concurrent: int, rounds: int) -> str:
-    """(d): ``concurrent`` spawns at once on two engines vs one; the line to print."""
+    """(e): ``concurrent`` spawns at once on two engines vs one; the line to print."""
     client2 = second_engine(concurrent)
     if client2 is None:
-        return "d. two engines vs one: skipped (no second engine)"
+        return "e. two engines vs one: skipped (no second engine)"
     try:
         copy_image(client, client2, image)
         two, one = bench_two_engines([client, client2], image, root, concurrent, rounds)
     finally:
         client2.close()
-    show(f"d. two engines x{concurrent}", two)
-    show(f"d. one engine x{concurrent}", one)
+    show(f"e. two engines x{concurrent}", two)
+    show(f"e. one engine x{concurrent}", one)
     rate_two, rate_one = concurrent / statistics.median(two), concurrent / statistics.median(one)
     paired = statistics.median(y / x for x, y in zip(two, one, strict=True))
     return (
-        f"d. docker {concurrent} concurrent: two engines {rate_two:.2f} /s, one engine "
+        f"e. docker {concurrent} concurrent: two engines {rate_two:.2f} /s, one engine "
         f"{rate_one:.2f} /s, ratio two/one {rate_two / rate_one:.2f} (paired {paired:.2f}; "
         "information, no target)"
     )
 
 
 def main_two_engines(concurrent: int, rounds: int) -> int:
-    """(d) alone."""
+    """(e) alone."""
     client = docker.from_env(timeout=60, max_pool_size=max(10, concurrent))
     root = Path(tempfile.mkdtemp(prefix="plane-bench-spawn-"))
     try:

@@ -46,11 +46,12 @@ from plane.client import (
 )
 from plane.client.core import DEFAULT_API
 from plane.client.models import unstructure
-from plane.config import ConfigError, PlaneConfig
+from plane.config import ConfigError, PlaneConfig, WarmPoolOption
 from plane.engines.config import engine_specs
 from plane.tables import iso, render_table
 
 if TYPE_CHECKING:
+    from plane.events.spec import SpawnConfig
     from plane.serve import Serving
 
 
@@ -119,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             engine_lost_after=args.engine_lost_after,
             proxy_max_connections=args.proxy_max_connections,
             api_max_streams=args.api_max_streams,
+            warm_pools=tuple(_warm_option(text) for text in args.warm),
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
@@ -134,6 +136,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise
         prefix = "cannot serve: " if isinstance(known, OSError) else ""
         raise CliError(f"{prefix}{known}", 2) from None
+    return 0
+
+
+def _warm_option(text: str) -> WarmPoolOption:
+    """``NAME=SIZE:TEMPLATE.json`` -> a warm pool to define at start.  The file
+    holds a spawn_config (as in a connect), or a whole ``PUT /ctrl/warm-pools``
+    body (then its ``claim_path`` is used; ``SIZE`` wins over its ``size``)."""
+
+    name, eq, rest = text.partition("=")
+    size_text, colon, path = rest.partition(":")
+    if not eq or not colon or not size_text.isdigit() or not path:
+        raise ConfigError(f"--warm: expected NAME=SIZE:TEMPLATE.json, not {text!r}")
+    template, size, claim_path = _read_template(name, int(size_text), path)
+    return WarmPoolOption(name, template, size, claim_path)
+
+
+def _read_template(name: str, size: int, path: str) -> tuple[SpawnConfig, int, str | None]:
+    """A warm pool's template file, read as the API reads a ``PUT`` body
+    (:class:`ConfigError` naming what is wrong)."""
+    from plane.api.body import check_warm_pool_name, parse_warm_pool
+    from plane.api.errors import ApiError
+
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"warm pool {name}: cannot read {path}: {exc}") from None
+    if not (isinstance(document, dict) and "spawn_config" in document):
+        document = {"spawn_config": document}
+    document["size"] = size
+    try:
+        check_warm_pool_name(name)
+        template, size, claim_path = parse_warm_pool(json.dumps(document).encode())
+    except ApiError as exc:
+        raise ConfigError(f"warm pool {name}: {exc.message}") from None
+    assert template is not None
+    return template, size, claim_path
+
+
+def cmd_warm_pools(args: argparse.Namespace) -> int:
+    if args.action in ("set", "rm") and not args.name:
+        raise CliError(f"warm-pools {args.action} needs a pool NAME", 2)
+    if args.action == "set" and args.size is None:
+        raise CliError("warm-pools set needs NAME SIZE", 2)
+    api = _api(args)
+    if args.action == "set":
+        template = None
+        claim_path = args.claim_path
+        if args.template:
+            try:
+                template, _, from_file = _read_template(args.name, args.size, args.template)
+            except ConfigError as exc:
+                raise CliError(str(exc), 2) from None
+            claim_path = claim_path or from_file
+        api.put_warm_pool(args.name, args.size, template, claim_path=claim_path)
+    elif args.action == "rm":
+        api.delete_warm_pool(args.name)
+        print(f"{args.name} removed")
+        return 0
+    pools = api.warm_pools()
+    if args.json:
+        _print_json({"warm_pools": [unstructure(p) for p in pools]})
+        return 0
+    rows = [[p.name, p.size, p.warm, p.starting, p.claim_path] for p in pools]
+    print(render_table(["warm pool", "size", "warm", "starting", "claim path"], rows))
     return 0
 
 
@@ -595,7 +661,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the API on a non-loopback address without a key anyway",
     )
     serve.add_argument(
-        "--max-backends", type=int, default=_env("MAX_BACKENDS"), help="live backends cap"
+        "--max-backends",
+        type=int,
+        default=_env("MAX_BACKENDS"),
+        help="live backends cap (warm pools' backends count)",
+    )
+    serve.add_argument(
+        "--warm",
+        action="append",
+        default=[],
+        metavar="NAME=SIZE:TEMPLATE.json",
+        help="keep SIZE backends of the template (a spawn_config) warm in pool NAME (repeatable)",
     )
     serve.add_argument(
         "--token-lifetime",
@@ -689,6 +765,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = client("engines", "the engines backends are placed on")
     p.set_defaults(run=cmd_engines)
+
+    p = client("warm-pools", "warm pools: list, set NAME SIZE [--template F], rm NAME")
+    p.add_argument("action", nargs="?", choices=("ls", "set", "rm"), default="ls")
+    p.add_argument("name", nargs="?")
+    p.add_argument("size", nargs="?", type=int)
+    p.add_argument("--template", help="a JSON file holding the pool's spawn_config")
+    p.add_argument("--claim-path", help="the path plane POSTs the claim to (e.g. /plane/claim)")
+    p.set_defaults(run=cmd_warm_pools)
 
     p = client("drain", "place no new backend on an engine (its own keep running)")
     p.add_argument("name")

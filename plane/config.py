@@ -17,6 +17,7 @@ import attrs
 
 if TYPE_CHECKING:
     from plane.engines.config import EngineSpec
+    from plane.events.spec import SpawnConfig
 
 from plane.cluster import ClusterNameError, parse_cluster
 
@@ -50,6 +51,16 @@ def parse_listen(value: str, option: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{option}: port {port} is out of range")
     return host, port
+
+
+@attrs.frozen
+class WarmPoolOption:
+    """One ``--warm``: a warm pool to define (or redefine) at start."""
+
+    name: str
+    spawn_config: SpawnConfig
+    size: int
+    claim_path: str | None = None
 
 
 @attrs.frozen
@@ -91,6 +102,8 @@ class PlaneConfig:
     proxy_max_connections: int | None = None
     """Concurrent client connections per proxy process (None: derived from the
     file-descriptor limit, :mod:`plane.limits`)."""
+    warm_pools: tuple[WarmPoolOption, ...] = ()
+    """Warm pools defined at start (``--warm NAME=SIZE:TEMPLATE.json``)."""
     api_max_streams: int | None = None
     """Concurrent streamed API responses (SSE, logs, the event feed), a cap of
     their own so that proxy connections and streams do not starve each other

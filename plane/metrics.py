@@ -85,7 +85,9 @@ class Metrics:
                 self._statuses[state.backend_id] = state.status
         for event in events:
             if isinstance(event, BackendReady):
-                self.spawn_seconds.observe(max(0.0, event.at - state.requested_at))
+                # a claimed warm backend: from its claim (what the client waited)
+                began = state.claimed_at if state.claimed_at is not None else state.requested_at
+                self.spawn_seconds.observe(max(0.0, event.at - began))
 
     def load_statuses(self, states: list[BackendState], terminated: int = 0) -> None:
         """Seed the gauge from recovered live states and the count of terminated

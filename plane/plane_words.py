@@ -19,7 +19,12 @@ ready, idle                                            ``ready``
 terminating, soft                                      ``terminating``
 terminating, hard (or a soft stop escalated)           ``hard-terminating``
 terminated                                             ``terminated``
+a warm pool's backend before its claim                 none: never shown
 =====================================================  ====================
+
+A warm pool's unclaimed backend does not exist for Plane: :func:`state_status`
+is None for it, so Plane's endpoints answer 404 for it and a claimed one's
+status stream begins at its claim, ``ready``.
 
 Plane's drone says ``loading`` while it pulls the image and ``starting``
 while Docker creates the container; our executors report one fact (the
@@ -105,7 +110,7 @@ def plane_status(
             return PlaneStatus.SCHEDULED
         case Status.STARTING:
             return PlaneStatus.WAITING if executor_started else PlaneStatus.LOADING
-        case Status.READY | Status.IDLE:
+        case Status.READY | Status.IDLE | Status.WARM:  # warm: never shown (state_status)
             return PlaneStatus.READY
         case Status.TERMINATING:
             if kind is TerminationKind.HARD:
@@ -131,8 +136,9 @@ def exit_error(
 
 
 def state_status(state: BackendState) -> PlaneStatus | None:
-    """Plane's status of a backend state (None before it is requested)."""
-    if state.status is None:
+    """Plane's status of a backend state (None before it is requested, and for a
+    warm pool's backend nobody has claimed: Plane's endpoints never show it)."""
+    if state.status is None or state.unclaimed:
         return None
     return plane_status(state.status, state.termination_kind, state.started_at is not None)
 

@@ -55,7 +55,7 @@ from typing import IO
 import attrs
 import trio
 
-from plane.actors.supervisor import Supervisor, load_startup_state
+from plane.actors.supervisor import ConnectRefused, Supervisor, load_startup_state
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys, file_is_shared
 from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
@@ -346,6 +346,7 @@ async def serve_plane(
             proxy_host, proxy_port = config.proxy_address
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.serve)
+                await _define_warm_pools(supervisor, config)
                 await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
                 metrics.load_statuses(
                     list(supervisor.states.values()), terminated=supervisor.terminated_count
@@ -404,3 +405,15 @@ async def serve_plane(
                         log.error("could not terminate every backend before exit: %s", exc)
                 nursery.cancel_scope.cancel()
         log.info("stopped; the log is flushed and closed")
+
+
+async def _define_warm_pools(supervisor: Supervisor, config: PlaneConfig) -> None:
+    """Record the ``--warm`` pools (only what differs from the log's)."""
+    for option in config.warm_pools:
+        try:
+            await supervisor.define_warm_pool(
+                option.name, option.spawn_config, option.size, option.claim_path
+            )
+        except ConnectRefused as exc:
+            raise ConfigError(f"--warm {option.name}: {exc}") from None
+

@@ -72,7 +72,8 @@ def detail_view(state: BackendState, *, show_secrets: bool = False) -> dict[str,
     """Everything we know about a backend, in both vocabularies, without secrets
     (``show_secrets``: with them; only ``plane-replay --show-secrets`` asks)."""
     key = state.key
-    plane = status_entry(state)
+    # a warm pool's unclaimed backend has no Plane status (Plane never sees it)
+    plane = {"status": None, "time": None} if state.unclaimed else status_entry(state)
     for name in _PLANE_OPTIONAL:
         plane.setdefault(name, None)
     return {
@@ -92,4 +93,6 @@ def detail_view(state: BackendState, *, show_secrets: bool = False) -> dict[str,
         "version": state.version,
         "spawn_config": _spawn_view(state, show_secrets),
         "engine": state.engine,
+        "warm_pool": state.warm_pool,
+        "claimed_at": millis(state.claimed_at) if state.claimed_at is not None else None,
     }

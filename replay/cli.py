@@ -33,6 +33,7 @@ from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
 from plane.events.archive import read_history
 from plane.events.store import RecordedEvent, StoreError
+from plane.events.types import Status
 from plane.events.wire import tag_of, unstructure
 from plane.plane_words import state_status
 from plane.redact import redact
@@ -56,13 +57,18 @@ def _plane_status(state: BackendState) -> str | None:
     return status.value if status is not None else None
 
 
+def _warm_label(state: BackendState) -> str | None:
+    """An unclaimed warm pool's backend has no key: say which pool it waits in."""
+    return f"(warm pool {state.warm_pool})" if state.warm_pool is not None else None
+
+
 def _summary_row(state: BackendState) -> list[object]:
     return [
         state.backend_id,
         state.status.value if state.status else None,
         _plane_status(state),
         state.termination_reason.value if state.termination_reason else None,
-        state.key.display() if state.key else None,
+        state.key.display() if state.key else _warm_label(state),
         iso(state.requested_at),
         iso(state.status_at),
         state.exit_code,
@@ -99,7 +105,30 @@ def cmd_summary(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"last_seq": fold.last_seq}
     if engines:
         extra["engines"] = engines
+    pools = [
+        {
+            "name": pool.name,
+            "size": pool.size,
+            "claim_path": pool.claim_path,
+            "warm": sum(
+                1
+                for s in states
+                if s.warm_pool == pool.name and s.unclaimed and s.status is Status.WARM
+            ),
+        }
+        for pool in sorted(fold.warm_pools.values(), key=lambda p: p.name)
+    ]
+    if pools:
+        extra["warm_pools"] = pools
     _print_states(states, args.json, extra, show_secrets=args.show_secrets)
+    if pools and not args.json:
+        print()
+        print(
+            render_table(
+                ["warm pool", "size", "warm", "claim path"],
+                [[p["name"], p["size"], p["warm"], p["claim_path"]] for p in pools],
+            )
+        )
     if engines and not args.json:
         print()
         print(

@@ -24,6 +24,7 @@ import attrs
 
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState, IllegalTransition, Tick
+from plane.actors.warm_pools import WarmPool, evolve_pools
 from plane.engines.registry import EngineView, evolve_engines
 from plane.events.store import RecordedEvent
 from plane.events.types import INPUT_TYPES, SYSTEM_STREAM, Event, is_input
@@ -56,6 +57,7 @@ class LogFold:
     violations: list[Violation] = attrs.field(factory=list)
     system: list[RecordedEvent] = attrs.field(factory=list)
     engines: dict[str, EngineView] = attrs.field(factory=dict)
+    warm_pools: dict[str, WarmPool] = attrs.field(factory=dict)
     _system_version: int = 0
     _pending: dict[str, deque[Event]] = attrs.field(factory=dict)
     _diverged: set[str] = attrs.field(factory=set)
@@ -108,6 +110,7 @@ class LogFold:
         self._system_version = record.version
         self.system.append(record)
         self.engines = evolve_engines(self.engines, record.event)
+        self.warm_pools = evolve_pools(self.warm_pools, record.event)
 
     def finish(self, last_seq: int | None = None) -> list[Violation]:
         """Close the fold: decisions that were due but never recorded are violations.

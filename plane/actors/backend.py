@@ -65,6 +65,7 @@ import trio
 from plane.actors import lifecycle
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState, Command, Effect, Tick
+from plane.events.spec import BackendKey
 from plane.events.store import EventStore, StoreFullError
 from plane.events.types import (
     Event,
@@ -328,10 +329,9 @@ class BackendActor:
 
     async def _start(self) -> None:
         state = self.state
-        assert state.key is not None
         spec = StartSpec(
             backend_id=state.backend_id,
-            key=state.key,
+            key=state.key or warm_key(state),
             fencing_token=state.fencing_token,
             executable=state.config.executable,
             static_token=state.static_token,
@@ -392,6 +392,13 @@ class BackendActor:
             each_within=self._policy.call_timeout,
             logger=log,
         )
+
+
+def warm_key(state: BackendState) -> BackendKey:
+    """What the executor is given as the key of a warm pool's backend, which has
+    none when it starts: its own id, in the namespace ``warm-pool:<pool>``
+    (so ``SESSION_BACKEND_KEY`` is the backend id; a claim cannot change it)."""
+    return BackendKey(name=state.backend_id, namespace=f"warm-pool:{state.warm_pool or ''}")
 
 
 def resume_effects(state: BackendState, *, running: bool) -> tuple[list[Effect], Command | None]:

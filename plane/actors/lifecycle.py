@@ -1,4 +1,4 @@
-"""The backend lifecycle decider: pure functions, no I/O, no clock.
+r"""The backend lifecycle decider: pure functions, no I/O, no clock.
 
 This module owns *what a backend is*: its state, which events may happen in
 which state, and what to decide when something happens.  It follows the
@@ -24,6 +24,13 @@ always returns the same events; ``plane-replay verify`` relies on that.
 The lifecycle::
 
     requested -> starting -> ready <-> idle -> terminating -> terminated
+                         \-> warm -(claimed)-> ready
+
+* A warm pool's backend (:class:`WarmBackendRequested`) holds no key: once
+  ready it is ``warm`` (:class:`BackendWarmed`), reachable by nobody, with no
+  idle or lifetime clock.  A :class:`BackendClaimed` gives it a key, fencing
+  token and token and makes it ``ready`` at once; its idle and lifetime clocks
+  run from the claim.  A claimed backend never returns to ``warm``.
 
 * ``requested`` lasts until the first tick: its deadline is the request time,
   so the shell starts the backend at once, and the answer to the request can
@@ -55,25 +62,25 @@ import attrs
 
 from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.types import (
-    ENGINE_TYPES,
     INPUT_TYPES,
+    SYSTEM_TYPES,
     BackendActive,
+    BackendClaimed,
     BackendIdle,
     BackendReady,
     BackendRequested,
     BackendStarting,
     BackendTerminated,
     BackendTerminating,
+    BackendWarmed,
     ConnectionClosed,
     ConnectionOpened,
     Event,
     ExecutorExited,
     ExecutorStarted,
     ExecutorVanished,
-    HistoryArchived,
     HttpActivityRecorded,
     InputEvent,
-    OrphanRemoved,
     ReadinessObserved,
     SpawnFailed,
     Status,
@@ -83,6 +90,7 @@ from plane.events.types import (
     TerminationRequested,
     TokenIssued,
     TokenRevoked,
+    WarmBackendRequested,
 )
 
 KILL_CONFIRM_SECONDS = 30.0
@@ -115,8 +123,9 @@ class Effect(enum.Enum):
 
 
 LIVE = frozenset({Status.REQUESTED, Status.STARTING, Status.READY, Status.IDLE})
-"""Statuses in which a backend holds its key."""
-NOT_TERMINAL = LIVE | {Status.TERMINATING}
+"""Statuses in which a backend holds its key (a warm pool's backend holds none
+until it is claimed: requested, starting and warm without a key)."""
+NOT_TERMINAL = LIVE | {Status.WARM, Status.TERMINATING}
 
 
 @attrs.frozen(slots=False)
@@ -148,6 +157,15 @@ class BackendState:
     message: str = ""
     engine: str = "local"
     """The engine (Plane's drone) the backend is placed on."""
+    warm_pool: str | None = None
+    """The warm pool that started it (None: requested for a key)."""
+    claimed_at: float | None = None
+    """When a connect claimed it from its warm pool (its timers run from here)."""
+
+    @property
+    def unclaimed(self) -> bool:
+        """A warm pool's backend nobody has claimed (it holds no key)."""
+        return self.warm_pool is not None and self.key is None
 
     @property
     def config(self) -> SpawnConfig:
@@ -165,23 +183,30 @@ def is_terminal(state: BackendState) -> bool:
 
 def is_live(state: BackendState) -> bool:
     """True while the backend holds its key (requested, starting, ready, idle)."""
-    return state.status in LIVE
+    return state.status in LIVE and state.key is not None
+
+
+def is_warm_member(state: BackendState) -> bool:
+    """True while an unclaimed warm pool's backend counts towards its pool
+    (requested, starting or warm; not once it terminates)."""
+    return state.unclaimed and state.status in LIVE | {Status.WARM}
 
 
 # -------------------------------------------------------------------- evolve
 
 _ALLOWED: dict[type[Event], frozenset[Status | None]] = {
     BackendRequested: frozenset({None}),
+    WarmBackendRequested: frozenset({None}),
+    BackendClaimed: frozenset({Status.WARM}),
     BackendStarting: frozenset({Status.REQUESTED}),
-    BackendReady: frozenset({Status.STARTING}),
+    BackendWarmed: frozenset({Status.STARTING}),
+    BackendReady: frozenset({Status.STARTING, Status.WARM}),
     BackendIdle: frozenset({Status.READY}),
     BackendActive: frozenset({Status.IDLE}),
-    BackendTerminating: frozenset({Status.STARTING, Status.READY, Status.IDLE}),
+    BackendTerminating: frozenset({Status.STARTING, Status.READY, Status.IDLE, Status.WARM}),
     TerminationEscalated: frozenset({Status.TERMINATING}),
     BackendTerminated: frozenset(NOT_TERMINAL),
-    OrphanRemoved: frozenset(),  # only in SYSTEM_STREAM, never in a backend's
-    HistoryArchived: frozenset(),  # likewise
-    **{cls: frozenset() for cls in ENGINE_TYPES},  # likewise
+    **{cls: frozenset() for cls in SYSTEM_TYPES},  # only in SYSTEM_STREAM, never in a backend's
 }
 _INPUT_ALLOWED: frozenset[Status | None] = frozenset(NOT_TERMINAL)
 
@@ -208,6 +233,22 @@ def _ev_requested(s: BackendState, e: BackendRequested) -> Changes:
         requested_at=e.at,
         engine=e.engine,
     )
+
+
+def _ev_warm_requested(s: BackendState, e: WarmBackendRequested) -> Changes:
+    return dict(
+        status=Status.REQUESTED,
+        status_at=e.at,
+        backend_id=e.backend_id,
+        spawn_config=e.spawn_config,
+        requested_at=e.at,
+        engine=e.engine,
+        warm_pool=e.warm_pool,
+    )
+
+
+def _ev_claimed(s: BackendState, e: BackendClaimed) -> Changes:
+    return {"key": e.key, "fencing_token": e.fencing_token, "claimed_at": e.at}
 
 
 def _ev_started(s: BackendState, e: ExecutorStarted) -> Changes:
@@ -240,6 +281,10 @@ def _ev_exited(s: BackendState, e: ExecutorExited) -> Changes:
 def _ev_ready(s: BackendState, e: BackendReady) -> Changes:
     quiet = None if s.connections else max(e.at, s.last_activity_at or e.at)
     return _status(s, Status.READY, e.at, address=e.address, quiet_since=quiet, ready_at=e.at)
+
+
+def _ev_warmed(s: BackendState, e: BackendWarmed) -> Changes:
+    return _status(s, Status.WARM, e.at, address=e.address)
 
 
 def _ev_terminating(s: BackendState, e: BackendTerminating) -> Changes:
@@ -279,6 +324,8 @@ def _unchanged(s: BackendState, e: Event) -> Changes:
 
 _EVOLVERS: dict[type[Event], Callable[[BackendState, Event], Changes]] = {
     BackendRequested: _ev_requested,  # type: ignore[dict-item]
+    WarmBackendRequested: _ev_warm_requested,  # type: ignore[dict-item]
+    BackendClaimed: _ev_claimed,  # type: ignore[dict-item]
     ExecutorStarted: _ev_started,  # type: ignore[dict-item]
     ReadinessObserved: _unchanged,
     SpawnFailed: _unchanged,
@@ -290,11 +337,10 @@ _EVOLVERS: dict[type[Event], Callable[[BackendState, Event], Changes]] = {
     TerminationRequested: _unchanged,
     TokenIssued: _unchanged,
     TokenRevoked: _unchanged,
-    OrphanRemoved: _unchanged,
-    HistoryArchived: _unchanged,
-    **{cls: _unchanged for cls in ENGINE_TYPES},
+    **{cls: _unchanged for cls in SYSTEM_TYPES},
     BackendStarting: lambda s, e: _status(s, Status.STARTING, e.at),
     BackendReady: _ev_ready,  # type: ignore[dict-item]
+    BackendWarmed: _ev_warmed,  # type: ignore[dict-item]
     BackendIdle: lambda s, e: _status(s, Status.IDLE, e.at),
     BackendActive: lambda s, e: _status(s, Status.READY, e.at),
     BackendTerminating: _ev_terminating,  # type: ignore[dict-item]
@@ -367,10 +413,15 @@ def _deadlines(s: BackendState) -> list[tuple[float, Callable[[float], list[Even
                 ],
             )
         )
-    if cfg.lifetime_limit_seconds is not None and s.status is not Status.REQUESTED:
+    if (
+        cfg.lifetime_limit_seconds is not None
+        and s.status is not Status.REQUESTED
+        and not s.unclaimed  # a warm backend's lifetime starts at its claim
+    ):
+        began = s.claimed_at if s.claimed_at is not None else s.requested_at
         timers.append(
             (
-                s.requested_at + cfg.lifetime_limit_seconds,
+                began + cfg.lifetime_limit_seconds,
                 lambda at: [
                     BackendTerminating(at, TerminationReason.LIFETIME, TerminationKind.SOFT)
                 ],
@@ -399,7 +450,12 @@ def next_deadline(state: BackendState) -> float | None:
 # -------------------------------------------------------------------- decide
 
 
-_PLAIN_INPUTS = frozenset(INPUT_TYPES) - {BackendRequested, OrphanRemoved, HistoryArchived}
+_PLAIN_INPUTS = frozenset(INPUT_TYPES) - {
+    BackendRequested,
+    WarmBackendRequested,
+    BackendClaimed,
+    *SYSTEM_TYPES,
+}
 
 
 def decide(state: BackendState, command: Command) -> list[Event]:
@@ -421,14 +477,27 @@ def decide(state: BackendState, command: Command) -> list[Event]:
 
 
 def _decide_unusual(state: BackendState, command: Command) -> list[Event]:
-    if isinstance(command, BackendRequested):
+    if isinstance(command, (BackendRequested, WarmBackendRequested)):
         if state.status is not None:
             raise IllegalTransition(f"backend {state.backend_id} was already requested")
         return [command]
-    if isinstance(command, (OrphanRemoved, HistoryArchived, *ENGINE_TYPES)):
+    if isinstance(command, BackendClaimed):
+        return _decide_claim(state, command)
+    if isinstance(command, SYSTEM_TYPES):
         name = type(command).__name__
         raise IllegalTransition(f"{name} belongs to the system stream, not a backend's")
     raise IllegalTransition(f"{type(command).__name__} is a decision, not a command")
+
+
+def _decide_claim(state: BackendState, claim: BackendClaimed) -> list[Event]:
+    """A claim of a warm backend: it takes the key and is ready at once.  A claim
+    that finds the backend no longer warm (it exited, a drain ended it) decides
+    nothing and records nothing: the claimer takes another one."""
+    if state.status is None:
+        raise IllegalTransition("BackendClaimed for a backend never requested")
+    if state.status is not Status.WARM or not state.unclaimed or state.address is None:
+        return []
+    return [claim, BackendReady(claim.at, state.address)]
 
 
 def _decide_tick(state: BackendState, now: float) -> list[Event]:
@@ -448,6 +517,8 @@ def _ending_reason(s: BackendState, otherwise: TerminationReason) -> Termination
 
 def _after_readiness(s: BackendState, e: ReadinessObserved) -> list[Event]:
     if s.status is Status.STARTING and s.address is not None:
+        if s.unclaimed:
+            return [BackendWarmed(e.at, s.address)]
         return [BackendReady(e.at, s.address)]
     return []
 

@@ -18,8 +18,17 @@ This module owns the nursery of the backend actors and the routing around them:
   request (``s.`` + 256 random bits, kept in ``BackendRequested``); every
   connect to that backend answers the same token, with no secret token and no
   user data (a connect with ``user`` or a non-empty ``auth`` is refused).
-* **admission**: at most ``max_backends`` live backends; past that a request
-  is refused at once and nothing is started.
+* **warm pools** (:mod:`plane.actors.warm_pools`): a connect naming a warm
+  pool, for a key nobody holds (under the key's lock, so claims and cold
+  spawns obey the same per-key rules), claims the oldest warm backend of the
+  pool not on a draining or lost engine: its claim hook first (if the pool has
+  one; a failure discards it and the next is tried), then one
+  :class:`~plane.events.types.BackendClaimed` (key, fencing token, token); with
+  none warm it spawns cold from the pool's template.  The pool manager, in this
+  nursery, refills the pools through :meth:`Supervisor.spawn_warm`.
+* **admission**: at most ``max_backends`` live backends (warm pools'
+  unclaimed backends count); past that a request is refused at once and
+  nothing is started.
 * **routing**: commands for a backend (terminate, tokens, connection events,
   executor exits) go to its actor's inbox.
 * **recovery** (:meth:`Supervisor.serve` before it reports started): take the
@@ -82,6 +91,13 @@ from plane.actors.backend import (
 )
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState, Command
+from plane.actors.warm_pools import (
+    MAX_POOL_SIZE,
+    WarmPool,
+    WarmPoolManager,
+    call_claim_hook,
+    template_problem,
+)
 from plane.engines.config import DEFAULT_ENGINE, EngineSpec
 from plane.engines.health import DEFAULT_LOST_AFTER, PING_INTERVAL, Health, Verdict
 from plane.engines.placement import Load, place, why_none
@@ -91,6 +107,7 @@ from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.store import ConcurrencyError, EventStore
 from plane.events.types import (
     SYSTEM_STREAM,
+    BackendClaimed,
     BackendRequested,
     ConnectionClosed,
     EngineDrained,
@@ -108,6 +125,10 @@ from plane.events.types import (
     TerminationRequested,
     TokenIssued,
     TokenRevoked,
+    WarmBackendRequested,
+    WarmPoolDefined,
+    WarmPoolRemoved,
+    WarmPoolResized,
 )
 from plane.executors.base import Executor, ExecutorError, ExitObserved, Running, SpawnError
 from plane.executors.multi import MultiExecutor
@@ -128,6 +149,9 @@ class ConnectRequest:
     user: str | None = None
     auth: str | None = None  # compact JSON, handed to the backend as x-verified-user-data
     cluster: str | None = None  # Plane's spawn_config.cluster: must name this plane's cluster
+    warm_pool: str | None = None
+    """``spawn_config.warm_pool`` (ours): claim a backend of this warm pool, or
+    spawn one cold from its template (then ``spawn_config`` is None)."""
 
 
 HOLD_SLACK_SECONDS = 10.0
@@ -172,6 +196,12 @@ class ConnectRefused(Exception):
 class UnknownEngine(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no engine {name!r}")
+        self.name = name
+
+
+class UnknownWarmPool(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no warm pool {name!r}")
         self.name = name
 
 
@@ -237,6 +267,8 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self.observers: list[Observer] = []
         self.recovery_report: dict[str, list[str]] = {"adopted": [], "lost": [], "orphans": []}
+        self.warm_pools = WarmPoolManager(self, self.clock)
+        self._claiming: set[str] = set()  # warm backends a connect is claiming now
 
     @property
     def clock(self) -> TrioClock:
@@ -255,12 +287,14 @@ class Supervisor:
                 await nursery.start(self._watch_exits, name, exits_send)
             await self._recover()
             nursery.start_soon(self._route_exits, exits_recv)
+            nursery.start_soon(self.warm_pools.run)
             for name in self.executor.engines:
                 nursery.start_soon(self._monitor_engine, name)
             task_status.started()
 
     def live_count(self) -> int:
-        return len(self._live_by_slot)
+        """Live backends: those holding a key, and warm pools' unclaimed ones."""
+        return len(self._live_by_slot) + len(self.unclaimed_members())
 
     def known_count(self) -> int:
         """Every backend the history holds: in memory, or terminated and dropped."""
@@ -298,6 +332,15 @@ class Supervisor:
         the terminating holder, as Plane does.
         """
         key = request.key or BackendKey(name=tokens.new_backend_id())
+        if request.warm_pool is not None:
+            pool = self.warm_pools.pools.get(request.warm_pool)
+            if pool is None:
+                raise ConnectRefused(
+                    "InvalidRequest",
+                    f"no warm pool {request.warm_pool!r} @ $.spawn_config.warm_pool",
+                    400,
+                )
+            request = attrs.evolve(request, spawn_config=pool.spawn_config)
         slot = key.slot()
         while True:
             lock = self._locks.setdefault(slot, trio.Lock())
@@ -344,7 +387,67 @@ class Supervisor:
                 f"no live backend holds key {key.display()!r} and no spawn_config was given",
                 409,
             )
+        if request.warm_pool is not None:
+            pool = self.warm_pools.pools.get(request.warm_pool)
+            if pool is not None:
+                claimed = await self._claim(request, key, slot, pool)
+                if claimed is not None:
+                    return claimed
         return await self._spawn(request, key, slot, request.spawn_config)
+
+    async def _claim(
+        self, request: ConnectRequest, key: BackendKey, slot: Slot, pool: WarmPool
+    ) -> ConnectResult | None:
+        """Claim a warm backend of ``pool`` for ``key`` (whose lock the caller
+        holds, and which nobody holds): the oldest warm one not on a draining or
+        lost engine.  Its claim hook (if the pool has one) is told first; one
+        that fails it is discarded and the next is tried.  None if none is left."""
+        tried: set[str] = set()
+        while True:
+            candidates = [
+                s
+                for s in self.warm_members(pool.name)
+                if s.status is Status.WARM
+                and s.backend_id not in self._claiming
+                and s.backend_id not in tried
+                and s.backend_id in self.actors
+                and not self.engine_unavailable(s.engine)
+            ]
+            if not candidates:
+                return None
+            chosen = min(candidates, key=lambda s: (s.status_at, s.backend_id))
+            backend_id = chosen.backend_id
+            tried.add(backend_id)
+            self._claiming.add(backend_id)
+            try:
+                fencing = self._fencing.get(slot, 0) + 1
+                if pool.claim_path is not None and chosen.address is not None:
+                    problem = await call_claim_hook(
+                        chosen.address, pool.claim_path, key, fencing, request.user, request.auth
+                    )
+                    if problem is not None:
+                        log.warning("discarding warm backend %s: %s", backend_id, problem)
+                        self._claiming.discard(backend_id)
+                        await self.discard_warm(backend_id)
+                        continue
+                token, secret, issued = self._token_event(request)
+                claim = BackendClaimed(
+                    issued.at,
+                    key,
+                    fencing,
+                    issued.token_hash,
+                    issued.expires_at,
+                    secret,
+                    issued.user,
+                    issued.auth,
+                )
+                actor = self.actors.get(backend_id)
+                if actor is None or not await actor.ask(claim):
+                    continue  # it ended meanwhile: take the next one
+                self._fencing[slot] = fencing
+                return self._result(actor.state, True, token, secret)
+            finally:
+                self._claiming.discard(backend_id)
 
     def _wait_for_release(
         self, request: ConnectRequest, slot: Slot, holder: BackendState
@@ -423,6 +526,109 @@ class Supervisor:
             self._reserved -= 1
             self._reserved_on[engine] -= 1
         return self._result(state, True, token, secret)
+
+    # ------------------------------------------------------------ warm pools
+
+    def warm_members(self, pool: str) -> list[BackendState]:
+        """The unclaimed backends counting towards ``pool`` (requested .. warm)."""
+        return [
+            s
+            for s in self.states.values()
+            if s.warm_pool == pool and lifecycle.is_warm_member(s)
+        ]
+
+    def unclaimed_members(self) -> list[BackendState]:
+        """Every warm pool's unclaimed backend that still counts (requested .. warm)."""
+        return [s for s in self.states.values() if lifecycle.is_warm_member(s)]
+
+    def engine_unavailable(self, engine: str) -> bool:
+        """True if ``engine`` takes no new backends (draining or lost) or is gone."""
+        view = self.engine_views.get(engine)
+        if engine not in self.executor.engines:
+            return True
+        return view is not None and (view.draining or view.lost)
+
+    async def spawn_warm(self, pool: WarmPool) -> str | None:
+        """Record one more warm backend of ``pool`` and start it; None (nothing
+        done) when no engine can take it or plane is at ``max_backends``."""
+        loads = self.engine_loads()
+        engine = place(loads, pool.spawn_config.pool, self.rng)
+        if engine is None:
+            return None
+        limit = self.max_backends
+        if limit is not None and self.live_count() + self._reserved >= limit:
+            return None
+        backend_id = tokens.new_backend_id()
+        requested = WarmBackendRequested(
+            self.clock.now(), backend_id, pool.name, pool.spawn_config, engine
+        )
+        events = lifecycle.decide(lifecycle.initial, requested)
+        self._reserved += 1
+        self._reserved_on[engine] = self._reserved_on.get(engine, 0) + 1
+        try:
+            await self.store.append(backend_id, 0, events)
+        finally:
+            self._reserved -= 1
+            self._reserved_on[engine] -= 1
+        state = lifecycle.fold(events)
+        self._adopt(state, [])
+        self._notify(state, events)
+        return backend_id
+
+    async def discard_warm(self, backend_id: str) -> None:
+        """Terminate an unclaimed warm backend at once (hard)."""
+        actor = self.actors.get(backend_id)
+        if actor is not None and actor.state.unclaimed and backend_id not in self._claiming:
+            await actor.ask(TerminationRequested(self.clock.now(), TerminationKind.HARD))
+
+    def check_warm_pool(self, spawn_config: SpawnConfig, size: int) -> None:
+        """Refuse (:class:`ConnectRefused` 400) a template or size a pool cannot have."""
+        if not 0 <= size <= MAX_POOL_SIZE:
+            raise ConnectRefused(
+                "InvalidRequest", f"must be between 0 and {MAX_POOL_SIZE} @ $.size", 400
+            )
+        problem = template_problem(spawn_config)
+        if problem is not None:
+            field, message = problem
+            raise ConnectRefused("InvalidRequest", f"{message} @ $.spawn_config.{field}", 400)
+        engines = [s.name for s in self.engine_specs.values() if s.pool == spawn_config.pool]
+        for engine in engines[:1] or [next(iter(self.executor.engines))]:
+            self._check_runnable(engine, spawn_config)
+
+    async def define_warm_pool(
+        self, name: str, spawn_config: SpawnConfig, size: int, claim_path: str | None
+    ) -> bool:
+        """Define (or redefine) a warm pool; True if that changed anything."""
+        self.check_warm_pool(spawn_config, size)
+        now = self.clock.now()
+        known = self.warm_pools.pools.get(name)
+        event: Event
+        if known == WarmPool(name, spawn_config, size, claim_path):
+            return False
+        if known is not None and (known.spawn_config, known.claim_path) == (
+            spawn_config,
+            claim_path,
+        ):
+            event = WarmPoolResized(now, name, size)
+        else:
+            event = WarmPoolDefined(now, name, spawn_config, size, claim_path)
+        await self._append_system([event])
+        self.warm_pools.poke()
+        log.info("warm pool %s: size %d", name, size)
+        return True
+
+    async def resize_warm_pool(self, name: str, size: int) -> None:
+        known = self.warm_pools.pools.get(name)
+        if known is None:
+            raise UnknownWarmPool(name)
+        await self.define_warm_pool(name, known.spawn_config, size, known.claim_path)
+
+    async def remove_warm_pool(self, name: str) -> None:
+        """Remove a pool; its unclaimed backends are terminated."""
+        if name not in self.warm_pools.pools:
+            raise UnknownWarmPool(name)
+        await self._append_system([WarmPoolRemoved(self.clock.now(), name)])
+        self.warm_pools.poke()
 
     async def _id_used(self, backend_id: str) -> bool:
         """Whether the history (log or archives) holds a stream ``backend_id``."""
@@ -534,7 +740,11 @@ class Supervisor:
         if lifecycle.is_terminal(state) and not (previous and lifecycle.is_terminal(previous)):
             self.terminated_count += 1
         self.states[state.backend_id] = state
-        if state.key is not None and not lifecycle.is_live(state):
+        if state.key is not None and lifecycle.is_live(state):
+            # a claimed warm backend takes its key here (its claim was recorded)
+            self._held_by_slot.setdefault(state.key.slot(), state.backend_id)
+            self._live_by_slot.setdefault(state.key.slot(), state.backend_id)
+        elif state.key is not None and not lifecycle.is_live(state):
             slot = state.key.slot()
             if self._live_by_slot.get(slot) == state.backend_id:
                 del self._live_by_slot[slot]
@@ -543,6 +753,8 @@ class Supervisor:
                 released = self._released.pop(slot, None)
                 if released is not None:
                     released.set()
+        if state.warm_pool is not None:
+            self.warm_pools.observe(state, events)
         for observer in self.observers:
             observer(state, events)
 
@@ -645,6 +857,8 @@ class Supervisor:
         for backend_id in self._live_by_slot.values():
             engine = self.states[backend_id].engine
             live[engine] = live.get(engine, 0) + 1
+        for member in self.unclaimed_members():
+            live[member.engine] = live.get(member.engine, 0) + 1
         loads = []
         for name in self.executor.engines:
             view = self.engine_views.get(name) or EngineView(name)
@@ -674,6 +888,7 @@ class Supervisor:
             self._system_version += len(events)
             for event in events:
                 self.engine_views = evolve_engines(self.engine_views, event)
+                self.warm_pools.apply(event)
 
     async def drain(self, name: str, *, draining: bool = True) -> bool:
         """Drain (or undrain) an engine; True if that changed anything."""
@@ -685,6 +900,11 @@ class Supervisor:
         event = EngineDrained if draining else EngineUndrained
         await self._append_system([event(self.clock.now(), name)])
         log.info("engine %s %s", name, "drained" if draining else "undrained")
+        if draining:  # its unclaimed warm backends end at once; the pools refill elsewhere
+            for member in self.unclaimed_members():
+                if member.engine == name:
+                    await self.discard_warm(member.backend_id)
+        self.warm_pools.poke()
         return True
 
     async def _register_engines(self) -> None:
@@ -786,6 +1006,7 @@ class Supervisor:
         # the engines' views: a fold of the system stream (small: engine and upkeep facts)
         for record in await self.store.read_stream(SYSTEM_STREAM):
             self.engine_views = evolve_engines(self.engine_views, record.event)
+            self.warm_pools.apply(record.event)
         await self._register_engines()
         listings: dict[str, list[Running] | None] = {}
         for engine in self.executor.engines:

@@ -88,7 +88,7 @@ class _Executable:
 
 @attrs.frozen
 class _SpawnConfig:
-    executable: _Executable
+    executable: _Executable | None = None
     max_idle_seconds: float | None = None
     lifetime_limit_seconds: float | None = None
     id: str | None = None
@@ -98,6 +98,8 @@ class _SpawnConfig:
     pool: str | None = None
     use_static_token: bool | None = None
     subdomain: str | None = None
+    warm_pool: str | None = None
+    """Ours: claim a backend of this warm pool (then nothing else may be given)."""
 
 
 @attrs.frozen
@@ -353,18 +355,32 @@ def _check(body: _ConnectBody) -> None:
         p.text("$.key.tag", body.key.tag, limit=MAX_KEY_CHARS)
     p.text("$.user", body.user, limit=MAX_TEXT_CHARS)
     cfg = body.spawn_config
-    if cfg is not None:
-        if cfg.id is not None and not _BACKEND_ID.fullmatch(cfg.id):
-            p.add("$.spawn_config.id", f"must match {BACKEND_ID_PATTERN}")
-        if cfg.subdomain is not None and (problem := subdomain_problem(cfg.subdomain)):
-            p.add("$.spawn_config.subdomain", problem)
-        p.seconds("$.spawn_config.max_idle_seconds", cfg.max_idle_seconds)
-        p.seconds("$.spawn_config.lifetime_limit_seconds", cfg.lifetime_limit_seconds)
-        p.seconds("$.spawn_config.start_timeout_seconds", cfg.start_timeout_seconds)
-        p.seconds("$.spawn_config.stop_grace_seconds", cfg.stop_grace_seconds, zero=True)
-        _check_executable(p, cfg.executable, "$.spawn_config.executable")
-        _refuse_unhonoured(p, cfg)
+    if cfg is not None and cfg.warm_pool is not None:
+        p.text("$.spawn_config.warm_pool", cfg.warm_pool, limit=MAX_KEY_CHARS, empty=False)
+        for field in attrs.fields(_SpawnConfig):
+            if field.name != "warm_pool" and getattr(cfg, field.name) is not None:
+                p.add(
+                    f"$.spawn_config.{field.name}",
+                    "a spawn_config with warm_pool holds nothing else (the pool's template does)",
+                )
+    elif cfg is not None and cfg.executable is None:
+        p.add("$.spawn_config.executable", "required field missing (or give warm_pool)")
+    elif cfg is not None and cfg.executable is not None:
+        _check_spawn(p, cfg, cfg.executable)
     p.raise_if_any()
+
+
+def _check_spawn(p: _Problems, cfg: _SpawnConfig, exe: _Executable) -> None:
+    if cfg.id is not None and not _BACKEND_ID.fullmatch(cfg.id):
+        p.add("$.spawn_config.id", f"must match {BACKEND_ID_PATTERN}")
+    if cfg.subdomain is not None and (problem := subdomain_problem(cfg.subdomain)):
+        p.add("$.spawn_config.subdomain", problem)
+    p.seconds("$.spawn_config.max_idle_seconds", cfg.max_idle_seconds)
+    p.seconds("$.spawn_config.lifetime_limit_seconds", cfg.lifetime_limit_seconds)
+    p.seconds("$.spawn_config.start_timeout_seconds", cfg.start_timeout_seconds)
+    p.seconds("$.spawn_config.stop_grace_seconds", cfg.stop_grace_seconds, zero=True)
+    _check_executable(p, exe, "$.spawn_config.executable")
+    _refuse_unhonoured(p, cfg)
 
 
 # ------------------------------------------------------------------ mapping
@@ -372,6 +388,7 @@ def _check(body: _ConnectBody) -> None:
 
 def _spawn_config(cfg: _SpawnConfig) -> SpawnConfig:
     exe = cfg.executable
+    assert exe is not None, "checked by _check"
     executable = Executable(
         image=exe.image,
         command=tuple(exe.command) if exe.command is not None else None,
@@ -418,6 +435,9 @@ def parse_connect(body: bytes) -> ConnectRequest:
     auth = None
     if wire.auth is not None:
         auth = json.dumps(wire.auth, separators=(",", ":"))
+    warm_pool = spawn.warm_pool if spawn is not None else None
+    if warm_pool is not None:
+        return ConnectRequest(key=key, user=wire.user, auth=auth, warm_pool=warm_pool)
     return ConnectRequest(
         key=key,
         spawn_config=_spawn_config(spawn) if spawn is not None else None,
@@ -463,3 +483,53 @@ def parse_revoke_user(body: bytes) -> tuple[str, str]:
     p.text("$.user", wire.user, limit=MAX_TEXT_CHARS, empty=False)
     p.raise_if_any()
     return wire.backend_id, wire.user
+
+
+@attrs.frozen
+class _WarmPoolBody:
+    """``PUT /ctrl/warm-pools/{name}``."""
+
+    size: int
+    spawn_config: _SpawnConfig | None = None
+    claim_path: str | None = None
+
+
+WARM_POOL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_WARM_POOL_NAME = re.compile(WARM_POOL_NAME_PATTERN)
+
+
+def check_warm_pool_name(name: str) -> None:
+    """400 unless ``name`` can name a warm pool."""
+    if not _WARM_POOL_NAME.fullmatch(name):
+        raise ApiError(400, "InvalidRequest", f"must match {WARM_POOL_NAME_PATTERN} @ name")
+
+
+def parse_warm_pool(body: bytes) -> tuple[SpawnConfig | None, int, str | None]:
+    """A warm pool's definition -> (template or None: keep the pool's, size,
+    claim path); 400 naming the field if it is wrong.  The template is a
+    connect's spawn_config less what only one backend can have (``id``) or
+    what names another pool (``warm_pool``), and less ``cluster``."""
+    data = parse_json(body)
+    _only_fields(data, _WarmPoolBody)
+    wire = _structure(data, _WarmPoolBody)
+    p = _Problems()
+    p.integer("$.size", wire.size, 0, 1000)
+    if wire.claim_path is not None and (
+        not wire.claim_path.startswith("/")
+        or _CONTROL.search(wire.claim_path)
+        or " " in wire.claim_path
+    ):
+        p.add("$.claim_path", "must be a path starting with / (no spaces or control characters)")
+    p.text("$.claim_path", wire.claim_path, limit=MAX_TEXT_CHARS, empty=False)
+    cfg = wire.spawn_config
+    if cfg is not None:
+        for field in ("id", "warm_pool", "cluster"):
+            if getattr(cfg, field) is not None:
+                p.add(f"$.spawn_config.{field}", "a warm pool's template cannot have it")
+        if cfg.executable is None:
+            p.add("$.spawn_config.executable", "required field missing")
+        else:
+            _check_spawn(p, cfg, cfg.executable)
+    p.raise_if_any()
+    template = _spawn_config(cfg) if cfg is not None else None
+    return template, wire.size, wire.claim_path

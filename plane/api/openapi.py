@@ -88,8 +88,8 @@ def _schemas() -> dict[str, Any]:
         "state": {"type": "string", "enum": our_states},
         "reason": _nullable({"type": "string", "enum": our_reasons}),
         "state_at": {"type": "integer"},
-        "status": {"type": "string", "enum": statuses},
-        "time": {"type": "integer"},
+        "status": _nullable({"type": "string", "enum": statuses}),
+        "time": _nullable({"type": "integer"}),
         "termination_reason": _nullable({"type": "string", "enum": reasons}),
         "termination_kind": _nullable({"type": "string", "enum": kinds}),
         "exit_error": _nullable({"type": "boolean"}),
@@ -169,8 +169,38 @@ def _schemas() -> dict[str, Any]:
                 "lifetime_limit_seconds": _seconds(),
                 "start_timeout_seconds": _seconds(),
                 "stop_grace_seconds": _seconds(zero=True),
+                "warm_pool": {
+                    **_nullable(_text(MAX_KEY_CHARS, min_length=1)),
+                    "description": "Ours: claim a backend of this warm pool (or spawn one "
+                    "cold from its template); then nothing else may be given.",
+                },
             },
-            ["executable"],
+        ),
+        "WarmPoolDefinition": {
+            **_obj(
+                {
+                    "size": _int_range(0, 1000),
+                    "spawn_config": _nullable(_ref("SpawnConfig")),
+                    "claim_path": _nullable(_text(MAX_TEXT_CHARS, min_length=1)),
+                },
+                ["size"],
+            ),
+            "additionalProperties": False,
+            "description": "A warm pool: its template (without id, cluster, warm_pool; "
+            "left out: resize the existing pool), size and claim hook path.",
+        },
+        "WarmPool": _obj(
+            {
+                "name": {"type": "string"},
+                "size": {"type": "integer", "minimum": 0},
+                "warm": {"type": "integer", "minimum": 0},
+                "starting": {"type": "integer", "minimum": 0},
+                "claim_path": _nullable({"type": "string"}),
+            },
+            ["name", "size", "warm", "starting", "claim_path"],
+        ),
+        "WarmPoolList": _obj(
+            {"warm_pools": {"type": "array", "items": _ref("WarmPool")}}, ["warm_pools"]
         ),
         "ConnectRequest": {
             **_obj(
@@ -816,6 +846,40 @@ def document() -> dict[str, Any]:
                     parameters=[_path_param("cluster"), _path_param("drone")],
                     operation_id="drainDrone",
                 )
+            },
+            "/ctrl/warm-pools": {
+                "get": _op(
+                    "Every warm pool: its size and how many backends are warm",
+                    {"200": _json("Every warm pool.", "WarmPoolList")},
+                    operation_id="warmPools",
+                )
+            },
+            "/ctrl/warm-pools/{name}": {
+                "get": _op(
+                    "One warm pool",
+                    {"200": _json("The warm pool.", "WarmPool")},
+                    errors=(404,),
+                    parameters=[_path_param("name")],
+                    operation_id="warmPool",
+                ),
+                "put": _op(
+                    "Define, redefine or resize a warm pool",
+                    {"200": _json("The warm pool.", "WarmPool")},
+                    errors=(400, 403, 413, 503),
+                    parameters=[_path_param("name")],
+                    body={
+                        "required": True,
+                        "content": {JSON: {"schema": _ref("WarmPoolDefinition")}},
+                    },
+                    operation_id="putWarmPool",
+                ),
+                "delete": _op(
+                    "Remove a warm pool; its unclaimed backends are terminated",
+                    {"200": {"description": "Removed.", "content": {JSON: {"schema": {}}}}},
+                    errors=(403, 404),
+                    parameters=[_path_param("name")],
+                    operation_id="deleteWarmPool",
+                ),
             },
             "/ctrl/c/{cluster}/state": {
                 "get": _op(

@@ -23,6 +23,10 @@ Ours, in both vocabularies (``state``/``reason`` ours, ``status`` Plane's):
   ``?status=`` on Plane's), ``GET /ctrl/b/{id}``, ``GET /ctrl/b/{id}/events``,
   ``GET /ctrl/events`` (SSE, or a WebSocket feed on an upgrade request),
   ``GET /ctrl/b/{id}/logs``, ``POST /ctrl/b/{id}/revoke``
+* warm pools: ``GET /ctrl/warm-pools`` (each with ``name``, ``size``,
+  ``warm``, ``starting``, ``claim_path``), ``GET``/``PUT``/``DELETE
+  /ctrl/warm-pools/{name}`` (``PUT`` body: ``{"spawn_config", "size",
+  "claim_path"}``; without ``spawn_config`` it resizes an existing pool)
 * ``GET /metrics``, ``GET /openapi.json``
 * the dashboard's: ``GET /ctrl/state``, ``GET /ctrl/event-types``, ``/ui/``
   (:mod:`plane.api.ui`)
@@ -51,7 +55,12 @@ import trio_websocket
 from plane import __version__, cluster, tokens
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
-from plane.actors.supervisor import ConnectRefused, UnknownBackend, UnknownEngine
+from plane.actors.supervisor import (
+    ConnectRefused,
+    UnknownBackend,
+    UnknownEngine,
+    UnknownWarmPool,
+)
 from plane.api import body, feeds, sse
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
@@ -223,7 +232,10 @@ class Endpoints:
         return await self._terminate(params["id"], TerminationKind.HARD)
 
     async def status(self, request: Request, params: Params) -> Response:
-        return json_response(status_view(await self._state(params["id"])))
+        state = await self._state(params["id"])
+        if state.unclaimed:  # a warm pool's backend does not exist for Plane
+            raise not_found(params["id"])
+        return json_response(status_view(state))
 
     async def status_stream(self, request: Request, params: Params) -> Response:
         backend_id = params["id"]
@@ -231,7 +243,7 @@ class Endpoints:
         history = None
         if backend_id != SYSTEM_STREAM:
             history = await feeds.status_history(self.ctx.store, backend_id)
-        if history is None:
+        if history is None or history.state.unclaimed:
             raise not_found(backend_id)
         if history.ended and not any(resume.wants(c) for c in history.changes):
             return Response(204, (("cache-control", "no-cache"),))
@@ -494,6 +506,52 @@ class Endpoints:
             )
         return json_response({"drones": drones, "proxies": []})
 
+    # --------------------------------------------------------- warm pools
+
+    def _warm_pool_view(self, name: str) -> dict[str, object]:
+        for pool in self.ctx.supervisor.warm_pools.view():
+            if pool["name"] == name:
+                return pool
+        raise ApiError(404, "NotFound", f"no warm pool {name!r}")
+
+    async def warm_pools(self, request: Request, params: Params) -> Response:
+        return json_response({"warm_pools": self.ctx.supervisor.warm_pools.view()})
+
+    async def warm_pool(self, request: Request, params: Params) -> Response:
+        return json_response(self._warm_pool_view(params["name"]))
+
+    async def put_warm_pool(self, request: Request, params: Params) -> Response:
+        """Define, redefine or resize a warm pool (``spawn_config`` may be left
+        out to resize an existing pool)."""
+        name = params["name"]
+        body.check_warm_pool_name(name)
+        template, size, claim_path = body.parse_warm_pool(request.body)
+        supervisor = self.ctx.supervisor
+        try:
+            if template is None:
+                known = supervisor.warm_pools.pools.get(name)
+                if known is None:
+                    raise ApiError(
+                        400,
+                        "InvalidRequest",
+                        f"no warm pool {name!r} yet: give its spawn_config @ $.spawn_config",
+                    )
+                updated = await supervisor.define_warm_pool(
+                    name, known.spawn_config, size, claim_path or known.claim_path
+                )
+            else:
+                updated = await supervisor.define_warm_pool(name, template, size, claim_path)
+        except ConnectRefused as refused:
+            raise ApiError(refused.http_status, refused.code, str(refused)) from None
+        return json_response({"updated": updated, **self._warm_pool_view(name)})
+
+    async def delete_warm_pool(self, request: Request, params: Params) -> Response:
+        try:
+            await self.ctx.supervisor.remove_warm_pool(params["name"])
+        except UnknownWarmPool:
+            raise ApiError(404, "NotFound", f"no warm pool {params['name']!r}") from None
+        return json_response(None)
+
     async def openapi(self, request: Request, params: Params) -> Response:
         return json_response(document())
 
@@ -552,6 +610,10 @@ def build_router(ctx: ApiContext) -> Router:
         Route("POST", "/ctrl/engines/{name}/undrain", e.undrain_engine),
         Route("POST", "/ctrl/c/{cluster}/d/{drone}/drain", e.drain_drone),
         Route("GET", "/ctrl/c/{cluster}/state", e.cluster_state),
+        Route("GET", "/ctrl/warm-pools", e.warm_pools),
+        Route("GET", "/ctrl/warm-pools/{name}", e.warm_pool),
+        Route("PUT", "/ctrl/warm-pools/{name}", e.put_warm_pool),
+        Route("DELETE", "/ctrl/warm-pools/{name}", e.delete_warm_pool),
         Route("GET", "/metrics", e.metrics),
         Route("GET", "/openapi.json", e.openapi),
     ]

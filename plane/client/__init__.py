@@ -46,6 +46,7 @@ from plane.client.models import (
     Status,
     TerminationKind,
     TerminationReason,
+    WarmPool,
 )
 from plane.client.sync import Client
 from plane.events.spec import BackendKey, Executable, ResourceLimits, SpawnConfig
@@ -82,4 +83,5 @@ __all__ = [
     "TerminationReason",
     "Unauthorized",
     "WaitTimeout",
+    "WarmPool",
 ]

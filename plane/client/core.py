@@ -52,6 +52,7 @@ from plane.client.models import (
     Engine,
     Event,
     Status,
+    WarmPool,
     structure,
     unstructure,
 )
@@ -327,10 +328,26 @@ def connect_body(
     backend_id: str | None,
     user: str | None,
     auth: Any,
+    warm_pool: str | None = None,
 ) -> dict[str, Any]:
     """Plane's connect body.  ``spawn_config`` is the whole thing; ``image`` or
     ``command`` (a list, or a string split as a shell would) with the other
-    keywords build one; an option that would be ignored is refused."""
+    keywords build one; ``warm_pool`` (ours) claims a backend of that warm pool
+    instead (and excludes the others); an option that would be ignored is refused."""
+    if warm_pool is not None:
+        given_with_pool = [
+            name
+            for name, value in (
+                ("spawn_config", spawn_config), ("image", image), ("command", command),
+                ("cwd", cwd), ("env", env), ("port", port), ("pull_policy", pull_policy),
+                ("max_idle", max_idle), ("lifetime", lifetime), ("backend_id", backend_id),
+            )
+            if value is not None
+        ]  # fmt: skip
+        if given_with_pool:
+            raise ValueError(
+                f"warm_pool takes the pool's template: give no {', '.join(given_with_pool)}"
+            )
     shortcuts = {
         "image": image, "command": command, "cwd": cwd, "env": env, "port": port,
         "pull_policy": pull_policy, "max_idle": max_idle, "lifetime": lifetime,
@@ -360,7 +377,9 @@ def connect_body(
     parsed_key = key_of(key)
     if parsed_key is not None:
         body["key"] = unstructure(parsed_key)
-    if spawn_config is not None:
+    if warm_pool is not None:
+        body["spawn_config"] = {"warm_pool": warm_pool}
+    elif spawn_config is not None:
         body["spawn_config"] = {**unstructure(spawn_config), "id": backend_id}
     elif backend_id is not None:
         raise ValueError("backend_id names the backend to spawn: it needs something to spawn")
@@ -514,6 +533,37 @@ def drain(settings: Settings, name: str, *, draining: bool) -> Op[bool]:
     call = Call("POST", _path("ctrl", "engines", name, "drain" if draining else "undrain"))
     reply = yield from request(settings, call, safe=True)
     return bool(_json(reply)["updated"])
+
+
+def warm_pools(settings: Settings) -> Op[list[WarmPool]]:
+    """``GET /ctrl/warm-pools``."""
+    reply = yield from request(settings, Call("GET", "/ctrl/warm-pools"), safe=True)
+    return [structure(item, WarmPool) for item in _json(reply)["warm_pools"]]
+
+
+def put_warm_pool(
+    settings: Settings,
+    name: str,
+    size: int,
+    spawn_config: SpawnConfig | None,
+    claim_path: str | None,
+) -> Op[WarmPool]:
+    """``PUT /ctrl/warm-pools/{name}`` (without ``spawn_config``: resize it)."""
+    body: dict[str, Any] = {"size": size}
+    if spawn_config is not None:
+        body["spawn_config"] = unstructure(spawn_config)
+    if claim_path is not None:
+        body["claim_path"] = claim_path
+    call = Call("PUT", _path("ctrl", "warm-pools", name), json=body)
+    reply = yield from request(settings, call, safe=True)
+    data = _json(reply)
+    data.pop("updated", None)
+    return structure(data, WarmPool)
+
+
+def delete_warm_pool(settings: Settings, name: str) -> Op[None]:
+    """``DELETE /ctrl/warm-pools/{name}``."""
+    yield from request(settings, Call("DELETE", _path("ctrl", "warm-pools", name)), safe=True)
 
 
 def backend(settings: Settings, backend_id: str) -> Op[Backend]:

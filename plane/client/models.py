@@ -130,6 +130,18 @@ class Backend:
 
 
 @attrs.frozen
+class WarmPool:
+    """One warm pool (``GET /ctrl/warm-pools``)."""
+
+    name: str
+    size: int
+    warm: int = 0
+    """Backends started and ready, waiting to be claimed."""
+    starting: int = 0
+    claim_path: str | None = None
+
+
+@attrs.frozen
 class Engine:
     """One engine plane places backends on (``GET /ctrl/engines``)."""
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 
 from plane.client import _transport, core
-from plane.client.models import Backend, BackendStatus, Connection, Engine, Event, Status
+from plane.client.models import Backend, BackendStatus, Connection, Engine, Event, Status, WarmPool
 from plane.events.spec import BackendKey, SpawnConfig
 
 R = TypeVar("R")
@@ -126,18 +126,20 @@ class Client:
         backend_id: str | None = None,
         user: str | None = None,
         auth: Any = None,
+        warm_pool: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> Connection:
         """The backend for ``key``: the live one, or a new one spawned from
         ``spawn_config`` (or from ``image``/``command`` and the other keywords),
-        with a fresh token.  With ``wait``, returns once it is ready (see
+        with a fresh token; with ``warm_pool`` (instead of a spawn config) a
+        backend claimed from that warm pool.  With ``wait``, returns once it is ready (see
         :meth:`wait_ready`).  Retried on connection failures only when a key is
         given (a retry then finds the same backend)."""
         body = core.connect_body(
             key, spawn_config=spawn_config, image=image, command=command, cwd=cwd, env=env,
             port=port, pull_policy=pull_policy, max_idle=max_idle, lifetime=lifetime,
-            backend_id=backend_id, user=user, auth=auth,
+            backend_id=backend_id, user=user, auth=auth, warm_pool=warm_pool,
         )  # fmt: skip
         return self._run(core.connect(self.settings, body, wait=wait, timeout=timeout))
 
@@ -168,6 +170,25 @@ class Client:
         """Revoke the backend's tokens: one ``token``, a ``user``'s (Plane's
         endpoint), or all of them."""
         self._run(core.revoke(self.settings, backend_id, token=token, user=user))
+
+    def warm_pools(self) -> list[WarmPool]:
+        """Every warm pool: its size and how many backends are warm."""
+        return self._run(core.warm_pools(self.settings))
+
+    def put_warm_pool(
+        self,
+        name: str,
+        size: int,
+        spawn_config: SpawnConfig | None = None,
+        *,
+        claim_path: str | None = None,
+    ) -> WarmPool:
+        """Define (or redefine) warm pool ``name``; without ``spawn_config``, resize it."""
+        return self._run(core.put_warm_pool(self.settings, name, size, spawn_config, claim_path))
+
+    def delete_warm_pool(self, name: str) -> None:
+        """Remove warm pool ``name``; its unclaimed backends are terminated."""
+        self._run(core.delete_warm_pool(self.settings, name))
 
     def engines(self) -> list[Engine]:
         """Every engine plane places backends on, with its state and load."""

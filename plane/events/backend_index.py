@@ -10,7 +10,8 @@ What it holds: one row per backend (``backend_id`` primary key,
 with a partial index on ``(requested_at, backend_id)`` over the terminated
 rows, so a page of terminated backends after a cursor is an index range scan
 (fast at 50,000 or 5 million terminated backends; nothing per backend stays
-in memory).  Only two event types feed it: ``backend.requested`` (the row)
+in memory).  Only these event types feed it: ``backend.requested`` (the row;
+``backend.claimed`` for a warm pool's backend, which has no key before)
 and ``backend.terminated`` (the flag); the row's payload is read with
 ``json.loads`` of the stored data, never by folding streams.
 
@@ -55,7 +56,12 @@ import trio
 from plane.events import wire
 from plane.events.sqlite import _store_error
 from plane.events.store import EventStore
-from plane.events.types import BackendRequested, BackendTerminated, HistoryArchived
+from plane.events.types import (
+    BackendClaimed,
+    BackendRequested,
+    BackendTerminated,
+    HistoryArchived,
+)
 
 __all__ = ["INDEX_FORMAT", "BackendIndex", "Order", "index_path"]
 
@@ -68,9 +74,11 @@ Order = tuple[float, str]
 _REQUESTED = wire.TAGS[BackendRequested]
 _TERMINATED = wire.TAGS[BackendTerminated]
 _ARCHIVED = wire.TAGS[HistoryArchived]
-_TYPES = (_REQUESTED, _TERMINATED, _ARCHIVED)
+_CLAIMED = wire.TAGS[BackendClaimed]
+_TYPES = (_REQUESTED, _TERMINATED, _ARCHIVED, _CLAIMED)
 _ROWS = (
-    "SELECT seq, stream, type, data FROM events WHERE seq > ? AND seq <= ? AND type IN (?, ?, ?)"
+    "SELECT seq, stream, type, data FROM events"
+    " WHERE seq > ? AND seq <= ? AND type IN (?, ?, ?, ?)"
 )
 _BATCH = 4096
 
@@ -102,7 +110,7 @@ def _apply(conn: sqlite3.Connection, rows: Iterable[_Row]) -> bool:
     requested: list[tuple[str, float, str, str]] = []
     terminated: list[tuple[str]] = []
     for _seq, stream, tag, data in rows:
-        if tag == _REQUESTED:
+        if tag in (_REQUESTED, _CLAIMED):  # a warm backend is listed once claimed
             doc = json.loads(data)
             key = doc["key"]
             requested.append((stream, float(doc["at"]), str(key["namespace"]), str(key["name"])))
@@ -187,7 +195,7 @@ class BackendIndex:
         rows = [
             (r.seq, r.stream, tag, data)
             for r in records
-            if isinstance(r.event, BackendRequested | BackendTerminated)
+            if isinstance(r.event, BackendRequested | BackendClaimed | BackendTerminated)
             for tag, data in (wire.encode(r.event),)
         ]
         conn.execute("BEGIN")

@@ -55,6 +55,7 @@ from plane.events.sqlite import SCHEMA_VERSION, SqliteLogReader
 from plane.events.store import RecordedEvent
 from plane.events.types import (
     SYSTEM_STREAM,
+    BackendClaimed,
     BackendReady,
     BackendRequested,
     BackendStarting,
@@ -79,7 +80,14 @@ SNAPSHOT_FORMAT = 1
 
 Slot = tuple[str, str]
 
-_ROUTED = (TokenIssued, TokenRevoked, BackendReady, BackendRequested, BackendStarting)
+_ROUTED = (
+    TokenIssued,
+    TokenRevoked,
+    BackendReady,
+    BackendRequested,
+    BackendStarting,
+    BackendClaimed,
+)
 
 
 def snapshot_path(log: str | os.PathLike[str]) -> Path:

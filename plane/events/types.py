@@ -30,6 +30,8 @@ class Status(enum.StrEnum):
     REQUESTED = "requested"
     STARTING = "starting"
     READY = "ready"
+    WARM = "warm"
+    """Started and ready in a warm pool, holding no key, reachable by nobody."""
     IDLE = "idle"
     TERMINATING = "terminating"
     TERMINATED = "terminated"
@@ -199,6 +201,42 @@ class HistoryArchived:
     fencing: tuple[KeyFencing, ...] = ()
 
 
+@attrs.frozen
+class WarmBackendRequested:
+    """The warm pool ``warm_pool`` wants one more backend, started from its
+    template ``spawn_config`` (input; opens the stream).  It holds no key until
+    it is claimed (:class:`BackendClaimed`)."""
+
+    at: float
+    backend_id: str
+    warm_pool: str
+    spawn_config: SpawnConfig
+    engine: str = "local"
+
+
+@attrs.frozen
+class BackendClaimed:
+    """A connect claimed the warm backend: from now on it holds ``key`` with
+    ``fencing_token`` and serves ``user``; the connect's token (by its hash,
+    with the token's expiry, secret, user and auth as in :class:`TokenIssued`)
+    routes to it.  Its idle and lifetime clocks start here."""
+
+    at: float
+    key: BackendKey
+    fencing_token: int
+    token_hash: str
+    expires_at: float
+    secret_token: str = ""
+    user: str | None = None
+    auth: str | None = None
+
+    def issued(self) -> TokenIssued:
+        """The claim's token, as the token event it stands for."""
+        return TokenIssued(
+            self.at, self.token_hash, self.expires_at, self.secret_token, self.user, self.auth
+        )
+
+
 SYSTEM_STREAM = "_plane"
 """The stream of the supervisor's own facts; every other stream is a backend."""
 
@@ -257,6 +295,40 @@ class EngineReturned:
     name: str
 
 
+# ------------------------------------------------------------------ warm pools
+# Warm pool definitions, in ``SYSTEM_STREAM``; :mod:`plane.actors.warm_pools`
+# folds them.  Neither inputs of a backend's decider nor its decisions.
+
+
+@attrs.frozen
+class WarmPoolDefined:
+    """The warm pool ``name`` keeps ``size`` backends of ``spawn_config`` warm
+    (defined, or defined again with another template or claim hook)."""
+
+    at: float
+    name: str
+    spawn_config: SpawnConfig
+    size: int
+    claim_path: str | None = None
+
+
+@attrs.frozen
+class WarmPoolResized:
+    """The warm pool ``name`` now keeps ``size`` backends warm."""
+
+    at: float
+    name: str
+    size: int
+
+
+@attrs.frozen
+class WarmPoolRemoved:
+    """The warm pool ``name`` is gone; its unclaimed backends are terminated."""
+
+    at: float
+    name: str
+
+
 # ------------------------------------------------------------------ decisions
 
 
@@ -270,6 +342,14 @@ class BackendStarting:
 @attrs.frozen
 class BackendReady:
     """Decided: the backend is reachable at ``address``."""
+
+    at: float
+    address: str
+
+
+@attrs.frozen
+class BackendWarmed:
+    """Decided: a warm pool's backend is ready at ``address``, for nobody yet."""
 
     at: float
     address: str
@@ -330,10 +410,13 @@ InputEvent = (
     | TokenRevoked
     | OrphanRemoved
     | HistoryArchived
+    | WarmBackendRequested
+    | BackendClaimed
 )
 DecisionEvent = (
     BackendStarting
     | BackendReady
+    | BackendWarmed
     | BackendIdle
     | BackendActive
     | BackendTerminating
@@ -341,11 +424,15 @@ DecisionEvent = (
     | BackendTerminated
 )
 EngineEvent = EngineRegistered | EngineDrained | EngineUndrained | EngineLost | EngineReturned
-Event = InputEvent | DecisionEvent | EngineEvent
+WarmPoolEvent = WarmPoolDefined | WarmPoolResized | WarmPoolRemoved
+Event = InputEvent | DecisionEvent | EngineEvent | WarmPoolEvent
 
 INPUT_TYPES: tuple[type, ...] = InputEvent.__args__
 DECISION_TYPES: tuple[type, ...] = DecisionEvent.__args__
 ENGINE_TYPES: tuple[type, ...] = EngineEvent.__args__
+WARM_POOL_TYPES: tuple[type, ...] = WarmPoolEvent.__args__
+SYSTEM_TYPES: tuple[type, ...] = (OrphanRemoved, HistoryArchived, *ENGINE_TYPES, *WARM_POOL_TYPES)
+"""Events that belong to ``SYSTEM_STREAM`` only, never to a backend's stream."""
 
 
 def is_input(event: Event) -> bool:

@@ -36,9 +36,12 @@ TAGS: dict[type[t.Event], str] = {
     t.TokenRevoked: "token.revoked.v1",
     t.OrphanRemoved: "plane.orphan_removed.v1",
     t.HistoryArchived: "plane.history_archived.v1",
+    t.WarmBackendRequested: "backend.warm_requested.v1",
+    t.BackendClaimed: "backend.claimed.v1",
     # decisions
     t.BackendStarting: "backend.starting.v1",
     t.BackendReady: "backend.ready.v1",
+    t.BackendWarmed: "backend.warmed.v1",
     t.BackendIdle: "backend.idle.v1",
     t.BackendActive: "backend.active.v1",
     t.BackendTerminating: "backend.terminating.v1",
@@ -50,6 +53,10 @@ TAGS: dict[type[t.Event], str] = {
     t.EngineUndrained: "engine.undrained.v1",
     t.EngineLost: "engine.lost.v1",
     t.EngineReturned: "engine.returned.v1",
+    # warm pools (in the system stream)
+    t.WarmPoolDefined: "warm_pool.defined.v1",
+    t.WarmPoolResized: "warm_pool.resized.v1",
+    t.WarmPoolRemoved: "warm_pool.removed.v1",
 }
 TYPES_BY_TAG: dict[str, type[t.Event]] = {tag: cls for cls, tag in TAGS.items()}
 

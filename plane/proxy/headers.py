@@ -20,7 +20,8 @@ Towards the backend the proxy
 * adds ``x-verified-backend`` and ``-path`` (the original path, token
   included, without the query) and, for a connect token (not a static one),
   ``x-verified-username`` (when the token has a user), ``-user-data`` (the
-  token's ``auth`` JSON, ``null`` when none) and ``-secret``,
+  token's ``auth`` JSON, ``null`` when none) and ``-secret``; for a backend
+  claimed from a warm pool also ``x-verified-key`` (the key's name),
 * sets, like Plane, ``x-forwarded-for`` to the peer's address (whatever the
   client sent is overwritten) and ``x-forwarded-proto: http``.  A peer inside
   one of ``ProxySettings.trust_forwarded_from`` (a front proxy) keeps its
@@ -121,14 +122,22 @@ def clean_value(text: str) -> bytes:
 
 
 def render_verified(
-    backend_id: str, user: str | None, auth: str | None, secret_token: str | None
+    backend_id: str,
+    user: str | None,
+    auth: str | None,
+    secret_token: str | None,
+    key: str | None = None,
 ) -> bytes:
     """The ``x-verified-*`` header lines (except ``-path``, which is per request)
     for one token, ready to send; ``secret_token`` None for a static token,
-    which has no user, user data or secret: only ``-backend``."""
+    which has no user, user data or secret: only ``-backend``.  ``key``: the
+    key's name of a backend claimed from a warm pool (``x-verified-key``: its
+    env was fixed before it had a key)."""
     lines = [b"x-verified-backend: " + clean_value(backend_id) + b"\r\n"]
+    if key is not None:
+        lines.append(b"x-verified-key: " + clean_value(key) + b"\r\n")
     if secret_token is None:
-        return lines[0]
+        return b"".join(lines)
     if user is not None:
         lines.append(b"x-verified-username: " + clean_value(user) + b"\r\n")
     user_data = clean_value(auth) if auth is not None else b"null"

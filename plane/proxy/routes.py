@@ -22,6 +22,9 @@ What it folds (every other event is ignored):
 * ``TokenIssued``: the token (by hash) routes to the event's stream (the
   backend id) until ``expires_at`` (a ``TokenIssued`` for the backend's own
   static token changes nothing: it stays static).
+* ``BackendClaimed`` (a warm pool's backend claimed): its token, as a
+  ``TokenIssued``, and the key's name, sent as ``x-verified-key`` with every
+  request to the backend from then on (``BackendReady`` follows it).
 * ``TokenRevoked``: that token, or (``token_hash`` None) every token the
   backend had so far, is refused from now on (410 ``TokenRevoked``); tokens
   issued later are not affected.
@@ -45,6 +48,7 @@ from plane.events.spec import SpawnConfig
 from plane.events.store import RecordedEvent
 from plane.events.types import (
     SYSTEM_STREAM,
+    BackendClaimed,
     BackendReady,
     BackendRequested,
     BackendStarting,
@@ -109,6 +113,7 @@ class _Backend:
     tokens: list[str] = attrs.field(factory=list)
     subdomain: bytes | None = None
     start_timeout: float = DEFAULT_START_TIMEOUT
+    key: str | None = None  # a claimed warm backend's key name: x-verified-key
 
 
 @attrs.define
@@ -142,12 +147,12 @@ class RouteTable:
         event = recorded.event
         match event:
             case TokenIssued():
+                self._issued(stream, event)
+            case BackendClaimed():
                 backend = self._backend(stream)
-                known = self._tokens.get(event.token_hash)
-                if known is not None and known.static and known.backend is backend:
-                    return
-                self._tokens[event.token_hash] = _Token(backend, event)
-                backend.tokens.append(event.token_hash)
+                backend.key = event.key.name
+                backend.generation += 1
+                self._issued(stream, event.issued())
             case TokenRevoked(token_hash=None):
                 backend = self._backend(stream)
                 for token_hash in backend.tokens:
@@ -171,6 +176,14 @@ class RouteTable:
                 self._requested(stream, event)
             case BackendStarting():
                 self._backend(stream)
+
+    def _issued(self, stream: str, event: TokenIssued) -> None:
+        backend = self._backend(stream)
+        known = self._tokens.get(event.token_hash)
+        if known is not None and known.static and known.backend is backend:
+            return
+        self._tokens[event.token_hash] = _Token(backend, event)
+        backend.tokens.append(event.token_hash)
 
     def _requested(self, stream: str, event: BackendRequested) -> None:
         backend = self._backend(stream)
@@ -231,7 +244,9 @@ class RouteTable:
                 issued.user,
                 issued.auth,
                 secret,
-                render_verified(backend.backend_id, issued.user, issued.auth, secret),
+                render_verified(
+                    backend.backend_id, issued.user, issued.auth, secret, backend.key
+                ),
                 render_backend_id(backend.backend_id),
                 token.static,
                 backend.subdomain,

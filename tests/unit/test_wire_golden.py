@@ -25,12 +25,14 @@ from plane.events.spec import (
 )
 from plane.events.types import (
     BackendActive,
+    BackendClaimed,
     BackendIdle,
     BackendReady,
     BackendRequested,
     BackendStarting,
     BackendTerminated,
     BackendTerminating,
+    BackendWarmed,
     ConnectionClosed,
     ConnectionOpened,
     EngineDrained,
@@ -54,12 +56,47 @@ from plane.events.types import (
     TerminationRequested,
     TokenIssued,
     TokenRevoked,
+    WarmBackendRequested,
+    WarmPoolDefined,
+    WarmPoolRemoved,
+    WarmPoolResized,
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "events.json"
 
 TOKEN_HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 ADDRESS = "127.0.0.1:49153"
+
+FULL_EXECUTABLE = Executable(
+    image="ghcr.io/acme/editor:1.4.2",
+    command=("python", "-m", "editor"),
+    cwd="/srv/editor",
+    env={"TZ": "UTC"},
+    pull_policy="Never",
+    resource_limits=ResourceLimits(
+        cpu_period=100000,
+        cpu_period_percent=50,
+        cpu_time_limit=3600,
+        memory_limit_bytes=536870912,
+        disk_limit_bytes=1073741824,
+        pids_limit=256,
+    ),
+    port=9090,
+    credentials=RegistryCredentials(username="robot", password="hunter2"),
+    mount="docs",
+    network_name="plane-net",
+)
+FULL_SPAWN = SpawnConfig(
+    executable=FULL_EXECUTABLE,
+    max_idle_seconds=60.0,
+    lifetime_limit_seconds=3600.0,
+    start_timeout_seconds=45.5,
+    stop_grace_seconds=10.0,
+    use_static_token=True,
+    subdomain="doc-43",
+    pool="gpu",
+)
+"""A spawn config with every field set (for the tags written after its fields)."""
 
 # Built by hand, never from the fixture.  Every field holds a value other than
 # its default (checked below), so a field dropped or renamed on the wire shows.
@@ -153,6 +190,33 @@ EXPECTED: dict[str, Event] = {
         at=1700000033.0, name="b", message="engine b lost: no answer for 30 s"
     ),
     "engine.returned.v1": EngineReturned(at=1700000034.0, name="b"),
+    "backend.warm_requested.v1": WarmBackendRequested(
+        at=1700000040.0,
+        backend_id="bk-warm-1",
+        warm_pool="editors",
+        spawn_config=FULL_SPAWN,
+        engine="b",
+    ),
+    "backend.warmed.v1": BackendWarmed(at=1700000041.5, address=ADDRESS),
+    "backend.claimed.v1": BackendClaimed(
+        at=1700000042.0,
+        key=BackendKey(name="doc-43", namespace="acme", tag="v2"),
+        fencing_token=13,
+        token_hash=TOKEN_HASH,
+        expires_at=1700003642.0,
+        secret_token="s3cr3t-Wm4",
+        user="user-124",
+        auth='{"role":"viewer"}',
+    ),
+    "warm_pool.defined.v1": WarmPoolDefined(
+        at=1700000043.0,
+        name="editors",
+        spawn_config=FULL_SPAWN,
+        size=3,
+        claim_path="/plane/claim",
+    ),
+    "warm_pool.resized.v1": WarmPoolResized(at=1700000044.0, name="editors", size=5),
+    "warm_pool.removed.v1": WarmPoolRemoved(at=1700000045.0, name="editors"),
 }
 
 
