@@ -64,7 +64,7 @@ from typing import Self
 
 import trio
 
-from plane.events.sqlite import SqliteEventStore, SqliteLogReader, _create_schema, _store_error
+from plane.events.sqlite import SqliteEventStore, SqliteLogReader, create_schema, store_error
 from plane.events.store import RecordedEvent, StoreError
 from plane.events.types import SYSTEM_STREAM, HistoryArchived, KeyFencing
 
@@ -160,7 +160,7 @@ def _open_archive(path: Path) -> sqlite3.Connection:
         if not has_events:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
-            _create_schema(conn)
+            create_schema(conn)
             conn.execute("COMMIT")
         conn.execute("PRAGMA synchronous = FULL")
     except BaseException:
@@ -176,7 +176,7 @@ def _copy_into_archives(log: Path, by_month: dict[str, list[str]]) -> None:
         try:
             conn = _open_archive(path)
         except sqlite3.Error as exc:
-            raise _store_error(exc, path, "creating the archive") from exc
+            raise store_error(exc, path, "creating the archive") from exc
         try:
             conn.execute("ATTACH DATABASE ? AS live", (str(log),))
             conn.execute("BEGIN IMMEDIATE")
@@ -193,7 +193,7 @@ def _copy_into_archives(log: Path, by_month: dict[str, list[str]]) -> None:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            raise _store_error(exc, path, "archiving into it") from exc
+            raise store_error(exc, path, "archiving into it") from exc
         finally:
             conn.close()
 
@@ -290,7 +290,7 @@ def _finish(log: Path, live: sqlite3.Connection, by_month: dict[str, list[str]])
         _copy_into_archives(log, by_month)
         _rebuild_live(log, live, {s for ss in by_month.values() for s in ss})
     except sqlite3.Error as exc:
-        raise _store_error(exc, log, "archiving from it") from exc
+        raise store_error(exc, log, "archiving from it") from exc
     journal_path(log).unlink(missing_ok=True)
     _fsync_dir(log.parent)
     with suppress(OSError, sqlite3.Error):
@@ -340,7 +340,7 @@ def _plan(
             "SELECT max(version) FROM events WHERE stream = ?", (SYSTEM_STREAM,)
         ).fetchone()
     except sqlite3.Error as exc:
-        raise _store_error(exc, log, "planning the archiving") from exc
+        raise store_error(exc, log, "planning the archiving") from exc
     finally:
         conn.close()
     marks = [KeyFencing(ns, name, token) for (ns, name), token in sorted(fencing.items())]
@@ -381,7 +381,7 @@ def _open_archive_reader(path: Path, *, check: bool) -> SqliteLogReader:
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
-            raise _store_error(exc, path, "opening the archive") from exc
+            raise store_error(exc, path, "opening the archive") from exc
         finally:
             conn.close()
         return SqliteLogReader(path, check=check)

@@ -53,7 +53,7 @@ from pathlib import Path
 import trio
 
 from plane.events import wire
-from plane.events.sqlite import _store_error
+from plane.events.sqlite import store_error
 from plane.events.store import EventStore
 from plane.events.types import BackendRequested, BackendTerminated, HistoryArchived
 
@@ -203,14 +203,14 @@ class BackendIndex:
         try:
             index = self._open_index()
         except sqlite3.Error as exc:
-            raise _store_error(exc, log, "indexing its backends") from exc
+            raise store_error(exc, log, "indexing its backends") from exc
         try:
             live = _read_only(log)
             archives = [_read_only(p) for p in archive_paths(log)]
             try:
                 self._catch_up_from(index, live, archives)
             except sqlite3.Error as exc:
-                raise _store_error(exc, log, "indexing its backends") from exc
+                raise store_error(exc, log, "indexing its backends") from exc
             finally:
                 for conn in [live, *archives]:
                     conn.close()

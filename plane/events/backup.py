@@ -33,7 +33,7 @@ from pathlib import Path
 
 from plane.events.archive import archive_paths, journal_path
 from plane.events.snapshot import snapshot_path
-from plane.events.sqlite import SqliteLogReader, _store_error
+from plane.events.sqlite import SqliteLogReader, store_error
 from plane.events.store import LogNotFoundError
 
 __all__ = ["backup_log"]
@@ -56,7 +56,7 @@ def _copy_database(source: Path, target: Path) -> None:
             src.close()
     except sqlite3.Error as exc:
         temporary.unlink(missing_ok=True)
-        raise _store_error(exc, source, "backing it up") from exc
+        raise store_error(exc, source, "backing it up") from exc
     os.replace(temporary, target)
 
 
