@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import shlex
@@ -27,9 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import trio
 
 from plane import __version__
+from plane.addresses import split_host_port
 from plane.client import (
     Backend,
     BackendKey,
@@ -48,7 +49,7 @@ from plane.client.core import DEFAULT_API
 from plane.client.models import unstructure
 from plane.config import ConfigError, PlaneConfig
 from plane.engines.config import engine_specs
-from plane.tables import iso, render_table
+from plane.text_tables import iso, render_table
 
 if TYPE_CHECKING:
     from plane.serve import Serving
@@ -79,7 +80,7 @@ class JsonLogFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return orjson.dumps(entry).decode()
 
 
 def _setup_logging(log_format: str) -> None:
@@ -150,7 +151,7 @@ def _find(exc: BaseException, kinds: tuple[type[Exception], ...]) -> Exception |
 
 
 def _bind_note(bind: str) -> str:
-    host = bind.rpartition(":")[0].strip("[]")
+    host = split_host_port(bind, default_host="", allow_port_zero=True)[0]
     if host in ("0.0.0.0", "::", ""):
         return f"{bind} (every interface)"
     return bind
@@ -258,7 +259,7 @@ def _cli_error(error: PlaneError) -> CliError:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -420,8 +421,10 @@ def _backend_line(backend: Backend) -> str:
 
 
 def _show_backend(backend: Backend, as_json: bool) -> None:
-    text = json.dumps(unstructure(backend), indent=2) if as_json else None
-    print(text or _backend_line(backend), flush=True)
+    if as_json:
+        print(orjson.dumps(unstructure(backend), option=orjson.OPT_INDENT_2).decode(), flush=True)
+    else:
+        print(_backend_line(backend), flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -429,7 +432,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.follow:
         for entry in api.status_stream(args.backend):
             if args.json:
-                print(json.dumps(unstructure(entry)), flush=True)
+                print(orjson.dumps(unstructure(entry)).decode(), flush=True)
             else:
                 print(_status_line(args.backend, entry), flush=True)
         return 0
@@ -456,7 +459,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     for event in _api(args).events(args.after, follow=args.follow):
         item = unstructure(event)
-        print(json.dumps(item) if args.json else _event_line(item), flush=True)
+        print(orjson.dumps(item).decode() if args.json else _event_line(item), flush=True)
     return 0
 
 
@@ -466,7 +469,7 @@ def _event_line(event: dict[str, Any]) -> str:
     brief = {k: v for k, v in data.items() if k not in ("at", "spawn_config")}
     return (
         f"{event.get('seq', '-'):>6}  {iso(at) if at else '-'}  {event.get('stream', '-'):<16}  "
-        f"{event.get('type', '-'):<32}  {json.dumps(brief, separators=(',', ':'))}"
+        f"{event.get('type', '-'):<32}  {orjson.dumps(brief).decode()}"
     )
 
 

@@ -172,7 +172,8 @@ class UnknownBackend(LookupError):
         self.backend_id = backend_id
 
 
-Observer = Callable[[BackendState, list[Event]], None]
+StateObserver = Callable[[BackendState, list[Event]], None]
+"""Told every committed change of a backend: its new state and the events appended."""
 
 
 class Supervisor:
@@ -226,7 +227,7 @@ class Supervisor:
         self._locks: dict[Slot, trio.Lock] = {}
         self._system_version = 0
         self._nursery: trio.Nursery | None = None
-        self.observers: list[Observer] = []
+        self.observers: list[StateObserver] = []
         self.recovery_report: dict[str, list[str]] = {"adopted": [], "lost": [], "orphans": []}
 
     @property
@@ -426,7 +427,7 @@ class Supervisor:
         return ConnectResult(
             state.backend_id,
             spawned,
-            _status(state),
+            _known_status(state),
             token,
             secret,
             state,
@@ -909,6 +910,6 @@ def _has_auth(request: ConnectRequest) -> bool:
 _ORPHAN_REMOVALS_AT_ONCE = 8
 
 
-def _status(state: BackendState) -> Status:
+def _known_status(state: BackendState) -> Status:
     assert state.status is not None
     return state.status

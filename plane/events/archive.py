@@ -51,7 +51,6 @@ move is then left to :func:`recover` or the next run, nothing is lost).
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import sqlite3
 import stat
@@ -62,6 +61,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import orjson
 import trio
 
 from plane.events.sqlite import SqliteEventStore, SqliteLogReader, create_schema, store_error
@@ -129,8 +129,8 @@ def _fsync_dir(directory: Path) -> None:
 def _write_journal(log: Path, by_month: dict[str, list[str]]) -> None:
     journal = journal_path(log)
     temporary = journal.with_name(journal.name + ".tmp")
-    with open(temporary, "w") as out:
-        json.dump({"streams": by_month}, out)
+    with open(temporary, "wb") as out:
+        out.write(orjson.dumps({"streams": by_month}))
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, journal)
@@ -139,7 +139,7 @@ def _write_journal(log: Path, by_month: dict[str, list[str]]) -> None:
 
 def _read_journal(log: Path) -> dict[str, list[str]] | None:
     try:
-        doc = json.loads(journal_path(log).read_text())
+        doc = orjson.loads(journal_path(log).read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -333,7 +333,7 @@ def _plan(
                 chunk,
             )
             for (data,) in rows:
-                doc = json.loads(data)
+                doc = orjson.loads(data)
                 slot = (str(doc["key"]["namespace"]), str(doc["key"]["name"]))
                 fencing[slot] = max(fencing.get(slot, 0), int(doc["fencing_token"]))
         row = conn.execute(

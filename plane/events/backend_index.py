@@ -12,7 +12,7 @@ rows, so a page of terminated backends after a cursor is an index range scan
 (fast at 50,000 or 5 million terminated backends; nothing per backend stays
 in memory).  Only two event types feed it: ``backend.requested`` (the row)
 and ``backend.terminated`` (the flag); the row's payload is read with
-``json.loads`` of the stored data, never by folding streams.
+``orjson.loads`` of the stored data, never by folding streams.
 
 Where: for the SQLite store, the file ``events.db.backends`` beside the log,
 derived data like the snapshot (:mod:`plane.events.snapshot`): it is never
@@ -43,13 +43,13 @@ rebuilt, not an error.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import orjson
 import trio
 
 from plane.events import wire
@@ -103,7 +103,7 @@ def _apply(conn: sqlite3.Connection, rows: Iterable[_Row]) -> bool:
     terminated: list[tuple[str]] = []
     for _seq, stream, tag, data in rows:
         if tag == _REQUESTED:
-            doc = json.loads(data)
+            doc = orjson.loads(data)
             key = doc["key"]
             requested.append((stream, float(doc["at"]), str(key["namespace"]), str(key["name"])))
         elif tag == _TERMINATED:
@@ -141,7 +141,7 @@ def _fingerprint(conns: Sequence[sqlite3.Connection], seq: int) -> str | None:
             "SELECT stream, version, type, data FROM events WHERE seq = ?", (seq,)
         ).fetchone()
         if row is not None:
-            return json.dumps([row[0], row[1], row[2], zlib.crc32(str(row[3]).encode())])
+            return orjson.dumps([row[0], row[1], row[2], zlib.crc32(str(row[3]).encode())]).decode()
     return None
 
 

@@ -25,11 +25,12 @@ directory itself is refused with a ``ValueError``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
 from pathlib import Path
+
+import orjson
 
 from plane.events.archive import archive_paths, journal_path
 from plane.events.snapshot import snapshot_path
@@ -105,6 +106,6 @@ def backup_log(log: str | os.PathLike[str], dest: str | os.PathLike[str]) -> lis
             journal.setdefault(month, []).extend(doubled)
     if journal:
         target = journal_path(copied_log)
-        target.write_text(json.dumps({"streams": journal}))
+        target.write_bytes(orjson.dumps({"streams": journal}))
         written.append(target)
     return written

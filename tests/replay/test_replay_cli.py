@@ -14,7 +14,7 @@ from plane.actors.supervisor import ConnectRequest
 from plane.events.spec import BackendKey, Executable, RegistryCredentials, SpawnConfig
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import ConnectionClosed, ConnectionOpened, Status, TerminationKind
-from plane.tables import iso
+from plane.text_tables import iso
 from replay.cli import main
 from tests.shell.conftest import EPOCH, open_harness, request
 
