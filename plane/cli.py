@@ -1,9 +1,12 @@
 """The ``plane`` command: ``serve`` runs plane; the rest talk to a running plane's API.
 
-This module owns the command line: options (each also read from ``PLANE_*``
-environment variables), what is printed for people (tables, a progress line)
-and for scripts (``--json``), and turning every failure into one clear line on
-stderr with a non-zero exit code, never a traceback.
+This module owns the command line: options (every option of ``plane serve``,
+and the client commands' ``--api`` and ``--api-key``, is also read from an
+environment variable ``PLANE_<OPTION>``, e.g. ``PLANE_API_LISTEN``; a switch's
+variable takes 1/true/yes/on or 0/false/no/off), what is printed for people
+(tables, a progress line) and for scripts (``--json``), and turning every
+failure into one clear line on stderr with a non-zero exit code, never a
+traceback.
 
 ``plane serve`` handles SIGTERM and SIGINT (stop) and SIGHUP (re-read the API
 key files: rotation without a restart).
@@ -67,6 +70,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"PLANE_{name}", default)
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(value: bool | str | None, option: str) -> bool:
+    """A switch's value: True when given, else its ``PLANE_*`` variable's (as a
+    string, checked here: a value that is neither true nor false is refused)."""
+    if isinstance(value, bool):
+        return value
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    env = "PLANE_" + option.removeprefix("--").upper().replace("-", "_")
+    raise CliError(f"{env}={value!r}: use one of {', '.join(_TRUE + _FALSE[1:])}", 2)
+
+
 # ------------------------------------------------------------------- serve
 
 
@@ -103,11 +124,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             api_key_file=Path(args.api_key_file) if args.api_key_file else None,
             read_key_file=Path(args.read_key_file) if args.read_key_file else None,
-            insecure_no_auth=args.insecure_no_auth,
+            insecure_no_auth=_flag(args.insecure_no_auth, "--insecure-no-auth"),
             max_backends=args.max_backends,
             token_lifetime_seconds=args.token_lifetime,
             log_format=args.log_format,
-            terminate_on_exit=args.terminate_on_exit,
+            terminate_on_exit=_flag(args.terminate_on_exit, "--terminate-on-exit"),
             api_public_url=args.api_public_url,
             cluster=args.cluster,
             mount_base=Path(args.mount_base) if args.mount_base else None,
@@ -564,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--engine-lost-after",
         type=float,
-        default=float(_env("ENGINE_LOST_AFTER") or "30"),
+        default=_env("ENGINE_LOST_AFTER", "30"),
         metavar="SECONDS",
         help="an engine silent this long is lost: its backends end as lost (default 30)",
     )
@@ -593,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        default=_env("INSECURE_NO_AUTH") in ("1", "true"),
+        default=_env("INSECURE_NO_AUTH"),
         help="serve the API on a non-loopback address without a key anyway",
     )
     serve.add_argument(
@@ -626,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--terminate-on-exit",
         action="store_true",
-        default=_env("TERMINATE_ON_EXIT") in ("1", "true"),
+        default=_env("TERMINATE_ON_EXIT"),
         help="terminate every backend on shutdown instead of leaving them for adoption",
     )
     serve.set_defaults(run=cmd_serve)

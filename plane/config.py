@@ -1,9 +1,10 @@
 """The configuration of one ``plane serve``: every option, its default, its check.
 
 This module owns the settings and their validation, so that bad values are
-refused with a message naming the option before anything starts.  Each option
-is also read from an environment variable ``PLANE_<NAME>`` (see
-:mod:`plane.cli`).
+refused with a message naming the option before anything starts.  Every
+option of ``plane serve`` is also read from an environment variable
+``PLANE_<OPTION>`` (:mod:`plane.cli`; ``tests/unit/test_cli_env.py`` checks
+each one).
 """
 
 from __future__ import annotations
