@@ -1,4 +1,11 @@
-"""Fixtures shared by every test package."""
+"""Fixtures shared by every test package, and the Hypothesis profiles.
+
+Hypothesis runs the ``dev`` profile by default and the ``ci`` profile (more
+examples) under ``CI=true``; ``HYPOTHESIS_PROFILE`` picks one by name.  Neither
+has a deadline: these machines are shared, and a slow example is not a bug.
+A test that asks for a number of examples of its own scales it from
+``settings().max_examples`` (the loaded profile's), so the ``ci`` profile raises it too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("ci", max_examples=500, deadline=None, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
+)
 
 
 @pytest.fixture(scope="session")

@@ -174,13 +174,14 @@ def test_process_executor_refuses_what_it_cannot_honour(tmp_path: Path) -> None:
     plane = PlaneServe(tmp_path / "data", "process")
     command = [sys.executable, "-c", "pass"]
     try:
-        for field, extra in [
+        cases: list[tuple[str, dict[str, Any]]] = [
             ("mount", {"mount": "x"}),
             ("network_name", {"network_name": "net"}),
             ("image", {"image": "busybox"}),
             ("resource_limits.cpu_period", {"resource_limits": {"cpu_period": 100000}}),
             ("resource_limits.disk_limit_bytes", {"resource_limits": {"disk_limit_bytes": 1}}),
-        ]:
+        ]
+        for field, extra in cases:
             response = plane.api.post("/ctrl/connect", json=body(field, command=command, **extra))
             assert_refused(response, field)
         limits = {"memory_limit_bytes": 1 << 30, "cpu_time_limit": 60}

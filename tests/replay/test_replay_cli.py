@@ -230,6 +230,7 @@ async def test_timeline_and_state_redact_secrets_unless_asked(
             ConnectRequest(key=BackendKey("secretive"), spawn_config=SpawnConfig(executable))
         )
         await h.wait_status(result.backend_id, Status.READY)
+    assert result.secret_token is not None
     secrets = ("hunter2", "registry-pass", result.secret_token)
     for argv in (
         ("timeline", str(log), result.backend_id),

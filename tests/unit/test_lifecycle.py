@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import attrs
 import pytest
@@ -281,7 +282,7 @@ def test_start_timeout_counts_from_the_start_even_when_starting_late() -> None:
 
 def test_a_decision_is_not_a_command() -> None:
     with pytest.raises(IllegalTransition, match="decision"):
-        decide(starting(), BackendReady(T0 + 1, "127.0.0.1:1"))
+        decide(starting(), cast(Command, BackendReady(T0 + 1, "127.0.0.1:1")))
 
 
 def test_start_timeout_does_not_apply_once_ready() -> None:
