@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    from plane.testing.registry import Registry
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("ci", max_examples=500, deadline=None, print_blob=True)
@@ -50,3 +53,17 @@ def busybox_image(docker_engine: Any) -> str:
     from plane.testing.images import build_test_image
 
     return build_test_image(docker_engine)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    """The local htpasswd registry (``scripts/ensure-registry``), for the credentials
+    tests; skipped without one, except under ``CI=true``, where that is a failure."""
+    from plane.testing.registry import RegistryUnavailable, ensure_registry
+
+    try:
+        return ensure_registry()
+    except RegistryUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no registry for the credentials test, and CI=true: {exc}")
+        pytest.skip(f"no registry for the credentials test: {exc}")

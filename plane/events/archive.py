@@ -58,13 +58,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import orjson
 import trio
 
 from plane.events.sqlite import SqliteEventStore, SqliteLogReader, create_schema, store_error
+from plane.events.sqlite.recorder import ClosedOnExit, events_then_close
 from plane.events.store import RecordedEvent, StoreError
 from plane.events.types import SYSTEM_STREAM, HistoryArchived, KeyFencing
 
@@ -387,7 +386,7 @@ def _open_archive_reader(path: Path, *, check: bool) -> SqliteLogReader:
         return SqliteLogReader(path, check=check)
 
 
-class HistoryReader:
+class HistoryReader(ClosedOnExit):
     """The live log and its archives read as one history (read-only, synchronous).
 
     The interface of :class:`~plane.events.sqlite.SqliteLogReader`; events come
@@ -434,27 +433,10 @@ class HistoryReader:
     def close(self) -> None:
         self._stack.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def read_history(path: str | os.PathLike[str], after_seq: int = 0) -> Iterator[RecordedEvent]:
     """Every event of the log at ``path`` and its archives; the files are opened now."""
-    reader = HistoryReader(path)
-
-    def events() -> Iterator[RecordedEvent]:
-        with reader:
-            yield from reader.iter_events(after_seq)
-
-    return events()
+    return events_then_close(HistoryReader(path), after_seq)
 
 
 def read_archived_stream(

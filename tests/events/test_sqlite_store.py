@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from plane.events.sqlite import (
     read_log,
 )
 from plane.events.sqlite.recorder import Recorder
+from plane.events.sqlite.recorder import select_all as recorder_select_all
 from plane.events.store import (
     ConcurrencyError,
     CorruptLogError,
@@ -33,6 +35,8 @@ from plane.events.store import (
     StoreFullError,
 )
 from plane.events.types import HttpActivityRecorded, SpawnFailed
+
+from ..sqlite_files import integrity
 
 
 def tick(n: int) -> HttpActivityRecorded:
@@ -50,14 +54,6 @@ async def write_log(path: Path, streams: int = 3, per_stream: int = 4) -> list[R
             for s in range(streams):
                 recorded += await store.append(f"s{s}", v, [tick(v * 10 + s)])
     return recorded
-
-
-def integrity(path: Path) -> list[str]:
-    conn = raw(path)
-    try:
-        return [row[0] for row in conn.execute("PRAGMA integrity_check")]
-    finally:
-        conn.close()
 
 
 # -------------------------------------------------------------------- schema
@@ -468,7 +464,7 @@ async def test_a_tail_that_caught_up_reads_new_events_from_memory(
     """Following the log costs no file read per commit once the tail has caught up."""
     path = tmp_path / "log.sqlite"
     reads = 0
-    select_all = sqlite_store.select_all
+    select_all = recorder_select_all
 
     def counting_select_all(*args: object) -> list[RecordedEvent]:
         nonlocal reads
@@ -481,10 +477,11 @@ async def test_a_tail_that_caught_up_reads_new_events_from_memory(
         await store.append("old", 0, [tick(0)])
 
         async def follow() -> None:
-            async for recorded in store.tail():
-                seen.append(recorded)
-                if len(seen) == 101:
-                    return
+            async with aclosing(store.tail()) as tail:
+                async for recorded in tail:
+                    seen.append(recorded)
+                    if len(seen) == 101:
+                        return
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow)
@@ -515,7 +512,7 @@ async def test_a_tail_reads_the_file_when_another_process_wrote_in_between(
         await store.append("s", 1, [tick(3)])
         with trio.fail_after(5):
             following = [await anext(tail), await anext(tail)]
-        await tail.aclose()  # type: ignore[attr-defined]
+        await tail.aclose()
     assert [(r.seq, r.stream) for r in following] == [(2, "x"), (3, "s")]
 
 
@@ -524,7 +521,7 @@ async def test_tail_sees_a_commit_that_lands_while_it_reads(
 ) -> None:
     """The tail arms its waiter before reading, so a commit during the read wakes it."""
     path = tmp_path / "log.sqlite"
-    select_all = sqlite_store.select_all
+    select_all = recorder_select_all
     injected = False
 
     def select_then_commit(*args: object) -> list[RecordedEvent]:
@@ -539,6 +536,7 @@ async def test_tail_sees_a_commit_that_lands_while_it_reads(
     monkeypatch.setattr(sqlite_store, "select_all", select_then_commit)
     async with open_sqlite_store(path) as store:
         with trio.fail_after(10):
-            async for recorded in store.tail():
-                assert (recorded.seq, recorded.event) == (1, tick(1))
-                break
+            async with aclosing(store.tail()) as tail:
+                async for recorded in tail:
+                    assert (recorded.seq, recorded.event) == (1, tick(1))
+                    break

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import outcome
 import trio
@@ -67,10 +67,13 @@ from plane.events.types import Event
 
 __all__ = [
     "AppendRequest",
+    "ClosedOnExit",
+    "EventReader",
     "Recorder",
     "SqliteLogReader",
     "WriterJob",
     "decode",
+    "events_then_close",
     "read_log",
     "select_all",
     "select_last_seq",
@@ -341,7 +344,42 @@ class Recorder:
 # ---------------------------------------------------------- the sync reader
 
 
-class SqliteLogReader:
+class ClosedOnExit:
+    """A reader used in a ``with`` block: ``close()`` on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EventReader(Protocol):
+    """What :func:`events_then_close` reads: a log reader or a history reader."""
+
+    def iter_events(self, after_seq: int = 0) -> Iterator[RecordedEvent]: ...
+
+    def close(self) -> None: ...
+
+
+def events_then_close(reader: EventReader, after_seq: int) -> Iterator[RecordedEvent]:
+    """Every event of ``reader`` after ``after_seq``; closes the reader when the
+    iterator is exhausted or closed."""
+    try:
+        yield from reader.iter_events(after_seq)
+    finally:
+        reader.close()
+
+
+class SqliteLogReader(ClosedOnExit):
     """A synchronous, read-only view of a plane log, for tools (``plane-replay``).
 
     Safe to use while a running plane writes the same file (SQLite's WAL lets
@@ -411,17 +449,6 @@ class SqliteLogReader:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def read_log(path: str | os.PathLike[str], after_seq: int = 0) -> Iterator[RecordedEvent]:
     """Every event of the log at ``path`` after ``after_seq``; opens the file now.
@@ -430,10 +457,4 @@ def read_log(path: str | os.PathLike[str], after_seq: int = 0) -> Iterator[Recor
     this call, not by the first ``next()``.  The file is closed when the
     iterator is exhausted or closed.
     """
-    reader = SqliteLogReader(path)
-
-    def events() -> Iterator[RecordedEvent]:
-        with reader:
-            yield from reader.iter_events(after_seq)
-
-    return events()
+    return events_then_close(SqliteLogReader(path), after_seq)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import suppress
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import sqlite_utils
 
@@ -220,6 +220,17 @@ def set_max_page_count(conn: sqlite3.Connection, pages: int) -> None:
 # ----------------------------------------------------------------- opening
 
 
+def _close_and_raise(
+    conn: sqlite3.Connection, exc: BaseException, path: Path, doing: str
+) -> NoReturn:
+    """Close a connection that failed while being opened; raise ``exc`` (a SQLite
+    error as the StoreError that explains it)."""
+    conn.close()
+    if isinstance(exc, sqlite3.Error):
+        raise store_error(exc, path, doing) from exc
+    raise exc
+
+
 def open_writer(
     path: Path, synchronous: Synchronous, max_page_count: int | None
 ) -> sqlite3.Connection:
@@ -253,12 +264,8 @@ def open_writer(
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if max_page_count is not None:
             set_max_page_count(conn, max_page_count)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise store_error(exc, path, "opening it") from exc
-    except BaseException:
-        conn.close()
-        raise
+    except BaseException as exc:
+        _close_and_raise(conn, exc, path, "opening it")
     return conn
 
 
@@ -285,10 +292,6 @@ def open_reader(path: Path, *, check: bool) -> sqlite3.Connection:
     try:
         if _check_log(conn, path) and check:
             _quick_check(conn, path)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise store_error(exc, path, "opening it read-only") from exc
-    except BaseException:
-        conn.close()
-        raise
+    except BaseException as exc:
+        _close_and_raise(conn, exc, path, "opening it read-only")
     return conn

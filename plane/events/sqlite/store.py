@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -339,7 +339,7 @@ class SqliteEventStore:
             select_last_seq, self._reader, self.path, limiter=self._read_limiter
         )
 
-    async def tail(self, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
+    async def tail(self, after_seq: int = 0) -> AsyncGenerator[RecordedEvent, None]:
         """Every event after ``after_seq``, then new ones as they land.
 
         Never ends while the store is open; raises :class:`StoreClosedError`
