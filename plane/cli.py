@@ -1,9 +1,12 @@
 """The ``plane`` command: ``serve`` runs plane; the rest talk to a running plane's API.
 
-This module owns the command line: options (each also read from ``PLANE_*``
-environment variables), what is printed for people (tables, a progress line)
-and for scripts (``--json``), and turning every failure into one clear line on
-stderr with a non-zero exit code, never a traceback.
+This module owns the command line: options (every option of ``plane serve``,
+and the client commands' ``--api`` and ``--api-key``, is also read from an
+environment variable ``PLANE_<OPTION>``, e.g. ``PLANE_API_LISTEN``; a switch's
+variable takes 1/true/yes/on or 0/false/no/off), what is printed for people
+(tables, a progress line) and for scripts (``--json``), and turning every
+failure into one clear line on stderr with a non-zero exit code, never a
+traceback.
 
 ``plane serve`` handles SIGTERM and SIGINT (stop) and SIGHUP (re-read the API
 key files: rotation without a restart).
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import shlex
@@ -27,9 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import trio
 
 from plane import __version__
+from plane.addresses import split_host_port
 from plane.client import (
     Backend,
     BackendKey,
@@ -48,7 +52,7 @@ from plane.client.core import DEFAULT_API
 from plane.client.models import unstructure
 from plane.config import ConfigError, PlaneConfig, WarmPoolOption
 from plane.engines.config import engine_specs
-from plane.tables import iso, render_table
+from plane.text_tables import iso, render_table
 
 if TYPE_CHECKING:
     from plane.events.spec import SpawnConfig
@@ -67,6 +71,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"PLANE_{name}", default)
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(value: bool | str | None, option: str) -> bool:
+    """A switch's value: True when given, else its ``PLANE_*`` variable's (as a
+    string, checked here: a value that is neither true nor false is refused)."""
+    if isinstance(value, bool):
+        return value
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    env = "PLANE_" + option.removeprefix("--").upper().replace("-", "_")
+    raise CliError(f"{env}={value!r}: use one of {', '.join(_TRUE + _FALSE[1:])}", 2)
+
+
 # ------------------------------------------------------------------- serve
 
 
@@ -80,7 +102,7 @@ class JsonLogFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return orjson.dumps(entry).decode()
 
 
 def _setup_logging(log_format: str) -> None:
@@ -103,11 +125,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             api_key_file=Path(args.api_key_file) if args.api_key_file else None,
             read_key_file=Path(args.read_key_file) if args.read_key_file else None,
-            insecure_no_auth=args.insecure_no_auth,
+            insecure_no_auth=_flag(args.insecure_no_auth, "--insecure-no-auth"),
             max_backends=args.max_backends,
             token_lifetime_seconds=args.token_lifetime,
             log_format=args.log_format,
-            terminate_on_exit=args.terminate_on_exit,
+            terminate_on_exit=_flag(args.terminate_on_exit, "--terminate-on-exit"),
             api_public_url=args.api_public_url,
             cluster=args.cluster,
             mount_base=Path(args.mount_base) if args.mount_base else None,
@@ -159,7 +181,7 @@ def _read_template(name: str, size: int, path: str) -> tuple[SpawnConfig, int, s
     from plane.api.errors import ApiError
 
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        document = orjson.loads(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"warm pool {name}: cannot read {path}: {exc}") from None
     if not (isinstance(document, dict) and "spawn_config" in document):
@@ -167,7 +189,7 @@ def _read_template(name: str, size: int, path: str) -> tuple[SpawnConfig, int, s
     document["size"] = size
     try:
         check_warm_pool_name(name)
-        template, size, claim_path = parse_warm_pool(json.dumps(document).encode())
+        template, size, claim_path = parse_warm_pool(orjson.dumps(document))
     except ApiError as exc:
         raise ConfigError(f"warm pool {name}: {exc.message}") from None
     assert template is not None
@@ -216,7 +238,7 @@ def _find(exc: BaseException, kinds: tuple[type[Exception], ...]) -> Exception |
 
 
 def _bind_note(bind: str) -> str:
-    host = bind.rpartition(":")[0].strip("[]")
+    host = split_host_port(bind, default_host="", allow_port_zero=True)[0]
     if host in ("0.0.0.0", "::", ""):
         return f"{bind} (every interface)"
     return bind
@@ -325,7 +347,7 @@ def _cli_error(error: PlaneError) -> CliError:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -487,8 +509,10 @@ def _backend_line(backend: Backend) -> str:
 
 
 def _show_backend(backend: Backend, as_json: bool) -> None:
-    text = json.dumps(unstructure(backend), indent=2) if as_json else None
-    print(text or _backend_line(backend), flush=True)
+    if as_json:
+        print(orjson.dumps(unstructure(backend), option=orjson.OPT_INDENT_2).decode(), flush=True)
+    else:
+        print(_backend_line(backend), flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -496,7 +520,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.follow:
         for entry in api.status_stream(args.backend):
             if args.json:
-                print(json.dumps(unstructure(entry)), flush=True)
+                print(orjson.dumps(unstructure(entry)).decode(), flush=True)
             else:
                 print(_status_line(args.backend, entry), flush=True)
         return 0
@@ -523,7 +547,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     for event in _api(args).events(args.after, follow=args.follow):
         item = unstructure(event)
-        print(json.dumps(item) if args.json else _event_line(item), flush=True)
+        print(orjson.dumps(item).decode() if args.json else _event_line(item), flush=True)
     return 0
 
 
@@ -533,7 +557,7 @@ def _event_line(event: dict[str, Any]) -> str:
     brief = {k: v for k, v in data.items() if k not in ("at", "spawn_config")}
     return (
         f"{event.get('seq', '-'):>6}  {iso(at) if at else '-'}  {event.get('stream', '-'):<16}  "
-        f"{event.get('type', '-'):<32}  {json.dumps(brief, separators=(',', ':'))}"
+        f"{event.get('type', '-'):<32}  {orjson.dumps(brief).decode()}"
     )
 
 
@@ -628,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--engine-lost-after",
         type=float,
-        default=float(_env("ENGINE_LOST_AFTER") or "30"),
+        default=_env("ENGINE_LOST_AFTER", "30"),
         metavar="SECONDS",
         help="an engine silent this long is lost: its backends end as lost (default 30)",
     )
@@ -657,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        default=_env("INSECURE_NO_AUTH") in ("1", "true"),
+        default=_env("INSECURE_NO_AUTH"),
         help="serve the API on a non-loopback address without a key anyway",
     )
     serve.add_argument(
@@ -669,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--warm",
         action="append",
-        default=[],
+        default=[v for v in (_env("WARM") or "").split(" ") if v],
         metavar="NAME=SIZE:TEMPLATE.json",
         help="keep SIZE backends of the template (a spawn_config) warm in pool NAME (repeatable)",
     )
@@ -700,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--terminate-on-exit",
         action="store_true",
-        default=_env("TERMINATE_ON_EXIT") in ("1", "true"),
+        default=_env("TERMINATE_ON_EXIT"),
         help="terminate every backend on shutdown instead of leaving them for adoption",
     )
     serve.set_defaults(run=cmd_serve)

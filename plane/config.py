@@ -1,9 +1,10 @@
 """The configuration of one ``plane serve``: every option, its default, its check.
 
 This module owns the settings and their validation, so that bad values are
-refused with a message naming the option before anything starts.  Each option
-is also read from an environment variable ``PLANE_<NAME>`` (see
-:mod:`plane.cli`).
+refused with a message naming the option before anything starts.  Every
+option of ``plane serve`` is also read from an environment variable
+``PLANE_<OPTION>`` (:mod:`plane.cli`; ``tests/unit/test_cli_env.py`` checks
+each one).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from plane.engines.config import EngineSpec
     from plane.events.spec import SpawnConfig
 
+from plane.addresses import split_host_port
 from plane.cluster import ClusterNameError, parse_cluster
 
 
@@ -39,18 +41,11 @@ def check_key(key: str, option: str) -> str:
 
 
 def parse_listen(value: str, option: str) -> tuple[str, int]:
-    """``HOST:PORT`` (or ``:PORT``, or ``PORT``) -> (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        host, port_text = "127.0.0.1", value
-    host = host.strip("[]") or "127.0.0.1"
+    """``HOST:PORT`` (or ``:PORT``, or ``PORT``; host 127.0.0.1, port 0 allowed) -> (host, port)."""
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"{option}: {value!r} is not HOST:PORT") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{option}: port {port} is out of range")
-    return host, port
+        return split_host_port(value, default_host="127.0.0.1", allow_port_zero=True)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 @attrs.frozen
@@ -201,11 +196,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def base_url(host: str, port: int) -> str:

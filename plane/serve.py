@@ -56,10 +56,11 @@ import attrs
 import trio
 
 from plane.actors.supervisor import ConnectRefused, Supervisor, load_startup_state
+from plane.addresses import join_host_port
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys, file_is_shared
 from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
-from plane.config import ConfigError, PlaneConfig, base_url, host_port
+from plane.config import ConfigError, PlaneConfig, base_url
 from plane.events.sqlite import open_sqlite_store
 from plane.events.store import StoreError
 from plane.events.types import TerminationKind
@@ -388,8 +389,8 @@ async def serve_plane(
                         executor.name,
                         str(config.log_path),
                         supervisor.recovery_report,
-                        api_bind=host_port(api_host, bound_api),
-                        proxy_bind=host_port(proxy_host, bound_proxy),
+                        api_bind=join_host_port(api_host, bound_api),
+                        proxy_bind=join_host_port(proxy_host, bound_proxy),
                         auth=_auth_summary(config, keys),
                         limits=caps.summary(),
                         reload_keys=reload_keys,

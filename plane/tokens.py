@@ -7,13 +7,23 @@ connection token that reaches the log.  A *static* token (Plane's
 backend, handed to every connect, so it is kept in the log itself (like a
 secret token) and redacted in every view.  Lookups go through the hash, so no
 comparison ever touches a stored secret; :func:`same` compares two secrets in constant time.
+
+It also owns the backend id: :func:`new_backend_id` mints one, and
+:data:`BACKEND_ID_PATTERN` is the one rule every id must follow (the API's
+``spawn_config.id``, the executors' container and file names): a letter or
+digit, then up to 63 letters, digits, ``_``, ``.`` or ``-``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+
+BACKEND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Every backend id matches this (as a whole: see :func:`is_backend_id`)."""
+_BACKEND_ID = re.compile(BACKEND_ID_PATTERN)
 
 
 def mint() -> str:
@@ -43,3 +53,8 @@ def new_backend_id() -> str:
     """A fresh backend id: 16 lowercase base32 characters (80 random bits)."""
     alphabet = "abcdefghijklmnopqrstuvwxyz234567"
     return "".join(secrets.choice(alphabet) for _ in range(16))
+
+
+def is_backend_id(value: str) -> bool:
+    """Whether ``value`` is a well-formed backend id (:data:`BACKEND_ID_PATTERN`)."""
+    return _BACKEND_ID.fullmatch(value) is not None

@@ -22,12 +22,12 @@ Exit codes: 0 fine, 1 violations found, 2 bad usage or unreadable log.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
+import orjson
 
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
@@ -37,7 +37,7 @@ from plane.events.types import Status
 from plane.events.wire import tag_of, unstructure
 from plane.plane_words import state_status
 from plane.redact import redact
-from plane.tables import iso, parse_iso, render_table
+from plane.text_tables import iso, parse_iso, render_table
 from plane.views import detail_view
 from replay.fold import LogFold, fold_until
 from replay.verify import MAX_JOBS, PARALLEL_FROM_EVENTS, VerifyWorkerDied, verify_log
@@ -90,7 +90,7 @@ def _print_states(
 ) -> None:
     if as_json:
         views = [detail_view(s, show_secrets=show_secrets) for s in states]
-        print(json.dumps({**extra, "backends": views}, indent=2))
+        print(orjson.dumps({**extra, "backends": views}, option=orjson.OPT_INDENT_2).decode())
     else:
         print(render_table(_SUMMARY_HEADERS, [_summary_row(s) for s in states]))
 
@@ -169,7 +169,11 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     if not rows:
         raise UsageError(f"no backend {args.backend!r} in {args.log}")
     if args.json:
-        print(json.dumps({"backend_id": args.backend, "events": rows}, indent=2))
+        print(
+            orjson.dumps(
+                {"backend_id": args.backend, "events": rows}, option=orjson.OPT_INDENT_2
+            ).decode()
+        )
     else:
         table = [
             [
@@ -191,7 +195,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 def _brief(data: dict[str, Any]) -> str:
     if "spawn_config" in data:
         data = {k: v for k, v in data.items() if k != "spawn_config"}
-    text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    text = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -216,7 +220,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     violations = report.violations
     if args.json:
         print(
-            json.dumps(
+            orjson.dumps(
                 {
                     "ok": report.ok,
                     "events": report.events,
@@ -227,8 +231,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "snapshot": report.snapshot,
                     "archives": report.archives,
                 },
-                indent=2,
-            )
+                option=orjson.OPT_INDENT_2,
+            ).decode()
         )
     elif violations:
         print(f"FAILED: {len(violations)} violation(s) in {report.events} events")

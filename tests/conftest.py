@@ -1,12 +1,29 @@
-"""Fixtures shared by every test package."""
+"""Fixtures shared by every test package, and the Hypothesis profiles.
+
+Hypothesis runs the ``dev`` profile by default and the ``ci`` profile (more
+examples) under ``CI=true``; ``HYPOTHESIS_PROFILE`` picks one by name.  Neither
+has a deadline: these machines are shared, and a slow example is not a bug.
+A test that asks for a number of examples of its own scales it from
+``settings().max_examples`` (the loaded profile's), so the ``ci`` profile raises it too.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import settings
+
+if TYPE_CHECKING:
+    from plane.testing.registry import Registry
+
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("ci", max_examples=500, deadline=None, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
+)
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +89,17 @@ def busybox_image2(docker_engine: Any, busybox_image: str, docker_engine2: Any) 
     from plane.testing.images import copy_image
 
     return copy_image(docker_engine, docker_engine2, busybox_image)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    """The local htpasswd registry (``scripts/ensure-registry``), for the credentials
+    tests; skipped without one, except under ``CI=true``, where that is a failure."""
+    from plane.testing.registry import RegistryUnavailable, ensure_registry
+
+    try:
+        return ensure_registry()
+    except RegistryUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no registry for the credentials test, and CI=true: {exc}")
+        pytest.skip(f"no registry for the credentials test: {exc}")

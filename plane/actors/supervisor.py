@@ -211,7 +211,8 @@ class UnknownBackend(LookupError):
         self.backend_id = backend_id
 
 
-Observer = Callable[[BackendState, list[Event]], None]
+StateObserver = Callable[[BackendState, list[Event]], None]
+"""Told every committed change of a backend: its new state and the events appended."""
 
 
 class Supervisor:
@@ -265,7 +266,7 @@ class Supervisor:
         self._locks: dict[Slot, trio.Lock] = {}
         self._system_version = 0
         self._nursery: trio.Nursery | None = None
-        self.observers: list[Observer] = []
+        self.observers: list[StateObserver] = []
         self.recovery_report: dict[str, list[str]] = {"adopted": [], "lost": [], "orphans": []}
         self.warm_pools = WarmPoolManager(self, self.clock)
         self._claiming: set[str] = set()  # warm backends a connect is claiming now
@@ -641,7 +642,7 @@ class Supervisor:
         return ConnectResult(
             state.backend_id,
             spawned,
-            _status(state),
+            _known_status(state),
             token,
             secret,
             state,
@@ -1173,6 +1174,6 @@ _ORPHAN_REMOVAL_ATTEMPTS = 3
 _LISTING_ATTEMPTS = 3
 
 
-def _status(state: BackendState) -> Status:
+def _known_status(state: BackendState) -> Status:
     assert state.status is not None
     return state.status

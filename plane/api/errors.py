@@ -41,10 +41,11 @@ Ours (each also in the README's table):
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from typing import Any
+
+import orjson
 
 log = logging.getLogger("plane.api.errors")
 
@@ -119,7 +120,7 @@ def error_body(kind: str, message: str, status: int = 0) -> dict[str, Any]:
 
 
 def error_json(kind: str, message: str, status: int = 0) -> bytes:
-    return json.dumps(error_body(kind, message, status), separators=(",", ":")).encode()
+    return orjson.dumps(error_body(kind, message, status))
 
 
 def not_found(backend_id: str) -> ApiError:

@@ -66,7 +66,7 @@ Send = Callable[[bytes], Awaitable[None]]
 BodyWriter = Callable[[Send], Awaitable[None]]
 """A streamed body: called with ``send(chunk)``, returns when the body is complete."""
 WebSocketHandler = Callable[[trio_websocket.WebSocketConnection], Awaitable[None]]
-Observer = Callable[[int], None]
+AnswerObserver = Callable[[int], None]
 """Told the status of every answer this layer produces itself (400, 408, 413, 431)."""
 
 
@@ -199,7 +199,11 @@ def _content_length(request: h11.Request) -> int | None:
 
 class _Connection:
     def __init__(
-        self, stream: trio.abc.Stream, config: ServerConfig, observe: Observer | None, peer: str
+        self,
+        stream: trio.abc.Stream,
+        config: ServerConfig,
+        observe: AnswerObserver | None,
+        peer: str,
     ) -> None:
         self.stream = stream
         self.config = config
@@ -457,7 +461,7 @@ async def serve_http_connection(
     handler: Handler,
     config: ServerConfig,
     *,
-    observe: Observer | None = None,
+    observe: AnswerObserver | None = None,
     peer: str = "",
 ) -> None:
     """Serve HTTP/1.1 on ``stream`` until the client leaves or the connection must close.

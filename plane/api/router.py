@@ -24,13 +24,13 @@ exception from a handler is logged with its traceback and answered 500
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
 import attrs
+import orjson
 
 from plane.api.errors import ApiError, error_json
 from plane.api.http import Request, Response
@@ -48,7 +48,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 def json_response(
     data: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()
 ) -> Response:
-    body = json.dumps(data, separators=(",", ":")).encode()
+    body = orjson.dumps(data)
     return Response(status, (("content-type", JSON_TYPE), *headers), body)
 
 

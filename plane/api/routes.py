@@ -42,13 +42,13 @@ reconnecting.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+import orjson
 import trio
 import trio_websocket
 
@@ -256,7 +256,7 @@ class Endpoints:
             return sse.frame(change.view, event_id=change.status.value)
 
         async def write(send: Send) -> None:
-            await sse.relay(send, source, render, keepalive=self.ctx.keepalive_seconds)
+            await sse.serve_events(send, source, render, keepalive=self.ctx.keepalive_seconds)
 
         return Response(200, sse.HEADERS, stream=write)
 
@@ -410,7 +410,7 @@ class Endpoints:
             return sse.frame(item, event_id=item["seq"])
 
         async def write(send: Send) -> None:
-            await sse.relay(send, source, render, keepalive=self.ctx.keepalive_seconds)
+            await sse.serve_events(send, source, render, keepalive=self.ctx.keepalive_seconds)
 
         return Response(200, sse.HEADERS, stream=write)
 
@@ -577,7 +577,7 @@ async def _websocket_feed(
         nursery.start_soon(drain_client)
         async with receive_channel:
             async for item in receive_channel:
-                await ws.send_message(json.dumps(item, separators=(",", ":")))
+                await ws.send_message(orjson.dumps(item).decode())
         nursery.cancel_scope.cancel()
 
 

@@ -1,8 +1,8 @@
-"""Server-sent events: the framing, and a relay that interleaves keep-alives.
+"""Server-sent events: the framing, and serving a stream of events with keep-alives.
 
 This module owns the ``text/event-stream`` format (one ``id:`` line when the
 event has one, one ``data:`` line per line of its JSON, a blank line) and
-:func:`relay`, which runs a source task that produces events into a memory
+:func:`serve_events`, which runs a source task that produces events into a memory
 channel and writes them to the client as they come, writing a ``: keep-alive``
 comment whenever ``keepalive`` seconds pass without one.  A comment is not an
 event: ``EventSource`` ignores it, but it keeps proxies from closing an idle
@@ -10,17 +10,17 @@ connection and lets the server notice a client that has gone.
 
 Resource handling
 -----------------
-The source runs in :func:`relay`'s own nursery; when the source returns (and
-closes its channel) the relay returns, and when the relay is cancelled (the
+The source runs in :func:`serve_events`'s own nursery; when the source returns (and
+closes its channel) serve_events returns, and when it is cancelled (the
 client left) the source is cancelled with it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 import trio
 
 from plane.api.http import Send
@@ -43,12 +43,12 @@ def frame(data: Any, *, event_id: int | str | None = None, event: str | None = N
         lines.append(f"id: {event_id}")
     if event is not None:
         lines.append(f"event: {event}")
-    text = json.dumps(data, separators=(",", ":"))
+    text = orjson.dumps(data).decode()
     lines += [f"data: {line}" for line in text.split("\n")]
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def relay(
+async def serve_events(
     send: Send,
     source: Callable[[trio.MemorySendChannel[T]], Awaitable[None]],
     render: Callable[[T], bytes],

@@ -56,7 +56,7 @@ from plane.events.types import (
     Status,
 )
 from plane.events.wire import TAGS
-from plane.tables import parse_iso
+from plane.text_tables import parse_iso
 from plane.views import detail_view, millis
 from replay.fold import FoldUntil
 

@@ -17,7 +17,7 @@ Timeouts: ``timeout`` bounds connecting and each read of an ordinary request;
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -87,7 +87,7 @@ class AsyncClient:
             await steps.aclose()
             op.close()
 
-    async def _iterate(self, op: core.Op[None]) -> AsyncIterator[Any]:
+    async def _iterate(self, op: core.Op[None]) -> AsyncGenerator[Any, None]:
         steps = _Steps(self)
         try:
             feed: core.Feed = None
@@ -155,7 +155,7 @@ class AsyncClient:
         """The backend's current status (Plane's)."""
         return await self._run(core.status(self.settings, backend_id))
 
-    def status_stream(self, backend_id: str) -> AsyncIterator[BackendStatus]:
+    def status_stream(self, backend_id: str) -> AsyncGenerator[BackendStatus, None]:
         """Each status of the backend, history first, until terminated; resumes
         after a dropped connection without losing or repeating one."""
         return self._iterate(core.status_stream(self.settings, backend_id))
@@ -221,7 +221,7 @@ class AsyncClient:
         key: str | None = None,
         namespace: str | None = None,
         page_size: int = 100,
-    ) -> AsyncIterator[Backend]:
+    ) -> AsyncGenerator[Backend, None]:
         """Every backend that matches (``live`` ones, Plane's ``status``, our
         ``state``, a key name, a namespace), oldest first, fetching page after
         page as the iteration goes."""
@@ -237,12 +237,12 @@ class AsyncClient:
             )
         )
 
-    def events(self, after: int = 0, *, follow: bool = False) -> AsyncIterator[Event]:
+    def events(self, after: int = 0, *, follow: bool = False) -> AsyncGenerator[Event, None]:
         """The global event log after sequence number ``after``; with ``follow``,
         forever (resuming after a dropped connection)."""
         return self._iterate(core.events(self.settings, after=after, follow=follow))
 
-    def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[str]:
+    def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[str, None]:
         """The backend's output, line by line; with ``follow``, until it ends."""
         return self._iterate(core.logs(self.settings, backend_id, follow=follow))
 

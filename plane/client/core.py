@@ -26,7 +26,6 @@ closes it.  Server-sent events are decoded here (:class:`SSEDecoder`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import time
@@ -35,6 +34,7 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import attrs
+import orjson
 
 from plane.client.errors import (
     BackendTerminated,
@@ -264,7 +264,7 @@ class SSEDecoder:
 
 def _json(reply: Reply) -> Any:
     try:
-        return json.loads(reply.content)
+        return orjson.loads(reply.content)
     except ValueError:
         raise InvalidResponse(
             f"the API answered something that is not JSON: {reply.content[:80]!r}",

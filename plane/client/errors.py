@@ -12,8 +12,9 @@ becomes a plain :class:`PlaneError` with that ``kind``.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
 
 if TYPE_CHECKING:
     from plane.client.models import Backend, BackendStatus, TerminationReason
@@ -211,7 +212,7 @@ def error_from_response(status_code: int, content: bytes) -> PlaneError:
     """The exception for an error answer: Plane's ApiError body, else the older one."""
     kind, error_id, message = None, None, None
     try:
-        body: Any = json.loads(content)
+        body: Any = orjson.loads(content)
     except ValueError:
         body = None
     if isinstance(body, dict):

@@ -51,7 +51,6 @@ move is then left to :func:`recover` or the next run, nothing is lost).
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import sqlite3
 import stat
@@ -59,12 +58,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+import orjson
 import trio
 
-from plane.events.sqlite import SqliteEventStore, SqliteLogReader, _create_schema, _store_error
+from plane.events.sqlite import SqliteEventStore, SqliteLogReader, create_schema, store_error
+from plane.events.sqlite.recorder import ClosedOnExit, events_then_close
 from plane.events.store import RecordedEvent, StoreError
 from plane.events.types import SYSTEM_STREAM, HistoryArchived, KeyFencing
 
@@ -129,8 +128,8 @@ def _fsync_dir(directory: Path) -> None:
 def _write_journal(log: Path, by_month: dict[str, list[str]]) -> None:
     journal = journal_path(log)
     temporary = journal.with_name(journal.name + ".tmp")
-    with open(temporary, "w") as out:
-        json.dump({"streams": by_month}, out)
+    with open(temporary, "wb") as out:
+        out.write(orjson.dumps({"streams": by_month}))
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, journal)
@@ -139,7 +138,7 @@ def _write_journal(log: Path, by_month: dict[str, list[str]]) -> None:
 
 def _read_journal(log: Path) -> dict[str, list[str]] | None:
     try:
-        doc = json.loads(journal_path(log).read_text())
+        doc = orjson.loads(journal_path(log).read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -160,7 +159,7 @@ def _open_archive(path: Path) -> sqlite3.Connection:
         if not has_events:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
-            _create_schema(conn)
+            create_schema(conn)
             conn.execute("COMMIT")
         conn.execute("PRAGMA synchronous = FULL")
     except BaseException:
@@ -176,7 +175,7 @@ def _copy_into_archives(log: Path, by_month: dict[str, list[str]]) -> None:
         try:
             conn = _open_archive(path)
         except sqlite3.Error as exc:
-            raise _store_error(exc, path, "creating the archive") from exc
+            raise store_error(exc, path, "creating the archive") from exc
         try:
             conn.execute("ATTACH DATABASE ? AS live", (str(log),))
             conn.execute("BEGIN IMMEDIATE")
@@ -193,7 +192,7 @@ def _copy_into_archives(log: Path, by_month: dict[str, list[str]]) -> None:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            raise _store_error(exc, path, "archiving into it") from exc
+            raise store_error(exc, path, "archiving into it") from exc
         finally:
             conn.close()
 
@@ -290,7 +289,7 @@ def _finish(log: Path, live: sqlite3.Connection, by_month: dict[str, list[str]])
         _copy_into_archives(log, by_month)
         _rebuild_live(log, live, {s for ss in by_month.values() for s in ss})
     except sqlite3.Error as exc:
-        raise _store_error(exc, log, "archiving from it") from exc
+        raise store_error(exc, log, "archiving from it") from exc
     journal_path(log).unlink(missing_ok=True)
     _fsync_dir(log.parent)
     with suppress(OSError, sqlite3.Error):
@@ -333,14 +332,14 @@ def _plan(
                 chunk,
             )
             for (data,) in rows:
-                doc = json.loads(data)
+                doc = orjson.loads(data)
                 slot = (str(doc["key"]["namespace"]), str(doc["key"]["name"]))
                 fencing[slot] = max(fencing.get(slot, 0), int(doc["fencing_token"]))
         row = conn.execute(
             "SELECT max(version) FROM events WHERE stream = ?", (SYSTEM_STREAM,)
         ).fetchone()
     except sqlite3.Error as exc:
-        raise _store_error(exc, log, "planning the archiving") from exc
+        raise store_error(exc, log, "planning the archiving") from exc
     finally:
         conn.close()
     marks = [KeyFencing(ns, name, token) for (ns, name), token in sorted(fencing.items())]
@@ -381,13 +380,13 @@ def _open_archive_reader(path: Path, *, check: bool) -> SqliteLogReader:
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
-            raise _store_error(exc, path, "opening the archive") from exc
+            raise store_error(exc, path, "opening the archive") from exc
         finally:
             conn.close()
         return SqliteLogReader(path, check=check)
 
 
-class HistoryReader:
+class HistoryReader(ClosedOnExit):
     """The live log and its archives read as one history (read-only, synchronous).
 
     The interface of :class:`~plane.events.sqlite.SqliteLogReader`; events come
@@ -434,27 +433,10 @@ class HistoryReader:
     def close(self) -> None:
         self._stack.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def read_history(path: str | os.PathLike[str], after_seq: int = 0) -> Iterator[RecordedEvent]:
     """Every event of the log at ``path`` and its archives; the files are opened now."""
-    reader = HistoryReader(path)
-
-    def events() -> Iterator[RecordedEvent]:
-        with reader:
-            yield from reader.iter_events(after_seq)
-
-    return events()
+    return events_then_close(HistoryReader(path), after_seq)
 
 
 def read_archived_stream(

@@ -13,7 +13,7 @@ rows, so a page of terminated backends after a cursor is an index range scan
 in memory).  Only these event types feed it: ``backend.requested`` (the row;
 ``backend.claimed`` for a warm pool's backend, which has no key before)
 and ``backend.terminated`` (the flag); the row's payload is read with
-``json.loads`` of the stored data, never by folding streams.
+``orjson.loads`` of the stored data, never by folding streams.
 
 Where: for the SQLite store, the file ``events.db.backends`` beside the log,
 derived data like the snapshot (:mod:`plane.events.snapshot`): it is never
@@ -44,17 +44,17 @@ rebuilt, not an error.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import orjson
 import trio
 
 from plane.events import wire
-from plane.events.sqlite import _store_error
+from plane.events.sqlite import store_error
 from plane.events.store import EventStore
 from plane.events.types import (
     BackendClaimed,
@@ -111,7 +111,7 @@ def _apply(conn: sqlite3.Connection, rows: Iterable[_Row]) -> bool:
     terminated: list[tuple[str]] = []
     for _seq, stream, tag, data in rows:
         if tag in (_REQUESTED, _CLAIMED):  # a warm backend is listed once claimed
-            doc = json.loads(data)
+            doc = orjson.loads(data)
             key = doc["key"]
             requested.append((stream, float(doc["at"]), str(key["namespace"]), str(key["name"])))
         elif tag == _TERMINATED:
@@ -149,7 +149,7 @@ def _fingerprint(conns: Sequence[sqlite3.Connection], seq: int) -> str | None:
             "SELECT stream, version, type, data FROM events WHERE seq = ?", (seq,)
         ).fetchone()
         if row is not None:
-            return json.dumps([row[0], row[1], row[2], zlib.crc32(str(row[3]).encode())])
+            return orjson.dumps([row[0], row[1], row[2], zlib.crc32(str(row[3]).encode())]).decode()
     return None
 
 
@@ -211,14 +211,14 @@ class BackendIndex:
         try:
             index = self._open_index()
         except sqlite3.Error as exc:
-            raise _store_error(exc, log, "indexing its backends") from exc
+            raise store_error(exc, log, "indexing its backends") from exc
         try:
             live = _read_only(log)
             archives = [_read_only(p) for p in archive_paths(log)]
             try:
                 self._catch_up_from(index, live, archives)
             except sqlite3.Error as exc:
-                raise _store_error(exc, log, "indexing its backends") from exc
+                raise store_error(exc, log, "indexing its backends") from exc
             finally:
                 for conn in [live, *archives]:
                     conn.close()

@@ -25,15 +25,16 @@ directory itself is refused with a ``ValueError``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
 from pathlib import Path
 
+import orjson
+
 from plane.events.archive import archive_paths, journal_path
 from plane.events.snapshot import snapshot_path
-from plane.events.sqlite import SqliteLogReader, _store_error
+from plane.events.sqlite import SqliteLogReader, store_error
 from plane.events.store import LogNotFoundError
 
 __all__ = ["backup_log"]
@@ -56,7 +57,7 @@ def _copy_database(source: Path, target: Path) -> None:
             src.close()
     except sqlite3.Error as exc:
         temporary.unlink(missing_ok=True)
-        raise _store_error(exc, source, "backing it up") from exc
+        raise store_error(exc, source, "backing it up") from exc
     os.replace(temporary, target)
 
 
@@ -105,6 +106,6 @@ def backup_log(log: str | os.PathLike[str], dest: str | os.PathLike[str]) -> lis
             journal.setdefault(month, []).extend(doubled)
     if journal:
         target = journal_path(copied_log)
-        target.write_text(json.dumps({"streams": journal}))
+        target.write_bytes(orjson.dumps({"streams": journal}))
         written.append(target)
     return written

@@ -26,7 +26,7 @@ Error handling:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -98,7 +98,7 @@ class MemoryEventStore:
         self._check_open()
         return len(self._log)
 
-    async def tail(self, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
+    async def tail(self, after_seq: int = 0) -> AsyncGenerator[RecordedEvent, None]:
         """Every event after ``after_seq``, then new ones as they land.
 
         Never ends while the store is open; raises :class:`StoreClosedError`

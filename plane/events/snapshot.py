@@ -37,7 +37,6 @@ is returned); errors about the log itself are the store's
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from collections.abc import Iterable
@@ -191,7 +190,7 @@ def _to_json(state: StartupState, *, with_fingerprint: bool = True) -> dict[str,
     }
     if with_fingerprint:
         out["fingerprint"] = state.fingerprint
-    return json.loads(orjson.dumps(out, default=sorted)) if not with_fingerprint else out
+    return orjson.loads(orjson.dumps(out, default=sorted)) if not with_fingerprint else out
 
 
 def _from_json(doc: dict[str, Any]) -> StartupState:

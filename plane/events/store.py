@@ -15,7 +15,7 @@ twin both pass ``tests/contract/test_store_contract.py``):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import NamedTuple, Protocol
 
 from plane.events.types import Event
@@ -106,7 +106,7 @@ class EventStore(Protocol):
         """The highest sequence number written (0 for an empty log)."""
         ...
 
-    def tail(self, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
+    def tail(self, after_seq: int = 0) -> AsyncGenerator[RecordedEvent, None]:
         """Every event after ``after_seq``, then new ones as they land; never ends."""
         ...
 

@@ -41,7 +41,7 @@ will not help, and its message is written for people.  ``stop``, ``kill`` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import attrs
@@ -255,7 +255,7 @@ class Executor(Protocol):
         """
         ...
 
-    def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+    def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
         """The backend's stdout and stderr so far; with *follow*, then new output.
 
         Following ends when the backend has exited and its output is drained.

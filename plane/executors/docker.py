@@ -143,6 +143,7 @@ from plane.executors.base import (
     refuse,
 )
 from plane.executors.mounts import MOUNT_TARGET, mount_problem, mount_source
+from plane.tokens import is_backend_id
 
 __all__ = ["DEFAULT_CAP_DROP", "DEFAULT_PIDS_LIMIT", "DockerExecutor"]
 
@@ -158,7 +159,6 @@ DEFAULT_PIDS_LIMIT = 512
 DEFAULT_CPU_PERIOD = 100_000
 
 _PULL_POLICIES = ("IfNotPresent", "Always", "Never")
-_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _LIVE_STATES = ("running", "restarting", "paused")
 _START_FAILURE_HINTS = (
     "OCI runtime",
@@ -573,7 +573,7 @@ class DockerExecutor:
     async def start(self, spec: StartSpec) -> Started:
         """Ensure the image, create and start the container, read back its port."""
         backend_id = spec.backend_id
-        if not _VALID_ID.match(backend_id):
+        if not is_backend_id(backend_id):
             raise SpawnError(f"invalid backend id {backend_id!r} (not usable in a container name)")
         executable = spec.executable
         self.check(executable)
@@ -784,7 +784,7 @@ class DockerExecutor:
             await trio.to_thread.run_sync(_unlink, path)
 
     def kept_log_path(self, backend_id: str) -> Path | None:
-        if self.logs_dir is None or not _SAFE_ID.match(backend_id):
+        if self.logs_dir is None or not is_backend_id(backend_id):
             return None
         return self.logs_dir / f"{backend_id}.log"
 
@@ -985,9 +985,6 @@ class DockerExecutor:
 
 KEPT_LOG_BYTES = LOG_MAX_BYTES
 """How much of a removed container's output is kept (its end)."""
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
 
 def _write_file(path: Path, data: bytes) -> None:
     """Write *data* to *path*, readable by plane's user only (0600, whatever the umask)."""

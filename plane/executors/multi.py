@@ -15,7 +15,8 @@ the engine still runs when it returns is removed by the supervisor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
 
 import attrs
 import trio
@@ -127,10 +128,11 @@ class MultiExecutor:
                 await nursery.start(executor.serve_exits, send)
             task_status.started()
 
-    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
         name = self.locate(backend_id)
         executor = self.engines.get(name) if name is not None else None
         if executor is None:
             return
-        async for chunk in executor.logs(backend_id, follow=follow):
-            yield chunk
+        async with aclosing(executor.logs(backend_id, follow=follow)) as chunks:
+            async for chunk in chunks:
+                yield chunk

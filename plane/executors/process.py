@@ -88,7 +88,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import signal
 import socket
@@ -116,6 +115,7 @@ from plane.executors.base import (
 )
 from plane.executors.proclimits import ChildLimits, PidsCgroups, limit_problems
 from plane.permissions import child_umask
+from plane.tokens import is_backend_id
 
 __all__ = [
     "MARKER_ENV",
@@ -133,7 +133,6 @@ MARKER_KEY_ENV = "PLANE_BACKEND_KEY"
 MARKER_SCOPE_ENV = "PLANE_BACKEND_SCOPE"
 
 _INHERITED_ENV: tuple[str, ...] = ("PATH", "HOME", "LANG")
-_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _READ_SIZE = 64 * 1024
 
 
@@ -289,7 +288,7 @@ class ProcessExecutor:
 
         The older output is in the rotated files beside it (:meth:`log_paths`).
         """
-        if not _VALID_ID.match(backend_id):
+        if not is_backend_id(backend_id):
             raise ValueError(f"invalid backend id {backend_id!r}")
         return self._logs_dir / f"{backend_id}.log"
 
@@ -373,7 +372,7 @@ class ProcessExecutor:
         Starting a backend id that is already running returns the running one.
         """
         backend_id = spec.backend_id
-        if not _VALID_ID.match(backend_id):
+        if not is_backend_id(backend_id):
             raise SpawnError(f"invalid backend id {backend_id!r}")
         executable = spec.executable
         self.check(executable)

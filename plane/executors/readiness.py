@@ -32,20 +32,11 @@ from __future__ import annotations
 import h11
 import trio
 
+from plane.addresses import split_host_port as parse_loopback_address
+
 __all__ = ["parse_loopback_address", "wait_until_answers"]
 
 _RECEIVE_SIZE = 4096
-
-
-def parse_loopback_address(address: str) -> tuple[str, int]:
-    """Split ``"HOST:PORT"`` into ``(host, port)``; raise ValueError if malformed."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {address!r}")
-    return host.strip("[]"), port
 
 
 async def _answers_once(host: str, port: int) -> bool:

@@ -11,7 +11,7 @@ as the actor's readiness probe.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import trio
 
@@ -181,7 +181,7 @@ class FakeExecutor:
         self._broken = trio.Event()
         raise ExecutorError("event stream ended")
 
-    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
         """One line for a backend it started (or adopted); nothing for an unknown
         or forgotten one, as the real executors."""
         known = backend_id in self.specs or backend_id in self.running

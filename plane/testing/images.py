@@ -35,7 +35,6 @@ from a thread (``trio.to_thread.run_sync``) when inside trio.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import docker.errors
+import orjson
 
 __all__ = ["APPLETS", "BUSYBOX", "INDEX_HTML", "build_test_image", "copy_image"]
 
@@ -79,7 +79,7 @@ COPY rootfs/ /
 ENV PORT=8080 PATH=/bin
 EXPOSE 8080
 LABEL dev.plane.test-image-digest="{{digest}}"
-CMD {json.dumps(["/bin/sh", "-c", _CMD])}
+CMD {orjson.dumps(["/bin/sh", "-c", _CMD]).decode()}
 """
 
 _DIGEST_LABEL = "dev.plane.test-image-digest"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -287,7 +287,7 @@ class LoggingExecutor(FakeExecutor):
         super().__init__()
         self.lines_send, self.lines_receive = trio.open_memory_channel[bytes](10)
 
-    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncIterator[bytes]:
+    async def logs(self, backend_id: str, *, follow: bool = False) -> AsyncGenerator[bytes, None]:
         yield b"first line\n"
         if follow:
             async for line in self.lines_receive:

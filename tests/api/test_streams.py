@@ -218,12 +218,19 @@ async def test_global_events_without_follow_end(api: Api) -> None:
 
 
 async def test_global_events_keep_alive() -> None:
+    """An idle global event stream is kept alive with comments, and stays open."""
     async with open_api(keepalive_seconds=0.05) as api:
+        lines: list[str] = []
         with trio.fail_after(5):
             async with api.client.stream("GET", "/ctrl/events") as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
                 async for line in response.aiter_lines():
-                    if line == ": keep-alive":
+                    lines.append(line)
+                    if lines.count(": keep-alive") == 3:
                         break
+    # The loop ended because three keep-alives came, not because the stream ended.
+    assert lines.count(": keep-alive") == 3, lines
 
 
 async def test_websocket_feed_from_a_seq_following_live(api: Api) -> None:

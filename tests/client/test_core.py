@@ -124,7 +124,7 @@ def test_connect_body_is_plane_s_and_refuses_options_it_would_ignore() -> None:
         )  # fmt: skip
 
 
-def _flaky(failures: list[type[Exception]], calls: list[str]) -> httpx.MockTransport:
+def _flaky(failures: list[type[httpx.TransportError]], calls: list[str]) -> httpx.MockTransport:
     ok = {"backend_id": "b", "spawned": True, "status": "ready", "token": "t", "url": "u"}
 
     def handler(request: httpx.Request) -> httpx.Response:

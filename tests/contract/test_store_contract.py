@@ -8,7 +8,7 @@ store.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from pathlib import Path
 
 import pytest
@@ -274,8 +274,9 @@ async def test_tail_yields_history_then_new_events_in_order(store: EventStore) -
     send, receive = trio.open_memory_channel[RecordedEvent](100)
 
     async def follow() -> None:
-        async for recorded in store.tail(after_seq=2):
-            await send.send(recorded)
+        async with aclosing(store.tail(after_seq=2)) as tail:
+            async for recorded in tail:
+                await send.send(recorded)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(follow)
@@ -300,8 +301,9 @@ async def test_tail_started_before_appends_receives_them_without_polling(
     send, receive = trio.open_memory_channel[RecordedEvent](100)
 
     async def follow() -> None:
-        async for recorded in store.tail():
-            await send.send(recorded)
+        async with aclosing(store.tail()) as tail:
+            async for recorded in tail:
+                await send.send(recorded)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(follow)
@@ -321,11 +323,12 @@ async def test_tail_misses_nothing_under_concurrent_appends(store: EventStore) -
     seen: list[int] = []
 
     async def follow(done: trio.Event) -> None:
-        async for recorded in store.tail():
-            seen.append(recorded.seq)
-            if len(seen) == total:
-                done.set()
-                return
+        async with aclosing(store.tail()) as tail:
+            async for recorded in tail:
+                seen.append(recorded.seq)
+                if len(seen) == total:
+                    done.set()
+                    return
 
     async def appender(i: int) -> None:
         for v in range(40):
@@ -354,8 +357,9 @@ async def test_a_waiting_tail_raises_store_closed_when_the_store_closes(
 
             async def follow() -> None:
                 try:
-                    async for recorded in store.tail():
-                        seen.append(recorded.seq)
+                    async with aclosing(store.tail()) as tail:
+                        async for recorded in tail:
+                            seen.append(recorded.seq)
                 except StoreClosedError as exc:
                     errors.append(exc)
 

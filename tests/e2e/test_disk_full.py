@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ from plane.events.types import (
 from plane.testing.serve_process import PlaneServe
 from replay.verify import verify_log
 
+from ..sqlite_files import integrity_ok
 from ..tmpfs import fill, mounted_tmpfs
 from .test_crash_recovery import labelled_pids
 
@@ -181,11 +181,7 @@ async def test_plane_serve_survives_a_full_disk_and_resumes_by_itself(
     assert plane.stop() == 0, plane.log_path.read_text()
 
     log = plane.data_dir / "events.db"
-    conn = sqlite3.connect(log)
-    try:
-        assert [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
-    finally:
-        conn.close()
+    assert integrity_ok(log)
     report = verify_log(log, jobs=1)
     assert report.ok, report.violations[:3]
     records = list(read_log(log))

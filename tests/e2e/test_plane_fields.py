@@ -9,7 +9,6 @@ under ``CI=true``.  Containers of this module's backends are removed at the end.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from plane.testing.images import INDEX_HTML
-from plane.testing.registry import Registry, RegistryUnavailable, ensure_registry, push_image
+from plane.testing.registry import Registry, push_image
 from plane.testing.serve_process import PlaneServe
 
 RUN = uuid.uuid4().hex[:8]
@@ -44,16 +43,6 @@ def assert_refused(response: httpx.Response, field: str) -> None:
 
 def via_proxy(plane: PlaneServe, url: str) -> str:
     return url.replace(url.split("/")[2], plane.urls["proxy"].split("/")[2], 1)
-
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    try:
-        return ensure_registry()
-    except RegistryUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no registry for the credentials test, and CI=true: {exc}")
-        pytest.skip(f"no registry for the credentials test: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -174,13 +163,14 @@ def test_process_executor_refuses_what_it_cannot_honour(tmp_path: Path) -> None:
     plane = PlaneServe(tmp_path / "data", "process")
     command = [sys.executable, "-c", "pass"]
     try:
-        for field, extra in [
+        cases: list[tuple[str, dict[str, Any]]] = [
             ("mount", {"mount": "x"}),
             ("network_name", {"network_name": "net"}),
             ("image", {"image": "busybox"}),
             ("resource_limits.cpu_period", {"resource_limits": {"cpu_period": 100000}}),
             ("resource_limits.disk_limit_bytes", {"resource_limits": {"disk_limit_bytes": 1}}),
-        ]:
+        ]
+        for field, extra in cases:
             response = plane.api.post("/ctrl/connect", json=body(field, command=command, **extra))
             assert_refused(response, field)
         limits = {"memory_limit_bytes": 1 << 30, "cpu_time_limit": 60}

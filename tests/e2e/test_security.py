@@ -49,7 +49,7 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
 
 def _status(api_url: str, key: str | None, method: str = "GET", path: str = "/ctrl/status") -> int:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    body = {} if method == "POST" else None
+    body: dict[str, object] | None = {} if method == "POST" else None
     return httpx.request(method, api_url + path, headers=headers, json=body, timeout=30).status_code
 
 

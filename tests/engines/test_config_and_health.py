@@ -16,6 +16,7 @@ from plane.events.types import (
     EngineRegistered,
     EngineReturned,
     EngineUndrained,
+    Event,
 )
 
 
@@ -85,7 +86,7 @@ def test_an_engine_never_answering_is_lost_after_the_bound_from_start() -> None:
 
 
 def test_the_registry_folds_engine_events() -> None:
-    events = [
+    events: list[Event] = [
         EngineRegistered(1.0, "a", "unix:///a", "127.0.0.1", "", 3),
         EngineRegistered(1.0, "b", "unix:///b", "127.0.0.2"),
         EngineDrained(2.0, "a"),

@@ -29,18 +29,11 @@ from plane.events.store import RecordedEvent
 from plane.events.types import SYSTEM_STREAM, HistoryArchived, TokenIssued
 from replay.verify import verify_log
 
+from ..sqlite_files import integrity_ok
 from .histories import History
 
 CHILD = Path(__file__).with_name("archiver_child.py")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def integrity_ok(path: Path) -> bool:
-    conn = sqlite3.connect(path)
-    try:
-        return [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
-    finally:
-        conn.close()
 
 
 def rows_by_seq(path: Path) -> dict[int, tuple[object, ...]]:

@@ -19,6 +19,7 @@ from plane.events.snapshot import load_startup, snapshot_path, write_snapshot
 from plane.events.sqlite import open_sqlite_store
 from replay.verify import verify_log
 
+from ..sqlite_files import integrity_ok
 from .histories import History
 
 
@@ -27,14 +28,6 @@ def restore(backup: Path, data_dir: Path) -> Path:
     for path in backup.iterdir():
         shutil.copy(path, data_dir / path.name)
     return data_dir / "events.db"
-
-
-def integrity_ok(path: Path) -> bool:
-    conn = sqlite3.connect(path)
-    try:
-        return [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
-    finally:
-        conn.close()
 
 
 async def test_backup_while_appending_restores_and_verifies(tmp_path: Path) -> None:

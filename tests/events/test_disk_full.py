@@ -4,7 +4,6 @@ without reopening; nothing acknowledged is lost, nothing is written twice."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from plane.events.sqlite import open_sqlite_store
 from plane.events.store import StoreFullError
 from replay.verify import verify_log
 
+from ..sqlite_files import integrity_ok
 from ..tmpfs import mounted_tmpfs
 from .histories import History
 
@@ -58,10 +58,6 @@ async def test_a_full_disk_fails_appends_then_heals_without_reopening(small_disk
     streams = {r.stream for r in records}
     assert set(acked) <= streams and set(history.finished[-3:]) <= streams
     assert len(streams) == len(acked) + 3  # the refused ones are nowhere
-    conn = sqlite3.connect(log)
-    try:
-        assert [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
-    finally:
-        conn.close()
+    assert integrity_ok(log)
     report = verify_log(log, jobs=1)
     assert report.ok, report.violations[:3]

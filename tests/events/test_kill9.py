@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 import trio
 
 from plane.events.sqlite import SqliteLogReader, open_sqlite_store
+
+from ..sqlite_files import integrity_ok
 
 CHILD = Path(__file__).with_name("appender_child.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -58,11 +59,7 @@ def acked_versions(lines: list[str]) -> dict[str, int]:
 
 def check_log(log: Path, acked: dict[str, int]) -> int:
     """Assert the log is sound and holds every acknowledged event; returns its size."""
-    conn = sqlite3.connect(log)
-    try:
-        assert [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
-    finally:
-        conn.close()
+    assert integrity_ok(log)
     with SqliteLogReader(log) as reader:
         events = list(reader.iter_events())
         assert reader.last_seq() == len(events)

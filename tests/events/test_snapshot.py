@@ -18,7 +18,13 @@ from plane.events.snapshot import (
     write_snapshot,
 )
 from plane.events.sqlite import SqliteLogReader, open_sqlite_store, read_log
-from plane.events.types import SYSTEM_STREAM, OrphanRemoved, TerminationKind, TerminationRequested
+from plane.events.types import (
+    SYSTEM_STREAM,
+    Event,
+    OrphanRemoved,
+    TerminationKind,
+    TerminationRequested,
+)
 
 from .histories import History
 
@@ -26,16 +32,17 @@ from .histories import History
 def supervisor_fold(log: Path) -> dict[str, object]:
     """What Supervisor._recover folds at startup, spelled out on its own: every
     stream folded, the non-terminated kept, each key's highest fencing token."""
-    streams: dict[str, list[object]] = {}
+    streams: dict[str, list[Event]] = {}
     system_version = 0
     for record in read_log(log):
         if record.stream == SYSTEM_STREAM:
             system_version = record.version
             continue
         streams.setdefault(record.stream, []).append(record.event)
-    live, fencing = {}, {}
+    live: dict[str, lifecycle.BackendState] = {}
+    fencing: dict[tuple[str, str], int] = {}
     for backend_id, events in streams.items():
-        state = lifecycle.fold(events)  # type: ignore[arg-type]
+        state = lifecycle.fold(events)
         assert state.key is not None
         slot = state.key.slot()
         fencing[slot] = max(fencing.get(slot, 0), state.fencing_token)

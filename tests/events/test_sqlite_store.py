@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-import plane.events.sqlite as sqlite_store
+import plane.events.sqlite.store as sqlite_store
 from plane import __version__
 from plane.events.sqlite import (
     APPEND_ONLY_MESSAGE,
@@ -20,6 +21,8 @@ from plane.events.sqlite import (
     open_sqlite_store,
     read_log,
 )
+from plane.events.sqlite.recorder import Recorder
+from plane.events.sqlite.recorder import select_all as recorder_select_all
 from plane.events.store import (
     ConcurrencyError,
     CorruptLogError,
@@ -32,6 +35,8 @@ from plane.events.store import (
     StoreFullError,
 )
 from plane.events.types import HttpActivityRecorded, SpawnFailed
+
+from ..sqlite_files import integrity
 
 
 def tick(n: int) -> HttpActivityRecorded:
@@ -49,14 +54,6 @@ async def write_log(path: Path, streams: int = 3, per_stream: int = 4) -> list[R
             for s in range(streams):
                 recorded += await store.append(f"s{s}", v, [tick(v * 10 + s)])
     return recorded
-
-
-def integrity(path: Path) -> list[str]:
-    conn = raw(path)
-    try:
-        return [row[0] for row in conn.execute("PRAGMA integrity_check")]
-    finally:
-        conn.close()
 
 
 # -------------------------------------------------------------------- schema
@@ -424,7 +421,7 @@ async def test_a_bug_in_the_writer_fails_the_waiting_appends_and_is_raised(
     path = tmp_path / "log.sqlite"
     failures: list[StoreError] = []
 
-    def broken(self: SqliteEventStore, batch: list[object]) -> int:
+    def broken(self: Recorder, batch: list[object]) -> int:
         raise ZeroDivisionError("a bug in the writer")
 
     async def append_one(store: SqliteEventStore, i: int) -> None:
@@ -435,7 +432,7 @@ async def test_a_bug_in_the_writer_fails_the_waiting_appends_and_is_raised(
 
     with pytest.raises(BaseExceptionGroup) as raised:
         async with open_sqlite_store(path) as store:
-            monkeypatch.setattr(SqliteEventStore, "_write_batch", broken)
+            monkeypatch.setattr(Recorder, "write_batch", broken)
             async with trio.open_nursery() as nursery:
                 for i in range(5):
                     nursery.start_soon(append_one, store, i)
@@ -467,23 +464,24 @@ async def test_a_tail_that_caught_up_reads_new_events_from_memory(
     """Following the log costs no file read per commit once the tail has caught up."""
     path = tmp_path / "log.sqlite"
     reads = 0
-    select_all = sqlite_store._select_all
+    select_all = recorder_select_all
 
     def counting_select_all(*args: object) -> list[RecordedEvent]:
         nonlocal reads
         reads += 1
         return select_all(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlite_store, "_select_all", counting_select_all)
+    monkeypatch.setattr(sqlite_store, "select_all", counting_select_all)
     seen: list[RecordedEvent] = []
     async with open_sqlite_store(path) as store:
         await store.append("old", 0, [tick(0)])
 
         async def follow() -> None:
-            async for recorded in store.tail():
-                seen.append(recorded)
-                if len(seen) == 101:
-                    return
+            async with aclosing(store.tail()) as tail:
+                async for recorded in tail:
+                    seen.append(recorded)
+                    if len(seen) == 101:
+                        return
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow)
@@ -514,7 +512,7 @@ async def test_a_tail_reads_the_file_when_another_process_wrote_in_between(
         await store.append("s", 1, [tick(3)])
         with trio.fail_after(5):
             following = [await anext(tail), await anext(tail)]
-        await tail.aclose()  # type: ignore[attr-defined]
+        await tail.aclose()
     assert [(r.seq, r.stream) for r in following] == [(2, "x"), (3, "s")]
 
 
@@ -523,7 +521,7 @@ async def test_tail_sees_a_commit_that_lands_while_it_reads(
 ) -> None:
     """The tail arms its waiter before reading, so a commit during the read wakes it."""
     path = tmp_path / "log.sqlite"
-    select_all = sqlite_store._select_all
+    select_all = recorder_select_all
     injected = False
 
     def select_then_commit(*args: object) -> list[RecordedEvent]:
@@ -535,9 +533,10 @@ async def test_tail_sees_a_commit_that_lands_while_it_reads(
             trio.from_thread.run(store.append, "s", 0, [tick(1)])
         return rows
 
-    monkeypatch.setattr(sqlite_store, "_select_all", select_then_commit)
+    monkeypatch.setattr(sqlite_store, "select_all", select_then_commit)
     async with open_sqlite_store(path) as store:
         with trio.fail_after(10):
-            async for recorded in store.tail():
-                assert (recorded.seq, recorded.event) == (1, tick(1))
-                break
+            async with aclosing(store.tail()) as tail:
+                async for recorded in tail:
+                    assert (recorded.seq, recorded.event) == (1, tick(1))
+                    break

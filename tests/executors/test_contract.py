@@ -229,7 +229,7 @@ async def next_exit(
 
 
 async def output(executor: Executor, backend_id: str, *, follow: bool = False) -> bytes:
-    async with aclosing(executor.logs(backend_id, follow=follow)) as chunks:  # type: ignore[type-var]
+    async with aclosing(executor.logs(backend_id, follow=follow)) as chunks:
         return b"".join([chunk async for chunk in chunks])
 
 

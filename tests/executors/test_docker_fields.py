@@ -11,7 +11,6 @@ and removed by the module fixture; the test network is removed too.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import urllib.request
 import uuid
@@ -29,7 +28,7 @@ from plane.executors.base import ExitObserved, SpawnError, Started, StartSpec
 from plane.executors.docker import DockerExecutor, disk_quota_problem
 from plane.executors.readiness import wait_until_answers
 from plane.testing.images import INDEX_HTML
-from plane.testing.registry import Registry, RegistryUnavailable, ensure_registry, push_image
+from plane.testing.registry import Registry, push_image
 
 pytestmark = pytest.mark.docker
 
@@ -66,16 +65,6 @@ def network(docker_client: Any) -> Iterator[str]:
     for container in created.containers:  # a failed test may leave one behind
         container.remove(force=True, v=True)
     created.remove()
-
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    try:
-        return ensure_registry()
-    except RegistryUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no registry for the credentials test, and CI=true: {exc}")
-        pytest.skip(f"no registry for the credentials test: {exc}")
 
 
 def spec(name: str, image: str, **executable: Any) -> StartSpec:

@@ -7,7 +7,7 @@ import socket
 import pytest
 import trio
 
-from plane.executors.readiness import parse_loopback_address, wait_until_answers
+from plane.executors.readiness import wait_until_answers
 
 
 def free_port() -> int:
@@ -87,11 +87,3 @@ async def test_closed_or_non_http_answers_are_not_ready(reply: bytes | None) -> 
             await wait_until_answers(f"127.0.0.1:{port}")
         assert scope.cancelled_caught
         nursery.cancel_scope.cancel()
-
-
-def test_parse_loopback_address() -> None:
-    assert parse_loopback_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
-    assert parse_loopback_address("[::1]:80") == ("::1", 80)
-    for bad in ["127.0.0.1", ":80", "127.0.0.1:0", "127.0.0.1:x", "127.0.0.1:70000"]:
-        with pytest.raises(ValueError):
-            parse_loopback_address(bad)

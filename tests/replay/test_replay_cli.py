@@ -14,7 +14,7 @@ from plane.actors.supervisor import ConnectRequest
 from plane.events.spec import BackendKey, Executable, RegistryCredentials, SpawnConfig
 from plane.events.sqlite import open_sqlite_store
 from plane.events.types import ConnectionClosed, ConnectionOpened, Status, TerminationKind
-from plane.tables import iso
+from plane.text_tables import iso
 from replay.cli import main
 from tests.shell.conftest import EPOCH, open_harness, request
 
@@ -230,6 +230,7 @@ async def test_timeline_and_state_redact_secrets_unless_asked(
             ConnectRequest(key=BackendKey("secretive"), spawn_config=SpawnConfig(executable))
         )
         await h.wait_status(result.backend_id, Status.READY)
+    assert result.secret_token is not None
     secrets = ("hunter2", "registry-pass", result.secret_token)
     for argv in (
         ("timeline", str(log), result.backend_id),

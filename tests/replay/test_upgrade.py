@@ -25,6 +25,8 @@ from plane.events.types import BackendTerminated, Status
 from replay.cli import main as replay_main
 from replay.verify import verify_log
 
+from ..sqlite_files import integrity_ok
+
 FIXTURES = sorted((Path(__file__).parents[1] / "fixtures" / "upgrade").glob("events-*.db"))
 
 
@@ -54,9 +56,9 @@ async def test_an_old_log_opens_replays_verifies_and_carries_on(
     conn = sqlite3.connect(log)
     try:
         assert int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
-        assert [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
     finally:
         conn.close()
+    assert integrity_ok(log)
     # startup's fold and retention work on it
     state, how = load_startup(log)
     assert how.startswith("rebuilt")  # no snapshot came with it

@@ -94,7 +94,9 @@ ALTERATIONS = st.lists(
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=max(25, settings().max_examples // 10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(alterations=ALTERATIONS)
 def test_three_processes_report_exactly_what_one_does(

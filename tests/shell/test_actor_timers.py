@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import trio
 import trio.testing
 
@@ -11,6 +13,7 @@ from plane.events.types import (
     BackendTerminating,
     ConnectionClosed,
     ConnectionOpened,
+    Event,
     Status,
     TerminationEscalated,
     TerminationKind,
@@ -20,8 +23,10 @@ from plane.testing.fake_executor import FakeExecutor
 
 from .conftest import open_harness, request
 
+E = TypeVar("E")
 
-def only(events: list, cls: type) -> list:
+
+def only(events: list[Event], cls: type[E]) -> list[E]:
     return [e for e in events if isinstance(e, cls)]
 
 

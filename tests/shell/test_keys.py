@@ -7,6 +7,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -194,7 +195,11 @@ async def test_a_static_token_is_minted_once_and_answered_to_every_connect(
         requested = events[0]
         assert isinstance(requested, BackendRequested)
         assert requested.static_token == first.token
-        for field, change in (("user", {"user": "ann"}), ("auth", {"auth": '{"a":1}'})):
+        changes: list[tuple[str, dict[str, Any]]] = [
+            ("user", {"user": "ann"}),
+            ("auth", {"auth": '{"a":1}'}),
+        ]
+        for field, change in changes:
             with pytest.raises(ConnectRefused) as info:
                 await h.supervisor.connect(
                     attrs.evolve(ConnectRequest(key=BackendKey("doc")), **change)

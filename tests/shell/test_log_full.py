@@ -8,6 +8,7 @@ StoreFullError (what the SQLite store raises on SQLITE_FULL or its page guard)."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import pytest
 import trio
@@ -33,6 +34,8 @@ from plane.testing.fake_executor import FakeExecutor
 
 from .conftest import Harness, open_harness, request
 
+E = TypeVar("E")
+
 
 class FillableStore(MemoryEventStore):
     """The memory store, with a disk that can be full: then every append is refused
@@ -55,7 +58,7 @@ class FillableStore(MemoryEventStore):
         return await super().append(stream, expected_version, events)
 
 
-def only(events: list[Event], cls: type) -> list[Event]:
+def only(events: list[Event], cls: type[E]) -> list[E]:
     return [e for e in events if isinstance(e, cls)]
 
 
@@ -129,8 +132,8 @@ async def test_inputs_arriving_while_full_are_queued_in_order_with_their_times(
         events = await h.events(bid)
         opened = only(events, ConnectionOpened)
         closed = only(events, ConnectionClosed)
-        assert [e.connection_id for e in opened] == ["c1", "c2"]  # type: ignore[attr-defined]
-        assert [e.connection_id for e in closed] == ["c1"]  # type: ignore[attr-defined]
+        assert [e.connection_id for e in opened] == ["c1", "c2"]
+        assert [e.connection_id for e in closed] == ["c1"]
         assert [e.at - t0 for e in opened] == [0.0, pytest.approx(40, abs=0.01)]
         assert [e.at - t0 for e in closed] == [pytest.approx(20, abs=0.01)]
         assert_times_never_go_back(events)

@@ -12,7 +12,7 @@ import pytest
 from plane.actors.supervisor import Supervisor
 from plane.events.sqlite import read_log
 from plane.testing import simulate
-from plane.testing.sim.history import run_history
+from plane.testing.sim.history import Outcome, run_history
 from replay.verify import verify_log
 
 from .regressions import REGRESSIONS
@@ -21,7 +21,7 @@ DAILY = int(os.environ.get("PLANE_SIM_HISTORIES", "150"))
 STEPS = 200
 
 
-def _failures(outcomes: list[simulate.Outcome]) -> str:
+def _failures(outcomes: list[Outcome]) -> str:
     return "\n".join(simulate.report(o) for o in outcomes if not o.ok)
 
 

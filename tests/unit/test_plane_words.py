@@ -13,6 +13,7 @@ from plane.events.types import (
     BackendStarting,
     BackendTerminated,
     BackendTerminating,
+    Event,
     ExecutorStarted,
     Status,
     TerminationEscalated,
@@ -122,7 +123,7 @@ def _requested(at: float = 100.0) -> BackendRequested:
 
 
 def test_a_whole_lifecycle_only_moves_forward_with_the_time_of_each_status() -> None:
-    events = [
+    events: list[Event] = [
         _requested(100.0),
         BackendStarting(101.0),
         ExecutorStarted(103.0, "127.0.0.1:1"),

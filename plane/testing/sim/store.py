@@ -12,7 +12,7 @@ on its way to the stores; until then the stores' own
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -106,5 +106,5 @@ class FaultyStore:
     async def last_seq(self) -> int:
         return await self._call(self.inner.last_seq)
 
-    def tail(self, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
+    def tail(self, after_seq: int = 0) -> AsyncGenerator[RecordedEvent, None]:
         return self.inner.tail(after_seq)
