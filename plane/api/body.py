@@ -220,14 +220,17 @@ def problems(obj: Any, at: str = "$") -> list[str]:
     return found
 
 
-def _text(limit: int, *, empty: bool = True, default: Any = None) -> Any:
-    return wire_field(
-        default,
+def _text_check(limit: int, *, empty: bool = True) -> dict[str, Check]:
+    return checks(
         min_length=None if empty else 1,
         max_length=limit,
         pattern=NO_CONTROL,
         says="must not contain control characters",
     )
+
+
+def _text(limit: int, *, empty: bool = True) -> Any:
+    return attrs.field(default=None, metadata=_text_check(limit, empty=empty))
 
 
 def _limit(low: int = 1, high: int = MAX_INT64) -> Any:
@@ -253,7 +256,7 @@ _NOT_NUL = Check(pattern=NO_NUL, says="must not contain NUL")
 class Key:
     """At most one live backend per (namespace, name)."""
 
-    name: str = _text(MAX_KEY_CHARS, empty=False, default=attrs.NOTHING)
+    name: str = attrs.field(metadata=_text_check(MAX_KEY_CHARS, empty=False))
     namespace: str | None = _text(MAX_KEY_CHARS)
     tag: str | None = _text(MAX_KEY_CHARS)
 
@@ -359,8 +362,8 @@ class RevokeBody:
 class RevokeUserBody:
     """Plane's ``RevokeRequest``."""
 
-    backend_id: str = _text(64, empty=False, default=attrs.NOTHING)
-    user: str = _text(MAX_TEXT_CHARS, empty=False, default=attrs.NOTHING)
+    backend_id: str = attrs.field(metadata=_text_check(64, empty=False))
+    user: str = attrs.field(metadata=_text_check(MAX_TEXT_CHARS, empty=False))
 
 
 # ------------------------------------------------------------ the converter
