@@ -1,8 +1,13 @@
 """The endpoints: Plane's spawn, status, terminate and revoke API, plus our list,
 inspect, events, logs, revoke, info and metrics endpoints.
 
-This module owns what each path does; :func:`build_router` returns the route
-table wired to an :class:`~plane.api.context.ApiContext`.  Bodies are parsed
+This module owns what each path does.  :func:`route_table` declares every
+route once: method, pattern, handler, and what the OpenAPI document says of
+it (summary, parameters, body model, answer models, error kinds);
+:func:`api_document` generates the document from it (:mod:`plane.api.openapi`)
+and :func:`build_router` binds it to an :class:`~plane.api.context.ApiContext`.
+Query parameters and headers are declared once too (:class:`Param`): the
+parsers read their choices and bounds from the schema the document publishes.  Bodies are parsed
 in :mod:`plane.api.body`, streams are framed in :mod:`plane.api.sse` and fed
 from :mod:`plane.api.feeds`, views come from :mod:`plane.views`.
 
@@ -36,6 +41,7 @@ reconnecting.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
@@ -640,9 +646,14 @@ def route_table() -> list[Route]:
 
 
 @functools.cache
-def api_document() -> dict[str, Any]:
-    """The OpenAPI document of :func:`route_table` (served at ``/openapi.json``)."""
+def _document() -> dict[str, Any]:
     return openapi.document(route_table(), is_protected)
+
+
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of :func:`route_table` (served at ``/openapi.json``);
+    a fresh copy each time (generated once)."""
+    return copy.deepcopy(_document())
 
 
 def build_router(ctx: ApiContext) -> Router:

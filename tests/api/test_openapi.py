@@ -7,11 +7,13 @@ import json
 import os
 import queue
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hypothesis
+import jsonschema_rs
 import pytest
 import schemathesis
 import trio
@@ -34,6 +36,7 @@ from plane.api.keys import ApiKeys
 from plane.api.openapi import render
 from plane.api.routes import api_document, build_router
 from plane.events.memory import open_memory_store
+from plane.events.types import Status
 from plane.metrics import Metrics
 from plane.testing.fake_executor import FakeExecutor
 from tests.api.conftest import API_KEY, Api
@@ -186,12 +189,15 @@ def test_api_conforms_to_its_document(case: schemathesis.Case[Any], live_api: st
 
 def test_stateful_sequences_conform_to_the_document(live_api: str) -> None:
     """Sequences along the document's links (connect -> status, stream, detail,
-    events, revoke, terminate) on one live server, every answer checked."""
-    machine = _schema().as_state_machine()
+    events, logs, revoke, terminate) on one live server, every answer checked."""
+    answered: Counter[tuple[str, int]] = Counter()
 
-    class Workflow(machine):  # type: ignore[misc, valid-type]
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
             return {"base_url": live_api, "timeout": _timeout(case)}
+
+        def after_call(self, response: Any, case: schemathesis.Case[Any]) -> None:
+            answered[(case.operation.path, response.status_code)] += 1
 
         def validate_response(
             self, response: Any, case: schemathesis.Case[Any], **kwargs: Any
@@ -200,10 +206,69 @@ def test_stateful_sequences_conform_to_the_document(live_api: str) -> None:
 
     Workflow.run(
         settings=hypothesis.settings(
-            max_examples=15,
-            stateful_step_count=6,
+            max_examples=20,
+            stateful_step_count=8,
             deadline=None,
             suppress_health_check=list(hypothesis.HealthCheck),
             derandomize=os.environ.get("PLANE_FUZZ_RANDOM") is None,
         )
     )
+    # the links were followed: a spawned backend was then read, streamed and stopped
+    for path in ("/pub/b/{id}/status", "/pub/b/{id}/status-stream", "/ctrl/b/{id}"):
+        assert answered[(path, 200)] > 0, answered
+    assert (
+        answered[("/ctrl/b/{id}/soft-terminate", 200)]
+        + answered[("/ctrl/b/{id}/hard-terminate", 200)]
+        > 0
+    ), answered
+
+
+# ------------------------------------------- answers across a whole lifecycle
+
+
+def _validator(name: str) -> Any:
+    doc = api_document()
+    return jsonschema_rs.validator_for(
+        {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    )
+
+
+async def test_every_answer_of_a_lifecycle_fits_its_schema(api: Api) -> None:
+    """The views built as dicts (detail, list, status, events, revoke) fit the
+    answer models the document publishes, in every state: spawned, ready,
+    revoked, terminating, terminated by a stop and by a failing exit."""
+    checks = {
+        name: _validator(name)
+        for name in ("BackendDetail", "BackendList", "BackendStatus", "EventList", "RevokeAnswer")
+    }
+
+    async def fits(path: str, schema: str) -> None:
+        response = await api.client.get(path)
+        assert response.status_code == 200, response.text
+        checks[schema].validate(response.json())
+
+    async def everything(backend_id: str) -> None:
+        await fits(f"/ctrl/b/{backend_id}", "BackendDetail")
+        await fits(f"/pub/b/{backend_id}/status", "BackendStatus")
+        await fits(f"/ctrl/b/{backend_id}/events", "EventList")
+        await fits("/ctrl/backends?limit=1", "BackendList")
+
+    stopped = await api.connect("stopped", executable={"resource_limits": {"pids_limit": 5}})
+    await everything(stopped["backend_id"])
+    await api.wait_status(stopped["backend_id"], Status.READY)
+    await everything(stopped["backend_id"])
+    revoked = await api.client.post(f"/ctrl/b/{stopped['backend_id']}/revoke", json={})
+    checks["RevokeAnswer"].validate(revoked.json())
+    await api.client.post(f"/ctrl/b/{stopped['backend_id']}/soft-terminate")
+    await everything(stopped["backend_id"])
+    await api.wait_status(stopped["backend_id"], Status.TERMINATED)
+    await everything(stopped["backend_id"])
+
+    failed = await api.connect("failed")
+    await api.wait_status(failed["backend_id"], Status.READY)
+    api.executor.exit(failed["backend_id"], 3)
+    await api.wait_status(failed["backend_id"], Status.TERMINATED)
+    await everything(failed["backend_id"])
+    page = (await api.client.get("/ctrl/backends?limit=1")).json()
+    assert page["next"] is not None
+    await fits(f"/ctrl/backends?cursor={page['next']}", "BackendList")
