@@ -99,6 +99,8 @@ class PlaneStatusAnswer:
 
 @attrs.frozen
 class Health:
+    """Liveness: always ok."""
+
     status: str = attrs.field(metadata=_about("Always ok.", enum=("ok",)))
 
 
@@ -121,6 +123,8 @@ class Info:
 
 @attrs.frozen
 class KeyView:
+    """A backend's key, as the views show it."""
+
     name: str
     namespace: str
     tag: str
@@ -144,6 +148,8 @@ class ExecutableView:
 
 @attrs.frozen
 class SpawnConfigView:
+    """The spawn config, defaults filled in, secrets redacted."""
+
     executable: ExecutableView
     max_idle_seconds: float | None
     lifetime_limit_seconds: float | None
@@ -210,6 +216,8 @@ class Event:
 
 @attrs.frozen
 class EventList:
+    """A backend's events, in order."""
+
     events: list[Event]
 
 

@@ -263,6 +263,8 @@ class Key:
 
 @attrs.frozen
 class ResourceLimitsBody:
+    """Plane's resource limits; each must be positive."""
+
     cpu_period: int | None = _limit()
     cpu_period_percent: int | None = _limit(1, 100)
     cpu_time_limit: int | None = _limit()
@@ -320,6 +322,8 @@ class ExecutableBody:
 
 @attrs.frozen
 class SpawnConfigBody:
+    """Plane's spawn config: what to run and how long it may live."""
+
     executable: ExecutableBody
     max_idle_seconds: float | None = _seconds()
     lifetime_limit_seconds: float | None = _seconds()

@@ -76,7 +76,7 @@ def _describe(cls: type) -> str | None:
     doc = inspect.getdoc(cls)
     if not doc or cls.__doc__ is None:
         return None
-    return " ".join(doc.split("\n\n")[0].split())
+    return " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
 
 
 class Schemas:
@@ -210,9 +210,10 @@ def _errors(route: Route, protected: bool) -> dict[int, list[str]]:
     return dict(sorted(kinds.items()))
 
 
-def _error_response(status: int, kinds: list[str]) -> dict[str, Any]:
+def _error_response(status: int, kinds: list[str], note: str | None) -> dict[str, Any]:
+    extra = f" {note}" if note else ""
     return {
-        "description": f"{_ERROR_TEXT[status]} Kinds: {', '.join(kinds)}.",
+        "description": f"{_ERROR_TEXT[status]}{extra} Kinds: {', '.join(kinds)}.",
         "content": {
             JSON_TYPE: {
                 "schema": {
@@ -300,7 +301,7 @@ def _operation(
         if links:
             responses[str(answer.status)]["links"] = links
     for status, kinds in _errors(route, protected).items():
-        responses[str(status)] = _error_response(status, kinds)
+        responses[str(status)] = _error_response(status, kinds, route.notes.get(status))
     op: dict[str, Any] = {
         "operationId": _operation_id(route),
         "summary": route.summary,

@@ -107,6 +107,8 @@ class Route:
     answers: tuple[Answer, ...] = ()
     errors: Mapping[int, tuple[str, ...]] = attrs.field(factory=dict)
     """The error kinds, by status, the handler can answer (the router's own are added)."""
+    notes: Mapping[int, str] = attrs.field(factory=dict)
+    """What the document adds, by status, to the description of an error answer."""
 
     @property
     def parts(self) -> tuple[str, ...]:

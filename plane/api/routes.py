@@ -483,6 +483,19 @@ def route_table() -> list[Route]:
                 409: ("KeyHeld", "KeyUnheldNoSpawnConfig", "BackendIdTaken"),
                 503: ("CapacityExceeded",),
             },
+            notes={
+                400: "A schema-valid body is also refused when this plane cannot honour "
+                "it (the message names the field): a field or limit its executor cannot "
+                "apply (e.g. a command without an image on Docker, `mount` without a "
+                "mount base, `disk_limit_bytes` without storage quotas), "
+                "`spawn_config.cluster` not this plane's cluster (`InvalidClusterName`), "
+                "a non-empty `pool`, `user` or `auth` for a static-token backend, a "
+                "`subdomain` while the cluster host is an IP address.",
+                409: "`KeyHeld`: a live backend holds the key with another tag; "
+                "`KeyUnheldNoSpawnConfig`: no backend holds it and no spawn_config was "
+                "given; `BackendIdTaken`: `spawn_config.id` names an existing backend.",
+                503: "`CapacityExceeded`: plane is at its limit of live backends.",
+            },
         ),
         Route(
             "POST",

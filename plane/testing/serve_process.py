@@ -109,9 +109,9 @@ class PlaneServe:
 
     def backends(self, live: bool = False) -> list[dict[str, Any]]:
         params = {"limit": 1000, **({"live": 1} if live else {})}
-        result: list[dict[str, Any]] = self.client.request(
-            "GET", "/ctrl/backends", params=params
-        )["backends"]
+        result: list[dict[str, Any]] = self.client.request("GET", "/ctrl/backends", params=params)[
+            "backends"
+        ]
         return result
 
     def kill9(self) -> None:
