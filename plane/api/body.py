@@ -134,12 +134,10 @@ def checks(**check: Any) -> dict[str, Check]:
     return {CHECK: Check(**check)}
 
 
-def wire_field(default: Any = attrs.NOTHING, **check: Any) -> Any:
-    """A wire-model field with the constraints of :class:`Check` (``check``)."""
+def wire_field(default: Any, **check: Any) -> Any:
+    """An optional wire-model field (``default``) with the constraints of
+    :class:`Check`; a required one is ``attrs.field(metadata=checks(...))``."""
     return attrs.field(default=default, metadata=checks(**check))
-
-
-_field = wire_field
 
 
 def check_of(field: attrs.Attribute[Any]) -> Check | None:
@@ -305,15 +303,15 @@ class ExecutableBody:
             values=_NOT_NUL,
         ),
     )
-    pull_policy: str | None = _field(None, enum=PULL_POLICIES)
+    pull_policy: str | None = wire_field(None, enum=PULL_POLICIES)
     resource_limits: ResourceLimitsBody | None = None
-    port: int | None = _field(None, minimum=1, maximum=65535)
+    port: int | None = wire_field(None, minimum=1, maximum=65535)
     command: list[str] | None = attrs.field(
         default=None, metadata=checks(min_length=1, items=_NOT_NUL)
     )
     cwd: str | None = _text(MAX_TEXT_CHARS, empty=False)
     credentials: RegistryCredentials | None = None
-    mount: bool | str | None = _field(
+    mount: bool | str | None = wire_field(
         None,
         description="true: MOUNT_BASE/<key name>; a string: MOUNT_BASE/<that relative path>",
     )
@@ -327,13 +325,13 @@ class SpawnConfigBody:
     executable: ExecutableBody
     max_idle_seconds: float | None = _seconds()
     lifetime_limit_seconds: float | None = _seconds()
-    id: str | None = _field(None, pattern=BACKEND_ID_PATTERN)
+    id: str | None = wire_field(None, pattern=BACKEND_ID_PATTERN)
     start_timeout_seconds: float | None = _seconds()
     stop_grace_seconds: float | None = _seconds(zero=True)
-    cluster: str | None = _field(None, description="Must be this plane's cluster name.")
-    pool: str | None = _field(None, description="A non-empty pool is refused (no pools yet).")
+    cluster: str | None = wire_field(None, description="Must be this plane's cluster name.")
+    pool: str | None = wire_field(None, description="A non-empty pool is refused (no pools yet).")
     use_static_token: bool | None = None
-    subdomain: str | None = _field(
+    subdomain: str | None = wire_field(
         None,
         max_length=MAX_SUBDOMAIN_CHARS,
         pattern=SUBDOMAIN_PATTERN,
@@ -359,7 +357,7 @@ class RevokeBody:
 
     WIRE_CLOSED: ClassVar[bool] = True
 
-    token: str | None = _field(None, min_length=1)
+    token: str | None = wire_field(None, min_length=1)
 
 
 @attrs.frozen

@@ -67,7 +67,7 @@ def live_api() -> Iterator[str]:
     started: queue.Queue[Any] = queue.Queue()
 
     async def main() -> None:
-        executor = FakeExecutor()
+        executor = FakeExecutor(needs_image=True)  # refuses a command alone, as Docker does
         async with open_memory_store() as store:
             supervisor = Supervisor(store, executor, policy=ExecutorPolicy(probe=executor.probe))
             metrics = Metrics()
