@@ -1,8 +1,13 @@
 """The endpoints: Plane's spawn, status, terminate and revoke API, plus our list,
 inspect, events, logs, revoke, info and metrics endpoints.
 
-This module owns what each path does; :func:`build_router` returns the route
-table wired to an :class:`~plane.api.context.ApiContext`.  Bodies are parsed
+This module owns what each path does.  :func:`route_table` declares every
+route once: method, pattern, handler, and what the OpenAPI document says of
+it (summary, parameters, body model, answer models, error kinds);
+:func:`api_document` generates the document from it (:mod:`plane.api.openapi`)
+and :func:`build_router` binds it to an :class:`~plane.api.context.ApiContext`.
+Query parameters and headers are declared once too (:class:`Param`): the
+parsers read their choices and bounds from the schema the document publishes.  Bodies are parsed
 in :mod:`plane.api.body`, streams are framed in :mod:`plane.api.sse` and fed
 from :mod:`plane.api.feeds`, views come from :mod:`plane.views`.
 
@@ -38,6 +43,8 @@ reconnecting.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import re
@@ -52,13 +59,12 @@ from plane import __version__, cluster, tokens
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import ConnectRefused, UnknownBackend, UnknownEngine
-from plane.api import body, feeds, sse
+from plane.api import answers, body, feeds, openapi, sse
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
 from plane.api.http import Request, Response, Send
 from plane.api.keys import Access
-from plane.api.openapi import document
-from plane.api.router import Params, Route, Router, json_response
+from plane.api.router import Answer, Param, Params, Route, Router, json_response
 from plane.build import build_hash
 from plane.events.backend_index import Order
 from plane.events.store import RecordedEvent, StoreFullError
@@ -74,47 +80,96 @@ from plane.views import detail_view, status_view
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+MAX_ID = 2**63 - 1
 TEXT_PLAIN = "text/plain; charset=utf-8"
+SSE_TYPE = "text/event-stream"
 FLAG_VALUES = ("1", "0", "true", "false")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_PLANE_STATUSES = {s.value: s for s in PlaneStatus}
+CURSOR_PATTERN = r"^(?:(-?[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?)~([A-Za-z0-9_.-]{1,64}))?$"
+"""A list cursor: the last listed backend's request time (seconds) and id, so a
+cursor stays valid whatever happens to that backend; empty: the first page."""
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------- query parsing
+# ---------------------------------------------- query parameters and headers
+# Declared once: the route table publishes these, and the parsers below read
+# their choices and bounds from the same schema.
 
 
-def _flag(request: Request, name: str) -> bool:
-    value = request.param(name)
+def _flag_param(name: str, description: str) -> Param:
+    return Param(name, {"type": "string", "enum": list(FLAG_VALUES)}, description)
+
+
+STATE = Param(
+    "state", {"type": "string", "enum": [s.value for s in Status]}, "Only this state (ours)."
+)
+STATUS = Param(
+    "status", {"type": "string", "enum": list(_PLANE_STATUSES)}, "Only this status (Plane's)."
+)
+KEY = Param("key", {"type": "string"}, "Only backends whose key name is this.")
+NAMESPACE = Param("namespace", {"type": "string"}, "Only this key namespace.")
+LIVE = _flag_param("live", "1: only live backends (holding their key).")
+LIMIT = Param(
+    "limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Page size (default 100)."
+)
+CURSOR = Param(
+    "cursor", {"type": "string", "pattern": CURSOR_PATTERN}, "`next` of the previous page."
+)
+LOGS_FOLLOW = _flag_param("follow", "1: keep streaming until the backend exits.")
+AFTER = Param(
+    "after", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Start after this seq."
+)
+EVENTS_FOLLOW = _flag_param("follow", "0: end after the events present now.")
+LAST_SEQ = Param(
+    "Last-Event-ID",
+    {"type": "string", "pattern": "^[0-9]{0,19}$"},
+    "Resume after this seq.",
+    where="header",
+)
+CLUSTER = Param(
+    "cluster",
+    {"type": "string", "pattern": cluster.CLUSTER_PATTERN},
+    "This plane's cluster name, HOST[:PORT] (another well-formed one: 404).",
+    where="path",
+)
+LAST_STATUS = Param(
+    "Last-Event-ID",
+    {"type": "string", "pattern": "^([0-9]{0,19}|" + "|".join(_PLANE_STATUSES) + ")$"},
+    "A status: skip up to and including it; a number: resume after that stream version.",
+    where="header",
+)
+
+
+def _flag(request: Request, param: Param) -> bool | None:
+    value = request.param(param.name)
     if value is None:
-        return False
-    if value in FLAG_VALUES:
+        return None
+    if value in param.schema["enum"]:
         return value in ("1", "true")
-    raise invalid(f"{name} must be one of {', '.join(FLAG_VALUES)}, not {value[:40]!r}")
+    choices = ", ".join(param.schema["enum"])
+    raise invalid(f"{param.name} must be one of {choices}, not {value[:40]!r}")
 
 
-def _integer(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
+def _integer(value: str | None, param: Param, *, default: int) -> int:
     if value is None:
         return default
     if not _DIGITS.fullmatch(value):
-        raise invalid(f"{name} must be an integer, not {value[:40]!r}")
+        raise invalid(f"{param.name} must be an integer, not {value[:40]!r}")
     number = int(value)
+    low, high = param.schema.get("minimum", 0), param.schema.get("maximum", MAX_ID)
     if not low <= number <= high:
-        raise invalid(f"{name} must be between {low} and {high}")
+        raise invalid(f"{param.name} must be between {low} and {high}")
     return number
-
-
-MAX_ID = 2**63 - 1
 
 
 def _last_event_id(request: Request) -> int | None:
     value = request.header("last-event-id")
     if value is None or not value:
         return None
-    return _integer(value, "Last-Event-ID", default=0, low=0, high=10**19 - 1)
-
-
-_PLANE_STATUSES = {s.value: s for s in PlaneStatus}
+    return _integer(value, LAST_SEQ, default=0)
 
 
 def _status_resume(request: Request) -> feeds.Resume:
@@ -133,10 +188,11 @@ def _status_resume(request: Request) -> feeds.Resume:
     return feeds.Resume(version=int(value))
 
 
-def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
-    value = request.param(name)
+def _choice(request: Request, param: Param) -> str | None:
+    value = request.param(param.name)
+    choices: list[str] = param.schema["enum"]
     if value is not None and value not in choices:
-        raise invalid(f"{name} must be one of {', '.join(choices)}, not {value[:40]!r}")
+        raise invalid(f"{param.name} must be one of {', '.join(choices)}, not {value[:40]!r}")
     return value
 
 
@@ -149,6 +205,21 @@ def _terminated_may_match(state_filter: str | None, status_filter: str | None) -
     )
 
 
+def _cursor(request: Request) -> Order | None:
+    value = request.param(CURSOR.name)
+    if not value:
+        return None
+    match = _CURSOR.fullmatch(value)
+    if match is None:
+        raise invalid(f"cursor must be the `next` of a page, not {value[:40]!r}")
+    return float(match.group(1)), match.group(4)
+
+
+def _cursor_of(order: Order) -> str:
+    """The cursor after a backend at ``order``: (requested_at, backend_id)."""
+    return f"{order[0]!r}~{order[1]}"
+
+
 # ------------------------------------------------------------------ the API
 
 
@@ -156,7 +227,10 @@ class Endpoints:
     """The handlers, bound to one :class:`ApiContext`."""
 
     def __init__(self, ctx: ApiContext) -> None:
+        from plane.api import ui  # the dashboard's handlers (its module imports this one)
+
         self.ctx = ctx
+        self.ui = ui.UiEndpoints(ctx, ui.panels_of(route_table()))
 
     async def _state(self, backend_id: str) -> BackendState:
         """A backend's state: from memory while live, else from the log (or its
@@ -195,19 +269,18 @@ class Endpoints:
         state = result.state
         status = state_status(state)
         assert status is not None
-        return json_response(
-            {
-                "backend_id": result.backend_id,
-                "spawned": result.spawned,
-                "status": status.value,
-                "token": result.token,
-                "url": url,
-                "subdomain": result.subdomain,
-                "secret_token": result.secret_token or None,
-                "status_url": f"{api}/pub/b/{result.backend_id}/status",
-                "drone": self.ctx.executor_name if result.spawned else None,
-            }
+        answer = answers.ConnectResponse(
+            backend_id=result.backend_id,
+            spawned=result.spawned,
+            status=status,
+            token=result.token,
+            url=url,
+            subdomain=result.subdomain,
+            secret_token=result.secret_token or None,
+            status_url=f"{api}/pub/b/{result.backend_id}/status",
+            drone=self.ctx.executor_name if result.spawned else None,
         )
+        return json_response(answers.to_json(answer))
 
     async def _terminate(self, backend_id: str, kind: TerminationKind) -> Response:
         try:
@@ -249,10 +322,11 @@ class Endpoints:
         return Response(200, sse.HEADERS, stream=write)
 
     async def health(self, request: Request, params: Params) -> Response:
-        return json_response({"status": "ok"})
+        return json_response(answers.to_json(answers.Health("ok")))
 
     async def plane_status(self, request: Request, params: Params) -> Response:
-        return json_response({"status": "ok", "version": __version__, "hash": build_hash()})
+        answer = answers.PlaneStatusAnswer("ok", __version__, build_hash())
+        return json_response(answers.to_json(answer))
 
     async def revoke_user(self, request: Request, params: Params) -> Response:
         """Plane's revoke: every live token of ``user`` on ``backend_id``."""
@@ -280,38 +354,36 @@ class Endpoints:
 
     async def info(self, request: Request, params: Params) -> Response:
         supervisor = self.ctx.supervisor
-        return json_response(
-            {
-                "version": __version__,
-                "hash": build_hash(),
-                "executor": self.ctx.executor_name,
-                "live_backends": supervisor.live_count(),
-                "backends": supervisor.known_count(),
-                "last_seq": await self.ctx.store.last_seq(),
-            }
+        answer = answers.Info(
+            version=__version__,
+            hash=build_hash(),
+            executor=self.ctx.executor_name,
+            live_backends=supervisor.live_count(),
+            backends=supervisor.known_count(),
+            last_seq=await self.ctx.store.last_seq(),
         )
+        return json_response(answers.to_json(answer))
 
     async def list_backends(self, request: Request, params: Params) -> Response:
         """Every backend the history holds, in (requested_at, backend_id) order,
-        ``limit`` at a time; ``next`` is the cursor (a backend id) for the next
-        page.  Backends held in memory (live, or just ended) come from the
-        supervisor; terminated ones from the backends index
-        (:mod:`plane.events.backend_index`), their views folded from their
-        streams, one page at a time.  ``live`` lists only the former."""
-        state_filter = _choice(request, "state", tuple(s.value for s in Status))
-        status_filter = _choice(request, "status", tuple(_PLANE_STATUSES))
-        name = request.param("key")
-        namespace = request.param("namespace")
-        live = _flag(request, "live")
-        limit = _integer(
-            request.param("limit"), "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE
-        )
+        ``limit`` at a time; ``next`` is the cursor (that order of the page's last
+        backend, opaque to clients) for the next page.  Backends held in memory
+        (live, or just ended) come from the supervisor; terminated ones from the
+        backends index (:mod:`plane.events.backend_index`), their views folded
+        from their streams, one page at a time.  ``live`` lists only the former."""
+        state_filter = _choice(request, STATE)
+        status_filter = _choice(request, STATUS)
+        name = request.param(KEY.name)
+        namespace = request.param(NAMESPACE.name)
+        live = _flag(request, LIVE)
+        limit = _integer(request.param(LIMIT.name), LIMIT, default=DEFAULT_PAGE)
+        after = _cursor(request)
         # memory first, then the index: a backend ending in between is in both
         # (kept from memory), never in neither
         held = dict(self.ctx.supervisor.states)
         index = self.ctx.index
         with_terminated = not live and _terminated_may_match(state_filter, status_filter)
-        if with_terminated or request.param("cursor"):
+        if with_terminated:
             try:
                 await index.catch_up()
             except StoreFullError:  # derived data: list from what it holds
@@ -319,14 +391,6 @@ class Endpoints:
 
         def order(state: BackendState) -> Order:
             return (state.requested_at, state.backend_id)
-
-        cursor = request.param("cursor")
-        after: Order | None = None
-        if cursor:
-            cursor_state = held.get(cursor)
-            after = order(cursor_state) if cursor_state else await index.order_of(cursor)
-            if after is None:
-                raise invalid(f"unknown cursor {cursor[:40]!r}")
 
         def keep(state: BackendState) -> bool:
             if state_filter is not None and (
@@ -366,7 +430,7 @@ class Endpoints:
                 except UnknownBackend:
                     continue  # the index knows more than the log: derived data, skip it
             views.append(detail_view(state))
-        following = page[-1][0][1] if len(chosen) > limit else None
+        following = _cursor_of(page[-1][0]) if len(chosen) > limit else None
         return json_response({"backends": views, "next": following})
 
     async def detail(self, request: Request, params: Params) -> Response:
@@ -377,8 +441,8 @@ class Endpoints:
         return json_response({"events": [feeds.event_json(r) for r in records]})
 
     async def events(self, request: Request, params: Params) -> Response:
-        after = _integer(request.param("after"), "after", default=0, low=0, high=MAX_ID)
-        follow = True if request.param("follow") is None else _flag(request, "follow")
+        after = _integer(request.param(AFTER.name), AFTER, default=0)
+        follow = _flag(request, EVENTS_FOLLOW) is not False
         store = self.ctx.store
 
         async def source(send: trio.MemorySendChannel[dict[str, Any]]) -> None:
@@ -405,7 +469,7 @@ class Endpoints:
     async def logs(self, request: Request, params: Params) -> Response:
         backend_id = params["id"]
         await self._state(backend_id)
-        follow = _flag(request, "follow")
+        follow = bool(_flag(request, LOGS_FOLLOW))
         executor = self.ctx.executor
 
         async def write(send: Send) -> None:
@@ -495,7 +559,7 @@ class Endpoints:
         return json_response({"drones": drones, "proxies": []})
 
     async def openapi(self, request: Request, params: Params) -> Response:
-        return json_response(document())
+        return json_response(api_document())
 
 
 async def _websocket_feed(
@@ -523,41 +587,276 @@ async def _websocket_feed(
         nursery.cancel_scope.cancel()
 
 
-def _protected(path: str) -> bool:
+def is_protected(path: str) -> bool:
     return path == "/ctrl" or path.startswith("/ctrl/") or path == "/metrics"
+
+
+def route_table() -> list[Route]:
+    """Every route, with what the OpenAPI document says of it: the one place a
+    route is declared (see :mod:`plane.api.openapi`); the dashboard's are
+    declared in :mod:`plane.api.ui`."""
+    from plane.api import ui  # the dashboard's routes (its module imports this one)
+
+    e = Endpoints
+    backend = {404: ("NotFound",)}
+    streamed = {503: ("TooManyStreams",)}
+    stream_note = {503: "`TooManyStreams`: the API is at `--api-max-streams` streamed answers."}
+    engine = {404: ("NotFound",)}
+    ours = {400: ("InvalidClusterName",), 404: ("NotFound",)}
+    updated = Answer(200, "Whether that changed the engine.", answers.Updated)
+    terminated = Answer(200, "`null`, as Plane answers.", schema={"type": "null"})
+    return [
+        Route(
+            "POST",
+            "/ctrl/connect",
+            e.connect,
+            "Get or create the backend for a key, and mint a connection token",
+            body=body.ConnectBody,
+            answers=(Answer(200, "The backend and a fresh token.", answers.ConnectResponse),),
+            errors={
+                # besides the schema's: what this plane's executor or configuration
+                # cannot honour (a schema-valid body can get these)
+                400: ("InvalidRequest", "InvalidClusterName"),
+                409: ("KeyHeld", "KeyUnheldNoSpawnConfig", "BackendIdTaken"),
+                503: ("CapacityExceeded", "NoDroneAvailable"),
+            },
+            notes={
+                400: "A schema-valid body is also refused when this plane cannot honour "
+                "it (the message names the field): a field or limit its executor cannot "
+                "apply (e.g. a command without an image on Docker, `mount` without a "
+                "mount base, `disk_limit_bytes` without storage quotas), "
+                "`spawn_config.cluster` not this plane's cluster (`InvalidClusterName`), "
+                "a non-empty `pool`, `user` or `auth` for a static-token backend, a "
+                "`subdomain` while the cluster host is an IP address.",
+                409: "`KeyHeld`: a live backend holds the key with another tag; "
+                "`KeyUnheldNoSpawnConfig`: no backend holds it and no spawn_config was "
+                "given; `BackendIdTaken`: `spawn_config.id` names an existing backend.",
+                503: "`CapacityExceeded`: plane is at its limit of live backends; "
+                "`NoDroneAvailable`: no engine can take it now (none serves the "
+                "`spawn_config.pool`, or every one of it is draining, lost or full).",
+            },
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/{id}/soft-terminate",
+            e.soft_terminate,
+            "Stop a backend: stop signal, grace period, then kill",
+            answers=(terminated,),
+            errors=backend,
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/{id}/hard-terminate",
+            e.hard_terminate,
+            "Kill a backend now",
+            answers=(terminated,),
+            errors=backend,
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/{id}/revoke",
+            e.revoke,
+            "Revoke one connection token (by value) or, with no token, all of them",
+            body=body.RevokeBody,
+            body_required=False,
+            answers=(Answer(200, "What was revoked, and the backend.", answers.RevokeAnswer),),
+            errors=backend,
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/revoke",
+            e.revoke_user,
+            "Plane's revoke: every live connection token of a user on a backend",
+            body=body.RevokeUserBody,
+            answers=(Answer(200, "`null`, as Plane answers.", schema={"type": "null"}),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/ctrl/status",
+            e.plane_status,
+            "Plane's status: ok, version and build hash",
+            operation_id="planeStatus",
+            answers=(Answer(200, "Plane's status.", answers.PlaneStatusAnswer),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/info",
+            e.info,
+            "This plane: version, hash, executor, backend counts",
+            operation_id="planeInfo",
+            answers=(Answer(200, "Our own detail.", answers.Info),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/backends",
+            e.list_backends,
+            "List backends, oldest request first, with filters and cursor pagination",
+            operation_id="listBackends",
+            params=(STATE, STATUS, KEY, NAMESPACE, LIVE, LIMIT, CURSOR),
+            answers=(Answer(200, "One page of backends.", answers.BackendList),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/b/{id}",
+            e.detail,
+            "Everything known about a backend (env values never shown)",
+            operation_id="backendDetail",
+            answers=(Answer(200, "The backend.", answers.BackendDetail),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/ctrl/b/{id}/events",
+            e.backend_events,
+            "A backend's events, in order",
+            answers=(Answer(200, "The backend's stream.", answers.EventList),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/ctrl/b/{id}/logs",
+            e.logs,
+            "A backend's output (stdout and stderr); with follow=1, streamed live",
+            operation_id="backendLogs",
+            params=(LOGS_FOLLOW,),
+            answers=(
+                Answer(200, "The output, chunked.", media="text/plain", schema={"type": "string"}),
+            ),
+            errors={**backend, **streamed},
+            notes=stream_note,
+        ),
+        Route(
+            "GET",
+            "/ctrl/events",
+            e.events,
+            "The global event log after a sequence number, following live: SSE "
+            "(each event's `id` is its seq; `Last-Event-ID` resumes) or, on a "
+            "WebSocket upgrade, one JSON text message per event",
+            operation_id="events",
+            params=(AFTER, EVENTS_FOLLOW, LAST_SEQ),
+            answers=(
+                Answer(200, "SSE; each `data` is an Event.", answers.Event, SSE_TYPE),
+                Answer(101, "WebSocket feed of Event messages.", media=None),
+            ),
+            errors=streamed,
+            notes=stream_note,
+        ),
+        Route(
+            "GET",
+            "/pub/b/{id}/status",
+            e.status,
+            "A backend's status (Plane's status object)",
+            answers=(Answer(200, "The status.", answers.BackendStatus),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/pub/b/{id}/status-stream",
+            e.status_stream,
+            "SSE of a backend's status changes: history, then live; ends after "
+            "terminated; an event only when Plane's status changes. Each `id` is the "
+            "status; `Last-Event-ID: <status>` skips up to and including it, a numeric "
+            "one resumes after that stream version; `: keep-alive` comments in between",
+            params=(LAST_STATUS,),
+            answers=(
+                Answer(
+                    200, "SSE; each `data` is a BackendStatus.", answers.BackendStatus, SSE_TYPE
+                ),
+                Answer(
+                    204,
+                    "Terminated and nothing left after Last-Event-ID "
+                    "(tells EventSource to stop reconnecting).",
+                    media=None,
+                ),
+            ),
+            errors={**backend, **streamed},
+            notes=stream_note,
+        ),
+        Route(
+            "GET",
+            "/pub/health",
+            e.health,
+            "Liveness",
+            answers=(Answer(200, "Alive.", answers.Health),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/engines",
+            e.engines,
+            "The engines (drones) backends are placed on: state, pool, load",
+            answers=(Answer(200, "Every engine.", answers.EngineList),),
+        ),
+        Route(
+            "POST",
+            "/ctrl/engines/{name}/drain",
+            e.drain_engine,
+            "Place no new backend on the engine; its own keep running",
+            answers=(updated,),
+            errors=engine,
+        ),
+        Route(
+            "POST",
+            "/ctrl/engines/{name}/undrain",
+            e.undrain_engine,
+            "Let the engine take new backends again",
+            answers=(updated,),
+            errors=engine,
+        ),
+        Route(
+            "POST",
+            "/ctrl/c/{cluster}/d/{drone}/drain",
+            e.drain_drone,
+            "Plane's drain of a drone (here: an engine)",
+            params=(CLUSTER,),
+            answers=(Answer(200, "Whether that changed the drone.", answers.Updated),),
+            errors=ours,
+        ),
+        Route(
+            "GET",
+            "/ctrl/c/{cluster}/state",
+            e.cluster_state,
+            "Plane's ClusterState: every drone (engine)",
+            params=(CLUSTER,),
+            answers=(Answer(200, "The cluster's drones.", answers.ClusterState),),
+            errors=ours,
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            e.metrics,
+            "Prometheus metrics (needs the API key when one is set)",
+            answers=(
+                Answer(
+                    200, "Prometheus text format.", media="text/plain", schema={"type": "string"}
+                ),
+            ),
+        ),
+        Route(
+            "GET",
+            "/openapi.json",
+            e.openapi,
+            "This document",
+            answers=(Answer(200, "The OpenAPI document.", schema={"type": "object"}),),
+        ),
+        *ui.route_table(),
+    ]
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return openapi.document(route_table(), is_protected)
+
+
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of :func:`route_table` (served at ``/openapi.json``);
+    a fresh copy each time (generated once)."""
+    return copy.deepcopy(_document())
 
 
 def build_router(ctx: ApiContext) -> Router:
     """The route table, bound to ``ctx``."""
-    e = Endpoints(ctx)
     build_hash()  # read once now (it may run git), never inside a request
-    routes = [
-        Route("POST", "/ctrl/connect", e.connect),
-        Route("POST", "/ctrl/b/{id}/soft-terminate", e.soft_terminate),
-        Route("POST", "/ctrl/b/{id}/hard-terminate", e.hard_terminate),
-        Route("POST", "/ctrl/b/{id}/revoke", e.revoke),
-        Route("POST", "/ctrl/b/revoke", e.revoke_user),
-        Route("GET", "/ctrl/status", e.plane_status),
-        Route("GET", "/ctrl/info", e.info),
-        Route("GET", "/ctrl/backends", e.list_backends),
-        Route("GET", "/ctrl/b/{id}", e.detail),
-        Route("GET", "/ctrl/b/{id}/events", e.backend_events),
-        Route("GET", "/ctrl/b/{id}/logs", e.logs),
-        Route("GET", "/ctrl/events", e.events),
-        Route("GET", "/pub/b/{id}/status", e.status),
-        Route("GET", "/pub/b/{id}/status-stream", e.status_stream),
-        Route("GET", "/pub/health", e.health),
-        Route("GET", "/ctrl/engines", e.engines),
-        Route("POST", "/ctrl/engines/{name}/drain", e.drain_engine),
-        Route("POST", "/ctrl/engines/{name}/undrain", e.undrain_engine),
-        Route("POST", "/ctrl/c/{cluster}/d/{drone}/drain", e.drain_drone),
-        Route("GET", "/ctrl/c/{cluster}/state", e.cluster_state),
-        Route("GET", "/metrics", e.metrics),
-        Route("GET", "/openapi.json", e.openapi),
-    ]
-    from plane.api.ui import ui_routes  # the dashboard's routes (its module imports this one)
-
-    routes += ui_routes(ctx, routes)
 
     def access(request: Request) -> Access:
         return ctx.keys.access(request.header("authorization"))
@@ -565,4 +864,6 @@ def build_router(ctx: ApiContext) -> Router:
     def observe(route: str, status: int) -> None:
         ctx.metrics.api_requests.labels(route, str(status)).inc()
 
-    return Router(routes, is_protected=_protected, access=access, observe=observe)
+    return Router(
+        route_table(), Endpoints(ctx), is_protected=is_protected, access=access, observe=observe
+    )
