@@ -220,6 +220,66 @@ def _cursor_of(order: Order) -> str:
     return f"{order[0]!r}~{order[1]}"
 
 
+# ------------------------------------------------------------------ paging
+
+
+async def backends_page(
+    ctx: ApiContext,
+    keep: Callable[[BackendState], bool],
+    after: Order | None,
+    limit: int,
+    *,
+    with_terminated: bool,
+    namespace: str | None = None,
+    name: str | None = None,
+) -> tuple[list[BackendState], str | None]:
+    """One page of the backends the history holds that ``keep`` passes, in
+    (requested_at, backend_id) order after ``after``, and the cursor of the next
+    page (None on the last).  Backends held in memory (live, or just ended) come
+    from the supervisor; with ``with_terminated``, terminated ones too, from the
+    backends index (:mod:`plane.events.backend_index`; ``namespace`` and ``name``
+    narrow its query), their states folded from their streams, one page at a time."""
+    # memory first, then the index: a backend ending in between is in both
+    # (kept from memory), never in neither
+    held = dict(ctx.supervisor.states)
+    index = ctx.index
+    if with_terminated:
+        try:
+            await index.catch_up()
+        except StoreFullError:  # derived data: list from what it holds
+            log.warning("the backends index is not caught up: the disk is full")
+
+    def order(state: BackendState) -> Order:
+        return (state.requested_at, state.backend_id)
+
+    chosen: list[tuple[Order, BackendState | None]] = [
+        (order(s), s) for s in held.values() if keep(s) and (after is None or order(s) > after)
+    ]
+    if with_terminated:
+        wanted = limit + 1
+        while True:
+            found = await index.terminated_page(after, wanted, namespace=namespace, name=name)
+            fresh = [(o, None) for o in found if o[1] not in held]
+            if len(fresh) >= limit + 1 or len(found) < wanted:
+                break
+            wanted *= 2  # some were also in memory: look further
+        chosen += fresh
+    chosen.sort(key=lambda item: item[0])
+    page = chosen[:limit]
+    states = []
+    for (_, backend_id), state in page:
+        if state is None:
+            try:
+                state = await ctx.supervisor.lookup(backend_id)
+            except UnknownBackend:
+                continue  # the index knows more than the log: derived data, skip it
+            if not keep(state):
+                continue
+        states.append(state)
+    following = _cursor_of(page[-1][0]) if len(chosen) > limit else None
+    return states, following
+
+
 # ------------------------------------------------------------------ the API
 
 
@@ -378,19 +438,7 @@ class Endpoints:
         live = _flag(request, LIVE)
         limit = _integer(request.param(LIMIT.name), LIMIT, default=DEFAULT_PAGE)
         after = _cursor(request)
-        # memory first, then the index: a backend ending in between is in both
-        # (kept from memory), never in neither
-        held = dict(self.ctx.supervisor.states)
-        index = self.ctx.index
         with_terminated = not live and _terminated_may_match(state_filter, status_filter)
-        if with_terminated:
-            try:
-                await index.catch_up()
-            except StoreFullError:  # derived data: list from what it holds
-                log.warning("the backends index is not caught up: the disk is full")
-
-        def order(state: BackendState) -> Order:
-            return (state.requested_at, state.backend_id)
 
         def keep(state: BackendState) -> bool:
             if state_filter is not None and (
@@ -408,30 +456,16 @@ class Endpoints:
                 return False
             return namespace is None or (key is not None and key.namespace == namespace)
 
-        chosen: list[tuple[Order, BackendState | None]] = [
-            (order(s), s) for s in held.values() if keep(s) and (after is None or order(s) > after)
-        ]
-        if with_terminated:
-            wanted = limit + 1
-            while True:
-                found = await index.terminated_page(after, wanted, namespace=namespace, name=name)
-                fresh = [(o, None) for o in found if o[1] not in held]
-                if len(fresh) >= limit + 1 or len(found) < wanted:
-                    break
-                wanted *= 2  # some were also in memory: look further
-            chosen += fresh
-        chosen.sort(key=lambda item: item[0])
-        page = chosen[:limit]
-        views = []
-        for (_, backend_id), state in page:
-            if state is None:
-                try:
-                    state = await self.ctx.supervisor.lookup(backend_id)
-                except UnknownBackend:
-                    continue  # the index knows more than the log: derived data, skip it
-            views.append(detail_view(state))
-        following = _cursor_of(page[-1][0]) if len(chosen) > limit else None
-        return json_response({"backends": views, "next": following})
+        page, following = await backends_page(
+            self.ctx,
+            keep,
+            after,
+            limit,
+            with_terminated=with_terminated,
+            namespace=namespace,
+            name=name,
+        )
+        return json_response({"backends": [detail_view(s) for s in page], "next": following})
 
     async def detail(self, request: Request, params: Params) -> Response:
         return json_response(detail_view(await self._state(params["id"])))

@@ -14,8 +14,10 @@ This module owns three things:
 * ``GET /ctrl/state?at=SEQ|TIME``: every backend's state at that point of the
   log, folded by :class:`replay.fold.FoldUntil`, the fold ``plane-replay state
   --at`` uses (``SEQ`` a sequence number, ``TIME`` ISO-8601, UTC when it has no
-  zone); without ``at``, the state now (the supervisor's).  Paged like
-  ``/ctrl/backends`` (``limit``, ``cursor``), filtered by ``status``, ``key``
+  zone); without ``at``, the state now, as ``/ctrl/backends`` pages it (live
+  backends from the supervisor, terminated ones from the backends index, each
+  ``backend`` asked for looked up).  Paged like
+  ``/ctrl/backends`` (``limit``, the same opaque ``cursor``), filtered by ``status``, ``key``
   and ``backend`` (repeatable: those ids only).  Each backend is its
   :func:`~plane.views.detail_view` plus ``idle_deadline`` and
   ``next_deadline`` (milliseconds; from :func:`plane.actors.lifecycle.next_deadline`).
@@ -32,6 +34,7 @@ the log's last sequence number), so paging through it folds once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 from collections.abc import Awaitable, Callable
 from pathlib import PurePosixPath
@@ -42,6 +45,7 @@ import trio
 
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
+from plane.actors.supervisor import UnknownBackend
 from plane.api import answers
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid
@@ -57,6 +61,7 @@ from plane.api.routes import (
     _cursor,
     _cursor_of,
     _integer,
+    backends_page,
 )
 from plane.events.backend_index import Order
 from plane.events.types import (
@@ -253,13 +258,6 @@ class UiEndpoints:
         after = _cursor(request)
         point = request.param(AT.name)
         last_seq = await self.ctx.store.last_seq()
-        if point is None:
-            snapshot = Snapshot(
-                dict(self.ctx.supervisor.states), last_seq, await self._time_of(last_seq - 1)
-            )
-        else:
-            snapshot = await self._fold(point, last_seq)
-        states = snapshot.states
 
         def order(state: BackendState) -> Order:
             return (state.requested_at, state.backend_id)
@@ -273,11 +271,36 @@ class UiEndpoints:
                 return False
             return name is None or (state.key is not None and state.key.name == name)
 
-        chosen = sorted(
-            (s for s in states.values() if keep(s) and (after is None or order(s) > after)),
-            key=order,
-        )
-        page = chosen[:limit]
+        if point is None and not wanted:
+            # now: live backends from memory, terminated ones from the backends index
+            snapshot = Snapshot({}, last_seq, await self._time_of(last_seq - 1))
+            page, following = await backends_page(
+                self.ctx,
+                keep,
+                after,
+                limit,
+                with_terminated=status_filter in (None, Status.TERMINATED.value),
+                name=name,
+            )
+        else:
+            if point is None:  # now, for these backends only: each looked up
+                states = {}
+                for backend_id in wanted:
+                    with contextlib.suppress(UnknownBackend):  # none such: not shown
+                        states[backend_id] = await self.ctx.supervisor.lookup(backend_id)
+                snapshot = Snapshot(states, last_seq, await self._time_of(last_seq - 1))
+            else:
+                snapshot = await self._fold(point, last_seq)
+            chosen = sorted(
+                (
+                    s
+                    for s in snapshot.states.values()
+                    if keep(s) and (after is None or order(s) > after)
+                ),
+                key=order,
+            )
+            page = chosen[:limit]
+            following = _cursor_of(order(page[-1])) if len(chosen) > limit else None
         first_time = await self._time_of(0)
         last_time = await self._time_of(last_seq - 1) if last_seq else None
         return json_response(
@@ -289,7 +312,7 @@ class UiEndpoints:
                 "first_time": millis(first_time) if first_time is not None else None,
                 "last_time": millis(last_time) if last_time is not None else None,
                 "backends": [self._view(s) for s in page],
-                "next": _cursor_of(order(page[-1])) if len(chosen) > limit else None,
+                "next": following,
             }
         )
 
