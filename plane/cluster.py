@@ -31,6 +31,10 @@ MAX_SUBDOMAIN_CHARS = 63
 SUBDOMAIN_PATTERN = r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
 _SUBDOMAIN = re.compile(SUBDOMAIN_PATTERN)
 _HOSTNAME = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?$")
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+CLUSTER_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::" + _PORT + r")?$"
+"""A cluster name as the OpenAPI document declares it: a host name or IPv4
+address and an optional port (what :func:`parse_cluster` accepts, but for IPv6)."""
 
 
 class ClusterNameError(ValueError):

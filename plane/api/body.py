@@ -7,15 +7,25 @@ This module owns how the API reads what clients send: the JSON of ``POST
 field there is refused, never read as "all"), and Plane's ``POST
 /ctrl/b/revoke`` body becomes a backend id and a user.
 
-Parsing goes through one strict cattrs converter into private wire models
-(``_ConnectBody`` and friends), which are then checked for ranges and mapped
+Parsing goes through one strict cattrs converter into the wire models
+(:class:`ConnectBody` and friends), whose fields declare their constraints
+once, as attrs metadata (:class:`Check`, made by :func:`wire_field`; a
+:class:`Rule` for a constraint on several fields).  :func:`problems` reads
+them to refuse a bad value naming the field; :mod:`plane.api.openapi` reads
+the same declarations to publish each request body's JSON Schema, so the
+document and the checks cannot disagree.  The wire models are then mapped
 onto the log's spec types (:mod:`plane.events.spec`).  The converter is
 strict where cattrs is lenient by default: a number is never accepted for a
 string (nor ``"8080"`` for a port), a string never for a list (cattrs would
 split it into characters), ``true`` never for a number.  Fields this API does
-not know are ignored, as Plane's serde ignores them.  Every field Plane
-defines is read; a non-default value this plane cannot honour is refused by
-name (``_NOT_YET_HONOURED``), never accepted and ignored.
+not know are ignored, as Plane's serde ignores them (``WIRE_CLOSED`` models
+refuse them).  Every field Plane defines is read; a non-default value this
+plane cannot honour is refused by name (``_NOT_YET_HONOURED``), never
+accepted and ignored.
+
+To add a request body: declare an attrs class here with ``wire_field``
+constraints, parse it with :func:`parse_body`, and name it as the route's
+``body`` in :mod:`plane.api.routes`; its schema follows.
 
 Error handling
 --------------
@@ -31,8 +41,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import cattrs
@@ -40,7 +50,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from plane.actors.supervisor import ConnectRequest
 from plane.api.errors import ApiError
-from plane.cluster import subdomain_problem
+from plane.cluster import MAX_SUBDOMAIN_CHARS, SUBDOMAIN_PATTERN
 from plane.events.spec import (
     BackendKey,
     Executable,
@@ -55,72 +65,417 @@ MAX_TEXT_CHARS = 4096
 MAX_SECONDS = 1e9
 """Upper bound of every duration (about 31 years): keeps deadline arithmetic finite."""
 MAX_INT64 = 2**63 - 1
+WARM_POOL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_WARM_POOL_NAME = re.compile(WARM_POOL_NAME_PATTERN)
 BACKEND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+NO_NUL = r"^[^\x00]*$"
 ENV_NAME_PATTERN = r"^[^=\x00]+$"
-_BACKEND_ID = re.compile(BACKEND_ID_PATTERN)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 T = TypeVar("T")
+CHECK = "plane.check"
+"""The attrs metadata key of a wire field's :class:`Check`."""
+
+
+# ------------------------------------------------------- field constraints
+
+
+@attrs.frozen
+class Check:
+    """The constraints on one wire field, declared once and read twice: by
+    :func:`problems` (which refuses a value breaking one, naming the field) and
+    by :mod:`plane.api.openapi` (which publishes each as its JSON Schema keyword).
+
+    ``min_length``/``max_length`` count characters of a string or items of an
+    array; ``pattern`` must match the whole string (``says`` is the message when
+    it does not); ``items``, ``keys`` and ``values`` apply to each element of an
+    array, each name and each value of an object."""
+
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    says: str | None = None
+    enum: tuple[str, ...] | None = None
+    items: Check | None = None
+    keys: Check | None = None
+    values: Check | None = None
+    description: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """These constraints as JSON Schema keywords (``items`` etc. excepted)."""
+        out: dict[str, Any] = {}
+        for name, keyword in (
+            ("minimum", "minimum"),
+            ("exclusive_minimum", "exclusiveMinimum"),
+            ("maximum", "maximum"),
+            ("pattern", "pattern"),
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                out[keyword] = value
+        if self.enum is not None:
+            out["enum"] = list(self.enum)
+        if self.description is not None:
+            out["description"] = self.description
+        return out
+
+
+@attrs.frozen
+class Rule:
+    """A constraint on a whole wire object (several fields together): ``test``
+    answers the problem or None; ``schema`` is the same rule in JSON Schema."""
+
+    test: Callable[[Any], str | None]
+    schema: dict[str, Any]
+
+
+def checks(**check: Any) -> dict[str, Check]:
+    """attrs metadata declaring a wire field's :class:`Check`."""
+    return {CHECK: Check(**check)}
+
+
+def wire_field(default: Any, **check: Any) -> Any:
+    """An optional wire-model field (``default``) with the constraints of
+    :class:`Check`; a required one is ``attrs.field(metadata=checks(...))``."""
+    return attrs.field(default=default, metadata=checks(**check))
+
+
+def check_of(field: attrs.Attribute[Any]) -> Check | None:
+    found = field.metadata.get(CHECK)
+    return found if isinstance(found, Check) else None
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else str(value)
+
+
+def _value_problem(check: Check, value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        low, high = check.minimum, check.maximum
+        if low is not None and high is not None and not low <= value <= high:
+            return f"must be between {_num(low)} and {_num(high)}"
+        if check.exclusive_minimum is not None and value <= check.exclusive_minimum:
+            return f"must be more than {_num(check.exclusive_minimum)}"
+        if low is not None and value < low:
+            return "must be zero or more" if low == 0 else f"must be at least {_num(low)}"
+        if high is not None and value > high:
+            return f"must be at most {_num(high)}"
+        return None
+    if isinstance(value, str | list | dict):
+        if check.min_length is not None and len(value) < check.min_length:
+            return (
+                "must not be empty"
+                if check.min_length == 1
+                else (f"must be at least {check.min_length} long")
+            )
+        if check.max_length is not None and len(value) > check.max_length:
+            unit = "characters" if isinstance(value, str) else "items"
+            return f"must be at most {check.max_length} {unit}"
+    if isinstance(value, str):
+        if check.enum is not None and value not in check.enum:
+            return f"must be one of {', '.join(check.enum)}"
+        if check.pattern is not None and not re.fullmatch(check.pattern, value):
+            return check.says or f"must match {check.pattern}"
+    return None
+
+
+def _field_problems(check: Check, value: Any, at: str) -> Iterator[str]:
+    problem = _value_problem(check, value)
+    if problem is not None:
+        yield f"{problem} @ {at}"
+        return
+    if isinstance(value, list) and check.items is not None:
+        for i, item in enumerate(value):
+            yield from _field_problems(check.items, item, f"{at}[{i}]")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if check.keys is not None and (why := _value_problem(check.keys, name)):
+                yield f"invalid name {name[:40]!r}: {why} @ {at}"
+            elif check.values is not None:
+                yield from _field_problems(check.values, item, f"{at}[{name!r}]")
+
+
+def problems(obj: Any, at: str = "$") -> list[str]:
+    """Every constraint a structured wire object breaks (its own :class:`Rule`\\ s,
+    each field's :class:`Check`, then the same for nested wire objects), each as
+    ``"<what> @ <JSON path>"``."""
+    found: list[str] = []
+    for rule in getattr(type(obj), "WIRE_RULES", ()):
+        if (problem := rule.test(obj)) is not None:
+            found.append(f"{problem} @ {at}")
+    for field in attrs.fields(type(obj)):
+        value = getattr(obj, field.name)
+        if value is None:
+            continue
+        path = f"{at}.{field.name}"
+        check = check_of(field)
+        if check is not None:
+            found.extend(_field_problems(check, value, path))
+        if attrs.has(type(value)):
+            found.extend(problems(value, path))
+    return found
+
+
+def _text_check(limit: int, *, empty: bool = True) -> dict[str, Check]:
+    return checks(
+        min_length=None if empty else 1,
+        max_length=limit,
+        pattern=NO_CONTROL,
+        says="must not contain control characters",
+    )
+
+
+def _text(limit: int, *, empty: bool = True) -> Any:
+    return attrs.field(default=None, metadata=_text_check(limit, empty=empty))
+
+
+def _limit(low: int = 1, high: int = MAX_INT64) -> Any:
+    return wire_field(None, minimum=low, maximum=high)
+
+
+def _seconds(*, zero: bool = False, description: str | None = None) -> Any:
+    if zero:
+        return wire_field(None, minimum=0, maximum=MAX_SECONDS, description=description)
+    return wire_field(None, exclusive_minimum=0, maximum=MAX_SECONDS, description=description)
+
+
+_NOT_NUL = Check(pattern=NO_NUL, says="must not contain NUL")
 
 
 # ---------------------------------------------------------------- wire models
+# The request bodies exactly as clients send them (Plane's field names).  Each
+# field's constraints are declared here, once (see Check and Rule); the
+# OpenAPI document's request schemas are generated from these classes.
 
 
 @attrs.frozen
-class _Key:
-    name: str
-    namespace: str | None = None
-    tag: str | None = None
+class Key:
+    """At most one live backend per (namespace, name)."""
+
+    name: str = attrs.field(metadata=_text_check(MAX_KEY_CHARS, empty=False))
+    namespace: str | None = _text(MAX_KEY_CHARS)
+    tag: str | None = _text(MAX_KEY_CHARS)
 
 
 @attrs.frozen
-class _Executable:
-    image: str | None = None
-    env: dict[str, str] | None = None
-    pull_policy: str | None = None
-    resource_limits: ResourceLimits | None = None  # already all optional: the spec type
-    port: int | None = None
-    command: list[str] | None = None
-    cwd: str | None = None
+class ResourceLimitsBody:
+    """Plane's resource limits; each must be positive."""
+
+    cpu_period: int | None = _limit()
+    cpu_period_percent: int | None = _limit(1, 100)
+    cpu_time_limit: int | None = _limit()
+    memory_limit_bytes: int | None = _limit()
+    disk_limit_bytes: int | None = _limit()
+    pids_limit: int | None = _limit()
+
+
+def _image_or_command(exe: ExecutableBody) -> str | None:
+    return (
+        None
+        if exe.image is not None or exe.command is not None
+        else ("needs an image or a command")
+    )
+
+
+@attrs.frozen
+class ExecutableBody:
+    """What to run: an image (Docker) and/or a command (local process)."""
+
+    WIRE_RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            _image_or_command,
+            {
+                "anyOf": [
+                    {"required": ["image"], "properties": {"image": {"type": "string"}}},
+                    {"required": ["command"], "properties": {"command": {"type": "array"}}},
+                ]
+            },
+        ),
+    )
+
+    image: str | None = _text(MAX_KEY_CHARS * 2, empty=False)
+    env: dict[str, str] | None = attrs.field(
+        default=None,
+        metadata=checks(
+            keys=Check(min_length=1, max_length=MAX_KEY_CHARS, pattern=ENV_NAME_PATTERN),
+            values=_NOT_NUL,
+        ),
+    )
+    pull_policy: str | None = wire_field(None, enum=PULL_POLICIES)
+    resource_limits: ResourceLimitsBody | None = None
+    port: int | None = wire_field(None, minimum=1, maximum=65535)
+    command: list[str] | None = attrs.field(
+        default=None, metadata=checks(min_length=1, items=_NOT_NUL)
+    )
+    cwd: str | None = _text(MAX_TEXT_CHARS, empty=False)
     credentials: RegistryCredentials | None = None
-    mount: bool | str | None = None
+    mount: bool | str | None = wire_field(
+        None,
+        description="true: MOUNT_BASE/<key name>; a string: MOUNT_BASE/<that relative path>",
+    )
     network_name: str | None = None
 
 
+def _executable_or_warm_pool(cfg: SpawnConfigBody) -> str | None:
+    if cfg.warm_pool is None:
+        return None if cfg.executable is not None else "needs an executable (or a warm_pool)"
+    given = [
+        f.name
+        for f in attrs.fields(type(cfg))
+        if f.name != "warm_pool" and getattr(cfg, f.name) is not None
+    ]
+    if given:
+        return (
+            f"a spawn_config with warm_pool holds nothing else (the pool's template does), "
+            f"not {', '.join(given)}"
+        )
+    return None
+
+
 @attrs.frozen
-class _SpawnConfig:
-    executable: _Executable | None = None
-    max_idle_seconds: float | None = None
-    lifetime_limit_seconds: float | None = None
-    id: str | None = None
-    start_timeout_seconds: float | None = None
-    stop_grace_seconds: float | None = None
-    cluster: str | None = None
-    pool: str | None = None
+class SpawnConfigBody:
+    """Plane's spawn config: what to run and how long it may live; or (ours) only
+    ``warm_pool``, to claim a warm backend of that pool."""
+
+    WIRE_RULES: ClassVar[tuple[Rule, ...]] = ()  # set below, once the fields exist
+
+    executable: ExecutableBody | None = None
+    max_idle_seconds: float | None = _seconds()
+    lifetime_limit_seconds: float | None = _seconds()
+    id: str | None = wire_field(None, pattern=BACKEND_ID_PATTERN)
+    start_timeout_seconds: float | None = _seconds()
+    stop_grace_seconds: float | None = _seconds(zero=True)
+    cluster: str | None = wire_field(None, description="Must be this plane's cluster name.")
+    pool: str | None = wire_field(
+        None,
+        description="The engines' pool to place it on (empty: the default pool); a pool "
+        "no engine serves: 503 NoDroneAvailable.",
+    )
     use_static_token: bool | None = None
-    subdomain: str | None = None
-    warm_pool: str | None = None
-    """Ours: claim a backend of this warm pool (then nothing else may be given)."""
+    subdomain: str | None = wire_field(
+        None,
+        max_length=MAX_SUBDOMAIN_CHARS,
+        pattern=SUBDOMAIN_PATTERN,
+        says="must be lowercase letters, digits and '-', not starting or ending with '-'",
+    )
+    warm_pool: str | None = wire_field(
+        None,
+        pattern=WARM_POOL_NAME_PATTERN,
+        description="Ours: claim a warm backend of this pool (then nothing else may be given).",
+    )
+
+
+SpawnConfigBody.WIRE_RULES = (
+    Rule(
+        _executable_or_warm_pool,
+        {
+            "oneOf": [
+                {
+                    "required": ["executable"],
+                    "properties": {"executable": {"type": "object"}, "warm_pool": {"type": "null"}},
+                },
+                {
+                    "required": ["warm_pool"],
+                    "properties": {
+                        **{
+                            f.name: {"type": "null"}
+                            for f in attrs.fields(SpawnConfigBody)
+                            if f.name != "warm_pool"
+                        },
+                        "warm_pool": {"type": "string"},
+                    },
+                },
+            ]
+        },
+    ),
+)
 
 
 @attrs.frozen
-class _ConnectBody:
-    key: _Key | None = None
-    spawn_config: _SpawnConfig | None = None
-    user: str | None = None
-    auth: Any = None
+class ConnectBody:
+    """Plane's connect body; unknown fields are ignored."""
+
+    key: Key | None = None
+    spawn_config: SpawnConfigBody | None = None
+    user: str | None = _text(MAX_TEXT_CHARS)
+    auth: Any = attrs.field(
+        default=None, metadata=checks(description="Any JSON; sent to the backend as compact JSON.")
+    )
 
 
 @attrs.frozen
-class _RevokeBody:
-    token: str | None = None
+class RevokeBody:
+    """One token (by value) or, with no token, all of them; unknown fields are refused."""
+
+    WIRE_CLOSED: ClassVar[bool] = True
+
+    token: str | None = wire_field(None, min_length=1)
 
 
 @attrs.frozen
-class _RevokeUserBody:
+class RevokeUserBody:
     """Plane's ``RevokeRequest``."""
 
-    backend_id: str
-    user: str
+    backend_id: str = attrs.field(metadata=_text_check(64, empty=False))
+    user: str = attrs.field(metadata=_text_check(MAX_TEXT_CHARS, empty=False))
+
+
+def _template_fields(body: WarmPoolBody) -> str | None:
+    cfg = body.spawn_config
+    if cfg is None:
+        return None
+    named = [f for f in ("id", "warm_pool", "cluster") if getattr(cfg, f) is not None]
+    if named:
+        return f"a warm pool's template cannot have {', '.join(named)}"
+    return None if cfg.executable is not None else "the template needs an executable"
+
+
+@attrs.frozen
+class WarmPoolBody:
+    """``PUT /ctrl/warm-pools/{name}`` (ours): a template (a connect's
+    spawn_config less ``id``, ``warm_pool`` and ``cluster``; omitted: keep the
+    pool's), a size and an optional claim hook path; unknown fields are refused."""
+
+    WIRE_CLOSED: ClassVar[bool] = True
+    WIRE_RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            _template_fields,
+            {
+                "allOf": [
+                    {
+                        "properties": {
+                            "spawn_config": {
+                                "anyOf": [
+                                    {"type": "null"},
+                                    {
+                                        "type": "object",
+                                        "required": ["executable"],
+                                        "properties": {
+                                            "executable": {"type": "object"},
+                                            "id": {"type": "null"},
+                                            "warm_pool": {"type": "null"},
+                                            "cluster": {"type": "null"},
+                                        },
+                                    },
+                                ]
+                            }
+                        }
+                    }
+                ]
+            },
+        ),
+    )
+
+    size: int = attrs.field(metadata=checks(minimum=0, maximum=1000))
+    spawn_config: SpawnConfigBody | None = None
+    claim_path: str | None = wire_field(
+        None, min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"^/[^\s\x00-\x1f\x7f]*$",
+        says="must be a path starting with / (no spaces or control characters)",
+    )
 
 
 # ------------------------------------------------------------ the converter
@@ -268,70 +623,7 @@ def parse_json(body: bytes) -> Any:
 # --------------------------------------------------------------- validation
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.messages.append(f"{message} @ {path}")
-
-    def text(self, path: str, value: str | None, *, limit: int, empty: bool = True) -> None:
-        if value is None:
-            return
-        if not empty and not value:
-            self.add(path, "must not be empty")
-        elif len(value) > limit:
-            self.add(path, f"must be at most {limit} characters")
-        elif _CONTROL.search(value):
-            self.add(path, "must not contain control characters")
-
-    def integer(self, path: str, value: int | None, low: int, high: int) -> None:
-        if value is not None and not low <= value <= high:
-            self.add(path, f"must be between {low} and {high}")
-
-    def seconds(self, path: str, value: float | None, *, zero: bool = False) -> None:
-        if value is None:
-            return
-        if value < 0 or (value == 0 and not zero):
-            self.add(path, "must be zero or more" if zero else "must be more than 0")
-        elif value > MAX_SECONDS:
-            self.add(path, f"must be at most {MAX_SECONDS:.0f}")
-
-    def raise_if_any(self) -> None:
-        if self.messages:
-            raise ApiError(400, "InvalidRequest", "; ".join(self.messages))
-
-
-def _check_executable(p: _Problems, exe: _Executable, at: str) -> None:
-    p.text(f"{at}.image", exe.image, limit=MAX_KEY_CHARS * 2, empty=False)
-    p.text(f"{at}.cwd", exe.cwd, limit=MAX_TEXT_CHARS, empty=False)
-    if exe.image is None and exe.command is None:
-        p.add(at, "needs an image or a command")
-    if exe.command is not None:
-        if not exe.command:
-            p.add(f"{at}.command", "must not be empty")
-        for i, arg in enumerate(exe.command):
-            if "\x00" in arg:
-                p.add(f"{at}.command[{i}]", "must not contain NUL")
-    if exe.pull_policy is not None and exe.pull_policy not in PULL_POLICIES:
-        p.add(f"{at}.pull_policy", f"must be one of {', '.join(PULL_POLICIES)}")
-    p.integer(f"{at}.port", exe.port, 1, 65535)
-    for name, value in (exe.env or {}).items():
-        if not name or "=" in name or "\x00" in name or len(name) > MAX_KEY_CHARS:
-            p.add(f"{at}.env", f"invalid variable name {name[:40]!r}")
-        elif "\x00" in value:
-            p.add(f"{at}.env[{name!r}]", "must not contain NUL")
-    limits = exe.resource_limits or ResourceLimits()
-    rl = f"{at}.resource_limits"
-    p.integer(f"{rl}.cpu_period", limits.cpu_period, 1, MAX_INT64)
-    p.integer(f"{rl}.cpu_period_percent", limits.cpu_period_percent, 1, 100)
-    p.integer(f"{rl}.cpu_time_limit", limits.cpu_time_limit, 1, MAX_INT64)
-    p.integer(f"{rl}.memory_limit_bytes", limits.memory_limit_bytes, 1, MAX_INT64)
-    p.integer(f"{rl}.disk_limit_bytes", limits.disk_limit_bytes, 1, MAX_INT64)
-    p.integer(f"{rl}.pids_limit", limits.pids_limit, 1, MAX_INT64)
-
-
-_NOT_YET_HONOURED: dict[str, Callable[[_SpawnConfig], bool]] = {
+_NOT_YET_HONOURED: dict[str, Callable[[SpawnConfigBody], bool]] = {
     # The executable's fields (credentials, mount, network_name, every limit) are
     # honoured or refused by name by the executor's check(); ``pool`` selects the
     # engines (a pool no engine serves: 503 NoDroneAvailable, as Plane answers).
@@ -341,61 +633,52 @@ value: such a value is refused with 400 naming the field, never accepted and
 ignored.  (Defaults, as Plane's client always sends them, are accepted.)"""
 
 
-def _refuse_unhonoured(p: _Problems, cfg: _SpawnConfig) -> None:
-    for field, is_set in _NOT_YET_HONOURED.items():
-        if is_set(cfg):
-            p.add(f"$.spawn_config.{field}", "is not supported by this plane")
-
-
-def _check(body: _ConnectBody) -> None:
-    p = _Problems()
-    if body.key is not None:
-        p.text("$.key.name", body.key.name, limit=MAX_KEY_CHARS, empty=False)
-        p.text("$.key.namespace", body.key.namespace, limit=MAX_KEY_CHARS)
-        p.text("$.key.tag", body.key.tag, limit=MAX_KEY_CHARS)
-    p.text("$.user", body.user, limit=MAX_TEXT_CHARS)
+def _unhonoured(body: ConnectBody) -> list[str]:
     cfg = body.spawn_config
-    if cfg is not None and cfg.warm_pool is not None:
-        p.text("$.spawn_config.warm_pool", cfg.warm_pool, limit=MAX_KEY_CHARS, empty=False)
-        for field in attrs.fields(_SpawnConfig):
-            if field.name != "warm_pool" and getattr(cfg, field.name) is not None:
-                p.add(
-                    f"$.spawn_config.{field.name}",
-                    "a spawn_config with warm_pool holds nothing else (the pool's template does)",
-                )
-    elif cfg is not None and cfg.executable is None:
-        p.add("$.spawn_config.executable", "required field missing (or give warm_pool)")
-    elif cfg is not None and cfg.executable is not None:
-        _check_spawn(p, cfg, cfg.executable)
-    p.raise_if_any()
+    if cfg is None:
+        return []
+    return _unhonoured_of(cfg)
 
 
-def _check_spawn(p: _Problems, cfg: _SpawnConfig, exe: _Executable) -> None:
-    if cfg.id is not None and not _BACKEND_ID.fullmatch(cfg.id):
-        p.add("$.spawn_config.id", f"must match {BACKEND_ID_PATTERN}")
-    if cfg.subdomain is not None and (problem := subdomain_problem(cfg.subdomain)):
-        p.add("$.spawn_config.subdomain", problem)
-    p.seconds("$.spawn_config.max_idle_seconds", cfg.max_idle_seconds)
-    p.seconds("$.spawn_config.lifetime_limit_seconds", cfg.lifetime_limit_seconds)
-    p.seconds("$.spawn_config.start_timeout_seconds", cfg.start_timeout_seconds)
-    p.seconds("$.spawn_config.stop_grace_seconds", cfg.stop_grace_seconds, zero=True)
-    _check_executable(p, exe, "$.spawn_config.executable")
-    _refuse_unhonoured(p, cfg)
+def _unhonoured_of(cfg: SpawnConfigBody) -> list[str]:
+    return [
+        f"is not supported by this plane @ $.spawn_config.{field}"
+        for field, is_set in _NOT_YET_HONOURED.items()
+        if is_set(cfg)
+    ]
+
+
+def _refuse(found: list[str]) -> None:
+    if found:
+        raise ApiError(400, "InvalidRequest", "; ".join(found))
+
+
+def parse_body(data: object, cls: type[T]) -> T:
+    """``data`` (parsed JSON) as the wire model ``cls``, every constraint checked;
+    400 ``InvalidRequest`` naming each offending field otherwise."""
+    if getattr(cls, "WIRE_CLOSED", False):
+        _only_fields(data, cls)
+    structured = _structure(data, cls)
+    _refuse(problems(structured))
+    return structured
 
 
 # ------------------------------------------------------------------ mapping
 
 
-def _spawn_config(cfg: _SpawnConfig) -> SpawnConfig:
+def _spawn_config(cfg: SpawnConfigBody) -> SpawnConfig:
     exe = cfg.executable
-    assert exe is not None, "checked by _check"
+    assert exe is not None, "a spawn config without warm_pool has one (its rule)"
+    limits = exe.resource_limits
     executable = Executable(
         image=exe.image,
         command=tuple(exe.command) if exe.command is not None else None,
         cwd=exe.cwd,
         env=dict(exe.env or {}),
         pull_policy=exe.pull_policy or "IfNotPresent",
-        resource_limits=exe.resource_limits or ResourceLimits(),
+        resource_limits=(
+            ResourceLimits(**attrs.asdict(limits)) if limits is not None else ResourceLimits()
+        ),
         port=exe.port if exe.port is not None else 8080,
         credentials=exe.credentials,
         mount=exe.mount or False,
@@ -424,25 +707,27 @@ def _spawn_config(cfg: _SpawnConfig) -> SpawnConfig:
 
 def parse_connect(body: bytes) -> ConnectRequest:
     """Plane's connect body -> :class:`ConnectRequest`; 400 with field paths if it is wrong."""
-    wire = _structure(parse_json(body), _ConnectBody)
-    _check(wire)
+    data = parse_json(body)
+    structured = _structure(data, ConnectBody)
+    _refuse(problems(structured) + _unhonoured(structured))
     key = None
-    if wire.key is not None:
+    if structured.key is not None:
         key = BackendKey(
-            name=wire.key.name, namespace=wire.key.namespace or "", tag=wire.key.tag or ""
+            name=structured.key.name,
+            namespace=structured.key.namespace or "",
+            tag=structured.key.tag or "",
         )
-    spawn = wire.spawn_config
+    spawn = structured.spawn_config
     auth = None
-    if wire.auth is not None:
-        auth = json.dumps(wire.auth, separators=(",", ":"))
-    warm_pool = spawn.warm_pool if spawn is not None else None
-    if warm_pool is not None:
-        return ConnectRequest(key=key, user=wire.user, auth=auth, warm_pool=warm_pool)
+    if structured.auth is not None:
+        auth = json.dumps(structured.auth, separators=(",", ":"))
+    if spawn is not None and spawn.warm_pool is not None:
+        return ConnectRequest(key=key, user=structured.user, auth=auth, warm_pool=spawn.warm_pool)
     return ConnectRequest(
         key=key,
         spawn_config=_spawn_config(spawn) if spawn is not None else None,
         backend_id=spawn.id if spawn is not None else None,
-        user=wire.user,
+        user=structured.user,
         auth=auth,
         cluster=spawn.cluster if spawn is not None else None,
     )
@@ -467,35 +752,13 @@ def parse_revoke(body: bytes) -> str | None:
     """
     if not body.strip():
         return None
-    data = parse_json(body)
-    _only_fields(data, _RevokeBody)
-    wire = _structure(data, _RevokeBody)
-    if wire.token is not None and not wire.token:
-        raise ApiError(400, "InvalidRequest", "must not be empty @ $.token")
-    return wire.token
+    return parse_body(parse_json(body), RevokeBody).token
 
 
 def parse_revoke_user(body: bytes) -> tuple[str, str]:
     """Plane's ``{"backend_id", "user"}`` revoke body -> (backend id, user)."""
-    wire = _structure(parse_json(body), _RevokeUserBody)
-    p = _Problems()
-    p.text("$.backend_id", wire.backend_id, limit=64, empty=False)
-    p.text("$.user", wire.user, limit=MAX_TEXT_CHARS, empty=False)
-    p.raise_if_any()
-    return wire.backend_id, wire.user
-
-
-@attrs.frozen
-class _WarmPoolBody:
-    """``PUT /ctrl/warm-pools/{name}``."""
-
-    size: int
-    spawn_config: _SpawnConfig | None = None
-    claim_path: str | None = None
-
-
-WARM_POOL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_WARM_POOL_NAME = re.compile(WARM_POOL_NAME_PATTERN)
+    parsed = parse_body(parse_json(body), RevokeUserBody)
+    return parsed.backend_id, parsed.user
 
 
 def check_warm_pool_name(name: str) -> None:
@@ -506,30 +769,10 @@ def check_warm_pool_name(name: str) -> None:
 
 def parse_warm_pool(body: bytes) -> tuple[SpawnConfig | None, int, str | None]:
     """A warm pool's definition -> (template or None: keep the pool's, size,
-    claim path); 400 naming the field if it is wrong.  The template is a
-    connect's spawn_config less what only one backend can have (``id``) or
-    what names another pool (``warm_pool``), and less ``cluster``."""
-    data = parse_json(body)
-    _only_fields(data, _WarmPoolBody)
-    wire = _structure(data, _WarmPoolBody)
-    p = _Problems()
-    p.integer("$.size", wire.size, 0, 1000)
-    if wire.claim_path is not None and (
-        not wire.claim_path.startswith("/")
-        or _CONTROL.search(wire.claim_path)
-        or " " in wire.claim_path
-    ):
-        p.add("$.claim_path", "must be a path starting with / (no spaces or control characters)")
-    p.text("$.claim_path", wire.claim_path, limit=MAX_TEXT_CHARS, empty=False)
-    cfg = wire.spawn_config
+    claim path); 400 naming the field if it is wrong."""
+    parsed = parse_body(parse_json(body), WarmPoolBody)
+    cfg = parsed.spawn_config
     if cfg is not None:
-        for field in ("id", "warm_pool", "cluster"):
-            if getattr(cfg, field) is not None:
-                p.add(f"$.spawn_config.{field}", "a warm pool's template cannot have it")
-        if cfg.executable is None:
-            p.add("$.spawn_config.executable", "required field missing")
-        else:
-            _check_spawn(p, cfg, cfg.executable)
-    p.raise_if_any()
+        _refuse(_unhonoured_of(cfg))
     template = _spawn_config(cfg) if cfg is not None else None
-    return template, wire.size, wire.claim_path
+    return template, parsed.size, parsed.claim_path

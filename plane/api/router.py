@@ -15,6 +15,13 @@ routes exist); with the read-only key, a method other than GET is 403
 then 404 ``NoSuchRoute`` for an unknown path, then 405 ``MethodNotAllowed``
 (with ``Allow``) for a known path and a wrong method.
 
+Each :class:`Route` also carries what the OpenAPI document says about it
+(summary, query and header :class:`Param`\\ s, request body model,
+:class:`Answer`\\ s, the error kinds it can answer): the route table is the one
+place a route is declared, and :mod:`plane.api.openapi` generates the
+document from it.  Errors the router itself answers (401, 403 ``ReadOnlyKey``,
+500, 503 ``LogUnavailable``) are added there for every route they apply to.
+
 Error handling
 --------------
 :class:`~plane.api.errors.ApiError` becomes its status and body.  Any other
@@ -25,7 +32,7 @@ exception from a handler is logged with its traceback and answered 500
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -41,6 +48,9 @@ log = logging.getLogger("plane.api")
 
 Params = dict[str, str]
 RouteHandler = Callable[[Request, Params], Awaitable[Response]]
+UnboundHandler = Callable[[Any, Request, Params], Awaitable[Response]]
+"""A handler method taken from its class (``Endpoints.connect``): the route
+table is declared once, without an API context; the router binds it."""
 JSON_TYPE = "application/json"
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -58,10 +68,49 @@ def error_response(error: ApiError) -> Response:
 
 
 @attrs.frozen
+class Param:
+    """A query parameter or request header a route reads; ``schema`` is its JSON
+    Schema, and the handler's parsing reads its bounds and choices from it."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+    where: str = "query"
+
+
+@attrs.frozen
+class Answer:
+    """One documented successful answer.  ``model``: the attrs class of the JSON
+    (:mod:`plane.api.answers`), or of each event's ``data`` for
+    ``text/event-stream``; ``schema``: a literal schema instead (``null``, text)."""
+
+    status: int
+    description: str
+    model: type | None = None
+    media: str | None = JSON_TYPE
+    schema: dict[str, Any] | None = None
+
+
+@attrs.frozen
 class Route:
+    """A path pattern and method, its handler, and what the document says of it."""
+
     method: str
     pattern: str
-    handler: RouteHandler
+    handler: UnboundHandler
+    summary: str = ""
+    operation_id: str = ""
+    body: type | None = None
+    """The request body's wire model (:mod:`plane.api.body`), if it takes one."""
+    body_required: bool = True
+    params: tuple[Param, ...] = ()
+    answers: tuple[Answer, ...] = ()
+    errors: Mapping[int, tuple[str, ...]] = attrs.field(factory=dict)
+    """The error kinds, by status, the handler can answer (the router's own are added)."""
+    notes: Mapping[int, str] = attrs.field(factory=dict)
+    """What the document adds, by status, to the description of an error answer."""
+    documented: bool = True
+    """False for the dashboard's static files (not JSON API): left out of the document."""
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -88,12 +137,14 @@ class Router:
     def __init__(
         self,
         routes: list[Route],
+        owner: object,
         *,
         is_protected: Callable[[str], bool],
         access: Callable[[Request], Access],
         observe: Callable[[str, int], None],
     ) -> None:
         self.routes = routes
+        self.owner = owner
         self.is_protected = is_protected
         self.access = access
         self.observe = observe
@@ -142,7 +193,7 @@ class Router:
         for route, params in found:
             if route.method == request.method:
                 try:
-                    return label, await route.handler(request, params)
+                    return label, await route.handler(self.owner, request, params)
                 except ApiError as error:
                     return label, error_response(error)
                 except StoreError as exc:  # the log refused (disk full, closed): nothing done

@@ -1,8 +1,13 @@
 """The endpoints: Plane's spawn, status, terminate and revoke API, plus our list,
 inspect, events, logs, revoke, info and metrics endpoints.
 
-This module owns what each path does; :func:`build_router` returns the route
-table wired to an :class:`~plane.api.context.ApiContext`.  Bodies are parsed
+This module owns what each path does.  :func:`route_table` declares every
+route once: method, pattern, handler, and what the OpenAPI document says of
+it (summary, parameters, body model, answer models, error kinds);
+:func:`api_document` generates the document from it (:mod:`plane.api.openapi`)
+and :func:`build_router` binds it to an :class:`~plane.api.context.ApiContext`.
+Query parameters and headers are declared once too (:class:`Param`): the
+parsers read their choices and bounds from the schema the document publishes.  Bodies are parsed
 in :mod:`plane.api.body`, streams are framed in :mod:`plane.api.sse` and fed
 from :mod:`plane.api.feeds`, views come from :mod:`plane.views`.
 
@@ -42,6 +47,8 @@ reconnecting.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -61,13 +68,12 @@ from plane.actors.supervisor import (
     UnknownEngine,
     UnknownWarmPool,
 )
-from plane.api import body, feeds, sse
+from plane.api import answers, body, feeds, openapi, sse
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
 from plane.api.http import Request, Response, Send
 from plane.api.keys import Access
-from plane.api.openapi import document
-from plane.api.router import Params, Route, Router, json_response
+from plane.api.router import Answer, Param, Params, Route, Router, json_response
 from plane.build import build_hash
 from plane.events.backend_index import Order
 from plane.events.store import RecordedEvent, StoreFullError
@@ -83,47 +89,102 @@ from plane.views import detail_view, status_view
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+MAX_ID = 2**63 - 1
 TEXT_PLAIN = "text/plain; charset=utf-8"
+SSE_TYPE = "text/event-stream"
 FLAG_VALUES = ("1", "0", "true", "false")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_PLANE_STATUSES = {s.value: s for s in PlaneStatus}
+CURSOR_PATTERN = r"^(?:(-?[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?)~([A-Za-z0-9_.-]{1,64}))?$"
+"""A list cursor: the last listed backend's request time (seconds) and id, so a
+cursor stays valid whatever happens to that backend; empty: the first page."""
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------- query parsing
+# ---------------------------------------------- query parameters and headers
+# Declared once: the route table publishes these, and the parsers below read
+# their choices and bounds from the same schema.
 
 
-def _flag(request: Request, name: str) -> bool:
-    value = request.param(name)
+def _flag_param(name: str, description: str) -> Param:
+    return Param(name, {"type": "string", "enum": list(FLAG_VALUES)}, description)
+
+
+STATE = Param(
+    "state", {"type": "string", "enum": [s.value for s in Status]}, "Only this state (ours)."
+)
+STATUS = Param(
+    "status", {"type": "string", "enum": list(_PLANE_STATUSES)}, "Only this status (Plane's)."
+)
+KEY = Param("key", {"type": "string"}, "Only backends whose key name is this.")
+NAMESPACE = Param("namespace", {"type": "string"}, "Only this key namespace.")
+LIVE = _flag_param("live", "1: only live backends (holding their key).")
+LIMIT = Param(
+    "limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Page size (default 100)."
+)
+CURSOR = Param(
+    "cursor", {"type": "string", "pattern": CURSOR_PATTERN}, "`next` of the previous page."
+)
+LOGS_FOLLOW = _flag_param("follow", "1: keep streaming until the backend exits.")
+AFTER = Param(
+    "after", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Start after this seq."
+)
+EVENTS_FOLLOW = _flag_param("follow", "0: end after the events present now.")
+LAST_SEQ = Param(
+    "Last-Event-ID",
+    {"type": "string", "pattern": "^[0-9]{0,19}$"},
+    "Resume after this seq.",
+    where="header",
+)
+CLUSTER = Param(
+    "cluster",
+    {"type": "string", "pattern": cluster.CLUSTER_PATTERN},
+    "This plane's cluster name, HOST[:PORT] (another well-formed one: 404).",
+    where="path",
+)
+POOL_NAME = Param(
+    "name",
+    {"type": "string", "pattern": body.WARM_POOL_NAME_PATTERN},
+    "The warm pool's name.",
+    where="path",
+)
+LAST_STATUS = Param(
+    "Last-Event-ID",
+    {"type": "string", "pattern": "^([0-9]{0,19}|" + "|".join(_PLANE_STATUSES) + ")$"},
+    "A status: skip up to and including it; a number: resume after that stream version.",
+    where="header",
+)
+
+
+def _flag(request: Request, param: Param) -> bool | None:
+    value = request.param(param.name)
     if value is None:
-        return False
-    if value in FLAG_VALUES:
+        return None
+    if value in param.schema["enum"]:
         return value in ("1", "true")
-    raise invalid(f"{name} must be one of {', '.join(FLAG_VALUES)}, not {value[:40]!r}")
+    choices = ", ".join(param.schema["enum"])
+    raise invalid(f"{param.name} must be one of {choices}, not {value[:40]!r}")
 
 
-def _integer(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
+def _integer(value: str | None, param: Param, *, default: int) -> int:
     if value is None:
         return default
     if not _DIGITS.fullmatch(value):
-        raise invalid(f"{name} must be an integer, not {value[:40]!r}")
+        raise invalid(f"{param.name} must be an integer, not {value[:40]!r}")
     number = int(value)
+    low, high = param.schema.get("minimum", 0), param.schema.get("maximum", MAX_ID)
     if not low <= number <= high:
-        raise invalid(f"{name} must be between {low} and {high}")
+        raise invalid(f"{param.name} must be between {low} and {high}")
     return number
-
-
-MAX_ID = 2**63 - 1
 
 
 def _last_event_id(request: Request) -> int | None:
     value = request.header("last-event-id")
     if value is None or not value:
         return None
-    return _integer(value, "Last-Event-ID", default=0, low=0, high=10**19 - 1)
-
-
-_PLANE_STATUSES = {s.value: s for s in PlaneStatus}
+    return _integer(value, LAST_SEQ, default=0)
 
 
 def _status_resume(request: Request) -> feeds.Resume:
@@ -142,10 +203,11 @@ def _status_resume(request: Request) -> feeds.Resume:
     return feeds.Resume(version=int(value))
 
 
-def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
-    value = request.param(name)
+def _choice(request: Request, param: Param) -> str | None:
+    value = request.param(param.name)
+    choices: list[str] = param.schema["enum"]
     if value is not None and value not in choices:
-        raise invalid(f"{name} must be one of {', '.join(choices)}, not {value[:40]!r}")
+        raise invalid(f"{param.name} must be one of {', '.join(choices)}, not {value[:40]!r}")
     return value
 
 
@@ -158,6 +220,81 @@ def _terminated_may_match(state_filter: str | None, status_filter: str | None) -
     )
 
 
+def _cursor(request: Request) -> Order | None:
+    value = request.param(CURSOR.name)
+    if not value:
+        return None
+    match = _CURSOR.fullmatch(value)
+    if match is None:
+        raise invalid(f"cursor must be the `next` of a page, not {value[:40]!r}")
+    return float(match.group(1)), match.group(4)
+
+
+def _cursor_of(order: Order) -> str:
+    """The cursor after a backend at ``order``: (requested_at, backend_id)."""
+    return f"{order[0]!r}~{order[1]}"
+
+
+# ------------------------------------------------------------------ paging
+
+
+async def backends_page(
+    ctx: ApiContext,
+    keep: Callable[[BackendState], bool],
+    after: Order | None,
+    limit: int,
+    *,
+    with_terminated: bool,
+    namespace: str | None = None,
+    name: str | None = None,
+) -> tuple[list[BackendState], str | None]:
+    """One page of the backends the history holds that ``keep`` passes, in
+    (requested_at, backend_id) order after ``after``, and the cursor of the next
+    page (None on the last).  Backends held in memory (live, or just ended) come
+    from the supervisor; with ``with_terminated``, terminated ones too, from the
+    backends index (:mod:`plane.events.backend_index`; ``namespace`` and ``name``
+    narrow its query), their states folded from their streams, one page at a time."""
+    # memory first, then the index: a backend ending in between is in both
+    # (kept from memory), never in neither
+    held = dict(ctx.supervisor.states)
+    index = ctx.index
+    if with_terminated:
+        try:
+            await index.catch_up()
+        except StoreFullError:  # derived data: list from what it holds
+            log.warning("the backends index is not caught up: the disk is full")
+
+    def order(state: BackendState) -> Order:
+        return (state.requested_at, state.backend_id)
+
+    chosen: list[tuple[Order, BackendState | None]] = [
+        (order(s), s) for s in held.values() if keep(s) and (after is None or order(s) > after)
+    ]
+    if with_terminated:
+        wanted = limit + 1
+        while True:
+            found = await index.terminated_page(after, wanted, namespace=namespace, name=name)
+            fresh = [(o, None) for o in found if o[1] not in held]
+            if len(fresh) >= limit + 1 or len(found) < wanted:
+                break
+            wanted *= 2  # some were also in memory: look further
+        chosen += fresh
+    chosen.sort(key=lambda item: item[0])
+    page = chosen[:limit]
+    states = []
+    for (_, backend_id), state in page:
+        if state is None:
+            try:
+                state = await ctx.supervisor.lookup(backend_id)
+            except UnknownBackend:
+                continue  # the index knows more than the log: derived data, skip it
+            if not keep(state):
+                continue
+        states.append(state)
+    following = _cursor_of(page[-1][0]) if len(chosen) > limit else None
+    return states, following
+
+
 # ------------------------------------------------------------------ the API
 
 
@@ -165,7 +302,10 @@ class Endpoints:
     """The handlers, bound to one :class:`ApiContext`."""
 
     def __init__(self, ctx: ApiContext) -> None:
+        from plane.api import ui  # the dashboard's handlers (its module imports this one)
+
         self.ctx = ctx
+        self.ui = ui.UiEndpoints(ctx, ui.panels_of(route_table()))
 
     async def _state(self, backend_id: str) -> BackendState:
         """A backend's state: from memory while live, else from the log (or its
@@ -204,19 +344,18 @@ class Endpoints:
         state = result.state
         status = state_status(state)
         assert status is not None
-        return json_response(
-            {
-                "backend_id": result.backend_id,
-                "spawned": result.spawned,
-                "status": status.value,
-                "token": result.token,
-                "url": url,
-                "subdomain": result.subdomain,
-                "secret_token": result.secret_token or None,
-                "status_url": f"{api}/pub/b/{result.backend_id}/status",
-                "drone": state.engine if result.spawned else None,
-            }
+        answer = answers.ConnectResponse(
+            backend_id=result.backend_id,
+            spawned=result.spawned,
+            status=status,
+            token=result.token,
+            url=url,
+            subdomain=result.subdomain,
+            secret_token=result.secret_token or None,
+            status_url=f"{api}/pub/b/{result.backend_id}/status",
+            drone=state.engine if result.spawned else None,
         )
+        return json_response(answers.to_json(answer))
 
     async def _terminate(self, backend_id: str, kind: TerminationKind) -> Response:
         try:
@@ -261,10 +400,11 @@ class Endpoints:
         return Response(200, sse.HEADERS, stream=write)
 
     async def health(self, request: Request, params: Params) -> Response:
-        return json_response({"status": "ok"})
+        return json_response(answers.to_json(answers.Health("ok")))
 
     async def plane_status(self, request: Request, params: Params) -> Response:
-        return json_response({"status": "ok", "version": __version__, "hash": build_hash()})
+        answer = answers.PlaneStatusAnswer("ok", __version__, build_hash())
+        return json_response(answers.to_json(answer))
 
     async def revoke_user(self, request: Request, params: Params) -> Response:
         """Plane's revoke: every live token of ``user`` on ``backend_id``."""
@@ -292,53 +432,31 @@ class Endpoints:
 
     async def info(self, request: Request, params: Params) -> Response:
         supervisor = self.ctx.supervisor
-        return json_response(
-            {
-                "version": __version__,
-                "hash": build_hash(),
-                "executor": self.ctx.executor_name,
-                "live_backends": supervisor.live_count(),
-                "backends": supervisor.known_count(),
-                "last_seq": await self.ctx.store.last_seq(),
-            }
+        answer = answers.Info(
+            version=__version__,
+            hash=build_hash(),
+            executor=self.ctx.executor_name,
+            live_backends=supervisor.live_count(),
+            backends=supervisor.known_count(),
+            last_seq=await self.ctx.store.last_seq(),
         )
+        return json_response(answers.to_json(answer))
 
     async def list_backends(self, request: Request, params: Params) -> Response:
         """Every backend the history holds, in (requested_at, backend_id) order,
-        ``limit`` at a time; ``next`` is the cursor (a backend id) for the next
-        page.  Backends held in memory (live, or just ended) come from the
-        supervisor; terminated ones from the backends index
-        (:mod:`plane.events.backend_index`), their views folded from their
-        streams, one page at a time.  ``live`` lists only the former."""
-        state_filter = _choice(request, "state", tuple(s.value for s in Status))
-        status_filter = _choice(request, "status", tuple(_PLANE_STATUSES))
-        name = request.param("key")
-        namespace = request.param("namespace")
-        live = _flag(request, "live")
-        limit = _integer(
-            request.param("limit"), "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE
-        )
-        # memory first, then the index: a backend ending in between is in both
-        # (kept from memory), never in neither
-        held = dict(self.ctx.supervisor.states)
-        index = self.ctx.index
+        ``limit`` at a time; ``next`` is the cursor (that order of the page's last
+        backend, opaque to clients) for the next page.  Backends held in memory
+        (live, or just ended) come from the supervisor; terminated ones from the
+        backends index (:mod:`plane.events.backend_index`), their views folded
+        from their streams, one page at a time.  ``live`` lists only the former."""
+        state_filter = _choice(request, STATE)
+        status_filter = _choice(request, STATUS)
+        name = request.param(KEY.name)
+        namespace = request.param(NAMESPACE.name)
+        live = _flag(request, LIVE)
+        limit = _integer(request.param(LIMIT.name), LIMIT, default=DEFAULT_PAGE)
+        after = _cursor(request)
         with_terminated = not live and _terminated_may_match(state_filter, status_filter)
-        if with_terminated or request.param("cursor"):
-            try:
-                await index.catch_up()
-            except StoreFullError:  # derived data: list from what it holds
-                log.warning("the backends index is not caught up: the disk is full")
-
-        def order(state: BackendState) -> Order:
-            return (state.requested_at, state.backend_id)
-
-        cursor = request.param("cursor")
-        after: Order | None = None
-        if cursor:
-            cursor_state = held.get(cursor)
-            after = order(cursor_state) if cursor_state else await index.order_of(cursor)
-            if after is None:
-                raise invalid(f"unknown cursor {cursor[:40]!r}")
 
         def keep(state: BackendState) -> bool:
             if state_filter is not None and (
@@ -356,30 +474,16 @@ class Endpoints:
                 return False
             return namespace is None or (key is not None and key.namespace == namespace)
 
-        chosen: list[tuple[Order, BackendState | None]] = [
-            (order(s), s) for s in held.values() if keep(s) and (after is None or order(s) > after)
-        ]
-        if with_terminated:
-            wanted = limit + 1
-            while True:
-                found = await index.terminated_page(after, wanted, namespace=namespace, name=name)
-                fresh = [(o, None) for o in found if o[1] not in held]
-                if len(fresh) >= limit + 1 or len(found) < wanted:
-                    break
-                wanted *= 2  # some were also in memory: look further
-            chosen += fresh
-        chosen.sort(key=lambda item: item[0])
-        page = chosen[:limit]
-        views = []
-        for (_, backend_id), state in page:
-            if state is None:
-                try:
-                    state = await self.ctx.supervisor.lookup(backend_id)
-                except UnknownBackend:
-                    continue  # the index knows more than the log: derived data, skip it
-            views.append(detail_view(state))
-        following = page[-1][0][1] if len(chosen) > limit else None
-        return json_response({"backends": views, "next": following})
+        page, following = await backends_page(
+            self.ctx,
+            keep,
+            after,
+            limit,
+            with_terminated=with_terminated,
+            namespace=namespace,
+            name=name,
+        )
+        return json_response({"backends": [detail_view(s) for s in page], "next": following})
 
     async def detail(self, request: Request, params: Params) -> Response:
         return json_response(detail_view(await self._state(params["id"])))
@@ -389,8 +493,8 @@ class Endpoints:
         return json_response({"events": [feeds.event_json(r) for r in records]})
 
     async def events(self, request: Request, params: Params) -> Response:
-        after = _integer(request.param("after"), "after", default=0, low=0, high=MAX_ID)
-        follow = True if request.param("follow") is None else _flag(request, "follow")
+        after = _integer(request.param(AFTER.name), AFTER, default=0)
+        follow = _flag(request, EVENTS_FOLLOW) is not False
         store = self.ctx.store
 
         async def source(send: trio.MemorySendChannel[dict[str, Any]]) -> None:
@@ -417,7 +521,7 @@ class Endpoints:
     async def logs(self, request: Request, params: Params) -> Response:
         backend_id = params["id"]
         await self._state(backend_id)
-        follow = _flag(request, "follow")
+        follow = bool(_flag(request, LOGS_FOLLOW))
         executor = self.ctx.executor
 
         async def write(send: Send) -> None:
@@ -532,9 +636,9 @@ class Endpoints:
                 known = supervisor.warm_pools.pools.get(name)
                 if known is None:
                     raise ApiError(
-                        400,
-                        "InvalidRequest",
-                        f"no warm pool {name!r} yet: give its spawn_config @ $.spawn_config",
+                        404,
+                        "NotFound",
+                        f"no warm pool {name!r} to resize: give its spawn_config to define it",
                     )
                 updated = await supervisor.define_warm_pool(
                     name, known.spawn_config, size, claim_path or known.claim_path
@@ -553,7 +657,7 @@ class Endpoints:
         return json_response(None)
 
     async def openapi(self, request: Request, params: Params) -> Response:
-        return json_response(document())
+        return json_response(api_document())
 
 
 async def _websocket_feed(
@@ -581,45 +685,322 @@ async def _websocket_feed(
         nursery.cancel_scope.cancel()
 
 
-def _protected(path: str) -> bool:
+def is_protected(path: str) -> bool:
     return path == "/ctrl" or path.startswith("/ctrl/") or path == "/metrics"
+
+
+def route_table() -> list[Route]:
+    """Every route, with what the OpenAPI document says of it: the one place a
+    route is declared (see :mod:`plane.api.openapi`); the dashboard's are
+    declared in :mod:`plane.api.ui`."""
+    from plane.api import ui  # the dashboard's routes (its module imports this one)
+
+    e = Endpoints
+    backend = {404: ("NotFound",)}
+    streamed = {503: ("TooManyStreams",)}
+    stream_note = {503: "`TooManyStreams`: the API is at `--api-max-streams` streamed answers."}
+    engine = {404: ("NotFound",)}
+    ours = {400: ("InvalidClusterName",), 404: ("NotFound",)}
+    updated = Answer(200, "Whether that changed the engine.", answers.Updated)
+    terminated = Answer(200, "`null`, as Plane answers.", schema={"type": "null"})
+    return [
+        Route(
+            "POST",
+            "/ctrl/connect",
+            e.connect,
+            "Get or create the backend for a key, and mint a connection token",
+            body=body.ConnectBody,
+            answers=(Answer(200, "The backend and a fresh token.", answers.ConnectResponse),),
+            errors={
+                # besides the schema's: what this plane's executor or configuration
+                # cannot honour (a schema-valid body can get these)
+                400: ("InvalidRequest", "InvalidClusterName"),
+                409: ("KeyHeld", "KeyUnheldNoSpawnConfig", "BackendIdTaken"),
+                503: ("CapacityExceeded", "NoDroneAvailable"),
+            },
+            notes={
+                400: "A schema-valid body is also refused when this plane cannot honour "
+                "it (the message names the field): a field or limit its executor cannot "
+                "apply (e.g. a command without an image on Docker, `mount` without a "
+                "mount base, `disk_limit_bytes` without storage quotas), "
+                "`spawn_config.cluster` not this plane's cluster (`InvalidClusterName`), "
+                "a non-empty `pool`, `user` or `auth` for a static-token backend, a "
+                "`subdomain` while the cluster host is an IP address, a `warm_pool` this plane "
+                "does not define.",
+                409: "`KeyHeld`: a live backend holds the key with another tag; "
+                "`KeyUnheldNoSpawnConfig`: no backend holds it and no spawn_config was "
+                "given; `BackendIdTaken`: `spawn_config.id` names an existing backend.",
+                503: "`CapacityExceeded`: plane is at its limit of live backends; "
+                "`NoDroneAvailable`: no engine can take it now (none serves the "
+                "`spawn_config.pool`, or every one of it is draining, lost or full).",
+            },
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/{id}/soft-terminate",
+            e.soft_terminate,
+            "Stop a backend: stop signal, grace period, then kill",
+            answers=(terminated,),
+            errors=backend,
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/{id}/hard-terminate",
+            e.hard_terminate,
+            "Kill a backend now",
+            answers=(terminated,),
+            errors=backend,
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/{id}/revoke",
+            e.revoke,
+            "Revoke one connection token (by value) or, with no token, all of them",
+            body=body.RevokeBody,
+            body_required=False,
+            answers=(Answer(200, "What was revoked, and the backend.", answers.RevokeAnswer),),
+            errors=backend,
+        ),
+        Route(
+            "POST",
+            "/ctrl/b/revoke",
+            e.revoke_user,
+            "Plane's revoke: every live connection token of a user on a backend",
+            body=body.RevokeUserBody,
+            answers=(Answer(200, "`null`, as Plane answers.", schema={"type": "null"}),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/ctrl/status",
+            e.plane_status,
+            "Plane's status: ok, version and build hash",
+            operation_id="planeStatus",
+            answers=(Answer(200, "Plane's status.", answers.PlaneStatusAnswer),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/info",
+            e.info,
+            "This plane: version, hash, executor, backend counts",
+            operation_id="planeInfo",
+            answers=(Answer(200, "Our own detail.", answers.Info),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/backends",
+            e.list_backends,
+            "List backends, oldest request first, with filters and cursor pagination",
+            operation_id="listBackends",
+            params=(STATE, STATUS, KEY, NAMESPACE, LIVE, LIMIT, CURSOR),
+            answers=(Answer(200, "One page of backends.", answers.BackendList),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/b/{id}",
+            e.detail,
+            "Everything known about a backend (env values never shown)",
+            operation_id="backendDetail",
+            answers=(Answer(200, "The backend.", answers.BackendDetail),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/ctrl/b/{id}/events",
+            e.backend_events,
+            "A backend's events, in order",
+            answers=(Answer(200, "The backend's stream.", answers.EventList),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/ctrl/b/{id}/logs",
+            e.logs,
+            "A backend's output (stdout and stderr); with follow=1, streamed live",
+            operation_id="backendLogs",
+            params=(LOGS_FOLLOW,),
+            answers=(
+                Answer(200, "The output, chunked.", media="text/plain", schema={"type": "string"}),
+            ),
+            errors={**backend, **streamed},
+            notes=stream_note,
+        ),
+        Route(
+            "GET",
+            "/ctrl/events",
+            e.events,
+            "The global event log after a sequence number, following live: SSE "
+            "(each event's `id` is its seq; `Last-Event-ID` resumes) or, on a "
+            "WebSocket upgrade, one JSON text message per event",
+            operation_id="events",
+            params=(AFTER, EVENTS_FOLLOW, LAST_SEQ),
+            answers=(
+                Answer(200, "SSE; each `data` is an Event.", answers.Event, SSE_TYPE),
+                Answer(101, "WebSocket feed of Event messages.", media=None),
+            ),
+            errors=streamed,
+            notes=stream_note,
+        ),
+        Route(
+            "GET",
+            "/pub/b/{id}/status",
+            e.status,
+            "A backend's status (Plane's status object)",
+            answers=(Answer(200, "The status.", answers.BackendStatus),),
+            errors=backend,
+        ),
+        Route(
+            "GET",
+            "/pub/b/{id}/status-stream",
+            e.status_stream,
+            "SSE of a backend's status changes: history, then live; ends after "
+            "terminated; an event only when Plane's status changes. Each `id` is the "
+            "status; `Last-Event-ID: <status>` skips up to and including it, a numeric "
+            "one resumes after that stream version; `: keep-alive` comments in between",
+            params=(LAST_STATUS,),
+            answers=(
+                Answer(
+                    200, "SSE; each `data` is a BackendStatus.", answers.BackendStatus, SSE_TYPE
+                ),
+                Answer(
+                    204,
+                    "Terminated and nothing left after Last-Event-ID "
+                    "(tells EventSource to stop reconnecting).",
+                    media=None,
+                ),
+            ),
+            errors={**backend, **streamed},
+            notes=stream_note,
+        ),
+        Route(
+            "GET",
+            "/pub/health",
+            e.health,
+            "Liveness",
+            answers=(Answer(200, "Alive.", answers.Health),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/engines",
+            e.engines,
+            "The engines (drones) backends are placed on: state, pool, load",
+            answers=(Answer(200, "Every engine.", answers.EngineList),),
+        ),
+        Route(
+            "POST",
+            "/ctrl/engines/{name}/drain",
+            e.drain_engine,
+            "Place no new backend on the engine; its own keep running",
+            answers=(updated,),
+            errors=engine,
+        ),
+        Route(
+            "POST",
+            "/ctrl/engines/{name}/undrain",
+            e.undrain_engine,
+            "Let the engine take new backends again",
+            answers=(updated,),
+            errors=engine,
+        ),
+        Route(
+            "POST",
+            "/ctrl/c/{cluster}/d/{drone}/drain",
+            e.drain_drone,
+            "Plane's drain of a drone (here: an engine)",
+            params=(CLUSTER,),
+            answers=(Answer(200, "Whether that changed the drone.", answers.Updated),),
+            errors=ours,
+        ),
+        Route(
+            "GET",
+            "/ctrl/c/{cluster}/state",
+            e.cluster_state,
+            "Plane's ClusterState: every drone (engine)",
+            params=(CLUSTER,),
+            answers=(Answer(200, "The cluster's drones.", answers.ClusterState),),
+            errors=ours,
+        ),
+        Route(
+            "GET",
+            "/ctrl/warm-pools",
+            e.warm_pools,
+            "Every warm pool: its name, size, how many are warm, its template",
+            answers=(Answer(200, "The warm pools.", schema={"type": "object"}),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/warm-pools/{name}",
+            e.warm_pool,
+            "One warm pool",
+            params=(POOL_NAME,),
+            answers=(Answer(200, "The warm pool.", schema={"type": "object"}),),
+            errors={404: ("NotFound",)},
+        ),
+        Route(
+            "PUT",
+            "/ctrl/warm-pools/{name}",
+            e.put_warm_pool,
+            "Define or resize a warm pool (without spawn_config: resize only)",
+            params=(POOL_NAME,),
+            body=body.WarmPoolBody,
+            answers=(
+                Answer(
+                    200, "The warm pool, and whether that changed it.", schema={"type": "object"}
+                ),
+            ),
+            errors={400: ("InvalidRequest",), 404: ("NotFound",)},
+            notes={
+                400: "Besides the schema's: a template this plane cannot run, or one that "
+                "sets `SESSION_BACKEND_*` env, `use_static_token`, `subdomain` or "
+                "`mount: true` (a warm backend has no key yet).",
+                404: "A resize (no spawn_config) of a pool that does not exist.",
+            },
+        ),
+        Route(
+            "DELETE",
+            "/ctrl/warm-pools/{name}",
+            e.delete_warm_pool,
+            "Remove a warm pool; its unclaimed backends are terminated",
+            params=(POOL_NAME,),
+            answers=(Answer(200, "`null`.", schema={"type": "null"}),),
+            errors={404: ("NotFound",)},
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            e.metrics,
+            "Prometheus metrics (needs the API key when one is set)",
+            answers=(
+                Answer(
+                    200, "Prometheus text format.", media="text/plain", schema={"type": "string"}
+                ),
+            ),
+        ),
+        Route(
+            "GET",
+            "/openapi.json",
+            e.openapi,
+            "This document",
+            answers=(Answer(200, "The OpenAPI document.", schema={"type": "object"}),),
+        ),
+        *ui.route_table(),
+    ]
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return openapi.document(route_table(), is_protected)
+
+
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of :func:`route_table` (served at ``/openapi.json``);
+    a fresh copy each time (generated once)."""
+    return copy.deepcopy(_document())
 
 
 def build_router(ctx: ApiContext) -> Router:
     """The route table, bound to ``ctx``."""
-    e = Endpoints(ctx)
     build_hash()  # read once now (it may run git), never inside a request
-    routes = [
-        Route("POST", "/ctrl/connect", e.connect),
-        Route("POST", "/ctrl/b/{id}/soft-terminate", e.soft_terminate),
-        Route("POST", "/ctrl/b/{id}/hard-terminate", e.hard_terminate),
-        Route("POST", "/ctrl/b/{id}/revoke", e.revoke),
-        Route("POST", "/ctrl/b/revoke", e.revoke_user),
-        Route("GET", "/ctrl/status", e.plane_status),
-        Route("GET", "/ctrl/info", e.info),
-        Route("GET", "/ctrl/backends", e.list_backends),
-        Route("GET", "/ctrl/b/{id}", e.detail),
-        Route("GET", "/ctrl/b/{id}/events", e.backend_events),
-        Route("GET", "/ctrl/b/{id}/logs", e.logs),
-        Route("GET", "/ctrl/events", e.events),
-        Route("GET", "/pub/b/{id}/status", e.status),
-        Route("GET", "/pub/b/{id}/status-stream", e.status_stream),
-        Route("GET", "/pub/health", e.health),
-        Route("GET", "/ctrl/engines", e.engines),
-        Route("POST", "/ctrl/engines/{name}/drain", e.drain_engine),
-        Route("POST", "/ctrl/engines/{name}/undrain", e.undrain_engine),
-        Route("POST", "/ctrl/c/{cluster}/d/{drone}/drain", e.drain_drone),
-        Route("GET", "/ctrl/c/{cluster}/state", e.cluster_state),
-        Route("GET", "/ctrl/warm-pools", e.warm_pools),
-        Route("GET", "/ctrl/warm-pools/{name}", e.warm_pool),
-        Route("PUT", "/ctrl/warm-pools/{name}", e.put_warm_pool),
-        Route("DELETE", "/ctrl/warm-pools/{name}", e.delete_warm_pool),
-        Route("GET", "/metrics", e.metrics),
-        Route("GET", "/openapi.json", e.openapi),
-    ]
-    from plane.api.ui import ui_routes  # the dashboard's routes (its module imports this one)
-
-    routes += ui_routes(ctx, routes)
 
     def access(request: Request) -> Access:
         return ctx.keys.access(request.header("authorization"))
@@ -627,4 +1008,6 @@ def build_router(ctx: ApiContext) -> Router:
     def observe(route: str, status: int) -> None:
         ctx.metrics.api_requests.labels(route, str(status)).inc()
 
-    return Router(routes, is_protected=_protected, access=access, observe=observe)
+    return Router(
+        route_table(), Endpoints(ctx), is_protected=is_protected, access=access, observe=observe
+    )

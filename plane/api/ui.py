@@ -14,8 +14,10 @@ This module owns three things:
 * ``GET /ctrl/state?at=SEQ|TIME``: every backend's state at that point of the
   log, folded by :class:`replay.fold.FoldUntil`, the fold ``plane-replay state
   --at`` uses (``SEQ`` a sequence number, ``TIME`` ISO-8601, UTC when it has no
-  zone); without ``at``, the state now (the supervisor's).  Paged like
-  ``/ctrl/backends`` (``limit``, ``cursor``), filtered by ``status``, ``key``
+  zone); without ``at``, the state now, as ``/ctrl/backends`` pages it (live
+  backends from the supervisor, terminated ones from the backends index, each
+  ``backend`` asked for looked up).  Paged like
+  ``/ctrl/backends`` (``limit``, the same opaque ``cursor``), filtered by ``status``, ``key``
   and ``backend`` (repeatable: those ids only).  Each backend is its
   :func:`~plane.views.detail_view` plus ``idle_deadline`` and
   ``next_deadline`` (milliseconds; from :func:`plane.actors.lifecycle.next_deadline`).
@@ -32,7 +34,9 @@ the log's last sequence number), so paging through it folds once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
+from collections.abc import Awaitable, Callable
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -42,11 +46,24 @@ import trio
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import UnknownBackend
+from plane.api import answers
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid
 from plane.api.http import Request, Response
-from plane.api.router import Params, Route, json_response
-from plane.api.routes import DEFAULT_PAGE, MAX_PAGE, _integer
+from plane.api.router import Answer, Param, Params, Route, UnboundHandler, json_response
+from plane.api.routes import (
+    CURSOR,
+    DEFAULT_PAGE,
+    KEY,
+    LIMIT,
+    MAX_PAGE,
+    _choice,
+    _cursor,
+    _cursor_of,
+    _integer,
+    backends_page,
+)
+from plane.events.backend_index import Order
 from plane.events.types import (
     DECISION_TYPES,
     INPUT_TYPES,
@@ -82,6 +99,27 @@ CONTENT_TYPES = {
 OPTIONAL_PANELS = {"engines": "/ctrl/engines", "proxies": "/ctrl/proxies"}
 """Panels the page shows when the API has the route (other branches add them)."""
 FOLD_BATCH = 5000
+
+AT = Param(
+    "at",
+    {
+        "anyOf": [
+            {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            {"type": "string", "format": "date-time"},
+        ]
+    },
+    "A sequence number, or an ISO-8601 time (UTC when it has no zone); absent: now.",
+)
+STATE_STATUS = Param(
+    "status",
+    {"type": "string", "enum": [s.value for s in Status]},
+    "Only backends in this state (ours).",
+)
+BACKEND = Param(
+    "backend",
+    {"type": "array", "items": {"type": "string"}, "maxItems": MAX_PAGE},
+    "Only these backends (repeatable).",
+)
 
 
 def static_files() -> dict[str, tuple[str, bytes]]:
@@ -128,9 +166,9 @@ def dashboard_view(state: BackendState) -> dict[str, Any]:
 def parse_point(text: str) -> tuple[int | None, float | None]:
     """``at`` as (seq, None) or (None, time), as ``plane-replay state --at`` reads it."""
     if text.isdigit():
-        return _integer(text, "at", default=0, low=0, high=2**63 - 1), None
+        return _integer(text, AT, default=0), None
     try:
-        return None, parse_iso(text)
+        return None, parse_iso(text.upper())  # RFC 3339 allows a lowercase t and z
     except ValueError as exc:
         raise invalid(f"at takes a sequence number or an ISO-8601 time; {exc}") from None
 
@@ -210,47 +248,19 @@ class UiEndpoints:
         return view
 
     async def state(self, request: Request, params: Params) -> Response:
-        status_filter = request.param("status")
-        if status_filter is not None and status_filter not in {s.value for s in Status}:
-            choices = ", ".join(s.value for s in Status)
-            raise invalid(f"status must be one of {choices}, not {status_filter[:40]!r}")
-        name = request.param("key")
-        wanted = set(request.query.get("backend", []))
-        if len(wanted) > MAX_PAGE:
+        status_filter = _choice(request, STATE_STATUS)
+        name = request.param(KEY.name)
+        given = request.query.get(BACKEND.name, [])
+        if len(given) > MAX_PAGE:
             raise invalid(f"at most {MAX_PAGE} backend parameters")
-        limit = _integer(
-            request.param("limit"), "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE
-        )
-        point = request.param("at")
+        wanted = set(given)
+        limit = _integer(request.param(LIMIT.name), LIMIT, default=DEFAULT_PAGE)
+        after = _cursor(request)
+        point = request.param(AT.name)
         last_seq = await self.ctx.store.last_seq()
-        if point is None and wanted:
-            # now, for some backends: memory holds the live ones, the log the others
-            supervisor = self.ctx.supervisor
-            found: dict[str, BackendState] = {}
-            for backend_id in wanted:
-                try:
-                    found[backend_id] = await supervisor.lookup(backend_id)
-                except UnknownBackend:
-                    continue
-            snapshot = Snapshot(found, last_seq, await self._time_of(last_seq - 1))
-        elif point is None:  # now, everything: the fold of the whole history (cached)
-            snapshot = await self._fold(str(last_seq), last_seq) if last_seq else Snapshot(
-                {}, 0, None
-            )
-        else:
-            snapshot = await self._fold(point, last_seq)
-        states = snapshot.states
 
-        def order(state: BackendState) -> tuple[float, str]:
+        def order(state: BackendState) -> Order:
             return (state.requested_at, state.backend_id)
-
-        cursor = request.param("cursor")
-        after: tuple[float, str] | None = None
-        if cursor:
-            cursor_state = states.get(cursor)
-            if cursor_state is None:
-                raise invalid(f"unknown cursor {cursor[:40]!r}")
-            after = order(cursor_state)
 
         def keep(state: BackendState) -> bool:
             if wanted and state.backend_id not in wanted:
@@ -261,11 +271,36 @@ class UiEndpoints:
                 return False
             return name is None or (state.key is not None and state.key.name == name)
 
-        chosen = sorted(
-            (s for s in states.values() if keep(s) and (after is None or order(s) > after)),
-            key=order,
-        )
-        page = chosen[:limit]
+        if point is None and not wanted:
+            # now: live backends from memory, terminated ones from the backends index
+            snapshot = Snapshot({}, last_seq, await self._time_of(last_seq - 1))
+            page, following = await backends_page(
+                self.ctx,
+                keep,
+                after,
+                limit,
+                with_terminated=status_filter in (None, Status.TERMINATED.value),
+                name=name,
+            )
+        else:
+            if point is None:  # now, for these backends only: each looked up
+                states = {}
+                for backend_id in wanted:
+                    with contextlib.suppress(UnknownBackend):  # none such: not shown
+                        states[backend_id] = await self.ctx.supervisor.lookup(backend_id)
+                snapshot = Snapshot(states, last_seq, await self._time_of(last_seq - 1))
+            else:
+                snapshot = await self._fold(point, last_seq)
+            chosen = sorted(
+                (
+                    s
+                    for s in snapshot.states.values()
+                    if keep(s) and (after is None or order(s) > after)
+                ),
+                key=order,
+            )
+            page = chosen[:limit]
+            following = _cursor_of(order(page[-1])) if len(chosen) > limit else None
         first_time = await self._time_of(0)
         last_time = await self._time_of(last_seq - 1) if last_seq else None
         return json_response(
@@ -277,21 +312,87 @@ class UiEndpoints:
                 "first_time": millis(first_time) if first_time is not None else None,
                 "last_time": millis(last_time) if last_time is not None else None,
                 "backends": [self._view(s) for s in page],
-                "next": page[-1].backend_id if len(chosen) > limit else None,
+                "next": following,
             }
         )
 
 
-def ui_routes(ctx: ApiContext, existing: list[Route]) -> list[Route]:
-    """The dashboard's routes; ``existing`` tells which optional panels the API has."""
-    paths = {(r.method, r.pattern) for r in existing}
-    panels = {name: ("GET", path) in paths for name, path in OPTIONAL_PANELS.items()}
-    e = UiEndpoints(ctx, panels)
+UiHandler = Callable[["UiEndpoints", Request, Params], Awaitable[Response]]
+
+
+def _on_ui(method: UiHandler) -> UnboundHandler:
+    """A handler of :class:`UiEndpoints` as the route table takes it: called with
+    the API's endpoints, whose ``ui`` is this module's (see :func:`route_table`)."""
+
+    async def handler(owner: Any, request: Request, params: Params) -> Response:
+        return await method(owner.ui, request, params)
+
+    handler.__name__ = method.__name__
+    return handler
+
+
+def panels_of(routes: list[Route]) -> dict[str, bool]:
+    """Which optional panels the API has a route for."""
+    paths = {(r.method, r.pattern) for r in routes}
+    return {name: ("GET", path) in paths for name, path in OPTIONAL_PANELS.items()}
+
+
+def route_table() -> list[Route]:
+    """The dashboard's routes, declared as :func:`plane.api.routes.route_table`
+    declares the others (it includes these).  The static files are public and
+    not JSON API: left out of the OpenAPI document."""
+    e = UiEndpoints
+    page = Answer(200, "A dashboard file.", media="text/html", schema={"type": "string"})
     return [
-        Route("GET", "/ctrl/state", e.state),
-        Route("GET", "/ctrl/event-types", e.event_types),
-        Route("GET", "/ui", e.root),
-        Route("GET", "/ui/", e.index),
-        Route("GET", "/ui/settings.json", e.settings),
-        Route("GET", "/ui/{name}", e.static),
+        Route(
+            "GET",
+            "/ctrl/state",
+            _on_ui(e.state),
+            "Every backend's state at a point of the log (the fold `plane-replay state "
+            "--at` uses), or now; paged like /ctrl/backends",
+            operation_id="stateAt",
+            params=(AT, STATE_STATUS, KEY, BACKEND, LIMIT, CURSOR),
+            answers=(Answer(200, "One page.", answers.StatePage),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/event-types",
+            _on_ui(e.event_types),
+            "Which event tags are inputs and which are the decider's decisions",
+            operation_id="eventTypes",
+            answers=(Answer(200, "The tags.", answers.EventTypes),),
+        ),
+        Route(
+            "GET",
+            "/ui",
+            _on_ui(e.root),
+            "The dashboard (redirects to /ui/)",
+            answers=(Answer(308, "To /ui/.", media=None),),
+            documented=False,
+        ),
+        Route(
+            "GET",
+            "/ui/",
+            _on_ui(e.index),
+            "The dashboard's page",
+            answers=(page,),
+            documented=False,
+        ),
+        Route(
+            "GET",
+            "/ui/settings.json",
+            _on_ui(e.settings),
+            "Whether the API wants a key, and which optional panels exist",
+            operation_id="dashboardSettings",
+            answers=(Answer(200, "The settings.", answers.DashboardSettings),),
+        ),
+        Route(
+            "GET",
+            "/ui/{name}",
+            _on_ui(e.static),
+            "A dashboard file (script, style sheet, icon)",
+            answers=(page,),
+            errors={404: ("NoSuchRoute",)},
+            documented=False,
+        ),
     ]

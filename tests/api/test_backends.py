@@ -296,6 +296,7 @@ class LoggingExecutor(FakeExecutor):
 
 async def test_logs(api: Api) -> None:
     backend_id = (await api.connect())["backend_id"]
+    await api.wait_status(backend_id, Status.READY)  # started: the executor has its output
     response = await api.client.get(f"/ctrl/b/{backend_id}/logs")
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
