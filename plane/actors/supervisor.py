@@ -784,14 +784,13 @@ class Supervisor:
                 self.recovery_report["lost"].append(backend_id)
                 continue
             if listing is None:  # the engine did not answer: recovered when it does
-                self._adopt(state, resume_effects(state, running=True)[0])
+                actor = self._adopt(state, resume_effects(state, running=True)[0])
+                self._close_connections(actor)
                 continue
             seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
-            for connection_id in sorted(state.connections):
-                # the proxy that held it died with the previous plane: it is closed
-                actor.tell(ConnectionClosed(0.0, connection_id))
+            self._close_connections(actor)
             if first is not None:
                 actor.tell(first)
                 self.recovery_report["lost"].append(backend_id)
@@ -804,6 +803,13 @@ class Supervisor:
                 await self._remove_orphans(self._leftovers(found), engine)
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
+
+    @staticmethod
+    def _close_connections(actor: BackendActor) -> None:
+        """The proxy that held an adopted backend's connections died with the
+        previous plane: they are closed (else the backend never goes idle)."""
+        for connection_id in sorted(actor.state.connections):
+            actor.tell(ConnectionClosed(0.0, connection_id))
 
     def _leftovers(self, found: list[Running]) -> list[Running]:
         """What the log does not hold live (terminated, or unknown to it), running or

@@ -13,4 +13,10 @@ REGRESSIONS: list[tuple[int, int, str]] = [
         "never removed (recovery lists running ones only); checked once executors have "
         "list_all (branch h8-leaks), see plane.testing.sim.executor.LIST_ALL",
     ),
+    (
+        7399520025,
+        200,
+        "recovery with the engine not answering (deferred) adopted backends without closing "
+        "the dead proxy's connections: never idle (also seeds 7399520111, 7399520146)",
+    ),
 ]
