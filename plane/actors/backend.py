@@ -357,7 +357,9 @@ class BackendActor:
 
     async def _probe(self) -> None:
         address = self.state.address
-        if address is None:
+        if address is None or self.state.status is not Status.STARTING:
+            # it moved on before this task first ran (decisions taken back to back,
+            # e.g. a backlog after a full log): no probe, or nothing would cancel it
             return
         self._cancel_probe()
         with trio.CancelScope() as scope:
