@@ -19,4 +19,11 @@ REGRESSIONS: list[tuple[int, int, str]] = [
         "recovery with the engine not answering (deferred) adopted backends without closing "
         "the dead proxy's connections: never idle (also seeds 7399520111, 7399520146)",
     ),
+    (
+        1109,
+        175,
+        "a readiness probe first run after its backend had left starting (ExecutorStarted "
+        "and an exit decided back to back after a full log) was never cancelled: the actor "
+        "never ended (also seed 1269)",
+    ),
 ]

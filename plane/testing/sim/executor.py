@@ -11,8 +11,10 @@ with faults drawn from the simulator's one ``random.Random``:
   slowly (longer than the decider's kill confirmation), or never;
 * :meth:`exit` (any code, any moment), :meth:`vanish` (gone without an exit
   being seen) and :meth:`outage` (the engine unreachable for a while: every
-  call raises ``ExecutorError`` and the exit watch breaks; exits in the gap are
-  not seen).
+  call, its health ping too, raises ``ExecutorError`` and the exit watch
+  breaks; exits in the gap are not seen).  An outage longer than the
+  supervisor's ``engine_lost_after`` makes the engine *lost* (its backends end
+  as lost) and, when it answers again, *returned*.
 
 The simulated backends are processes of the *world*, not of plane: their
 timers run in the world's nursery, so they outlive a crash of plane, and an
@@ -107,6 +109,10 @@ class SimExecutor(FakeExecutor):
         return held
 
     # ------------------------------------------------------------ protocol
+
+    async def ping(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._engine()
 
     async def start(self, spec: StartSpec) -> Started:
         self.calls.append(("start", spec.backend_id))

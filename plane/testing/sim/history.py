@@ -7,7 +7,8 @@ proxy's real :class:`~plane.proxy.tracking.Tracker`, and a real store (the
 in-memory twin, or a SQLite file) behind :class:`~plane.testing.sim.store.FaultyStore`,
 against :class:`~plane.testing.sim.executor.SimExecutor`.  Each of ``steps``
 steps draws one action (a client's connect, terminate, revoke, WebSocket or
-HTTP traffic through the tracker, a status stream; an executor fault; a full
+HTTP traffic through the tracker, a status stream; an executor fault (the engine
+unreachable for a while, or lost and returned); a full
 disk; a crash of plane), lets simulated time pass, and checks the invariants
 (:mod:`plane.testing.sim.checks`).  Then clients stop, faults heal, every
 timeout passes (every backend must be terminated), plane crashes once more and
@@ -59,7 +60,13 @@ from plane.events.memory import MemoryEventStore
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.sqlite import SqliteLogReader, open_sqlite_store
 from plane.events.store import EventStore, RecordedEvent, StoreError
-from plane.events.types import BackendTerminated, Status, TerminationKind
+from plane.events.types import (
+    BackendTerminated,
+    EngineLost,
+    EngineReturned,
+    Status,
+    TerminationKind,
+)
 from plane.proxy.settings import ProxySettings
 from plane.proxy.tracking import InFlight, Tracker
 from plane.testing.sim.checks import Ack, Checker, InvariantBroken
@@ -72,6 +79,9 @@ SETTLE_SECONDS = 400.0
 """Simulated time after clients stop within which every backend must end: longer
 than any chain of the simulator's timeouts (idle 60, start 30, grace 15, kill
 confirmation 30, executor retries)."""
+ENGINE_LOST_AFTER = (10.0, 30.0)
+"""The supervisor's ``engine_lost_after`` (``plane serve --engine-lost-after``),
+one drawn per history: an outage longer than it makes the engine lost."""
 HISTORY_LIMIT_SECONDS = 1e6
 """Simulated time after which a history that has not finished is stuck."""
 
@@ -213,6 +223,7 @@ class History:
         self.known: list[str] = []
         self.stats: dict[str, int] = {}
         self.max_backends = self.rng.choice([None, None, 3])
+        self.engine_lost_after = self.rng.choice(ENGINE_LOST_AFTER)
         self.quiet = False
         self._stopping = False
         self._scope: trio.CancelScope | None = None
@@ -261,6 +272,7 @@ class History:
                 self.executor,
                 clock=TrioClock(offset=EPOCH),
                 max_backends=self.max_backends,
+                engine_lost_after=self.engine_lost_after,
                 policy=ExecutorPolicy(call_timeout=10.0, probe=self.executor.probe),
             )
             tracker = Tracker(supervisor.tell, supervisor.clock, None, ProxySettings())
@@ -444,8 +456,13 @@ class History:
             self.executor.vanish(backend_id)
 
     def outage(self, plane: Incarnation) -> None:
+        """The engine does not answer for a while: mostly a blip, sometimes longer
+        than ``engine_lost_after`` (the engine is lost, then returns)."""
         self.count("outage")
-        self.executor.outage(self.rng.uniform(1, 40))
+        rng = self.rng
+        short = rng.random() < 0.6
+        longest = self.engine_lost_after * (0.9 if short else 3.0)
+        self.executor.outage(rng.uniform(1, longest))
 
     def disk_full(self, plane: Incarnation) -> None:
         self.count("disk-full")
@@ -530,6 +547,10 @@ async def _history(seed: int, steps: int, sqlite_path: Path | None) -> Outcome:
         with trio.CancelScope(shield=True):
             events = await history.final_log()
     stats = history.stats if history is not None else {}
+    for record in events:
+        if isinstance(record.event, EngineLost | EngineReturned):
+            what = "engine-lost" if isinstance(record.event, EngineLost) else "engine-returned"
+            stats[what] = stats.get(what, 0) + 1
     store = "memory" if sqlite_path is None else "sqlite"
     return Outcome(seed, steps, store, failure, events, stats)
 
