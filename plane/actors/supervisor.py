@@ -583,17 +583,17 @@ class Supervisor:
         for engine in self.executor.engines:
             await self._reconcile_engine(engine, orphans=False)
 
-    async def _reconcile_engine(self, engine: str, *, orphans: bool) -> None:
+    async def _reconcile_engine(self, engine: str, *, orphans: bool) -> bool:
         """Tell every started backend of ``engine`` that it no longer runs that it
         vanished; with ``orphans``, also remove what the engine holds, running or
         not, that the log does not hold as live there (recovery of an engine, or
-        its return)."""
+        its return).  False if the engine could not be listed (nothing done)."""
         try:
             with trio.fail_after(self.policy.call_timeout):
                 listing = await self.executor.list_engine(engine, everything=orphans)
         except (ExecutorError, trio.TooSlowError) as exc:
             log.warning("listing engine %s failed: %s", engine, exc)
-            return
+            return False
         running = {r.backend_id: r for r in listing if r.running}
         for backend_id, actor in list(self.actors.items()):
             state = actor.state
@@ -612,6 +612,7 @@ class Supervisor:
                 )
             }
             await self._remove_orphans(list(stray.values()), engine)
+        return True
 
     # ---------------------------------------------------------------- engines
 
@@ -714,11 +715,11 @@ class Supervisor:
                 if health.answered(now) is Verdict.RETURNED:
                     log.warning("engine %s answers again", engine)
                     await self._append_system([EngineReturned(now, engine)])
+                    self._deferred.add(engine)  # what it still runs of ours: removed below
+                if engine in self._deferred and await self._reconcile_engine(engine, orphans=True):
+                    # kept until one succeeds: the engine may fail the listing right after
+                    # answering a ping, and its recovery must not be forgotten then
                     self._deferred.discard(engine)
-                    await self._reconcile_engine(engine, orphans=True)
-                elif engine in self._deferred:
-                    self._deferred.discard(engine)
-                    await self._reconcile_engine(engine, orphans=True)
             elif health.silent(now) is Verdict.LOST:
                 await self._lose_engine(engine, now, problem)
             await trio.sleep(self.ping_interval)
