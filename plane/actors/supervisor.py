@@ -785,7 +785,7 @@ class Supervisor:
                 self.recovery_report["lost"].append(backend_id)
                 continue
             if listing is None:  # the engine did not answer: recovered when it does
-                actor = self._adopt(state, resume_effects(state, running=True)[0])
+                actor = self._adopt(state, resume_effects(state, running=None)[0])
                 self._close_connections(actor)
                 continue
             seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)

@@ -158,3 +158,24 @@ async def test_a_deferred_engine_is_recovered_once_it_answers(
             assert engine.failures == 0
             ended = await second.wait_status(result.backend_id, Status.TERMINATED)
             assert ended.termination_reason is TerminationReason.IDLE
+
+
+async def test_a_start_in_flight_at_a_crash_is_redone_on_a_deferred_engine(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A backend whose start was in flight when plane died is started again (starts
+    are idempotent per backend id) even if its engine does not answer at start:
+    it is ready once the engine answers, not failed at its start timeout."""
+    engine = FakeExecutor(start_delay=1000)
+    async with open_memory_store() as store:
+        async with open_harness(store=store, executor=engine) as first:
+            result = await first.supervisor.connect(request("room", start_timeout_seconds=60))
+            await trio.sleep(5)
+            assert first.supervisor.states[result.backend_id].status is Status.STARTING
+        engine.go_down()
+        engine.start_delay = 1
+        async with open_harness(store=store, executor=engine) as second:
+            await trio.sleep(10)
+            engine.come_back()
+            ready = await second.wait_status(result.backend_id, Status.READY)
+            assert ready.address == engine.running[result.backend_id].address
