@@ -53,10 +53,11 @@ class SimExecutor(FakeExecutor):
 
     name = "sim"
 
-    def __init__(self, rng: random.Random, world: trio.Nursery) -> None:
+    def __init__(self, rng: random.Random, world: trio.Nursery, port_base: int = 20000) -> None:
         super().__init__()
         self.rng = rng
         self.world = world
+        self._next_port = port_base
         self.down_until = -math.inf
         self.exited: dict[str, int | None] = {}
         self.ready_in: dict[str, float | None] = {}
@@ -222,3 +223,38 @@ LIST_ALL = "list_all" in dir(Executor) and "running" in attrs.fields_dict(Runnin
 """Whether executors report what is left of exited backends (``list_all``), so
 recovery can remove it.  Until they do, the simulator's no-leak invariant checks
 running backends only."""
+
+
+class SimEngines:
+    """The simulated engines of a history (one or two ``SimExecutor`` s, each with
+    its own faults); backend ids are unique across them."""
+
+    def __init__(self, rng: random.Random, world: trio.Nursery, names: list[str]) -> None:
+        self.engines = {
+            name: SimExecutor(rng, world, port_base=20000 + 10000 * i)
+            for i, name in enumerate(names)
+        }
+
+    def running(self) -> list[tuple[str, SimExecutor]]:
+        """Every running backend with its engine, in a fixed order."""
+        return sorted(
+            ((b, e) for e in self.engines.values() for b in e.running), key=lambda x: x[0]
+        )
+
+    async def probe(self, address: str, *, interval: float = 0.01) -> None:
+        """The readiness probe: the engine that runs ``address`` answers it."""
+        for engine in self.engines.values():
+            if any(s.address == address for s in engine.running.values()):
+                await engine.probe(address, interval=interval)
+                return
+        await trio.sleep_forever()  # nothing runs there: never answers
+
+    def heal(self) -> None:
+        for engine in self.engines.values():
+            engine.heal()
+
+    def resources(self) -> dict[str, str]:
+        held: dict[str, str] = {}
+        for name, engine in self.engines.items():
+            held.update({b: f"{how} on {name}" for b, how in engine.resources().items()})
+        return held

@@ -5,7 +5,8 @@ This module owns :func:`run_history`.  From one seed it runs, in a fresh
 :class:`~plane.actors.supervisor.Supervisor` (its actors, its recovery), the
 proxy's real :class:`~plane.proxy.tracking.Tracker`, and a real store (the
 in-memory twin, or a SQLite file) behind :class:`~plane.testing.sim.store.FaultyStore`,
-against :class:`~plane.testing.sim.executor.SimExecutor`.  Each of ``steps``
+against :class:`~plane.testing.sim.executor.SimExecutor` (one engine, or two
+with their own faults, placement among them, and drains).  Each of ``steps``
 steps draws one action (a client's connect, terminate, revoke, WebSocket or
 HTTP traffic through the tracker, a status stream; an executor fault (the engine
 unreachable for a while, or lost and returned); a full
@@ -56,6 +57,7 @@ import trio.testing
 from plane.actors.backend import ExecutorPolicy
 from plane.actors.clock import TrioClock
 from plane.actors.supervisor import ConnectRefused, ConnectRequest, Supervisor, UnknownBackend
+from plane.engines.config import EngineSpec
 from plane.events.memory import MemoryEventStore
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.sqlite import SqliteLogReader, open_sqlite_store
@@ -70,7 +72,7 @@ from plane.events.types import (
 from plane.proxy.settings import ProxySettings
 from plane.proxy.tracking import InFlight, Tracker
 from plane.testing.sim.checks import Ack, Checker, InvariantBroken
-from plane.testing.sim.executor import SimExecutor
+from plane.testing.sim.executor import SimEngines
 from plane.testing.sim.store import ClockHold, Disk, FaultyStore
 
 EPOCH = 1_700_000_000.0
@@ -212,7 +214,8 @@ class History:
         self.steps = steps
         self.rng = random.Random(seed)
         self.world = world
-        self.executor = SimExecutor(self.rng, world)
+        names = ["local"] if self.rng.random() < 0.6 else ["a", "b"]
+        self.executors = SimEngines(self.rng, world, names)
         self.disk = Disk()
         self.hold = ClockHold()
         self.sqlite_path = sqlite_path
@@ -221,7 +224,7 @@ class History:
         self.plane: Incarnation | None = None
         self.acked: list[Ack] = []
         self.known: list[str] = []
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, int] = {f"engines-{len(names)}": 1}
         self.max_backends = self.rng.choice([None, None, 3])
         self.engine_lost_after = self.rng.choice(ENGINE_LOST_AFTER)
         self.quiet = False
@@ -267,13 +270,19 @@ class History:
                 assert self.sqlite_path is not None
                 inner = await stack.enter_async_context(_sqlite(self.sqlite_path, self.hold))
             store = FaultyStore(inner, self.disk, None if self.memory else self.hold)
+            engines = self.executors.engines
             supervisor = Supervisor(
                 store,
-                self.executor,
+                next(iter(engines.values())),
                 clock=TrioClock(offset=EPOCH),
                 max_backends=self.max_backends,
                 engine_lost_after=self.engine_lost_after,
-                policy=ExecutorPolicy(call_timeout=10.0, probe=self.executor.probe),
+                policy=ExecutorPolicy(call_timeout=10.0, probe=self.executors.probe),
+                engines=None if list(engines) == ["local"] else engines,
+                engine_specs=tuple(
+                    EngineSpec(name, f"unix:///sim/{name}") for name in engines if name != "local"
+                ),
+                rng=random.Random(self.rng.getrandbits(64)),  # placement among tied engines
             )
             tracker = Tracker(supervisor.tell, supervisor.clock, None, ProxySettings())
             async with trio.open_nursery() as nursery:
@@ -322,6 +331,7 @@ class History:
             (4, self.exit),
             (1.5, self.vanish),
             (1.5, self.outage),
+            (1, self.drain),
             (1.5, self.disk_full),
             (2, lambda _: self.crash()),
             (22.5, lambda _: None),
@@ -446,14 +456,16 @@ class History:
         self.count("stream-ended")
 
     def exit(self, plane: Incarnation) -> None:
-        backend_id = self._pick(sorted(self.executor.running))
-        if backend_id is not None:
-            self.executor.exit(backend_id, self.rng.choice([0, 1, 2, 137, 143, None]))
+        running = self.executors.running()
+        if running:
+            backend_id, engine = self.rng.choice(running)
+            engine.exit(backend_id, self.rng.choice([0, 1, 2, 137, 143, None]))
 
     def vanish(self, plane: Incarnation) -> None:
-        backend_id = self._pick(sorted(self.executor.running))
-        if backend_id is not None:
-            self.executor.vanish(backend_id)
+        running = self.executors.running()
+        if running:
+            backend_id, engine = self.rng.choice(running)
+            engine.vanish(backend_id)
 
     def outage(self, plane: Incarnation) -> None:
         """The engine does not answer for a while: mostly a blip, sometimes longer
@@ -462,7 +474,18 @@ class History:
         rng = self.rng
         short = rng.random() < 0.6
         longest = self.engine_lost_after * (0.9 if short else 3.0)
-        self.executor.outage(rng.uniform(1, longest))
+        engines = self.executors.engines
+        engines[rng.choice(sorted(engines))].outage(rng.uniform(1, longest))
+
+    def drain(self, plane: Incarnation) -> None:
+        """With two engines, drain one or undrain it (new backends go elsewhere)."""
+        engines = sorted(self.executors.engines)
+        if len(engines) < 2:
+            return
+        name = self.rng.choice(engines)
+        draining = self.rng.random() < 0.6
+        call = lambda: plane.supervisor.drain(name, draining=draining)  # noqa: E731
+        plane.clients.start_soon(self._call, "drain", call)
 
     def disk_full(self, plane: Incarnation) -> None:
         self.count("disk-full")
@@ -493,7 +516,7 @@ class History:
     async def finish(self) -> None:
         """Clients stop and faults heal; every backend must end; then a last recovery."""
         self.quiet = True
-        self.executor.heal()
+        self.executors.heal()
         self.disk.free()
         plane = await self.wait_up()
         plane.clients.cancel_scope.cancel()
@@ -511,7 +534,7 @@ class History:
         plane = await self.wait_up()
         await trio.sleep(60.0)
         await self.check()
-        self.checker.no_leak(self.executor.resources())
+        self.checker.no_leak(self.executors.resources())
         self._stopping = True
         self.crash()
         await self._stopped.wait()  # the last plane has closed its log
