@@ -15,12 +15,12 @@ REGRESSIONS: list[tuple[int, int, str]] = [
         "(found by seed 3 of the first model)",
     ),
     (
-        7399520080,
-        130,
+        7399541497,
+        163,
         "an exited, unremoved container of a backend terminated just before a crash is "
         "never removed (recovery lists running ones only); checked once executors have "
         "list_all (branch h8-leaks), see plane.testing.sim.executor.LIST_ALL "
-        "(no longer reaches the bug since engines can be lost; kept as a history)",
+        "(found by seed 7399520080 of the model before engines could be lost)",
     ),
     (
         7399520293,
