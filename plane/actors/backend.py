@@ -368,7 +368,9 @@ class BackendActor:
 
     async def _probe(self) -> None:
         address = self.state.address
-        if address is None:
+        if address is None or self.state.status is not Status.STARTING:
+            # it moved on before this task first ran (decisions taken back to back,
+            # e.g. a backlog after a full log): no probe, or nothing would cancel it
             return
         self._cancel_probe()
         with trio.CancelScope() as scope:
@@ -401,21 +403,25 @@ def warm_key(state: BackendState) -> BackendKey:
     return BackendKey(name=state.backend_id, namespace=f"warm-pool:{state.warm_pool or ''}")
 
 
-def resume_effects(state: BackendState, *, running: bool) -> tuple[list[Effect], Command | None]:
+def resume_effects(
+    state: BackendState, *, running: bool | None
+) -> tuple[list[Effect], Command | None]:
     """What an adopted backend's actor must redo after a restart.
 
-    ``running`` says whether the executor still runs it.  Returns the effects
-    to perform and, for a backend that vanished, the input to feed first.
-    Pure; used by the supervisor's recovery.
+    ``running`` says whether the executor still runs it (None: unknown, its
+    engine did not answer; the supervisor checks once it does).  Returns the
+    effects to perform and, for a backend that vanished, the input to feed
+    first.  Pure; used by the supervisor's recovery.
     """
     status = state.status
     if status is Status.REQUESTED:
         return [], None  # nothing was started yet; the first tick starts it
-    if status is Status.STARTING and state.address is None and not running:
+    if status is Status.STARTING and state.address is None and running is not True:
         # the start was in flight (or never began): start it (again); starts are
-        # idempotent per backend id, and the start timeout still bounds it
+        # idempotent per backend id (one that runs is returned), and the start
+        # timeout still bounds it
         return [Effect.START], None
-    if not running:
+    if running is False:
         return [], ExecutorVanished(0.0, "not running when plane restarted")
     if status is Status.STARTING:
         return ([Effect.PROBE] if state.address else []), None

@@ -813,16 +813,16 @@ class Supervisor:
         for engine in self.executor.engines:
             await self._reconcile_engine(engine, orphans=False)
 
-    async def _reconcile_engine(self, engine: str, *, orphans: bool) -> None:
+    async def _reconcile_engine(self, engine: str, *, orphans: bool) -> bool:
         """Tell every started backend of ``engine`` that it no longer runs that it
         vanished; with ``orphans``, also remove what the engine holds, running or
         not, that the log does not hold as live there (recovery of an engine, or
-        its return)."""
+        its return).  False if the engine could not be listed (nothing done)."""
         try:
             listing = await self._list(engine, everything=orphans, attempts=_LISTING_ATTEMPTS)
         except TRANSIENT as exc:
             log.warning("listing engine %s failed: %s", engine, exc)
-            return
+            return False
         running = {r.backend_id: r for r in listing if r.running}
         for backend_id, actor in list(self.actors.items()):
             state = actor.state
@@ -841,6 +841,7 @@ class Supervisor:
                 )
             }
             await self._remove_orphans(list(stray.values()), engine)
+        return True
 
     # ---------------------------------------------------------------- engines
 
@@ -951,11 +952,11 @@ class Supervisor:
                 if health.answered(now) is Verdict.RETURNED:
                     log.warning("engine %s answers again", engine)
                     await self._append_system([EngineReturned(now, engine)])
+                    self._deferred.add(engine)  # what it still runs of ours: removed below
+                if engine in self._deferred and await self._reconcile_engine(engine, orphans=True):
+                    # kept until one succeeds: the engine may fail the listing right after
+                    # answering a ping, and its recovery must not be forgotten then
                     self._deferred.discard(engine)
-                    await self._reconcile_engine(engine, orphans=True)
-                elif engine in self._deferred:
-                    self._deferred.discard(engine)
-                    await self._reconcile_engine(engine, orphans=True)
             elif health.silent(now) is Verdict.LOST:
                 await self._lose_engine(engine, now, problem)
             await trio.sleep(self.ping_interval)
@@ -1022,14 +1023,13 @@ class Supervisor:
                 self.recovery_report["lost"].append(backend_id)
                 continue
             if listing is None:  # the engine did not answer: recovered when it does
-                self._adopt(state, resume_effects(state, running=True)[0])
+                actor = self._adopt(state, resume_effects(state, running=None)[0])
+                self._close_connections(actor)
                 continue
             seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
-            for connection_id in sorted(state.connections):
-                # the proxy that held it died with the previous plane: it is closed
-                actor.tell(ConnectionClosed(0.0, connection_id))
+            self._close_connections(actor)
             if first is not None:
                 actor.tell(first)
                 self.recovery_report["lost"].append(backend_id)
@@ -1042,6 +1042,13 @@ class Supervisor:
                 await self._remove_orphans(self._leftovers(found), engine)
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
+
+    @staticmethod
+    def _close_connections(actor: BackendActor) -> None:
+        """The proxy that held an adopted backend's connections died with the
+        previous plane: they are closed (else the backend never goes idle)."""
+        for connection_id in sorted(actor.state.connections):
+            actor.tell(ConnectionClosed(0.0, connection_id))
 
     def _leftovers(self, found: list[Running]) -> list[Running]:
         """What the log does not hold live (terminated, or unknown to it), running or

@@ -10,8 +10,10 @@ import trio.testing
 
 from plane.actors.supervisor import ConnectRefused
 from plane.engines.config import EngineSpec
+from plane.events.memory import open_memory_store
 from plane.events.types import (
     SYSTEM_STREAM,
+    ConnectionOpened,
     EngineDrained,
     EngineLost,
     EngineRegistered,
@@ -20,6 +22,7 @@ from plane.events.types import (
     Status,
     TerminationReason,
 )
+from plane.executors.base import ExecutorError, Running
 from plane.testing.fake_executor import FakeExecutor
 from tests.shell.conftest import open_harness, request
 
@@ -111,3 +114,68 @@ async def test_no_engine_of_the_pool_is_no_drone_available(
             assert refused.code == "NoDroneAvailable" and "a: draining" in str(refused)
         else:
             raise AssertionError("a drained engine took a backend")
+
+
+class ListingFails(FakeExecutor):
+    """A fake engine whose next ``failures`` listings fail though it answers pings."""
+
+    failures = 0
+
+    async def list_all(self) -> list[Running]:
+        if self.failures:
+            self.failures -= 1
+            raise ExecutorError("listing failed (injected)")
+        return await super().list_all()
+
+
+async def test_a_deferred_engine_is_recovered_once_it_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An engine down at start defers its recovery; its adopted backends' dead
+    connections are closed (they go idle), and the recovery (leftovers removed)
+    runs once the engine answers, even if the first listing then fails."""
+    engine = ListingFails()
+    async with open_memory_store() as store:
+        async with open_harness(store=store, executor=engine) as first:
+            result = await first.supervisor.connect(request("room", max_idle_seconds=30))
+            await first.wait_status(result.backend_id, Status.READY)
+            first.supervisor.tell(result.backend_id, ConnectionOpened(0.0, "c1"))
+            await first.wait_for(result.backend_id, lambda s: s.connections == {"c1"})
+        # plane dies (its proxy with it); an earlier plane's exited container is left
+        engine.leave("stray")
+        engine.go_down()
+        async with open_harness(store=store, executor=engine) as second:
+            sup = second.supervisor
+            assert sup.states[result.backend_id].status is Status.READY  # adopted, deferred
+            state = await second.wait_for(result.backend_id, lambda s: not s.connections)
+            assert state.status is Status.IDLE
+            engine.failures = 1
+            engine.come_back()
+            await trio.sleep(10)  # a few pings: the first recovery's listing fails
+            removed = [e for e in await system_events(store) if isinstance(e, OrphanRemoved)]
+            assert [e.backend_id for e in removed] == ["stray"]
+            assert "stray" not in engine.leftovers
+            assert engine.failures == 0
+            ended = await second.wait_status(result.backend_id, Status.TERMINATED)
+            assert ended.termination_reason is TerminationReason.IDLE
+
+
+async def test_a_start_in_flight_at_a_crash_is_redone_on_a_deferred_engine(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A backend whose start was in flight when plane died is started again (starts
+    are idempotent per backend id) even if its engine does not answer at start:
+    it is ready once the engine answers, not failed at its start timeout."""
+    engine = FakeExecutor(start_delay=1000)
+    async with open_memory_store() as store:
+        async with open_harness(store=store, executor=engine) as first:
+            result = await first.supervisor.connect(request("room", start_timeout_seconds=60))
+            await trio.sleep(5)
+            assert first.supervisor.states[result.backend_id].status is Status.STARTING
+        engine.go_down()
+        engine.start_delay = 1
+        async with open_harness(store=store, executor=engine) as second:
+            await trio.sleep(10)
+            engine.come_back()
+            ready = await second.wait_status(result.backend_id, Status.READY)
+            assert ready.address == engine.running[result.backend_id].address

@@ -7,6 +7,7 @@ StoreFullError (what the SQLite store raises on SQLITE_FULL or its page guard)."
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -31,6 +32,7 @@ from plane.events.types import (
     TerminationReason,
 )
 from plane.testing.fake_executor import FakeExecutor
+from plane.testing.sim.history import seed_trio_scheduler
 
 from .conftest import Harness, open_harness, request
 
@@ -50,8 +52,8 @@ class FillableStore(MemoryEventStore):
     async def append(
         self, stream: str, expected_version: int, events: Sequence[Event]
     ) -> list[RecordedEvent]:
-        await trio.lowlevel.checkpoint()
         if self.full:
+            await trio.lowlevel.checkpoint()  # as the memory store's append (one checkpoint)
             self.refused += 1
             self.refusing.set()
             raise StoreFullError("the plane log is full (injected)")
@@ -225,3 +227,35 @@ async def test_a_caller_after_space_is_freed_is_not_refused_for_the_backoff(
         state = h.supervisor.states[bid]
         assert state.connections == frozenset({"c1"}), "the pending input went first"
         assert not h.supervisor.actors[bid].waiting_for_space
+
+
+async def test_a_start_and_an_exit_decided_back_to_back_leave_no_probe_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Queued while the log is full, ExecutorStarted and the backend's exit are
+    decided back to back once it is freed: the probe the first asks for may first
+    run after the second ended the backend; it must not start then (nothing would
+    cancel it, and the actor would never end).  Whether it runs before or after
+    is trio's scheduling: each of a few seeds of trio's scheduler is tried."""
+    try:
+        for seed in range(8):
+            await _start_and_exit_back_to_back(seed)
+    finally:
+        seed_trio_scheduler(random.SystemRandom().getrandbits(64))  # unseeded again
+
+
+async def _start_and_exit_back_to_back(seed: int) -> None:
+    seed_trio_scheduler(seed)
+    store = FillableStore()
+    executor = FakeExecutor(start_delay=5, ready_after=None)
+    async with open_harness(store=store, executor=executor) as h:
+        result = await h.supervisor.connect(request("room", max_idle_seconds=600))
+        await h.wait_status(result.backend_id, Status.STARTING)
+        store.full = True
+        await trio.sleep(10)  # the start returned: ExecutorStarted is pending
+        executor.exit(result.backend_id, 1)
+        await trio.sleep(1)
+        store.full = False
+        await h.wait_status(result.backend_id, Status.TERMINATED)
+        await trio.sleep(1)
+        assert result.backend_id not in h.supervisor.actors, f"trio seed {seed}"

@@ -11,8 +11,10 @@ with faults drawn from the simulator's one ``random.Random``:
   slowly (longer than the decider's kill confirmation), or never;
 * :meth:`exit` (any code, any moment), :meth:`vanish` (gone without an exit
   being seen) and :meth:`outage` (the engine unreachable for a while: every
-  call raises ``ExecutorError`` and the exit watch breaks; exits in the gap are
-  not seen).
+  call, its health ping too, raises ``ExecutorError`` and the exit watch
+  breaks; exits in the gap are not seen).  An outage longer than the
+  supervisor's ``engine_lost_after`` makes the engine *lost* (its backends end
+  as lost) and, when it answers again, *returned*.
 
 The simulated backends are processes of the *world*, not of plane: their
 timers run in the world's nursery, so they outlive a crash of plane, and an
@@ -51,10 +53,11 @@ class SimExecutor(FakeExecutor):
 
     name = "sim"
 
-    def __init__(self, rng: random.Random, world: trio.Nursery) -> None:
+    def __init__(self, rng: random.Random, world: trio.Nursery, port_base: int = 20000) -> None:
         super().__init__()
         self.rng = rng
         self.world = world
+        self._next_port = port_base
         self.down_until = -math.inf
         self.exited: dict[str, int | None] = {}
         self.ready_in: dict[str, float | None] = {}
@@ -107,6 +110,10 @@ class SimExecutor(FakeExecutor):
         return held
 
     # ------------------------------------------------------------ protocol
+
+    async def ping(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._engine()
 
     async def start(self, spec: StartSpec) -> Started:
         self.calls.append(("start", spec.backend_id))
@@ -216,3 +223,38 @@ LIST_ALL = "list_all" in dir(Executor) and "running" in attrs.fields_dict(Runnin
 """Whether executors report what is left of exited backends (``list_all``), so
 recovery can remove it.  Until they do, the simulator's no-leak invariant checks
 running backends only."""
+
+
+class SimEngines:
+    """The simulated engines of a history (one or two ``SimExecutor`` s, each with
+    its own faults); backend ids are unique across them."""
+
+    def __init__(self, rng: random.Random, world: trio.Nursery, names: list[str]) -> None:
+        self.engines = {
+            name: SimExecutor(rng, world, port_base=20000 + 10000 * i)
+            for i, name in enumerate(names)
+        }
+
+    def running(self) -> list[tuple[str, SimExecutor]]:
+        """Every running backend with its engine, in a fixed order."""
+        return sorted(
+            ((b, e) for e in self.engines.values() for b in e.running), key=lambda x: x[0]
+        )
+
+    async def probe(self, address: str, *, interval: float = 0.01) -> None:
+        """The readiness probe: the engine that runs ``address`` answers it."""
+        for engine in self.engines.values():
+            if any(s.address == address for s in engine.running.values()):
+                await engine.probe(address, interval=interval)
+                return
+        await trio.sleep_forever()  # nothing runs there: never answers
+
+    def heal(self) -> None:
+        for engine in self.engines.values():
+            engine.heal()
+
+    def resources(self) -> dict[str, str]:
+        held: dict[str, str] = {}
+        for name, engine in self.engines.items():
+            held.update({b: f"{how} on {name}" for b, how in engine.resources().items()})
+        return held

@@ -5,9 +5,11 @@ This module owns :func:`run_history`.  From one seed it runs, in a fresh
 :class:`~plane.actors.supervisor.Supervisor` (its actors, its recovery), the
 proxy's real :class:`~plane.proxy.tracking.Tracker`, and a real store (the
 in-memory twin, or a SQLite file) behind :class:`~plane.testing.sim.store.FaultyStore`,
-against :class:`~plane.testing.sim.executor.SimExecutor`.  Each of ``steps``
+against :class:`~plane.testing.sim.executor.SimExecutor` (one engine, or two
+with their own faults, placement among them, and drains).  Each of ``steps``
 steps draws one action (a client's connect, terminate, revoke, WebSocket or
-HTTP traffic through the tracker, a status stream; an executor fault; a full
+HTTP traffic through the tracker, a status stream; an executor fault (the engine
+unreachable for a while, or lost and returned); a full
 disk; a crash of plane), lets simulated time pass, and checks the invariants
 (:mod:`plane.testing.sim.checks`).  Then clients stop, faults heal, every
 timeout passes (every backend must be terminated), plane crashes once more and
@@ -55,15 +57,22 @@ import trio.testing
 from plane.actors.backend import ExecutorPolicy
 from plane.actors.clock import TrioClock
 from plane.actors.supervisor import ConnectRefused, ConnectRequest, Supervisor, UnknownBackend
+from plane.engines.config import EngineSpec
 from plane.events.memory import MemoryEventStore
 from plane.events.spec import BackendKey, Executable, SpawnConfig
 from plane.events.sqlite import SqliteLogReader, open_sqlite_store
 from plane.events.store import EventStore, RecordedEvent, StoreError
-from plane.events.types import BackendTerminated, Status, TerminationKind
+from plane.events.types import (
+    BackendTerminated,
+    EngineLost,
+    EngineReturned,
+    Status,
+    TerminationKind,
+)
 from plane.proxy.settings import ProxySettings
 from plane.proxy.tracking import InFlight, Tracker
 from plane.testing.sim.checks import Ack, Checker, InvariantBroken
-from plane.testing.sim.executor import SimExecutor
+from plane.testing.sim.executor import SimEngines
 from plane.testing.sim.store import ClockHold, Disk, FaultyStore
 
 EPOCH = 1_700_000_000.0
@@ -72,6 +81,9 @@ SETTLE_SECONDS = 400.0
 """Simulated time after clients stop within which every backend must end: longer
 than any chain of the simulator's timeouts (idle 60, start 30, grace 15, kill
 confirmation 30, executor retries)."""
+ENGINE_LOST_AFTER = (10.0, 30.0)
+"""The supervisor's ``engine_lost_after`` (``plane serve --engine-lost-after``),
+one drawn per history: an outage longer than it makes the engine lost."""
 HISTORY_LIMIT_SECONDS = 1e6
 """Simulated time after which a history that has not finished is stuck."""
 
@@ -202,7 +214,8 @@ class History:
         self.steps = steps
         self.rng = random.Random(seed)
         self.world = world
-        self.executor = SimExecutor(self.rng, world)
+        names = ["local"] if self.rng.random() < 0.6 else ["a", "b"]
+        self.executors = SimEngines(self.rng, world, names)
         self.disk = Disk()
         self.hold = ClockHold()
         self.sqlite_path = sqlite_path
@@ -211,8 +224,9 @@ class History:
         self.plane: Incarnation | None = None
         self.acked: list[Ack] = []
         self.known: list[str] = []
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, int] = {f"engines-{len(names)}": 1}
         self.max_backends = self.rng.choice([None, None, 3])
+        self.engine_lost_after = self.rng.choice(ENGINE_LOST_AFTER)
         self.quiet = False
         self._stopping = False
         self._scope: trio.CancelScope | None = None
@@ -256,12 +270,19 @@ class History:
                 assert self.sqlite_path is not None
                 inner = await stack.enter_async_context(_sqlite(self.sqlite_path, self.hold))
             store = FaultyStore(inner, self.disk, None if self.memory else self.hold)
+            engines = self.executors.engines
             supervisor = Supervisor(
                 store,
-                self.executor,
+                next(iter(engines.values())),
                 clock=TrioClock(offset=EPOCH),
                 max_backends=self.max_backends,
-                policy=ExecutorPolicy(call_timeout=10.0, probe=self.executor.probe),
+                engine_lost_after=self.engine_lost_after,
+                policy=ExecutorPolicy(call_timeout=10.0, probe=self.executors.probe),
+                engines=None if list(engines) == ["local"] else engines,
+                engine_specs=tuple(
+                    EngineSpec(name, f"unix:///sim/{name}") for name in engines if name != "local"
+                ),
+                rng=random.Random(self.rng.getrandbits(64)),  # placement among tied engines
             )
             tracker = Tracker(supervisor.tell, supervisor.clock, None, ProxySettings())
             async with trio.open_nursery() as nursery:
@@ -310,6 +331,7 @@ class History:
             (4, self.exit),
             (1.5, self.vanish),
             (1.5, self.outage),
+            (1, self.drain),
             (1.5, self.disk_full),
             (2, lambda _: self.crash()),
             (22.5, lambda _: None),
@@ -434,18 +456,36 @@ class History:
         self.count("stream-ended")
 
     def exit(self, plane: Incarnation) -> None:
-        backend_id = self._pick(sorted(self.executor.running))
-        if backend_id is not None:
-            self.executor.exit(backend_id, self.rng.choice([0, 1, 2, 137, 143, None]))
+        running = self.executors.running()
+        if running:
+            backend_id, engine = self.rng.choice(running)
+            engine.exit(backend_id, self.rng.choice([0, 1, 2, 137, 143, None]))
 
     def vanish(self, plane: Incarnation) -> None:
-        backend_id = self._pick(sorted(self.executor.running))
-        if backend_id is not None:
-            self.executor.vanish(backend_id)
+        running = self.executors.running()
+        if running:
+            backend_id, engine = self.rng.choice(running)
+            engine.vanish(backend_id)
 
     def outage(self, plane: Incarnation) -> None:
+        """The engine does not answer for a while: mostly a blip, sometimes longer
+        than ``engine_lost_after`` (the engine is lost, then returns)."""
         self.count("outage")
-        self.executor.outage(self.rng.uniform(1, 40))
+        rng = self.rng
+        short = rng.random() < 0.6
+        longest = self.engine_lost_after * (0.9 if short else 3.0)
+        engines = self.executors.engines
+        engines[rng.choice(sorted(engines))].outage(rng.uniform(1, longest))
+
+    def drain(self, plane: Incarnation) -> None:
+        """With two engines, drain one or undrain it (new backends go elsewhere)."""
+        engines = sorted(self.executors.engines)
+        if len(engines) < 2:
+            return
+        name = self.rng.choice(engines)
+        draining = self.rng.random() < 0.6
+        call = lambda: plane.supervisor.drain(name, draining=draining)  # noqa: E731
+        plane.clients.start_soon(self._call, "drain", call)
 
     def disk_full(self, plane: Incarnation) -> None:
         self.count("disk-full")
@@ -476,7 +516,7 @@ class History:
     async def finish(self) -> None:
         """Clients stop and faults heal; every backend must end; then a last recovery."""
         self.quiet = True
-        self.executor.heal()
+        self.executors.heal()
         self.disk.free()
         plane = await self.wait_up()
         plane.clients.cancel_scope.cancel()
@@ -494,7 +534,7 @@ class History:
         plane = await self.wait_up()
         await trio.sleep(60.0)
         await self.check()
-        self.checker.no_leak(self.executor.resources())
+        self.checker.no_leak(self.executors.resources())
         self._stopping = True
         self.crash()
         await self._stopped.wait()  # the last plane has closed its log
@@ -530,6 +570,10 @@ async def _history(seed: int, steps: int, sqlite_path: Path | None) -> Outcome:
         with trio.CancelScope(shield=True):
             events = await history.final_log()
     stats = history.stats if history is not None else {}
+    for record in events:
+        if isinstance(record.event, EngineLost | EngineReturned):
+            what = "engine-lost" if isinstance(record.event, EngineLost) else "engine-returned"
+            stats[what] = stats.get(what, 0) + 1
     store = "memory" if sqlite_path is None else "sqlite"
     return Outcome(seed, steps, store, failure, events, stats)
 
