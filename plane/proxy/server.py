@@ -59,8 +59,9 @@ from plane.events.store import EventStore, RecordedEvent
 from plane.metrics import Metrics
 from plane.proxy import sockio
 from plane.proxy.errors import render_overloaded
-from plane.proxy.relay import ClientSession, Relay, watchdog_tick
+from plane.proxy.relay import Relay, watchdog_tick
 from plane.proxy.routes import RouteTable
+from plane.proxy.session import ClientSession
 from plane.proxy.settings import ProxySettings
 from plane.proxy.table_feed import TableFeed
 from plane.proxy.tracking import Emit, Tracker
