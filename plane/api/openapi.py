@@ -324,6 +324,9 @@ def _schemas() -> dict[str, Any]:
             {"engines": {"type": "array", "items": {"type": "object"}}}, ["engines"]
         ),
         "Updated": _obj({"updated": {"type": "boolean"}}, ["updated"]),
+        "ProxyList": _obj(
+            {"proxies": {"type": "array", "items": {"type": "object"}}}, ["proxies"]
+        ),
         "ClusterState": _obj(
             {
                 "drones": {"type": "array", "items": {"type": "object"}},
@@ -788,6 +791,28 @@ def document() -> dict[str, Any]:
                     "The engines (drones) backends are placed on: state, pool, load",
                     {"200": _json("Every engine.", "EngineList")},
                     operation_id="engines",
+                )
+            },
+            "/ctrl/proxies": {
+                "get": _op(
+                    "The proxy processes fed by /ctrl/proxy-feed: id, connected, synced, "
+                    "open connections, counters",
+                    {"200": _json("Every proxy known.", "ProxyList")},
+                    operation_id="proxies",
+                )
+            },
+            "/ctrl/proxy-feed": {
+                "get": _op(
+                    "A proxy's channel (WebSocket; the proxy key only): the log's routing "
+                    "events after `after`, unredacted, then live; the proxy's connection "
+                    "events back",
+                    {"101": {"description": "WebSocket channel."}},
+                    errors=(400, 403),
+                    parameters=[
+                        _query("after", _int_range(0, MAX_INT64), "Start after this seq."),
+                        _query("proxy", {"type": "string"}, "The proxy's id."),
+                    ],
+                    operation_id="proxyFeed",
                 )
             },
             "/ctrl/engines/{name}/drain": {

@@ -52,7 +52,7 @@ from plane import __version__, cluster, tokens
 from plane.actors import lifecycle
 from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import ConnectRefused, UnknownBackend, UnknownEngine
-from plane.api import body, feeds, sse
+from plane.api import body, feeds, proxies, sse
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
 from plane.api.http import Request, Response, Send
@@ -492,7 +492,43 @@ class Endpoints:
                     },
                 }
             )
-        return json_response({"drones": drones, "proxies": []})
+        proxies = [
+            {
+                "name": view["id"],
+                "plane_version": __version__,
+                "plane_hash": "",
+                "controller": "plane",
+                "controller_heartbeat_age": view["last_seen_age"],
+            }
+            for view in self.ctx.proxies.views()
+        ]
+        return json_response({"drones": drones, "proxies": proxies})
+
+    async def list_proxies(self, request: Request, params: Params) -> Response:
+        """The proxy processes fed by ``/ctrl/proxy-feed`` (:mod:`plane.api.proxies`)."""
+        return json_response({"proxies": self.ctx.proxies.views()})
+
+    async def proxy_feed(self, request: Request, params: Params) -> Response:
+        """A proxy's channel (:mod:`plane.api.proxies`); the proxy key only."""
+        if self.ctx.keys.access(request.header("authorization")) is not Access.PROXY:
+            raise ApiError(
+                403,
+                "ProxyKeyRequired",
+                "only the proxy key opens the proxy feed (plane serve --proxy-key-file)",
+            )
+        if not request.is_websocket:
+            raise ApiError(400, "WebSocketRequired", "the proxy feed is a WebSocket")
+        after = _integer(request.param("after"), "after", default=0, low=0, high=MAX_ID)
+        proxy_id = request.param("proxy") or ""
+        if not (0 < len(proxy_id) <= 64 and proxy_id.replace("-", "").isalnum()):
+            raise ApiError(400, "BadRequest", "proxy: an id of letters, digits and '-'")
+        store, registry = self.ctx.store, self.ctx.proxies
+        peer = request.peer
+
+        async def session(ws: trio_websocket.WebSocketConnection) -> None:
+            await proxies.serve_channel(ws, store, registry, proxy_id, str(peer), after)
+
+        return Response(101, websocket=session)
 
     async def openapi(self, request: Request, params: Params) -> Response:
         return json_response(document())
@@ -548,6 +584,8 @@ def build_router(ctx: ApiContext) -> Router:
         Route("GET", "/pub/b/{id}/status-stream", e.status_stream),
         Route("GET", "/pub/health", e.health),
         Route("GET", "/ctrl/engines", e.engines),
+        Route("GET", "/ctrl/proxies", e.list_proxies),
+        Route("GET", "/ctrl/proxy-feed", e.proxy_feed),
         Route("POST", "/ctrl/engines/{name}/drain", e.drain_engine),
         Route("POST", "/ctrl/engines/{name}/undrain", e.undrain_engine),
         Route("POST", "/ctrl/c/{cluster}/d/{drone}/drain", e.drain_drone),

@@ -61,6 +61,11 @@ from plane.proxy.relay import (
 from plane.proxy.routes import Refusal, Route
 from plane.proxy.upgrade import upgrade
 
+_NOT_SERVING = (
+    "the proxy has no current routing table (not synced with the controller yet, "
+    "or cut off from it for too long)"
+)
+
 
 class ClientSession:
     """Serves one client connection; see the module docstring.
@@ -341,9 +346,11 @@ class ClientSession:
                 ),
             )
         relay = self.relay
-        synced = relay.feed.synced
-        if not synced.is_set():
-            await synced.wait()
+        feed = relay.feed
+        if not feed.serving():
+            if not feed.wait_for_sync:
+                return await self._reply_error(head, 503, "ProxyNotReady", _NOT_SERVING)
+            await feed.synced.wait()
         now = trio.current_time()
         found = self._lookup(token, now)
         if type(found) is not Route:
@@ -386,7 +393,7 @@ class ClientSession:
 
     async def _reply_ready(self, head: RequestHead) -> bool:
         """``GET /ready``: 200 once the table has the log's history, else 503."""
-        if not self.relay.feed.synced.is_set():
+        if not self.relay.feed.serving():
             return await self._reply_error(
                 head, 503, "ProxyNotReady", "the proxy has not loaded its routing table yet"
             )

@@ -40,7 +40,12 @@ PRUNE_AFTER = 86400.0
 
 
 class RouteFeed(Protocol):
-    """What the relay reads of whatever keeps its table current."""
+    """What the relay reads of whatever keeps its table current: this
+    module's :class:`TableFeed` in ``plane serve``,
+    :class:`~plane.proxy.remote.RemoteFeed` in ``plane proxy``."""
+
+    wait_for_sync: bool
+    """Requests before the first sync wait for it (else 503)."""
 
     @property
     def synced(self) -> trio.Event:
@@ -56,9 +61,13 @@ class RouteFeed(Protocol):
         """True while the table may be used (synced and not stale)."""
         ...
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
 
 class TableFeed:
     """Feeds ``table`` from ``store``; see the module docstring."""
+
+    wait_for_sync = True
 
     def __init__(
         self,

@@ -203,9 +203,7 @@ async def test_plane_serve_survives_a_full_disk_and_resumes_by_itself(
     assert times == sorted(times)
     (terminating,) = [e for e in streams[idle["backend_id"]] if isinstance(e, BackendTerminating)]
     assert terminating.reason is TerminationReason.IDLE
-    ready_at = max(
-        e.at for e in streams[idle["backend_id"]] if type(e).__name__ == "BackendReady"
-    )
+    ready_at = max(e.at for e in streams[idle["backend_id"]] if type(e).__name__ == "BackendReady")
     assert terminating.at == pytest.approx(ready_at + IDLE_SECONDS, abs=1.0), (
         "recorded with the time the timer fired, not when space came back"
     )

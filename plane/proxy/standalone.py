@@ -1,0 +1,155 @@
+"""``plane proxy``: a proxy process fed by a controller (:mod:`plane.proxy.remote`).
+
+This module owns the composition of a stand-alone proxy: its options
+(:class:`ProxyOptions`), the listening socket (bound here, or inherited from
+a parent that bound it: ``--listen-fd``), the route feed, the connection
+events' outbox, and, with ``workers`` > 1, the worker processes sharing one
+socket (:mod:`plane.proxy.workers`).
+
+Resource handling: :func:`run_proxy` runs until cancelled and closes what it
+opened.  Error handling: a bad option or an unreadable key file raises
+:class:`~plane.config.ConfigError` before anything listens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from plane.actors.clock import TrioClock
+from plane.config import ConfigError, parse_listen
+from plane.limits import budget, raise_fd_limit
+from plane.proxy.remote import Outbox, RemoteFeed, client_ssl_context, feed_url
+from plane.proxy.routes import RouteTable
+from plane.proxy.server import ProxyContext, ProxyServer, listen_socket
+from plane.proxy.settings import ProxySettings
+
+log = logging.getLogger("plane.proxy")
+
+
+@attrs.frozen(kw_only=True)
+class ProxyOptions:
+    """What ``plane proxy`` is given (see ``plane proxy --help``)."""
+
+    controller: str
+    key_file: Path
+    listen: str = "127.0.0.1:9090"
+    workers: int = 1
+    stale_after: float = 30.0
+    ca_file: str | None = None
+    max_connections: int | None = None
+    cluster_host: str | None = None
+    listen_fd: int | None = None
+    proxy_id: str | None = None
+
+    def check(self) -> None:
+        parse_listen(self.listen, "--listen")
+        try:
+            feed_url(self.controller, 0, "x")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.workers < 1:
+            raise ConfigError("--workers: must be at least 1")
+        if not self.stale_after > 0:
+            raise ConfigError("--stale-after: must be more than 0 seconds")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ConfigError(f"--ca-file: {self.ca_file!r} is not a file")
+
+
+def read_proxy_key(path: Path) -> str:
+    from plane.api.keys import read_key_file
+
+    return read_key_file(path, "--proxy-key-file")
+
+
+async def run_proxy(
+    options: ProxyOptions, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve as ``options`` say until cancelled; reports the bound port once listening."""
+    options.check()
+    key = read_proxy_key(options.key_file)
+    fds = raise_fd_limit()
+    caps = budget(fds, proxy_max_connections=options.max_connections, api_max_streams=None)
+    settings = ProxySettings(
+        cluster_host=options.cluster_host, max_connections=caps.proxy_max_connections
+    )
+    if options.listen_fd is not None:
+        sock = socket.socket(fileno=options.listen_fd)
+    else:
+        host, port = parse_listen(options.listen, "--listen")
+        sock = await listen_socket(host, port, settings.max_connections)
+    if options.workers > 1:
+        from plane.proxy.workers import ProxyWorkers
+
+        workers = ProxyWorkers(sock, worker_argv(options), options.workers)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(workers.run)
+                task_status.started(sock.getsockname()[1])
+        finally:
+            sock.close()
+        return
+    proxy_id = options.proxy_id or secrets.token_hex(4)
+    outbox = Outbox()
+    ssl_context = (
+        client_ssl_context(options.ca_file) if options.controller.startswith("https") else None
+    )
+    clock = TrioClock()
+    server: ProxyServer | None = None
+
+    def stats() -> dict[str, Any]:
+        if server is None:
+            return {}
+        return {"requests": server.tracker.requests, "active": server.active, "pid": os.getpid()}
+
+    def make_feed(table: RouteTable) -> RemoteFeed:
+        return RemoteFeed(
+            options.controller,
+            key,
+            table,
+            clock,
+            proxy_id=proxy_id,
+            outbox=outbox,
+            stale_after=options.stale_after,
+            ssl_context=ssl_context,
+            stats=stats,
+        )
+
+    ctx = ProxyContext(
+        store=None,
+        emit=outbox.emit,
+        clock=clock,
+        settings=settings,
+        make_feed=make_feed,
+        proxy_id=proxy_id,
+        sock=sock,
+    )
+    server = ProxyServer(ctx)
+    log.info("proxy %s fed by %s", proxy_id, options.controller)
+    await server.serve("", 0, task_status=task_status)
+
+
+def worker_argv(options: ProxyOptions) -> list[str]:
+    """The ``plane proxy`` arguments of one worker (the socket and id added per worker)."""
+    argv = [
+        "--controller",
+        options.controller,
+        "--proxy-key-file",
+        str(options.key_file),
+        "--stale-after",
+        repr(options.stale_after),
+    ]
+    if options.ca_file is not None:
+        argv += ["--ca-file", options.ca_file]
+    if options.max_connections is not None:
+        argv += ["--max-connections", str(options.max_connections)]
+    if options.cluster_host is not None:
+        argv += ["--cluster-host", options.cluster_host]
+    return argv
