@@ -324,9 +324,7 @@ def _schemas() -> dict[str, Any]:
             {"engines": {"type": "array", "items": {"type": "object"}}}, ["engines"]
         ),
         "Updated": _obj({"updated": {"type": "boolean"}}, ["updated"]),
-        "ProxyList": _obj(
-            {"proxies": {"type": "array", "items": {"type": "object"}}}, ["proxies"]
-        ),
+        "ProxyList": _obj({"proxies": {"type": "array", "items": {"type": "object"}}}, ["proxies"]),
         "ClusterState": _obj(
             {
                 "drones": {"type": "array", "items": {"type": "object"}},

@@ -278,8 +278,8 @@ async def serve_channel(
             nursery.start_soon(receive)
             await _send_routes(ws, store, after, entry)
             nursery.cancel_scope.cancel()
-    except trio_websocket.ConnectionClosed:
-        pass
+    except* trio_websocket.ConnectionClosed:
+        pass  # the proxy went away
     finally:
         registry.detached(entry)
         log.info("proxy %s detached", proxy_id)

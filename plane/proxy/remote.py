@@ -157,10 +157,8 @@ class RemoteFeed:
             try:
                 await self._channel()
                 backoff = BACKOFF_FIRST
-            except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
+            except _LOST as exc:
                 log.warning("controller channel: %s; retrying in %.1fs", _describe(exc), backoff)
-            except _Unreadable as exc:
-                log.error("controller channel: %s; retrying in %.1fs", exc, backoff)
             if self.connected:
                 self.connected = False
                 self.cut_since = trio.current_time()
@@ -168,6 +166,15 @@ class RemoteFeed:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _channel(self) -> None:
+        try:
+            await self._hold_channel()
+        except BaseExceptionGroup as group:  # from the nurseries: the first lost cause
+            lost, rest = group.split(_LOST)
+            if rest is not None or lost is None:
+                raise
+            raise _first(lost) from None
+
+    async def _hold_channel(self) -> None:
         url = feed_url(self.controller, self.table.seq, self.proxy_id)
         headers = [(b"authorization", f"Bearer {self.key}".encode())]
         async with trio_websocket.open_websocket_url(
@@ -228,6 +235,22 @@ class RemoteFeed:
 
 class _Unreadable(Exception):
     pass
+
+
+_LOST = (
+    OSError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    _Unreadable,
+)
+"""What ends a channel (retried), as opposed to a bug."""
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def _describe(exc: BaseException) -> str:
