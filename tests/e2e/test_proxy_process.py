@@ -73,9 +73,9 @@ def kind_of(response: httpx.Response) -> str:
     return kind
 
 
-async def wait_for(check: Any, what: str, timeout: float = 15.0) -> Any:
+async def wait_for(check: Any, what: str, limit: float = 15.0) -> Any:
     """Poll ``check()`` (sync or async) until it returns a true value."""
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(limit):
         while True:
             result = check()
             if hasattr(result, "__await__"):
@@ -167,7 +167,7 @@ async def test_a_standalone_proxy_serves_http_and_websockets_and_honours_revocat
                 answer = await http.get(url)
                 return answer.status_code == 410 and kind_of(answer) == "TokenRevoked"
 
-            await wait_for(refused_revoked, "the revocation at the proxy", timeout=5)
+            await wait_for(refused_revoked, "the revocation at the proxy", limit=5)
     finally:
         proxy.stop()
         if serve is not None:
@@ -235,7 +235,7 @@ async def test_the_controller_restarted_under_a_standalone_proxy(
             async def ready() -> bool:
                 return await status_of(proxy.url + "/ready") == 200
 
-            await wait_for(ready, "the proxy's resync", timeout=20)
+            await wait_for(ready, "the proxy's resync", limit=20)
             assert await status_of(url) == 200
             fresh = serve.connect(echo("new"))
             serve.wait_status(fresh["backend_id"], "ready")
@@ -277,7 +277,7 @@ async def test_proxy_workers_share_the_port_and_a_killed_one_loses_nothing(
         counts = [p["stats"].get("requests", 0) for p in proxies(serve)]
         return len(counts) == 2 and all(counts)
 
-    await wait_for(both_served, "traffic on both workers", timeout=30)
+    await wait_for(both_served, "traffic on both workers", limit=30)
 
     async with open_websocket_url(ws(url)) as conn:
         await conn.send_message("hi")
@@ -297,7 +297,7 @@ async def test_proxy_workers_share_the_port_and_a_killed_one_loses_nothing(
         ids = {p["id"] for p in now}
         return len(now) == 2 and killed["id"] not in ids and all(p["synced"] for p in now)
 
-    await wait_for(restarted, "the worker restarted", timeout=30)
+    await wait_for(restarted, "the worker restarted", limit=30)
     types = event_types(serve, backend_id)
     assert types.count("proxy.connection_opened.v1") == 1
     assert types.count("proxy.connection_closed.v1") == 1
