@@ -248,6 +248,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         ca_file=args.ca_file,
         max_connections=args.proxy_max_connections,
         cluster_host=args.cluster_host,
+        trust_forwarded_from=tuple(args.trust_forwarded_from),
+        root_redirect=args.root_redirect,
         listen_fd=args.listen_fd,
         proxy_id=args.proxy_id,
     )
@@ -273,17 +275,27 @@ async def _proxy_until_signal(options: Any) -> None:
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(run_proxy, options)
+
+            async def proxy(*, task_status: trio.TaskStatus[int]) -> None:
+                await run_proxy(options, task_status=task_status)
+                nursery.cancel_scope.cancel()  # it stopped by itself (a worker orphaned)
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    logging.getLogger("plane").info(
+                        "%s: shutting down", signal.Signals(signum).name
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch_signals)
+            port = await nursery.start(proxy)
             if options.listen_fd is None:
                 host = options.listen.rpartition(":")[0]
                 print(
                     f"plane {__version__} proxy on {host}:{port}, fed by {options.controller}",
                     flush=True,
                 )
-            async for signum in signals:
-                logging.getLogger("plane").info("%s: shutting down", signal.Signals(signum).name)
-                break
-            nursery.cancel_scope.cancel()
 
 
 # ----------------------------------------------------------------- client
@@ -744,6 +756,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="the host backends' subdomains hang under (the controller's cluster host)",
     )
+    proxy.add_argument(
+        "--trust-forwarded-from",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="keep X-Forwarded-For from front proxies in CIDR (repeatable)",
+    )
+    proxy.add_argument("--root-redirect", metavar="URL", help="where GET / redirects")
     add_proxy_limits(proxy, "--max-connections")
     proxy.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     proxy.add_argument("--proxy-id", help=argparse.SUPPRESS)

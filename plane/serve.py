@@ -318,6 +318,8 @@ async def _start_workers(
         key_file=key_file,
         cluster_host=settings.cluster_host,
         max_connections=settings.max_connections,
+        trust_forwarded_from=config.trust_forwarded_from,
+        root_redirect=config.proxy_root_redirect,
     )
     workers = ProxyWorkers(
         sock, worker_argv(options), config.proxy_workers, on_exit=_forget_worker(registry)

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ class ProxyOptions:
     ca_file: str | None = None
     max_connections: int | None = None
     cluster_host: str | None = None
+    trust_forwarded_from: tuple[str, ...] = ()
+    root_redirect: str | None = None
     listen_fd: int | None = None
     proxy_id: str | None = None
 
@@ -61,6 +64,19 @@ class ProxyOptions:
             raise ConfigError("--stale-after: must be more than 0 seconds")
         if self.ca_file is not None and not Path(self.ca_file).is_file():
             raise ConfigError(f"--ca-file: {self.ca_file!r} is not a file")
+        self.settings(None)
+
+    def settings(self, max_connections: int | None) -> ProxySettings:
+        """The proxy's settings (:class:`ConfigError` naming what is refused)."""
+        try:
+            return ProxySettings(
+                cluster_host=self.cluster_host,
+                trust_forwarded_from=self.trust_forwarded_from,
+                root_redirect=self.root_redirect,
+                **({} if max_connections is None else {"max_connections": max_connections}),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def read_proxy_key(path: Path) -> str:
@@ -77,9 +93,7 @@ async def run_proxy(
     key = read_proxy_key(options.key_file)
     fds = raise_fd_limit()
     caps = budget(fds, proxy_max_connections=options.max_connections, api_max_streams=None)
-    settings = ProxySettings(
-        cluster_host=options.cluster_host, max_connections=caps.proxy_max_connections
-    )
+    settings = options.settings(caps.proxy_max_connections)
     if options.listen_fd is not None:
         sock = socket.socket(fileno=options.listen_fd)
     else:
@@ -133,7 +147,25 @@ async def run_proxy(
     )
     server = ProxyServer(ctx)
     log.info("proxy %s fed by %s", proxy_id, options.controller)
-    await server.serve("", 0, task_status=task_status)
+    if options.listen_fd is None:
+        await server.serve("", 0, task_status=task_status)
+        return
+    async with trio.open_nursery() as nursery:  # a worker: it ends with its parent
+        nursery.start_soon(_exit_with_parent, os.getppid(), nursery.cancel_scope)
+        await nursery.start(partial(server.serve, "", 0))
+        task_status.started(sock.getsockname()[1])
+
+
+PARENT_CHECK_EVERY = 0.5
+
+
+async def _exit_with_parent(parent: int, scope: trio.CancelScope) -> None:
+    """A worker whose parent died (killed, never told its workers) stops too,
+    rather than serve unsupervised."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on but the pid
+        await trio.sleep(PARENT_CHECK_EVERY)
+    log.warning("the parent process %d is gone; this worker stops", parent)
+    scope.cancel()
 
 
 def worker_argv(options: ProxyOptions) -> list[str]:
@@ -152,4 +184,8 @@ def worker_argv(options: ProxyOptions) -> list[str]:
         argv += ["--max-connections", str(options.max_connections)]
     if options.cluster_host is not None:
         argv += ["--cluster-host", options.cluster_host]
+    for network in options.trust_forwarded_from:
+        argv += ["--trust-forwarded-from", network]
+    if options.root_redirect is not None:
+        argv += ["--root-redirect", options.root_redirect]
     return argv
