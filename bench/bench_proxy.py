@@ -423,20 +423,20 @@ def main() -> int:
                     keep(f"{name} 1MiB", wrk(f"{base[name]}/1mib.bin", 8, d), "mibps")
                 for name, url in ws_urls.items():
                     keep(name, {"mps": ws_load(url, 8, d * 0.75)}, "mps")
-        print(f"route propagation over {PROPAGATION_SPAWNS} spawns ...", flush=True)
-        with process(
-            [
-                PYTHON,
-                str(HERE / "proxy_plane_serve.py"),
-                "--propagation",
-                str(PROPAGATION_SPAWNS),
-                f"127.0.0.1:{backend_port}",
-            ],
-            port_line=False,
-        ) as (prop_proc, _):
-            assert prop_proc.stdout is not None
-            line = prop_proc.stdout.readline().split()
-            propagation = (float(line[1]), float(line[2])) if line else (math.nan, math.nan)
+            print(f"route propagation over {PROPAGATION_SPAWNS} spawns ...", flush=True)
+            with process(
+                [
+                    PYTHON,
+                    str(HERE / "proxy_plane_serve.py"),
+                    "--propagation",
+                    str(PROPAGATION_SPAWNS),
+                    f"127.0.0.1:{backend_port}",
+                ],
+                port_line=False,
+            ) as (prop_proc, _):
+                assert prop_proc.stdout is not None
+                line = prop_proc.stdout.readline().split()
+                propagation = (float(line[1]), float(line[2])) if line else (math.nan, math.nan)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
