@@ -235,7 +235,12 @@ def rss_kib(pid: int) -> int:
 def plane_rss_kib(pid: int) -> int:
     """plane serve's RSS plus its proxy workers' (its children running ``plane proxy``)."""
     total = rss_kib(pid)
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    children = [  # every thread's: trio starts processes from a worker thread
+        child
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    for child in children:
         try:
             if b"proxy" in Path(f"/proc/{child}/cmdline").read_bytes():
                 total += rss_kib(int(child))
@@ -332,6 +337,7 @@ def main() -> int:
             "json",
             "--proxy-workers",
             str(args.proxy_workers),
+            "--terminate-on-exit",  # the backend ends with the run
         )
         resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
         clients: Clients | None = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,14 @@ def spawn_body(name: str) -> dict[str, Any]:
     }
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when this process dies (the benchmark kills it)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start_standalone(api_url: str, key_file: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [
@@ -87,6 +96,7 @@ def start_standalone(api_url: str, key_file: Path) -> tuple[subprocess.Popen[str
         ],
         stdout=subprocess.PIPE,
         stderr=None if os.environ.get("BENCH_PROXY_LOG") else subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
         text=True,
     )
     assert proc.stdout is not None
