@@ -232,6 +232,23 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def plane_rss_kib(pid: int) -> int:
+    """plane serve's RSS plus its proxy workers' (its children running ``plane proxy``)."""
+    total = rss_kib(pid)
+    children = [  # every thread's: trio starts processes from a worker thread
+        child
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    for child in children:
+        try:
+            if b"proxy" in Path(f"/proc/{child}/cmdline").read_bytes():
+                total += rss_kib(int(child))
+        except (OSError, RuntimeError):
+            pass  # gone meanwhile
+    return total
+
+
 @contextmanager
 def wide_port_range(low: int = 10000, high: int = 65000) -> Iterator[None]:
     before = PORT_RANGE.read_text()
@@ -267,6 +284,18 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000,30000")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--fds", type=int, default=200_000, help="plane's hard fd limit")
+    parser.add_argument(
+        "--proxy-workers",
+        type=int,
+        default=1,
+        help="plane serve --proxy-workers N: N proxy processes, each under the fd limit",
+    )
+    parser.add_argument(
+        "--backend-processes",
+        type=int,
+        default=1,
+        help="echo backend processes on one port (SO_REUSEPORT), each under the fd limit",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     largest = max(sizes)
@@ -281,6 +310,8 @@ def main() -> int:
     cap = budget(
         FdLimit(soft=fds, hard=fds, before=fds), proxy_max_connections=None, api_max_streams=None
     ).proxy_max_connections
+    if args.proxy_workers > 1:  # per worker; the connections spread over them unevenly
+        cap = cap * args.proxy_workers * 9 // 10
     fitting = []
     for n in sizes:
         if n > cap:
@@ -299,12 +330,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, wide_port_range():
         # plane starts with a soft limit of 1024 and raises it to the hard one itself
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, fds))
-        plane = PlaneServe(Path(tmp) / "data", "process", "--log-format", "json")
+        plane = PlaneServe(
+            Path(tmp) / "data",
+            "process",
+            "--log-format",
+            "json",
+            "--proxy-workers",
+            str(args.proxy_workers),
+            "--terminate-on-exit",  # the backend ends with the run
+        )
         resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
         clients: Clients | None = None
         try:
             print("\n".join(line for line in plane.banner if "limits" in line))
-            command = [sys.executable, str(HERE / "conn_echo_backend.py")]
+            command = [
+                sys.executable,
+                str(HERE / "conn_echo_backend.py"),
+                "--processes",
+                str(args.backend_processes),
+            ]
             answer = plane.connect(
                 {
                     "key": {"name": "bench-connections"},
@@ -322,8 +366,12 @@ def main() -> int:
             clients = Clients(args.workers, proxy_port, path)
             pid = plane.process.pid
             time.sleep(1.0)
-            base = rss_kib(pid)
-            print(f"plane RSS before: {base / 1024:.1f} MiB; backend {backend_id}")
+            base = plane_rss_kib(pid)
+            print(
+                f"plane RSS before: {base / 1024:.1f} MiB (plane serve"
+                + (f" + {args.proxy_workers} proxy workers" if args.proxy_workers > 1 else "")
+                + f"); backend {backend_id}"
+            )
 
             def cycle(n: int) -> dict[str, float]:
                 assert clients is not None
@@ -332,7 +380,7 @@ def main() -> int:
                 opened = time.monotonic() - start
                 wait_connections(plane, backend_id, n)
                 time.sleep(1.0)
-                rss_open = rss_kib(pid)
+                rss_open = plane_rss_kib(pid)
                 clients.each("echo", [1] * args.workers)  # warm-up, not counted
                 samples = max(1, n // 100)
                 rtts = [t for ts in clients.each("echo", split(samples, args.workers)) for t in ts]
@@ -344,7 +392,7 @@ def main() -> int:
                     "open_s": opened,
                     "kib_per_conn": (rss_open - base) / n,
                     "rss_open_mib": rss_open / 1024,
-                    "rss_closed_mib": rss_kib(pid) / 1024,
+                    "rss_closed_mib": plane_rss_kib(pid) / 1024,
                     "p50_ms": statistics.median(rtts) * 1000,
                     "p99_ms": percentile(rtts, 99) * 1000,
                     "samples": len(rtts),

@@ -30,7 +30,19 @@ Measurements (``wrk -t1``, so one core is left for the servers):
    Target: plane >= 0.7 x splice.
 4. WebSocket echo: messages/s with 8 connections each sending 64-byte
    messages one after the other (trio-websocket client in this process),
-   direct and via plane (reported, no target).
+   direct, via a bare trio byte-splice and via plane.  Target: plane >= 0.9 x
+   the splice (both reported against direct).
+5. proxy processes (issue #13): a real ``plane serve`` (``bench/proxy_plane_serve.py``,
+   backends "started" at the nginx backend and the echo server) with
+   ``--proxy-workers 1`` and ``--proxy-workers 2``, ``-c50`` small responses.
+   Target: 2 workers >= 1.3 x 1 worker; reported against nginx-proxy with
+   ``worker_processes 2`` (**nginx-proxy-2**).  A stand-alone ``plane proxy``
+   fed by the first serve: median latency at ``-c1``, target <= 150 us over
+   direct.  And plane / trio splice for small responses >= 0.9 (the relay's
+   restructuring must cost nothing).
+6. route propagation: ``connect`` returning -> the first request answered
+   through a stand-alone ``plane proxy``, p50 and p99 over 200 spawns of a
+   backend that is ready as soon as plane's probe asks (reported).
 
 Every configuration is measured ``--rounds`` times, interleaved, and the best
 round is kept (the machine may be shared).  Prints each number, each ratio
@@ -42,6 +54,7 @@ and PASS/FAIL; exit status 0 if every target passes.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import resource
@@ -66,6 +79,11 @@ WS_TOKEN = "benchwstoken000000000000000000000000000000"
 RPS_TARGET = 0.5
 LATENCY_TARGET_US = 150.0
 MIB_TARGET = 0.7
+SPLICE_TARGET = 0.9
+"""plane / trio splice, small responses and WebSocket echo."""
+WORKERS_TARGET = 1.3
+"""plane serve --proxy-workers 2 / --proxy-workers 1, small responses."""
+PROPAGATION_SPAWNS = 200
 
 NGINX_BACKEND = """
 worker_processes 1;
@@ -81,10 +99,10 @@ http {{
 """
 
 NGINX_PROXY = """
-worker_processes 1;
+worker_processes {workers};
 daemon off;
-pid {dir}/proxy.pid;
-error_log {dir}/proxy-error.log;
+pid {dir}/proxy{workers}.pid;
+error_log {dir}/proxy{workers}-error.log;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
@@ -248,6 +266,46 @@ def ratio_line(name: str, value: float, target: float, *, higher: bool = True) -
     return ok
 
 
+C50 = ("direct", "nginx-proxy", "nginx-proxy-2", "splice", "plane", "plane-w1", "plane-w2")
+"""The servers measured with wrk -c50 (small responses)."""
+
+
+def ws_urls_names() -> tuple[str, ...]:
+    return ("ws direct", "ws splice", "ws plane")
+
+
+class PlaneServe:
+    """A real ``plane serve`` (bench/proxy_plane_serve.py) with one backend per address."""
+
+    def __init__(self, proc: subprocess.Popen[str], port: int, paths: list[str], alone: int):
+        self.pid = proc.pid
+        self.port = port
+        self.paths = paths
+        self.alone = alone
+
+    def url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.port}{self.paths[index]}"
+
+    def standalone_url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.alone}{self.paths[index]}"
+
+
+@contextmanager
+def plane_serve(
+    workers: int, http_port: int, ws_port: int, *, standalone: bool = False
+) -> Iterator[PlaneServe]:
+    args = [PYTHON, str(HERE / "proxy_plane_serve.py"), "--workers", str(workers)]
+    if standalone:
+        args.append("--standalone")
+    args += [f"127.0.0.1:{http_port}", f"127.0.0.1:{ws_port}"]
+    with process(args) as (proc, port):
+        assert proc.stdout is not None
+        proc.stdout.readline()  # API <url>
+        paths = [proc.stdout.readline().split()[2] for _ in range(2)]
+        alone = int(proc.stdout.readline().split()[1]) if standalone else 0
+        yield PlaneServe(proc, port, paths, alone)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
@@ -261,10 +319,13 @@ def main() -> int:
     (workdir / "www").mkdir()
     (workdir / "www" / "small.txt").write_bytes(b"s" * 100)
     (workdir / "www" / "1mib.bin").write_bytes(os.urandom(1 << 20))
-    backend_port, nginx_proxy_port = free_port(), free_port()
+    backend_port, nginx_proxy_port, nginx_proxy2_port = free_port(), free_port(), free_port()
     (workdir / "backend.conf").write_text(NGINX_BACKEND.format(dir=workdir, port=backend_port))
     (workdir / "proxy.conf").write_text(
-        NGINX_PROXY.format(dir=workdir, port=nginx_proxy_port, backend=backend_port)
+        NGINX_PROXY.format(dir=workdir, port=nginx_proxy_port, backend=backend_port, workers=1)
+    )
+    (workdir / "proxy2.conf").write_text(
+        NGINX_PROXY.format(dir=workdir, port=nginx_proxy2_port, backend=backend_port, workers=2)
     )
     nginx = shutil.which("nginx") or "nginx"
     started = time.monotonic()
@@ -295,6 +356,10 @@ def main() -> int:
                 nginx_proxy_proc,
                 _,
             ),
+            process([*nginx_args, str(workdir / "proxy2.conf")], port_line=False) as (
+                nginx_proxy2_proc,
+                _,
+            ),
             process([PYTHON, str(HERE / "proxy_ws_echo.py")]) as (_, ws_port),
             process([PYTHON, str(HERE / "proxy_splice.py"), f"127.0.0.1:{backend_port}"]) as (
                 splice_proc,
@@ -308,23 +373,38 @@ def main() -> int:
                     f"{WS_TOKEN}=127.0.0.1:{ws_port}",
                 ]
             ) as (plane_proc, plane_port),
+            process([PYTHON, str(HERE / "proxy_splice.py"), f"127.0.0.1:{ws_port}"]) as (
+                _,
+                ws_splice_port,
+            ),
+            plane_serve(1, backend_port, ws_port, standalone=True) as w1,
+            plane_serve(2, backend_port, ws_port) as w2,
         ):
             proxy_pids = {
                 "direct": backend_proc.pid,
                 "nginx-proxy": nginx_proxy_proc.pid,
                 "splice": splice_proc.pid,
                 "plane": plane_proc.pid,
+                "nginx-proxy-2": nginx_proxy2_proc.pid,
+                "plane-w1": w1.pid,
+                "plane-w2": w2.pid,
             }
             wait_port(backend_port)
             wait_port(nginx_proxy_port)
+            wait_port(nginx_proxy2_port)
             base = {
                 "direct": f"http://127.0.0.1:{backend_port}",
                 "nginx-proxy": f"http://127.0.0.1:{nginx_proxy_port}",
                 "plane": f"http://127.0.0.1:{plane_port}/{TOKEN}",
                 "splice": f"http://127.0.0.1:{splice_port}",
+                "nginx-proxy-2": f"http://127.0.0.1:{nginx_proxy2_port}",
+                "plane-w1": w1.url(0),
+                "plane-w2": w2.url(0),
+                "standalone": w1.standalone_url(0),
             }
             ws_urls = {
                 "ws direct": f"ws://127.0.0.1:{ws_port}/",
+                "ws splice": f"ws://127.0.0.1:{ws_splice_port}/",
                 "ws plane": f"ws://127.0.0.1:{plane_port}/{WS_TOKEN}/",
             }
             d = args.duration
@@ -332,17 +412,31 @@ def main() -> int:
                 wrk(f"{url}/small.txt", 10, 1)
             for n in range(args.rounds):
                 print(f"round {n + 1}/{args.rounds}", flush=True)
-                for name in ("direct", "nginx-proxy", "splice", "plane"):
+                for name in C50:
                     with cpu_use(proxy_pids[name], backend_proc.pid) as cpu:
                         result = wrk(f"{base[name]}/small.txt", 50, d)
                     keep(name, {**result, **cpu}, "rps")
-                for name in ("direct", "nginx-proxy", "plane"):
+                for name in ("direct", "nginx-proxy", "plane", "standalone"):
                     result = wrk(f"{base[name]}/small.txt", 1, d * 0.75, latency=True)
                     keep(f"{name} c1", result, "p50_us", low=True)
                 for name in ("splice", "plane"):
                     keep(f"{name} 1MiB", wrk(f"{base[name]}/1mib.bin", 8, d), "mibps")
                 for name, url in ws_urls.items():
                     keep(name, {"mps": ws_load(url, 8, d * 0.75)}, "mps")
+            print(f"route propagation over {PROPAGATION_SPAWNS} spawns ...", flush=True)
+            with process(
+                [
+                    PYTHON,
+                    str(HERE / "proxy_plane_serve.py"),
+                    "--propagation",
+                    str(PROPAGATION_SPAWNS),
+                    f"127.0.0.1:{backend_port}",
+                ],
+                port_line=False,
+            ) as (prop_proc, _):
+                assert prop_proc.stdout is not None
+                line = prop_proc.stdout.readline().split()
+                propagation = (float(line[1]), float(line[2])) if line else (math.nan, math.nan)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -357,20 +451,27 @@ def main() -> int:
         f"trio splice {best['splice']['rps']:9.0f} req/s | "
         f"plane {best['plane']['rps']:9.0f} req/s"
     )
-    cpu = "  cpu during -c50 (cores):"
-    for name in ("direct", "nginx-proxy", "splice", "plane"):
+    print(
+        f"  small response, -c50:  plane serve --proxy-workers 1 "
+        f"{best['plane-w1']['rps']:9.0f} req/s | --proxy-workers 2 "
+        f"{best['plane-w2']['rps']:9.0f} req/s | nginx-proxy worker_processes 2 "
+        f"{best['nginx-proxy-2']['rps']:9.0f} req/s"
+    )
+    cpu_line = "  cpu during -c50 (cores):"
+    for name in C50:
         r = best[name]
         server = "backend" if name == "direct" else name
-        cpu += (
+        cpu_line += (
             f" | {name}: {server} {r['server_cpu']:.2f}"
             + ("" if name == "direct" else f" + backend {r['backend_cpu']:.2f}")
             + f" + wrk {r['wrk_cpu']:.2f}, machine idle {r['idle']:.0%}"
         )
-    print(cpu)
+    print(cpu_line)
     print(
         f"  one connection p50:    direct {best['direct c1']['p50_us']:7.0f} us | "
         f"nginx-proxy {best['nginx-proxy c1']['p50_us']:7.0f} us | "
-        f"plane {best['plane c1']['p50_us']:7.0f} us"
+        f"plane {best['plane c1']['p50_us']:7.0f} us | "
+        f"standalone plane proxy {best['standalone c1']['p50_us']:7.0f} us"
     )
     print(
         f"  1 MiB responses, -c8:  splice {best['splice 1MiB']['mibps']:8.0f} MiB/s | "
@@ -378,11 +479,17 @@ def main() -> int:
     )
     print(
         f"  WebSocket echo, 8 conns: direct {best['ws direct']['mps']:8.0f} msg/s | "
+        f"trio splice {best['ws splice']['mps']:8.0f} msg/s | "
         f"plane {best['ws plane']['mps']:8.0f} msg/s"
+    )
+    print(
+        f"  route propagation, connect -> first answer via a plane proxy "
+        f"({PROPAGATION_SPAWNS} spawns): p50 {propagation[0]:.2f} ms | "
+        f"p99 {propagation[1]:.2f} ms"
     )
     print()
     ok = True
-    rps = {name: best[name]["rps"] for name in ("direct", "nginx-proxy", "splice", "plane")}
+    rps = {name: best[name]["rps"] for name in C50}
     ok &= ratio_line(
         "plane / nginx-proxy requests/s", rps["plane"] / rps["nginx-proxy"], RPS_TARGET
     )
@@ -397,11 +504,28 @@ def main() -> int:
         best["plane 1MiB"]["mibps"] / best["splice 1MiB"]["mibps"],
         MIB_TARGET,
     )
-    ws_ratio = best["ws plane"]["mps"] / best["ws direct"]["mps"]
-    print(f"  {'plane / direct WebSocket messages/s':<44} {ws_ratio:10.3f}  (no target)")
+    ok &= ratio_line(
+        "standalone plane proxy added median, us (c1)",
+        best["standalone c1"]["p50_us"] - best["direct c1"]["p50_us"],
+        LATENCY_TARGET_US,
+        higher=False,
+    )
+    ok &= ratio_line("plane / trio splice requests/s", rps["plane"] / rps["splice"], SPLICE_TARGET)
+    ok &= ratio_line(
+        "proxy-workers 2 / proxy-workers 1 requests/s",
+        rps["plane-w2"] / rps["plane-w1"],
+        WORKERS_TARGET,
+    )
+    ws = {name: best[name]["mps"] for name in ws_urls_names()}
+    ok &= ratio_line(
+        "plane / trio splice WebSocket messages/s", ws["ws plane"] / ws["ws splice"], SPLICE_TARGET
+    )
     for label, value in (
+        ("plane / direct WebSocket messages/s", ws["ws plane"] / ws["ws direct"]),
+        ("trio splice / direct WebSocket messages/s", ws["ws splice"] / ws["ws direct"]),
+        ("proxy-workers 2 / nginx-proxy (2 workers)", rps["plane-w2"] / rps["nginx-proxy-2"]),
+        ("proxy-workers 1 / in-process proxy_serve", rps["plane-w1"] / rps["plane"]),
         ("(info) trio splice / nginx-proxy requests/s", rps["splice"] / rps["nginx-proxy"]),
-        ("(info) plane / trio splice requests/s", rps["plane"] / rps["splice"]),
         ("(info) nginx-proxy / direct requests/s", rps["nginx-proxy"] / rps["direct"]),
     ):
         print(f"  {label:<44} {value:10.3f}")

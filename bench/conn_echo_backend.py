@@ -1,6 +1,6 @@
 """A minimal asyncio WebSocket echo backend for bench/bench_connections.py.
 
-    PORT=8000 python bench/conn_echo_backend.py
+    PORT=8000 python bench/conn_echo_backend.py [--processes N]
 
 Started by plane's process executor (it listens on ``$PORT``).  Request heads
 are parsed by h11 (a plain ``GET`` is answered ``200``: plane's readiness
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import sys
 
 import h11
 from wsproto.utilities import generate_accept_token
@@ -120,14 +121,26 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return head + payload
 
 
-async def main() -> None:
+async def main(shared: bool) -> None:
     port = int(os.environ.get("PORT", "8000"))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, "127.0.0.1", port, backlog=4096)
-    print(f"listening on {port}", flush=True)
+    server = await loop.create_server(
+        Echo, "127.0.0.1", port, backlog=4096, reuse_port=shared or None
+    )
+    print(f"listening on {port} (pid {os.getpid()})", flush=True)
     async with server:
         await server.serve_forever()
 
 
+def serve(processes: int) -> None:
+    """``processes`` > 1: as many processes, each its own socket on the one port
+    (``SO_REUSEPORT``: the kernel spreads the connections), so that none needs
+    more file descriptors than one process may hold."""
+    for _ in range(processes - 1):
+        if os.fork() == 0:
+            break
+    asyncio.run(main(processes > 1))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    serve(int(sys.argv[sys.argv.index("--processes") + 1]) if "--processes" in sys.argv else 1)

@@ -143,6 +143,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             proxy_max_connections=args.proxy_max_connections,
             api_max_streams=args.api_max_streams,
             warm_pools=tuple(_warm_option(text) for text in args.warm),
+            proxy_key_file=Path(args.proxy_key_file) if args.proxy_key_file else None,
+            proxy_workers=args.proxy_workers,
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
@@ -318,6 +320,71 @@ async def _serve(
     from plane.serve import serve_plane
 
     await serve_plane(config, shutdown=shutdown, task_status=task_status)
+
+
+# ------------------------------------------------------------------ proxy
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from plane.proxy.standalone import ProxyOptions
+
+    options = ProxyOptions(
+        controller=args.controller,
+        key_file=Path(args.proxy_key_file),
+        listen=args.listen,
+        workers=args.workers,
+        stale_after=args.stale_after,
+        ca_file=args.ca_file,
+        max_connections=args.proxy_max_connections,
+        cluster_host=args.cluster_host,
+        trust_forwarded_from=tuple(args.trust_forwarded_from),
+        root_redirect=args.root_redirect,
+        listen_fd=args.listen_fd,
+        proxy_id=args.proxy_id,
+    )
+    try:
+        options.check()
+        from plane.proxy.standalone import read_proxy_key
+
+        read_proxy_key(options.key_file)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    _setup_logging(args.log_format)
+    try:
+        trio.run(_proxy_until_signal, options)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.listen}: {exc}") from None
+    return 0
+
+
+async def _proxy_until_signal(options: Any) -> None:
+    from plane.proxy.standalone import run_proxy
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def proxy(*, task_status: trio.TaskStatus[int]) -> None:
+                await run_proxy(options, task_status=task_status)
+                nursery.cancel_scope.cancel()  # it stopped by itself (a worker orphaned)
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    logging.getLogger("plane").info(
+                        "%s: shutting down", signal.Signals(signum).name
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch_signals)
+            port = await nursery.start(proxy)
+            if options.listen_fd is None:
+                host = options.listen.rpartition(":")[0]
+                print(
+                    f"plane {__version__} proxy on {host}:{port}, fed by {options.controller}",
+                    flush=True,
+                )
 
 
 # ----------------------------------------------------------------- client
@@ -705,6 +772,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_proxy_limits(serve, "--proxy-max-connections")
     serve.add_argument(
+        "--proxy-workers",
+        type=_positive_int("--proxy-workers"),
+        default=_env("PROXY_WORKERS", "1"),
+        metavar="N",
+        help="1 (default): the proxy runs in this process; N > 1: N `plane proxy` processes "
+        "share the proxy port, fed by /ctrl/proxy-feed and restarted if they die",
+    )
+    serve.add_argument(
+        "--proxy-key-file",
+        default=_env("PROXY_KEY_FILE"),
+        metavar="PATH",
+        help="the proxy key: only it opens /ctrl/proxy-feed (for `plane proxy`); "
+        "with --proxy-workers and none given, one is made in the data directory",
+    )
+    serve.add_argument(
         "--api-max-streams",
         type=_positive_int("--api-max-streams"),
         default=_env("API_MAX_STREAMS"),
@@ -728,6 +810,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="terminate every backend on shutdown instead of leaving them for adoption",
     )
     serve.set_defaults(run=cmd_serve)
+
+    proxy = sub.add_parser(
+        "proxy",
+        help="run a proxy fed by a plane controller (/ctrl/proxy-feed)",
+        description="A proxy process: its routes come from the controller's log over an "
+        "authenticated WebSocket, and its connection events go back over it.  Cut off from "
+        "the controller it keeps serving the routes it knows for --stale-after seconds, "
+        "then answers 503 until it is back.",
+    )
+    proxy.add_argument(
+        "--controller",
+        required=_env("CONTROLLER") is None,
+        default=_env("CONTROLLER"),
+        metavar="URL",
+        help="the controller's API URL (http://... ; https://... through a TLS front proxy)",
+    )
+    proxy.add_argument("--listen", default=_env("PROXY_LISTEN", "127.0.0.1:9090"))
+    proxy.add_argument(
+        "--workers",
+        type=_positive_int("--workers"),
+        default=1,
+        metavar="N",
+        help="N proxy processes sharing the listening socket (default 1)",
+    )
+    proxy.add_argument(
+        "--proxy-key-file",
+        required=_env("PROXY_KEY_FILE") is None,
+        default=_env("PROXY_KEY_FILE"),
+        metavar="PATH",
+        help="the proxy key (the controller's --proxy-key-file)",
+    )
+    proxy.add_argument(
+        "--stale-after",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="cut off from the controller longer than S seconds: /ready 503 and requests "
+        "refused 503 (default 30)",
+    )
+    proxy.add_argument(
+        "--ca-file", metavar="PATH", help="CA certificates for an https controller URL"
+    )
+    proxy.add_argument(
+        "--cluster-host",
+        metavar="HOST",
+        help="the host backends' subdomains hang under (the controller's cluster host)",
+    )
+    proxy.add_argument(
+        "--trust-forwarded-from",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="keep X-Forwarded-For from front proxies in CIDR (repeatable)",
+    )
+    proxy.add_argument("--root-redirect", metavar="URL", help="where GET / redirects")
+    add_proxy_limits(proxy, "--max-connections")
+    proxy.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    proxy.add_argument("--proxy-id", help=argparse.SUPPRESS)
+    proxy.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), help="text or json")
+    proxy.set_defaults(run=cmd_proxy)
 
     backup = sub.add_parser(
         "backup",

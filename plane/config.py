@@ -103,8 +103,16 @@ class PlaneConfig:
     """Concurrent streamed API responses (SSE, logs, the event feed), a cap of
     their own so that proxy connections and streams do not starve each other
     (None: derived from the file-descriptor limit)."""
+    proxy_key_file: Path | None = None
+    """The proxy key (``--proxy-key-file``): the credential that opens
+    ``/ctrl/proxy-feed`` for ``plane proxy`` processes (:mod:`plane.api.proxies`)."""
+    proxy_workers: int = 1
+    """1: the proxy runs inside ``plane serve``; N > 1: N ``plane proxy``
+    processes sharing the proxy's socket, supervised (:mod:`plane.proxy.workers`)."""
 
     def __attrs_post_init__(self) -> None:
+        if self.proxy_workers < 1:
+            raise ConfigError("--proxy-workers: must be at least 1")
         if self.engines and self.executor == "process":
             raise ConfigError("--engine: engines are Docker engines; not with --executor process")
         if self.engine_lost_after <= 0:

@@ -47,6 +47,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -59,6 +61,7 @@ from plane.actors.supervisor import ConnectRefused, Supervisor, load_startup_sta
 from plane.addresses import join_host_port
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys, file_is_shared
+from plane.api.proxies import ProxyRegistry
 from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url
 from plane.events.sqlite import open_sqlite_store
@@ -69,8 +72,10 @@ from plane.executors.base import Executor, ExecutorError
 from plane.limits import Budget, budget, raise_fd_limit
 from plane.metrics import Metrics
 from plane.permissions import make_private, private_umask
-from plane.proxy.server import ProxyContext, serve_proxy
+from plane.proxy.server import ProxyContext, listen_socket, serve_proxy
 from plane.proxy.settings import ProxySettings
+from plane.proxy.standalone import ProxyOptions, worker_argv
+from plane.proxy.workers import ProxyWorkers
 
 log = logging.getLogger("plane.serve")
 
@@ -276,6 +281,73 @@ def _auth_summary(config: PlaneConfig, keys: ApiKeys) -> str:
     return f"{source}{read}; SIGHUP re-reads key files"
 
 
+async def _close_at_exit(sock: socket.socket) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        sock.close()
+
+
+WORKERS_SYNC_TIMEOUT = 30.0
+"""How long ``plane serve`` waits for its proxy workers' first sync before
+reporting it serves anyway (they keep trying)."""
+
+
+async def _start_workers(
+    nursery: trio.Nursery,
+    config: PlaneConfig,
+    keys: ApiKeys,
+    settings: ProxySettings,
+    registry: ProxyRegistry,
+    sock: socket.socket,
+    api_host: str,
+    api_port: int,
+) -> None:
+    """Start ``config.proxy_workers`` ``plane proxy`` processes on ``sock``, fed
+    by this API; returns once each has attached (or after
+    :data:`WORKERS_SYNC_TIMEOUT`)."""
+    key_file = config.proxy_key_file
+    if key_file is None:  # made for the workers: owner-only, in the data directory
+        key_file = config.data_dir / "proxy.key"
+        key = secrets.token_urlsafe(32)
+        key_file.write_text(key + "\n", encoding="utf-8")
+        os.chmod(key_file, 0o600)
+        keys.proxy = key
+    loopback = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(api_host, api_host)
+    options = ProxyOptions(
+        controller=base_url(loopback, api_port),
+        key_file=key_file,
+        cluster_host=settings.cluster_host,
+        max_connections=settings.max_connections,
+        trust_forwarded_from=config.trust_forwarded_from,
+        root_redirect=config.proxy_root_redirect,
+    )
+    workers = ProxyWorkers(
+        sock, worker_argv(options), config.proxy_workers, on_exit=_forget_worker(registry)
+    )
+    await nursery.start(workers.run)
+    with trio.move_on_after(WORKERS_SYNC_TIMEOUT):
+        while True:
+            ids = {w.proxy_id for w in workers.workers}
+            attached = [
+                e
+                for e in registry.proxies.values()
+                if e.proxy_id in ids and e.connected and e.synced
+            ]
+            if len(attached) == len(ids):
+                return
+            await trio.sleep(0.05)
+    log.warning("the proxy workers have not all synced yet; serving anyway")
+
+
+def _forget_worker(registry: ProxyRegistry) -> Callable[[str], None]:
+    def forget(proxy_id: str) -> None:
+        closed = registry.forget(proxy_id)
+        log.info("proxy worker %s gone: %d open connection(s) closed", proxy_id, closed)
+
+    return forget
+
+
 async def serve_plane(
     config: PlaneConfig,
     *,
@@ -292,7 +364,10 @@ async def serve_plane(
     process umask is ``077`` (:mod:`plane.permissions`).
     """
     keys = ApiKeys.load(
-        key=config.api_key, key_file=config.api_key_file, read_key_file=config.read_key_file
+        key=config.api_key,
+        key_file=config.api_key_file,
+        read_key_file=config.read_key_file,
+        proxy_key_file=config.proxy_key_file,
     )
     for path in keys.files:
         if file_is_shared(path):
@@ -352,16 +427,28 @@ async def serve_plane(
                 metrics.load_statuses(
                     list(supervisor.states.values()), terminated=supervisor.terminated_count
                 )
-                proxy_ctx = ProxyContext(
-                    store=store,
-                    emit=supervisor.tell,
-                    clock=supervisor.clock,
-                    metrics=metrics,
-                    settings=settings,
-                    seed=route_seed,
-                )
+                registry = ProxyRegistry(supervisor.tell, supervisor.clock)
+                await nursery.start(registry.run)
+                proxy_sock: socket.socket | None = None
+                if config.proxy_workers == 1:
+                    proxy_ctx = ProxyContext(
+                        store=store,
+                        emit=supervisor.tell,
+                        clock=supervisor.clock,
+                        metrics=metrics,
+                        settings=settings,
+                        seed=route_seed,
+                    )
+                    bound_proxy = await nursery.start(
+                        serve_proxy, proxy_ctx, proxy_host, proxy_port
+                    )
+                else:  # bound once here, handed to every worker
+                    proxy_sock = await listen_socket(
+                        proxy_host, proxy_port, settings.max_connections
+                    )
+                    nursery.start_soon(_close_at_exit, proxy_sock)
+                    bound_proxy = proxy_sock.getsockname()[1]
                 del route_seed
-                bound_proxy = await nursery.start(serve_proxy, proxy_ctx, proxy_host, proxy_port)
                 proxy_url = (config.public_url or base_url(proxy_host, bound_proxy)).rstrip("/")
                 cluster = (
                     parse_cluster(config.cluster) if config.cluster else cluster_of_url(proxy_url)
@@ -377,8 +464,13 @@ async def serve_plane(
                     cluster=cluster,
                     executor_name=executor.name,
                     max_streams=caps.api_max_streams,
+                    proxies=registry,
                 )
                 bound_api = await nursery.start(serve_api, api_ctx, api_host, api_port)
+                if proxy_sock is not None:
+                    await _start_workers(
+                        nursery, config, keys, settings, registry, proxy_sock, api_host, bound_api
+                    )
                 nursery.start_soon(_index_backends, api_ctx)
                 if not config.api_public_url:
                     api_ctx.public_api_url = base_url(api_host, bound_api)

@@ -11,6 +11,7 @@ import attrs
 
 from plane.actors.supervisor import Supervisor
 from plane.api.keys import ApiKeys
+from plane.api.proxies import ProxyRegistry
 from plane.cluster import ClusterName, cluster_of_url
 from plane.events.backend_index import BackendIndex
 from plane.events.store import EventStore
@@ -20,6 +21,10 @@ from plane.metrics import Metrics
 
 def _executor_name(ctx: ApiContext) -> str:
     return ctx.executor.name
+
+
+def _registry(ctx: ApiContext) -> ProxyRegistry:
+    return ProxyRegistry(ctx.supervisor.tell, ctx.supervisor.clock)
 
 
 def _index(ctx: ApiContext) -> BackendIndex:
@@ -55,6 +60,8 @@ class ApiContext:
     * ``header_timeout_seconds``: how long a request's head (and, again, its
       body) may take to arrive; also how long an idle keep-alive connection
       stays open.
+    * ``proxies``: the proxy processes fed by ``/ctrl/proxy-feed``
+      (:mod:`plane.api.proxies`); a registry that is not run never forgets.
     * ``index``: the backends index the list pages terminated backends from
       (:mod:`plane.events.backend_index`); by default the store's.
     """
@@ -73,6 +80,7 @@ class ApiContext:
     max_streams: int = 1024
     executor_name: str = attrs.field(default=attrs.Factory(_executor_name, takes_self=True))
     index: BackendIndex = attrs.field(default=attrs.Factory(_index, takes_self=True))
+    proxies: ProxyRegistry = attrs.field(default=attrs.Factory(_registry, takes_self=True))
 
     @property
     def cluster_name(self) -> ClusterName:

@@ -24,8 +24,11 @@ Ours (each also in the README's table):
 400    ``InvalidJson``         the body is not JSON (or not UTF-8)
 400    ``InvalidRequest``      a field is wrong; the message names it
 400    ``BadRequest``          the HTTP request itself is malformed
+400    ``WebSocketRequired``   ``/ctrl/proxy-feed`` without a WebSocket upgrade
 401    ``Unauthorized``        missing or wrong API key on ``/ctrl``
 403    ``ReadOnlyKey``         the read-only key on a request that changes state
+403    ``ProxyKey``            the proxy key anywhere but ``/ctrl/proxy-feed``
+403    ``ProxyKeyRequired``    ``/ctrl/proxy-feed`` without the proxy key
 404    ``NoSuchRoute``         no endpoint at that path
 405    ``MethodNotAllowed``    wrong method for the path (``Allow`` says which)
 408    ``RequestTimeout``      the request's head or body came too slowly
@@ -65,9 +68,9 @@ PLANE_KINDS: tuple[str, ...] = (
 """Every ``kind`` of Plane's ``ApiErrorKind``."""
 
 ERROR_CODES: dict[int, tuple[str, ...]] = {
-    400: ("InvalidJson", "InvalidRequest", "BadRequest", "InvalidClusterName"),
+    400: ("InvalidJson", "InvalidRequest", "BadRequest", "InvalidClusterName", "WebSocketRequired"),
     401: ("Unauthorized",),
-    403: ("ReadOnlyKey",),
+    403: ("ReadOnlyKey", "ProxyKey", "ProxyKeyRequired"),
     404: ("NotFound", "NoSuchRoute"),
     405: ("MethodNotAllowed",),
     408: ("RequestTimeout",),

@@ -11,6 +11,9 @@ which turns an ``Authorization`` header into an :class:`Access`:
 * ``Bearer <full key>``: :attr:`Access.FULL`;
 * ``Bearer <read key>``: :attr:`Access.READ`, GETs and streams only (the
   router answers anything else 403 ``ReadOnlyKey``);
+* ``Bearer <proxy key>``: :attr:`Access.PROXY`, only ``/ctrl/proxy-feed``
+  (:mod:`plane.api.proxies`), which only it opens (checked first: the proxy
+  key is honoured even when the API is open);
 * anything else: :attr:`Access.NONE` (401).
 
 Keys are compared in constant time (:func:`plane.tokens.same`).
@@ -42,6 +45,8 @@ class Access(enum.Enum):
     NONE = "none"
     READ = "read"
     FULL = "full"
+    PROXY = "proxy"
+    """The proxy key: opens ``/ctrl/proxy-feed`` and nothing else."""
 
 
 def read_key_file(path: Path, option: str) -> str:
@@ -70,6 +75,8 @@ class ApiKeys:
     read: str | None = None
     full_file: Path | None = None
     read_file: Path | None = None
+    proxy: str | None = None
+    proxy_file: Path | None = None
 
     @classmethod
     def load(
@@ -78,6 +85,7 @@ class ApiKeys:
         key: str | None = None,
         key_file: Path | None = None,
         read_key_file: Path | None = None,
+        proxy_key_file: Path | None = None,
     ) -> ApiKeys:
         """Keys from a value and/or files (:class:`~plane.config.PlaneConfig` has
         checked that they go together); :class:`ConfigError` if one is unusable."""
@@ -85,30 +93,40 @@ class ApiKeys:
             full=check_key(key, "--api-key") if key is not None else None,
             full_file=key_file,
             read_file=read_key_file,
+            proxy_file=proxy_key_file,
         )
         keys.reload()
         return keys
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return tuple(p for p in (self.full_file, self.read_file) if p is not None)
+        files = (self.full_file, self.read_file, self.proxy_file)
+        return tuple(p for p in files if p is not None)
 
     def reload(self) -> None:
         """Re-read the key files (all or nothing); :class:`ConfigError` keeps the old keys."""
         full = read_key_file(self.full_file, "--api-key-file") if self.full_file else self.full
         read = read_key_file(self.read_file, "--read-key-file") if self.read_file else self.read
+        proxy = (
+            read_key_file(self.proxy_file, "--proxy-key-file") if self.proxy_file else self.proxy
+        )
         if full is not None and read is not None and tokens.same(full, read):
             raise ConfigError("--read-key-file: the read-only key must differ from the full key")
-        self.full, self.read = full, read
+        if proxy is not None and any(k is not None and tokens.same(proxy, k) for k in (full, read)):
+            raise ConfigError("--proxy-key-file: the proxy key must differ from the API keys")
+        self.full, self.read, self.proxy = full, read, proxy
 
     def access(self, authorization: str | None) -> Access:
         """What a request with this ``Authorization`` header may do."""
+        scheme, _, credential = (authorization or "").partition(" ")
+        credential = credential.strip()
+        bearer = scheme.lower() == "bearer"
+        if bearer and self.proxy is not None and tokens.same(credential, self.proxy):
+            return Access.PROXY
         if not self.full:
             return Access.FULL
-        scheme, _, credential = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer":
+        if not bearer:
             return Access.NONE
-        credential = credential.strip()
         if tokens.same(credential, self.full):
             return Access.FULL
         if self.read is not None and tokens.same(credential, self.read):

@@ -16,8 +16,10 @@ an endpoint: :func:`document` reads
 
 Routes declared ``documented=False`` are left out: the dashboard's static
 files (``/ui``, ``/ui/``, ``/ui/{name}``: HTML, scripts, style sheets, an icon;
-not JSON API).  The dashboard's JSON routes (``/ui/settings.json``,
-``/ctrl/state``, ``/ctrl/event-types``) are in the document.
+not JSON API), and ``/ctrl/proxy-feed``, the proxies' WebSocket channel (the
+proxy key only; its messages are :mod:`plane.api.proxies`'s).  The
+dashboard's JSON routes (``/ui/settings.json``, ``/ctrl/state``,
+``/ctrl/event-types``) are in the document.
 
 The generator adds what the router answers for every route it applies to (401 and 403
 ``ReadOnlyKey`` on protected routes, 413 and the body's 400 where a body is

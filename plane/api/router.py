@@ -53,6 +53,8 @@ UnboundHandler = Callable[[Any, Request, Params], Awaitable[Response]]
 table is declared once, without an API context; the router binds it."""
 JSON_TYPE = "application/json"
 READ_METHODS = frozenset({"GET", "HEAD"})
+PROXY_ROUTES = frozenset({"/ctrl/proxy-feed"})
+"""The routes the proxy key opens (and only it: :mod:`plane.api.proxies`)."""
 
 
 def json_response(
@@ -176,6 +178,10 @@ class Router:
                     "missing or wrong API key (send Authorization: Bearer <key>)",
                     [("www-authenticate", "Bearer")],
                 )
+            )
+        if access is Access.PROXY and label not in PROXY_ROUTES:
+            return label, error_response(
+                ApiError(403, "ProxyKey", "the proxy key opens /ctrl/proxy-feed only")
             )
         if access is Access.READ and request.method not in READ_METHODS:
             return label, error_response(

@@ -68,7 +68,7 @@ from plane.actors.supervisor import (
     UnknownEngine,
     UnknownWarmPool,
 )
-from plane.api import answers, body, feeds, openapi, sse
+from plane.api import answers, body, feeds, openapi, proxies, sse
 from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
 from plane.api.http import Request, Response, Send
@@ -608,7 +608,43 @@ class Endpoints:
                     },
                 }
             )
-        return json_response({"drones": drones, "proxies": []})
+        proxies = [
+            {
+                "name": view["id"],
+                "plane_version": __version__,
+                "plane_hash": "",
+                "controller": "plane",
+                "controller_heartbeat_age": view["last_seen_age"],
+            }
+            for view in self.ctx.proxies.views()
+        ]
+        return json_response({"drones": drones, "proxies": proxies})
+
+    async def list_proxies(self, request: Request, params: Params) -> Response:
+        """The proxy processes fed by ``/ctrl/proxy-feed`` (:mod:`plane.api.proxies`)."""
+        return json_response({"proxies": self.ctx.proxies.views()})
+
+    async def proxy_feed(self, request: Request, params: Params) -> Response:
+        """A proxy's channel (:mod:`plane.api.proxies`); the proxy key only."""
+        if self.ctx.keys.access(request.header("authorization")) is not Access.PROXY:
+            raise ApiError(
+                403,
+                "ProxyKeyRequired",
+                "only the proxy key opens the proxy feed (plane serve --proxy-key-file)",
+            )
+        if not request.is_websocket:
+            raise ApiError(400, "WebSocketRequired", "the proxy feed is a WebSocket")
+        after = _integer(request.param("after"), AFTER, default=0)
+        proxy_id = request.param("proxy") or ""
+        if not (0 < len(proxy_id) <= 64 and proxy_id.replace("-", "").isalnum()):
+            raise ApiError(400, "BadRequest", "proxy: an id of letters, digits and '-'")
+        store, registry = self.ctx.store, self.ctx.proxies
+        peer = request.peer
+
+        async def session(ws: trio_websocket.WebSocketConnection) -> None:
+            await proxies.serve_channel(ws, store, registry, proxy_id, str(peer), after)
+
+        return Response(101, websocket=session)
 
     # --------------------------------------------------------- warm pools
 
@@ -919,6 +955,20 @@ def route_table() -> list[Route]:
             params=(CLUSTER,),
             answers=(Answer(200, "The cluster's drones.", answers.ClusterState),),
             errors=ours,
+        ),
+        Route(
+            "GET",
+            "/ctrl/proxies",
+            e.list_proxies,
+            "The proxies fed by this controller (standalone and --proxy-workers)",
+            answers=(Answer(200, "Every proxy.", schema={"type": "object"}),),
+        ),
+        Route(
+            "GET",
+            "/ctrl/proxy-feed",
+            e.proxy_feed,
+            "The proxies' channel (WebSocket; the proxy key only)",
+            documented=False,
         ),
         Route(
             "GET",

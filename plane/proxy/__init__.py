@@ -11,7 +11,11 @@ The modules behind it, each with one job:
 * :mod:`~plane.proxy.table_feed`: tails the store into the table;
 * :mod:`~plane.proxy.headers`: the header rules (dropped, added, forwarded);
 * :mod:`~plane.proxy.parsing`: httptools callbacks into queued pieces;
-* :mod:`~plane.proxy.relay`: one client connection, request by request;
+* :mod:`~plane.proxy.relay`: what the sessions share (the receive buffer too);
+* :mod:`~plane.proxy.session`: one client connection, request by request;
+* :mod:`~plane.proxy.framing`: the response framing rules (pure);
+* :mod:`~plane.proxy.exchange`: a plain request's upstream exchange;
+* :mod:`~plane.proxy.upgrade`: upgrades (the 101, then the byte splice);
 * :mod:`~plane.proxy.upstream`: the pool of kept-alive backend connections;
 * :mod:`~plane.proxy.sockio`: non-blocking socket I/O on trio's waits;
 * :mod:`~plane.proxy.tracking` and :mod:`~plane.proxy.activity`: connection

@@ -49,7 +49,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -59,10 +59,11 @@ from plane.events.store import EventStore, RecordedEvent
 from plane.metrics import Metrics
 from plane.proxy import sockio
 from plane.proxy.errors import render_overloaded
-from plane.proxy.relay import ClientSession, Relay, watchdog_tick
+from plane.proxy.relay import Relay, watchdog_tick
 from plane.proxy.routes import RouteTable
+from plane.proxy.session import ClientSession
 from plane.proxy.settings import ProxySettings
-from plane.proxy.table_feed import TableFeed
+from plane.proxy.table_feed import RouteFeed, TableFeed
 from plane.proxy.tracking import Emit, Tracker
 from plane.proxy.upstream import UpstreamPool
 
@@ -80,7 +81,8 @@ _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 class ProxyContext:
     """What the proxy needs from the rest of plane."""
 
-    store: EventStore
+    store: EventStore | None
+    """The log the table is read from (None: ``make_feed`` feeds it)."""
     emit: Emit
     """Where connection events go: ``emit(backend_id, event)``, must not block
     (in ``plane serve``: ``Supervisor.tell``)."""
@@ -90,6 +92,13 @@ class ProxyContext:
     seed: tuple[Sequence[RecordedEvent], int] | None = None
     """The route table's start (:class:`~plane.proxy.table_feed.TableFeed`):
     the startup fold's route records and the seq they cover; None: the log."""
+    make_feed: Callable[[RouteTable], RouteFeed] | None = None
+    """What feeds the table instead of the store (``plane proxy``:
+    :class:`~plane.proxy.remote.RemoteFeed`)."""
+    proxy_id: str | None = None
+    """This proxy's name, the prefix of its connection ids (None: random)."""
+    sock: socket.socket | None = None
+    """A listening socket to serve on instead of binding (``--proxy-workers``)."""
 
 
 class ProxyServer:
@@ -100,10 +109,15 @@ class ProxyServer:
         self.ctx = ctx
         settings = ctx.settings
         self.table = RouteTable()
-        self.feed = TableFeed(ctx.store, self.table, ctx.clock, ctx.seed)
+        self.feed: RouteFeed
+        if ctx.make_feed is not None:
+            self.feed = ctx.make_feed(self.table)
+        else:
+            assert ctx.store is not None, "a proxy needs a store or make_feed"
+            self.feed = TableFeed(ctx.store, self.table, ctx.clock, ctx.seed)
         ctx.seed = None  # the feed has it; nothing else keeps it
         self.pool = UpstreamPool(settings)
-        self.tracker = Tracker(ctx.emit, ctx.clock, ctx.metrics, settings)
+        self.tracker = Tracker(ctx.emit, ctx.clock, ctx.metrics, settings, prefix=ctx.proxy_id)
         self.relay = Relay(self.table, self.feed, self.pool, self.tracker, settings, ctx.clock)
         self.active = 0
         """Client connections open, below the cap."""
@@ -115,7 +129,11 @@ class ProxyServer:
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listener = await _listen(host, port, self.ctx.settings.max_connections)
+        if self.ctx.sock is not None:
+            listener = self.ctx.sock
+            listener.setblocking(False)
+        else:
+            listener = await listen_socket(host, port, self.ctx.settings.max_connections)
         try:
             async with trio.open_nursery() as nursery:
                 self.port = listener.getsockname()[1]
@@ -132,6 +150,7 @@ class ProxyServer:
     async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         limit = self.ctx.settings.max_connections
         metrics = self.ctx.metrics
+        shared = self.ctx.sock is not None
         streak = 0
         while True:
             try:
@@ -146,7 +165,11 @@ class ProxyServer:
                     await trio.sleep(0.1)
                 continue
             streak += 1
-            if streak % 16 == 0:
+            # Speed: accept up to 16 pending connections per wake-up; on a socket
+            # shared with other worker processes, one: then the connection just
+            # accepted is served first, and the other workers (woken too) take
+            # the next ones, rather than one worker taking a whole burst.
+            if shared or streak % 16 == 0:
                 await trio.lowlevel.checkpoint()
             if metrics is not None:
                 metrics.proxy_connections.inc()
@@ -229,7 +252,7 @@ async def serve_proxy(
     await ProxyServer(ctx).serve(host, port, task_status=task_status)
 
 
-async def _listen(host: str, port: int, backlog: int) -> socket.socket:
+async def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
     infos = await trio.socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )

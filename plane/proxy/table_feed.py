@@ -26,6 +26,7 @@ would keep routing revoked tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import trio
 
@@ -38,8 +39,35 @@ PRUNE_AFTER = 86400.0
 """Tokens expired more than this long ago are forgotten (then look unknown)."""
 
 
+class RouteFeed(Protocol):
+    """What the relay reads of whatever keeps its table current: this
+    module's :class:`TableFeed` in ``plane serve``,
+    :class:`~plane.proxy.remote.RemoteFeed` in ``plane proxy``."""
+
+    wait_for_sync: bool
+    """Requests before the first sync wait for it (else 503)."""
+
+    @property
+    def synced(self) -> trio.Event:
+        """Set once the table has the history (requests wait for it)."""
+        ...
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next change of the table."""
+        ...
+
+    def serving(self) -> bool:
+        """True while the table may be used (synced and not stale)."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
 class TableFeed:
     """Feeds ``table`` from ``store``; see the module docstring."""
+
+    wait_for_sync = True
 
     def __init__(
         self,
@@ -62,6 +90,10 @@ class TableFeed:
         """Set at the next change of the table (take it *before* the lookup
         whose answer you want to wait on)."""
         return self._changed
+
+    def serving(self) -> bool:
+        """In-process: fresh once synced (the store cannot be cut off)."""
+        return self.synced.is_set()
 
     async def wait_for_change(self) -> None:
         await self._changed.wait()

@@ -85,14 +85,23 @@ class Tracker:
     """See the module docstring."""
 
     def __init__(
-        self, emit: Emit, clock: TrioClock, metrics: Metrics | None, settings: ProxySettings
+        self,
+        emit: Emit,
+        clock: TrioClock,
+        metrics: Metrics | None,
+        settings: ProxySettings,
+        *,
+        prefix: str | None = None,
     ) -> None:
         self._emit = emit
         self._clock = clock
         self._metrics = metrics
         self._long_after = settings.long_request_after
         self._activity = ActivityCoalescer(settings.activity_interval)
-        self._prefix = secrets.token_hex(4)
+        self._prefix = prefix or secrets.token_hex(4)
+        """Connection ids are <prefix>-<n>: the proxy id (unique per process)."""
+        self.requests = 0
+        """Plain requests forwarded (the proxy's own counter, sent to the controller)."""
         self._ids = itertools.count(1)
         self._inflight: OrderedDict[InFlight, None] = OrderedDict()
         """Requests in flight not yet opened as long-lived, oldest first."""
@@ -111,6 +120,7 @@ class Tracker:
         """A plain request was forwarded at ``at`` (trio time): count it, watch
         it until :meth:`done`."""
         now = at + self._clock.offset
+        self.requests += 1
         count = self._activity.record(backend_id, now)
         if count:
             self.emit(backend_id, HttpActivityRecorded(now, count))

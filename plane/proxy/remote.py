@@ -1,0 +1,264 @@
+"""A proxy fed by a controller over the network (``plane proxy``).
+
+This module owns :class:`RemoteFeed`, the writer of an out-of-process proxy's
+:class:`~plane.proxy.routes.RouteTable`, and the channel it holds to the
+controller (:mod:`plane.api.proxies` is the other end): one authenticated
+WebSocket (``/ctrl/proxy-feed``, ``Authorization: Bearer <proxy key>``) that
+brings the routing events of the log (resumed after the last ``seq`` applied,
+so a reconnect misses nothing) and takes back the proxy's connection events
+in batches (:class:`Outbox`: ``Tracker``'s ``emit``; never blocks; queued
+while cut off and sent once back) and its counters.
+
+Losing the controller
+---------------------
+The proxy keeps serving the routes it knows (a backend already ready stays
+reachable) and reconnects with backoff (0.1 s doubling to 5 s).  It stops
+serving once it has been cut off longer than ``stale_after`` (and before its
+first sync): ``GET /ready`` answers 503 and every other request 503
+``ProxyNotReady``, rather than route tokens that may have been revoked
+meanwhile.  Once back, the events it missed are applied before it serves
+again (a revocation takes effect then).
+
+Resource handling: :meth:`RemoteFeed.run` runs until cancelled; it holds one
+WebSocket at a time.
+
+Error handling: a refused channel (401/403: a wrong proxy key) is logged and
+retried like any other failure (the key file may be fixed); an event the
+proxy cannot read ends the channel (it is retried from the same ``seq``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import trio
+import trio_websocket
+
+from plane.actors.clock import TrioClock
+from plane.events import wire
+from plane.events.store import RecordedEvent
+from plane.events.types import InputEvent
+from plane.proxy.routes import RouteTable
+
+log = logging.getLogger("plane.proxy.remote")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+BATCH_EVERY = 0.05
+"""Connection events are sent at most this long after they happen."""
+STATS_EVERY = 1.0
+OUTBOX_MAX = 1_000_000
+"""Events queued while cut off; past it the oldest activity is dropped."""
+
+
+def feed_url(controller: str, after: int, proxy_id: str) -> str:
+    """The channel's URL from the controller's API base URL (http -> ws, https -> wss)."""
+    parts = urlsplit(controller.rstrip("/"))
+    if parts.scheme not in ("http", "https", "ws", "wss"):
+        raise ValueError(f"--controller: {controller!r} is not an http(s) URL")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path + "/ctrl/proxy-feed"
+    return urlunsplit((scheme, parts.netloc, path, f"after={after}&proxy={proxy_id}", ""))
+
+
+class Outbox:
+    """The connection events waiting to go to the controller (``emit`` never blocks)."""
+
+    def __init__(self) -> None:
+        self.items: list[list[Any]] = []
+        self._wake = trio.Event()
+
+    def emit(self, backend_id: str, event: InputEvent) -> None:
+        tag, data = wire.tag_of(event), wire.unstructure(event)
+        self.items.append([backend_id, tag, data])
+        if len(self.items) > OUTBOX_MAX:
+            del self.items[: len(self.items) - OUTBOX_MAX]
+        self._wake.set()
+
+    async def wait(self) -> None:
+        if not self.items:
+            self._wake = trio.Event()
+            await self._wake.wait()
+
+    def take(self) -> list[list[Any]]:
+        items, self.items = self.items, []
+        return items
+
+    def put_back(self, items: list[list[Any]]) -> None:
+        self.items[:0] = items
+
+
+class RemoteFeed:
+    """Feeds ``table`` from the controller; see the module docstring."""
+
+    wait_for_sync = False
+    """Requests before the first sync are refused (503), not held."""
+
+    def __init__(
+        self,
+        controller: str,
+        key: str,
+        table: RouteTable,
+        clock: TrioClock,
+        *,
+        proxy_id: str,
+        outbox: Outbox,
+        stale_after: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        feed_url(controller, 0, proxy_id)  # refuses a bad URL now
+        self.controller = controller
+        self.key = key
+        self.table = table
+        self.clock = clock
+        self.proxy_id = proxy_id
+        self.outbox = outbox
+        self.stale_after = stale_after
+        self.ssl_context = ssl_context
+        self.stats = stats
+        self._changed = trio.Event()
+        self._synced = trio.Event()
+        self.connected = False
+        self.cut_since = 0.0
+        """trio time the channel was lost (meaningful while not connected)."""
+        self.channels = 0
+        """Channels opened so far (a resync is the second and later)."""
+
+    @property
+    def synced(self) -> trio.Event:
+        return self._synced
+
+    @property
+    def changed(self) -> trio.Event:
+        return self._changed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def serving(self) -> bool:
+        if not self._synced.is_set():
+            return False
+        return self.connected or trio.current_time() - self.cut_since < self.stale_after
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the channel until cancelled; reports started at once (the
+        proxy listens and answers ``/ready`` 503 until the first sync)."""
+        task_status.started()
+        self.cut_since = trio.current_time()
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                await self._channel()
+                backoff = BACKOFF_FIRST
+            except _LOST as exc:
+                log.warning("controller channel: %s; retrying in %.1fs", _describe(exc), backoff)
+            if self.connected:
+                self.connected = False
+                self.cut_since = trio.current_time()
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _channel(self) -> None:
+        try:
+            await self._hold_channel()
+        except BaseExceptionGroup as group:  # from the nurseries: the first lost cause
+            lost, rest = group.split(_LOST)
+            if rest is not None or lost is None:
+                raise
+            raise _first(lost) from None
+
+    async def _hold_channel(self) -> None:
+        url = feed_url(self.controller, self.table.seq, self.proxy_id)
+        headers = [(b"authorization", f"Bearer {self.key}".encode())]
+        async with trio_websocket.open_websocket_url(
+            url, ssl_context=self.ssl_context, extra_headers=headers, message_queue_size=0
+        ) as ws:
+            self.channels += 1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_events, ws)
+                try:
+                    while True:
+                        message = await ws.get_message()
+                        self._apply(message)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    def _apply(self, message: str | bytes) -> None:
+        try:
+            item = json.loads(message)
+            if "synced" in item:
+                first = not self._synced.is_set()
+                self.connected = True
+                self._synced.set()
+                self._notify()
+                if first:
+                    log.info("routing table synced at seq %d", self.table.seq)
+                return
+            event = wire.structure(item["type"], item["data"])
+            recorded = RecordedEvent(item["seq"], item["stream"], item["version"], event)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _Unreadable(f"an event from the controller cannot be read ({exc})") from None
+        self.table.apply(recorded)
+        if self.connected:
+            self._notify()
+
+    async def _send_events(self, ws: trio_websocket.WebSocketConnection) -> None:
+        outbox = self.outbox
+        next_stats = trio.current_time()
+        while True:
+            with trio.move_on_at(next_stats):
+                await outbox.wait()
+                await trio.sleep(BATCH_EVERY)  # gather a batch
+            message: dict[str, Any] = {}
+            items = outbox.take()
+            if items:
+                message["events"] = items
+            if trio.current_time() >= next_stats:
+                next_stats = trio.current_time() + STATS_EVERY
+                if self.stats is not None:
+                    message["stats"] = self.stats()
+            if not message:
+                continue
+            try:
+                await ws.send_message(json.dumps(message, separators=(",", ":")))
+            except BaseException:
+                outbox.put_back(items)  # sent again once back
+                raise
+
+
+class _Unreadable(Exception):
+    pass
+
+
+_LOST = (
+    OSError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    _Unreadable,
+)
+"""What ends a channel (retried), as opposed to a bug."""
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return f"refused with HTTP {exc.status_code} (is the proxy key right?)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificates verified against the system's CAs, or ``ca_file`` (``--ca-file``)."""
+    return ssl.create_default_context(cafile=ca_file)

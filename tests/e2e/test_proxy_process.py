@@ -1,0 +1,311 @@
+"""Proxies as their own processes: a stand-alone ``plane proxy`` in front of a
+real ``plane serve``, and ``plane serve --proxy-workers 2``.
+
+Real processes, real sockets, the process executor with a small asyncio
+WebSocket echo backend (bench/conn_echo_backend.py: a plain GET is 200, an
+upgrade echoes frames).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from plane.testing.proxy_process import PlaneProxy
+from plane.testing.serve_process import PlaneServe
+
+ECHO = Path(__file__).resolve().parents[2] / "bench" / "conn_echo_backend.py"
+API_KEY = "api-key-0123456789abcdef"
+PROXY_KEY = "proxy-key-0123456789abcdef"
+
+pytestmark = pytest.mark.slow
+
+
+def echo(name: str, **spawn: Any) -> dict[str, Any]:
+    config = {"executable": {"command": [sys.executable, str(ECHO)]}, **spawn}
+    return {"key": {"name": name}, "spawn_config": config}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "proxy.key"
+    path.write_text(PROXY_KEY + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def start_serve(tmp_path: Path, key_file: Path, *extra: str, api_port: int = 0) -> PlaneServe:
+    serve = PlaneServe(
+        tmp_path / "data",
+        "process",
+        "--api-key",
+        API_KEY,
+        "--proxy-key-file",
+        str(key_file),
+        "--api-listen",
+        f"127.0.0.1:{api_port}",
+        *extra,
+        log_path=tmp_path / f"serve-{api_port}-{len(extra)}.log",
+    )
+    serve.api.headers["Authorization"] = f"Bearer {API_KEY}"
+    return serve
+
+
+def kind_of(response: httpx.Response) -> str:
+    kind: str = response.json()["kind"]
+    return kind
+
+
+async def wait_for(check: Any, what: str, limit: float = 15.0) -> Any:
+    """Poll ``check()`` (sync or async) until it returns a true value."""
+    with trio.move_on_after(limit):
+        while True:
+            result = check()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return result
+            await trio.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def via(url: str, serve: PlaneServe, proxy_url: str) -> str:
+    return url.replace(serve.urls["proxy"], proxy_url)
+
+
+def ws(url: str) -> str:
+    return "ws://" + url.removeprefix("http://")
+
+
+def proxies(serve: PlaneServe) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = serve.api.get("/ctrl/proxies").json()["proxies"]
+    return found
+
+
+def event_types(serve: PlaneServe, backend_id: str) -> list[str]:
+    events = serve.api.get(f"/ctrl/b/{backend_id}/events").json()["events"]
+    return [e["type"] for e in events]
+
+
+async def test_a_standalone_proxy_serves_http_and_websockets_and_honours_revocation(
+    tmp_path: Path, key_file: Path
+) -> None:
+    port = free_port()
+    proxy = PlaneProxy(
+        f"http://127.0.0.1:{port}", key_file, "--stale-after", "30", log_path=tmp_path / "p.log"
+    )
+    serve: PlaneServe | None = None
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            # never synced: /ready 503, requests refused 503
+            ready = await http.get(proxy.url + "/ready")
+            assert ready.status_code == 503
+            refused = await http.get(proxy.url + "/some-token/")
+            assert refused.status_code == 503 and kind_of(refused) == "ProxyNotReady"
+
+            serve = start_serve(tmp_path, key_file, "--terminate-on-exit", api_port=port)
+
+            async def is_ready() -> bool:
+                return (await http.get(proxy.url + "/ready")).status_code == 200
+
+            await wait_for(is_ready, "the proxy's first sync")
+
+            # the proxy key opens the feed only; other keys never open it
+            api = serve.api
+            assert kind_of(api.get("/ctrl/proxy-feed")) == "ProxyKeyRequired"
+            proxy_key = {"Authorization": f"Bearer {PROXY_KEY}"}
+            refused = api.get("/ctrl/backends", headers=proxy_key)
+            assert refused.status_code == 403 and kind_of(refused) == "ProxyKey"
+
+            backend = serve.connect(echo("a"))
+            backend_id = backend["backend_id"]
+            serve.wait_status(backend_id, "ready")
+            url = via(backend["url"], serve, proxy.url)
+
+            async def answered() -> bool:
+                return (await http.get(url)).status_code == 200
+
+            await wait_for(answered, "the backend through the proxy")
+
+            async with open_websocket_url(ws(url)) as conn:
+                await conn.send_message("hello")
+                assert await conn.get_message() == "hello"
+                await wait_for(
+                    lambda: [p for p in proxies(serve) if p["open_connections"] == 1],
+                    "the proxy's ConnectionOpened at the controller",
+                )
+            await wait_for(
+                lambda: all(p["open_connections"] == 0 for p in proxies(serve)),
+                "the proxy's ConnectionClosed at the controller",
+            )
+            types = event_types(serve, backend_id)
+            assert types.count("proxy.connection_opened.v1") == 1
+            assert types.count("proxy.connection_closed.v1") == 1
+            assert "proxy.http_activity.v1" in types
+
+            revoked = api.post(f"/ctrl/b/{backend_id}/revoke", json={})
+            assert revoked.status_code == 200, revoked.text
+
+            async def refused_revoked() -> bool:
+                answer = await http.get(url)
+                return answer.status_code == 410 and kind_of(answer) == "TokenRevoked"
+
+            await wait_for(refused_revoked, "the revocation at the proxy", limit=5)
+    finally:
+        proxy.stop()
+        if serve is not None:
+            serve.stop()
+
+
+async def test_idle_timeout_is_driven_by_the_standalone_proxys_events(
+    tmp_path: Path, key_file: Path
+) -> None:
+    serve = start_serve(tmp_path, key_file, "--terminate-on-exit")
+    proxy = PlaneProxy(serve.urls["api"], key_file, log_path=tmp_path / "p.log")
+    try:
+        backend = serve.connect(echo("idle", max_idle_seconds=2))
+        backend_id = backend["backend_id"]
+        serve.wait_status(backend_id, "ready")
+        url = via(backend["url"], serve, proxy.url)
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def answered() -> bool:
+                return (await http.get(url)).status_code == 200
+
+            await wait_for(answered, "the backend through the proxy")
+        async with open_websocket_url(ws(url)) as conn:
+            await trio.sleep(4)  # twice the idle timeout, held by one WebSocket
+            assert serve.status(backend_id)["status"] == "ready"
+            await conn.send_message("still here")
+            assert await conn.get_message() == "still here"
+        serve.wait_status(backend_id, "terminating", "terminated", timeout=20)
+    finally:
+        proxy.stop()
+        serve.stop()
+
+
+async def test_the_controller_restarted_under_a_standalone_proxy(
+    tmp_path: Path, key_file: Path
+) -> None:
+    port = free_port()
+    serve = start_serve(tmp_path, key_file, api_port=port)
+    proxy = PlaneProxy(
+        serve.urls["api"], key_file, "--stale-after", "3", log_path=tmp_path / "p.log"
+    )
+    try:
+        backend = serve.connect(echo("kept"))
+        serve.wait_status(backend["backend_id"], "ready")
+        url = via(backend["url"], serve, proxy.url)
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def status_of(target: str) -> int:
+                return (await http.get(target)).status_code
+
+            async def answered() -> bool:
+                return await status_of(url) == 200
+
+            await wait_for(answered, "the backend through the proxy")
+            serve.stop()  # the backend keeps running (no --terminate-on-exit)
+            assert await status_of(url) == 200  # known routes keep working
+            assert await status_of(proxy.url + "/ready") == 200
+            await trio.sleep(3.5)  # past --stale-after
+            assert await status_of(proxy.url + "/ready") == 503
+            stale = await http.get(url)
+            assert stale.status_code == 503 and kind_of(stale) == "ProxyNotReady"
+
+            serve = start_serve(tmp_path, key_file, "--terminate-on-exit", api_port=port)
+
+            async def ready() -> bool:
+                return await status_of(proxy.url + "/ready") == 200
+
+            await wait_for(ready, "the proxy's resync", limit=20)
+            assert await status_of(url) == 200
+            fresh = serve.connect(echo("new"))
+            serve.wait_status(fresh["backend_id"], "ready")
+            fresh_url = via(fresh["url"], serve, proxy.url)
+
+            async def fresh_answered() -> bool:
+                return await status_of(fresh_url) == 200
+
+            await wait_for(fresh_answered, "a new backend through the resynced proxy")
+    finally:
+        proxy.stop()
+        serve.stop()
+
+
+@pytest.fixture
+def workers_serve(tmp_path: Path, key_file: Path) -> Iterator[PlaneServe]:
+    serve = start_serve(tmp_path, key_file, "--proxy-workers", "2", "--terminate-on-exit")
+    try:
+        yield serve
+    finally:
+        serve.stop()
+
+
+async def test_proxy_workers_share_the_port_and_a_killed_one_loses_nothing(
+    workers_serve: PlaneServe,
+) -> None:
+    serve = workers_serve
+    found = proxies(serve)
+    assert len(found) == 2 and all(p["connected"] and p["synced"] for p in found), found
+    backend = serve.connect(echo("shared", max_idle_seconds=3))
+    backend_id = backend["backend_id"]
+    serve.wait_status(backend_id, "ready")
+    url = backend["url"]
+
+    async def both_served() -> bool:
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):  # new connections, at once: both workers accept
+                nursery.start_soon(partial_get, url)
+        counts = [p["stats"].get("requests", 0) for p in proxies(serve)]
+        return len(counts) == 2 and all(counts)
+
+    await wait_for(both_served, "traffic on both workers", limit=30)
+
+    async with open_websocket_url(ws(url)) as conn:
+        await conn.send_message("hi")
+        assert await conn.get_message() == "hi"
+        holder = await wait_for(
+            lambda: [p for p in proxies(serve) if p["open_connections"] == 1],
+            "the WebSocket's worker",
+        )
+        killed = holder[0]
+        os.kill(killed["stats"]["pid"], signal.SIGKILL)
+        with pytest.raises(ConnectionClosed):
+            with trio.fail_after(10):
+                await conn.get_message()
+
+    def restarted() -> bool:
+        now = proxies(serve)
+        ids = {p["id"] for p in now}
+        return len(now) == 2 and killed["id"] not in ids and all(p["synced"] for p in now)
+
+    await wait_for(restarted, "the worker restarted", limit=30)
+    types = event_types(serve, backend_id)
+    assert types.count("proxy.connection_opened.v1") == 1
+    assert types.count("proxy.connection_closed.v1") == 1
+    # the connection closed, the backend goes idle as it should
+    serve.wait_status(backend_id, "terminating", "terminated", timeout=30)
+
+
+async def partial_get(url: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.get(url, headers={"connection": "close"})
+        assert answer.status_code == 200
