@@ -222,10 +222,17 @@ export async function loadPanel(name) {
   const data = await getJson(`/ctrl/${name}`);
   const items = Array.isArray(data) ? data : (data[name] || []);
   const columns = [...new Set(items.flatMap((item) => Object.keys(item)))];
-  const show = (v) => (v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v));
+  // times (ms since the epoch) in fields named *_at or last_* are shown as ISO times
+  const isTime = (c) => c.endsWith("_at") || c.startsWith("last_");
+  const show = (c, v) => (v === null || v === undefined ? ""
+    : typeof v === "number" && isTime(c) ? isoTime(v)
+      : typeof v === "object" ? JSON.stringify(v) : String(v));
   $(name).replaceChildren(
-    el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { scope: "col", text: c })))),
-    el("tbody", {}, ...items.map((item) => el("tr", {}, ...columns.map((c) => el("td", { text: show(item[c]) }))))),
+    el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { scope: "col", text: c.replaceAll("_", " ") })))),
+    el("tbody", {}, ...items.map((item) => el("tr", {}, ...columns.map((c) => el("td", { text: show(c, item[c]) }))))),
   );
+  if (items.length === 0) {
+    $(name).replaceChildren(el("tbody", {}, el("tr", {}, el("td", { text: `no ${name} reported` }))));
+  }
   $(`${name}-panel`).hidden = false;
 }
