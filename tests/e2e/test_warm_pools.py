@@ -205,12 +205,15 @@ def test_bad_warm_pools_are_refused_with_400(tmp_path: Path, data_dir: Path) -> 
             },
             {"size": -1, "spawn_config": spawn},
             {"size": 1, "spawn_config": {**spawn, "id": "fixed"}},
-            {"size": 1},  # no such pool yet: a template is needed
         ]
         for body in bad:
             answer = plane.api.put("/ctrl/warm-pools/web", json=body)
             assert answer.status_code == 400, (body, answer.text)
             assert answer.json()["kind"] == "InvalidRequest"
+        # a resize (no template) of a pool that does not exist: there is nothing to resize
+        answer = plane.api.put("/ctrl/warm-pools/web", json={"size": 1})
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["kind"] == "NotFound"
         mixed = {"key": {"name": "x"}, "spawn_config": {"warm_pool": "web", "max_idle_seconds": 5}}
         answer = plane.api.post("/ctrl/connect", json=mixed)
         assert answer.status_code == 400 and "max_idle_seconds" in answer.text
