@@ -72,6 +72,7 @@ actors keep their own pending decisions (:mod:`plane.actors.backend`).
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import random
@@ -257,6 +258,10 @@ class Supervisor:
         self.states: dict[str, BackendState] = {}
         self.actors: dict[str, BackendActor] = {}
         self._live_by_slot: dict[Slot, str] = {}  # live: requested .. idle
+        self._live_per_engine: collections.Counter[str] = collections.Counter()
+        """How many keys each engine's backends hold (kept with ``_live_by_slot``)."""
+        self._unclaimed: set[str] = set()
+        """Ids of warm pools' unclaimed backends that still count (requested .. warm)."""
         self._held_by_slot: dict[Slot, str] = {}  # holds its key: not terminated
         self._released: dict[Slot, trio.Event] = {}  # set when the key's holder ends
         self._fencing: dict[Slot, int] = {}  # per key ever used: its highest fencing token
@@ -540,7 +545,7 @@ class Supervisor:
 
     def unclaimed_members(self) -> list[BackendState]:
         """Every warm pool's unclaimed backend that still counts (requested .. warm)."""
-        return [s for s in self.states.values() if lifecycle.is_warm_member(s)]
+        return [self.states[b] for b in self._unclaimed if b in self.states]
 
     def engine_unavailable(self, engine: str) -> bool:
         """True if ``engine`` takes no new backends (draining or lost) or is gone."""
@@ -718,10 +723,11 @@ class Supervisor:
         )
         self.actors[state.backend_id] = actor
         self.states[state.backend_id] = state
+        self._track_unclaimed(state)
         if state.key is not None and not lifecycle.is_terminal(state):
             self._held_by_slot[state.key.slot()] = state.backend_id
             if lifecycle.is_live(state):
-                self._live_by_slot[state.key.slot()] = state.backend_id
+                self._hold_live(state.key.slot(), state)
         self._nursery.start_soon(self._run_actor, actor, resume)
         return actor
 
@@ -735,20 +741,40 @@ class Supervisor:
                 state = self.states.get(actor.backend_id)
                 if state is not None and lifecycle.is_terminal(state):
                     del self.states[actor.backend_id]
+                    self._unclaimed.discard(actor.backend_id)
+
+    def _hold_live(self, slot: Slot, state: BackendState) -> None:
+        """``state``'s backend is the live holder of ``slot`` (kept with the per-engine count)."""
+        before = self._live_by_slot.get(slot)
+        if before == state.backend_id:
+            return
+        if before is not None and before in self.states:
+            self._live_per_engine[self.states[before].engine] -= 1
+        self._live_by_slot[slot] = state.backend_id
+        self._live_per_engine[state.engine] += 1
+
+    def _track_unclaimed(self, state: BackendState) -> None:
+        if lifecycle.is_warm_member(state):
+            self._unclaimed.add(state.backend_id)
+        else:
+            self._unclaimed.discard(state.backend_id)
 
     def _notify(self, state: BackendState, events: list[Event]) -> None:
         previous = self.states.get(state.backend_id)
         if lifecycle.is_terminal(state) and not (previous and lifecycle.is_terminal(previous)):
             self.terminated_count += 1
         self.states[state.backend_id] = state
+        self._track_unclaimed(state)
         if state.key is not None and lifecycle.is_live(state):
             # a claimed warm backend takes its key here (its claim was recorded)
             self._held_by_slot.setdefault(state.key.slot(), state.backend_id)
-            self._live_by_slot.setdefault(state.key.slot(), state.backend_id)
+            if state.key.slot() not in self._live_by_slot:
+                self._hold_live(state.key.slot(), state)
         elif state.key is not None and not lifecycle.is_live(state):
             slot = state.key.slot()
             if self._live_by_slot.get(slot) == state.backend_id:
                 del self._live_by_slot[slot]
+                self._live_per_engine[state.engine] -= 1
             if lifecycle.is_terminal(state) and self._held_by_slot.get(slot) == state.backend_id:
                 del self._held_by_slot[slot]
                 released = self._released.pop(slot, None)
@@ -856,9 +882,7 @@ class Supervisor:
     def engine_loads(self) -> list[Load]:
         """Each configured engine with its live backends (and reservations)."""
         live: dict[str, int] = dict.fromkeys(self.executor.engines, 0)
-        for backend_id in self._live_by_slot.values():
-            engine = self.states[backend_id].engine
-            live[engine] = live.get(engine, 0) + 1
+        live.update(+self._live_per_engine)  # kept as backends take and free keys: O(engines)
         for member in self.unclaimed_members():
             live[member.engine] = live.get(member.engine, 0) + 1
         loads = []
