@@ -176,50 +176,6 @@ class Event:
     version: int | None = None
 
 
-# ------------------------------------------------- transition (one place only)
-# Servers from before Plane's vocabulary answer our words on Plane's endpoints
-# (status ``requested``/``idle``, reasons ``idle``/``exited``...) and show our
-# words in ``status``/``termination_reason`` on /ctrl/b/{id} (no ``state``).
-# Every answer passes through here, so the client speaks Plane's words with any
-# of them.  The mappings are idempotent on Plane's own values.  Delete this
-# section once no such server is left.
-
-_OUR_STATUS = {"requested": "scheduled", "idle": "ready"}
-_OUR_REASON: dict[str, str | None] = {
-    "idle": "swept",
-    "lifetime": "swept",
-    "orphaned": "lost",
-    "exited": None,
-    "spawnfailed": None,
-}
-
-
-def _to_plane(raw: dict[str, Any]) -> dict[str, Any]:
-    out = dict(raw)
-    status = out.get("status")
-    if isinstance(status, str):
-        status = _OUR_STATUS.get(status, status)
-        if status == "terminating" and out.get("termination_kind") == "hard":
-            status = "hard-terminating"
-        out["status"] = status
-    reason = out.get("termination_reason")
-    if isinstance(reason, str):
-        out["termination_reason"] = _OUR_REASON.get(reason, reason)
-    return out
-
-
-def _backend_to_plane(raw: dict[str, Any]) -> dict[str, Any]:
-    if "state" not in raw:  # an older server: status/termination_reason are ours
-        raw = {**raw, "state": raw.get("status"), "reason": raw.get("termination_reason")}
-    return _to_plane(raw)
-
-
-_TRANSITIONS: dict[type, Any] = {
-    BackendStatus: _to_plane,
-    Connection: _to_plane,
-    Backend: _backend_to_plane,
-}
-
 # -------------------------------------------------------------- structuring
 
 _converter = cattrs.Converter(forbid_extra_keys=False)
@@ -236,8 +192,7 @@ def structure(raw: Any, cls: type[T]) -> T:
     try:
         if not isinstance(raw, dict):
             raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
-        transition = _TRANSITIONS.get(cls)
-        return _converter.structure(transition(raw) if transition else raw, cls)
+        return _converter.structure(raw, cls)
     except InvalidResponse:
         raise
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
