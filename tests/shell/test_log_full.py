@@ -153,6 +153,8 @@ async def test_what_somebody_waits_for_is_refused_at_once_and_never_done_later(
         # a connect for a new key, one for the held key, terminate, revoke: all refused
         with trio.fail_after(1), pytest.raises(StoreFullError):
             await h.supervisor.connect(request("new"))
+        assert set(h.supervisor.actors) == {bid}, "the refused backend's actor ended"
+        assert set(h.supervisor.held_states) == {bid}
         with trio.fail_after(1), pytest.raises(StoreFullError):
             await h.supervisor.connect(request("held"))
         with trio.fail_after(1), pytest.raises(StoreFullError):
