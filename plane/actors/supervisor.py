@@ -1021,7 +1021,10 @@ class Supervisor:
         log.error("%s", message)
         await self._append_system([EngineLost(now, engine, message[:500])])
         for actor in list(self.actors.values()):
-            if actor.state.engine == engine and not lifecycle.is_terminal(actor.state):
+            state = actor.state
+            if state.status is None or lifecycle.is_terminal(state):
+                continue  # a new backend whose request is not recorded yet, or one that ended
+            if state.engine == engine:
                 actor.tell(ExecutorVanished(now, message[:500]))
 
     def engines_view(self) -> list[dict[str, object]]:
