@@ -425,7 +425,7 @@ async def serve_plane(
                 await _define_warm_pools(supervisor, config)
                 await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
                 metrics.load_statuses(
-                    list(supervisor.states.values()), terminated=supervisor.terminated_count
+                    list(supervisor.held_states.values()), terminated=supervisor.terminated_count
                 )
                 registry = ProxyRegistry(supervisor.tell, supervisor.clock)
                 await nursery.start(registry.run)

@@ -256,7 +256,7 @@ async def backends_page(
     narrow its query), their states folded from their streams, one page at a time."""
     # memory first, then the index: a backend ending in between is in both
     # (kept from memory), never in neither
-    held = dict(ctx.supervisor.states)
+    held = dict(ctx.supervisor.held_states)
     index = ctx.index
     if with_terminated:
         try:
