@@ -15,6 +15,12 @@ observation, a proxy connection event, an API call) or a :class:`Tick` (the
 passing of time).  Every command carries its time (``at``, seconds since the
 epoch); this module never reads a clock and imports nothing that does I/O.
 
+What may happen when is one table, :data:`TRANSITIONS`: per event type, the
+statuses it may happen in, the status it leads to, what else it changes, and
+for an input the decisions it implies.  ``evolve`` and ``decide`` read it;
+``python -m plane.actors.diagram`` draws it (``docs/lifecycle.md``).  Only the
+timers (``next_deadline``) live outside it, in :func:`_deadlines`.
+
 For an input, ``decide`` returns the input itself first, then the decisions it
 implies, so the shell appends exactly what ``decide`` returned.  For a tick it
 returns only decisions, for the earliest deadline that is due (the shell ticks
@@ -317,7 +323,7 @@ def _ev_terminated(s: BackendState, e: BackendTerminated) -> StateChanges:
 
 
 def _nothing(s: BackendState, e: object) -> list[Event]:
-    """nothing: the input is recorded and decides nothing by itself"""
+    """nothing (the input is only recorded)"""
     return []
 
 
@@ -329,7 +335,7 @@ def _ending_reason(s: BackendState, otherwise: TerminationReason) -> Termination
 
 
 def _after_claim(s: BackendState, e: BackendClaimed) -> list[Event]:
-    """BackendReady: a claimed warm backend is ready at once"""
+    """BackendReady (a claimed warm backend is ready at once)"""
     assert s.address is not None  # the guard
     return [BackendReady(e.at, s.address)]
 
