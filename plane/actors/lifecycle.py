@@ -509,6 +509,7 @@ backend's stream.  ``python -m plane.actors.diagram`` draws it (docs/lifecycle.m
 # -------------------------------------------------------------------- evolve
 
 _FIELDS = frozenset(f.name for f in attrs.fields(BackendState))
+_N_FIELDS = len(_FIELDS)
 
 
 def _illegal(state: BackendState, event: object) -> IllegalTransition:
@@ -543,7 +544,7 @@ def _with_fields(fields: dict[str, object]) -> BackendState:
     event of the log; see bench/bench_replay.py).  ``fields`` is the old state's
     fields with the changes merged in, so a name that is not a field makes it
     longer: that raises :class:`TypeError`, as ``BackendState(typo=...)`` would."""
-    if len(fields) != len(_FIELDS):
+    if len(fields) != _N_FIELDS:
         unknown = sorted(fields.keys() - _FIELDS)
         raise TypeError(f"BackendState has no field {', '.join(unknown)}")
     new = object.__new__(BackendState)
