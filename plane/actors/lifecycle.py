@@ -527,28 +527,23 @@ def evolve(state: BackendState, event: Event) -> BackendState:
     row = TRANSITIONS.get(type(event))
     if row is None or state.status not in row.source:
         raise _illegal(state, event)
-    fields: dict[str, object] = {
-        **state.__dict__,
-        **row.changes(state, event),
-        "version": state.version + 1,
-    }
+    # What attrs.evolve(state, **changes) builds, without its per-call cost
+    # (replay folds every event of the log: bench/bench_replay.py): a new
+    # instance whose fields are the old ones updated in place, in field order,
+    # so its __dict__ stays a key-sharing dict like every BackendState's.  A
+    # name that is not a field would make it longer: that raises, as
+    # BackendState(typo=...) would.
+    new = object.__new__(BackendState)
+    fields = new.__dict__
+    fields.update(state.__dict__)
+    fields.update(row.changes(state, event))
+    fields["version"] = state.version + 1
     if row.target is not None:
         fields["status"] = row.target
         fields["status_at"] = event.at
-    return _with_fields(fields)
-
-
-def _with_fields(fields: dict[str, object]) -> BackendState:
-    """``BackendState(**fields)`` for the hot path, given every field: what
-    ``attrs.evolve`` would build, in a fraction of its time (replay folds every
-    event of the log; see bench/bench_replay.py).  ``fields`` is the old state's
-    fields with the changes merged in, so a name that is not a field makes it
-    longer: that raises :class:`TypeError`, as ``BackendState(typo=...)`` would."""
     if len(fields) != _N_FIELDS:
-        unknown = sorted(fields.keys() - _FIELDS)
-        raise TypeError(f"BackendState has no field {', '.join(unknown)}")
-    new = object.__new__(BackendState)
-    object.__setattr__(new, "__dict__", fields)  # the instance is new: nothing shares it
+        unknown = ", ".join(sorted(fields.keys() - _FIELDS))
+        raise TypeError(f"{type(event).__name__} changes what BackendState lacks: {unknown}")
     return new
 
 

@@ -7,6 +7,7 @@ Also here: a change naming a field ``BackendState`` does not have raises, and
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -266,3 +267,12 @@ def test_diagram_check_fails_on_a_stale_file(
     assert diagram.main(["--output", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == diagram.render()
     assert diagram.main(["--output", str(out), "--check"]) == 0
+
+
+def test_an_evolved_state_is_as_small_as_a_constructed_one() -> None:
+    # evolve copies fields into a fresh instance dict in field order, so it stays
+    # a key-sharing dict: a supervisor holds one state per backend
+    after = evolve(STATES[Status.READY], EXAMPLES[ConnectionOpened])
+    constructed = BackendState(**vars(after))
+    assert after == constructed
+    assert sys.getsizeof(vars(after)) == sys.getsizeof(vars(constructed))
