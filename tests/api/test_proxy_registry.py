@@ -30,11 +30,16 @@ def batch(*items: tuple[str, object]) -> str:
 
 
 def test_a_batch_carries_connection_events_and_stats() -> None:
-    events, stats = parse_batch(
+    parsed = parse_batch(
         batch(("b1", ConnectionOpened(1.0, "p-1")), ("b1", HttpActivityRecorded(2.0, 4)))
     )
-    assert events == [("b1", ConnectionOpened(1.0, "p-1")), ("b1", HttpActivityRecorded(2.0, 4))]
-    assert stats == {"requests": 3}
+    assert parsed.events == [
+        ("b1", ConnectionOpened(1.0, "p-1")),
+        ("b1", HttpActivityRecorded(2.0, 4)),
+    ]
+    assert parsed.stats == {"requests": 3}
+    assert not parsed.bye
+    assert parse_batch('{"events": [], "bye": true}').bye
 
 
 @pytest.mark.parametrize(
@@ -47,6 +52,7 @@ def test_a_batch_carries_connection_events_and_stats() -> None:
         json.dumps({"events": [["b1", "proxy.connection_opened.v1", {"nope": 1}]]}),
         json.dumps({"events": [{"backend": "b1"}]}),
         json.dumps({"stats": []}),
+        json.dumps({"bye": "yes"}),
     ],
 )
 def test_anything_else_is_refused(text: str) -> None:
