@@ -145,6 +145,9 @@ class RemoteFeed:
         """trio time the channel was lost (meaningful while not connected)."""
         self.channels = 0
         """Channels opened so far (a resync is the second and later)."""
+        self.last_sync = ""
+        """How the last sync was made: ``"table"`` (the controller's current
+        table) or ``"missed"`` (the events missed since :attr:`table`'s seq)."""
         self._staging: RouteTable | None = None
         """The controller's current table being received (swapped in at ``synced``)."""
         self._ws: trio_websocket.WebSocketConnection | None = None
@@ -276,11 +279,12 @@ class RemoteFeed:
             self._notify()
 
     def _synced_at(self, seq: int) -> None:
-        how = "events missed"
+        how = "missed"
         if self._staging is not None:
             self.table.replace(self._staging)
             self._staging = None
-            how = "the controller's current table"
+            how = "table"
+        self.last_sync = how
         self.table.seq = max(self.table.seq, seq)
         first = not self._synced.is_set()
         self.connected = True
@@ -288,7 +292,7 @@ class RemoteFeed:
         self._notify()
         log.log(
             logging.INFO if first else logging.DEBUG,
-            "routing table synced at seq %d (%s)",
+            "routing table synced at seq %d (from %s)",
             self.table.seq,
             how,
         )
