@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -440,3 +441,30 @@ async def test_the_workers_proxy_metrics_are_in_serves_metrics(
     per_worker = [p["stats"]["counters"]["requests"].get("200", 0) for p in proxies(serve)]
     total = metric_values(serve)[("plane_proxy_requests_total", (("code", "200"),))]
     assert sum(per_worker) == total  # summed over the workers, nothing counted twice
+
+
+async def test_serve_stops_its_workers_first_so_their_connections_are_recorded_closed(
+    tmp_path: Path, key_file: Path
+) -> None:
+    serve = start_serve(tmp_path, key_file, "--proxy-workers", "2", "--terminate-on-exit")
+    try:
+        backend = serve.connect(echo("shutdown"))
+        backend_id = backend["backend_id"]
+        serve.wait_status(backend_id, "ready")
+        async with open_websocket_url(ws(backend["url"])) as conn:
+            await conn.send_message("hi")
+            assert await conn.get_message() == "hi"
+            await wait_for(lambda: connections(serve, backend_id) == 1, "the open connection")
+            assert await trio.to_thread.run_sync(serve.stop) == 0
+    finally:
+        serve.stop()
+    with sqlite3.connect(f"file:{serve.data_dir / 'events.db'}?mode=ro", uri=True) as db:
+        types = [
+            row[0]
+            for row in db.execute(
+                "SELECT type FROM events WHERE stream = ? ORDER BY seq", (backend_id,)
+            )
+        ]
+    # the worker's close reached the log before the termination at exit
+    closed = types.index("proxy.connection_closed.v1")
+    assert closed < types.index("backend.terminating.v1"), types
