@@ -34,7 +34,10 @@ WebSocket at a time.
 
 Error handling: a refused channel (401/403: a wrong proxy key) is logged and
 retried like any other failure (the key file may be fixed); an event the
-proxy cannot read ends the channel (it is retried from the same ``seq``).
+proxy cannot read ends the channel (it is retried from the same ``seq``); an
+untrusted certificate (``wss://`` without the right ``--ca-file``) is logged
+with the TLS error and retried the same way; opening the channel is bounded by
+:data:`CONNECT_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ DRAIN_TIMEOUT = 3.0
 """How long a clean stop waits to hand the controller its last events."""
 OUTBOX_MAX = 1_000_000
 """Events queued while cut off; past it the oldest activity is dropped."""
+CONNECT_TIMEOUT = 10.0
+"""How long opening the channel (TCP, TLS, the WebSocket handshake) may take."""
 
 
 def feed_url(controller: str, after: int, proxy_id: str) -> str:
@@ -239,8 +244,15 @@ class RemoteFeed:
     async def _hold_channel(self) -> None:
         url = feed_url(self.controller, self.table.seq, self.proxy_id)
         headers = [(b"authorization", f"Bearer {self.key}".encode())]
+        if self.ssl_context is not None:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await check_certificate(url, self.ssl_context)
         async with trio_websocket.open_websocket_url(
-            url, ssl_context=self.ssl_context, extra_headers=headers, message_queue_size=0
+            url,
+            ssl_context=self.ssl_context,
+            extra_headers=headers,
+            message_queue_size=0,
+            connect_timeout=CONNECT_TIMEOUT,
         ) as ws:
             self.channels += 1
             self._staging = None
@@ -331,7 +343,9 @@ class _Unreadable(Exception):
 
 
 _LOST = (
-    OSError,
+    OSError,  # ssl.SSLError too: an untrusted certificate
+    trio.BrokenResourceError,
+    trio.TooSlowError,
     trio_websocket.HandshakeError,
     trio_websocket.ConnectionClosed,
     _Unreadable,
@@ -350,6 +364,26 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return f"refused with HTTP {exc.status_code} (is the proxy key right?)"
     return f"{type(exc).__name__}: {exc}"
+
+
+async def check_certificate(url: str, ssl_context: ssl.SSLContext) -> None:
+    """Complete a TLS handshake with the controller, then close it.
+
+    trio-websocket waits forever when the server's certificate is refused
+    (python-trio/trio-websocket#199), so the refusal is found here first and
+    raised as the :class:`ssl.SSLError` it is (logged, retried with backoff)."""
+    parts = urlsplit(url)
+    stream = await trio.open_ssl_over_tcp_stream(
+        parts.hostname or "", parts.port or 443, ssl_context=ssl_context
+    )
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        if isinstance(exc.__cause__, ssl.SSLError):
+            raise exc.__cause__ from None
+        raise
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
