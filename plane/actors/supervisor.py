@@ -36,7 +36,8 @@ This module owns the nursery of the backend actors and the routing around them:
   plus the log's tail, so its cost follows the live backends, not the log's
   length), ask the executor what really runs, adopt what is alive (its address,
   tokens and idle timer carry on; its connections, which died with the previous
-  in-process proxy, are closed), start again what was still being started,
+  in-process proxy, are closed, but those a proxy process may still hold:
+  :attr:`Supervisor.keep_connection`), start again what was still being started,
   record as lost what vanished, and remove (and record) everything
   plane-labelled of its scope that the log does not hold as live (terminated
   or unknown), running or not: an exited container whose removal a stop
@@ -281,6 +282,12 @@ class Supervisor:
         self._system_version = 0
         self._nursery: trio.Nursery | None = None
         self.observers: list[StateObserver] = []
+        self.keep_connection: Callable[[str, str], bool] | None = None
+        """At recovery, asked ``(backend_id, connection_id)`` for each connection
+        the log holds open: True if a proxy process may still hold it and the
+        caller takes charge of it (``plane serve``:
+        :meth:`~plane.api.proxies.ProxyRegistry.adopt_connection`); else it is
+        closed."""
         self.recovery_report: dict[str, list[str]] = {"adopted": [], "lost": [], "orphans": []}
         self.warm_pools = WarmPoolManager(self, self.clock)
         self._claiming: set[str] = set()  # warm backends a connect is claiming now
@@ -1107,13 +1114,15 @@ class Supervisor:
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
 
-    @staticmethod
-    def _close_connections(actor: BackendActor, now: float) -> None:
-        """The proxy that held an adopted backend's connections died with the
-        previous plane: they are closed (else the backend never goes idle), as
-        observed ``now`` (recovery)."""
+    def _close_connections(self, actor: BackendActor, now: float) -> None:
+        """The in-process proxy that held an adopted backend's connections died
+        with the previous plane: they are closed as observed ``now`` (recovery;
+        else the backend never goes idle), but for those :attr:`keep_connection`
+        takes (a proxy process's)."""
+        keep = self.keep_connection
         for connection_id in sorted(actor.state.connections):
-            actor.tell(ConnectionClosed(now, connection_id))
+            if keep is None or not keep(actor.state.backend_id, connection_id):
+                actor.tell(ConnectionClosed(now, connection_id))
 
     def _leftovers(self, found: list[Running]) -> list[Running]:
         """What the log does not hold live (terminated, or unknown to it), running or

@@ -636,7 +636,7 @@ class Endpoints:
             raise ApiError(400, "WebSocketRequired", "the proxy feed is a WebSocket")
         after = _integer(request.param("after"), AFTER, default=0)
         proxy_id = request.param("proxy") or ""
-        if not (0 < len(proxy_id) <= 64 and proxy_id.replace("-", "").isalnum()):
+        if not proxies.valid_proxy_name(proxy_id):
             raise ApiError(400, "BadRequest", "proxy: an id of letters, digits and '-'")
         store, registry = self.ctx.store, self.ctx.proxies
         peer = request.peer
