@@ -95,9 +95,9 @@ PINGS_PER_LOST_AFTER = 3
 """The supervisor's ``ping_interval`` is ``engine_lost_after`` over this (3.3 s or
 10 s, where ``plane serve`` pings every 2 s): an outage longer than
 ``engine_lost_after`` still fails at least three pings in a row and makes the
-engine lost, a blip still does not, and a history wakes for pings a third as
-often (a ping and its timeout scope were a third of a history's scheduler
-passes and a sixth of its CPU time)."""
+engine lost, one shorter than two intervals never does, and a history wakes for
+pings a third as often (a ping and its timeout scope were a third of a
+history's scheduler passes and a sixth of its CPU time)."""
 HISTORY_LIMIT_SECONDS = 1e6
 """Simulated time after which a history that has not finished is stuck."""
 
