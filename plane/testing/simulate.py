@@ -14,6 +14,12 @@ Command line::
     python -m plane.testing.simulate --minutes 5           # a soak (or --hours 1)
     python -m plane.testing.simulate --histories 1000      # a bench: prints histories/min
     ... --sqlite                                           # on a real SQLite file
+    ... --jobs 1                                           # one process (default: one per CPU)
+
+Histories are independent, each fixed by its seed alone, so a run spreads them
+over ``--jobs`` worker processes (:func:`explore_parallel`: worker ``i`` of
+``n`` takes seeds ``start + i``, ``start + i + n``, ...); the seeds run, and
+so the histories and their outcomes, are the same whatever the count.
 
 It exits 1 when a history failed (after printing its report), 0 otherwise,
 2 for bad arguments.
@@ -23,10 +29,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from itertools import count
+from multiprocessing import get_context
 from pathlib import Path
 
 import attrs
@@ -101,6 +111,60 @@ def explore(
     return summary
 
 
+def _explore_share(
+    start: int,
+    stop: int | None,
+    stride: int,
+    steps: int,
+    sqlite: bool,
+    seconds: float | None,
+) -> Summary:
+    """One worker's part of a parallel run: seeds ``start``, ``start + stride``, ...
+    (below ``stop`` if given), for ``seconds`` if given."""
+    seeds: Iterable[int] = range(start, stop, stride) if stop is not None else count(start, stride)
+    until = None if seconds is None else time.monotonic() + seconds
+    return explore(seeds, steps, sqlite=sqlite, until=until)
+
+
+def explore_parallel(
+    start: int,
+    steps: int,
+    *,
+    jobs: int,
+    histories: int | None = None,
+    seconds: float | None = None,
+    sqlite: bool = False,
+) -> Summary:
+    """Seeds ``start``.. over ``jobs`` processes: ``histories`` of them, or as
+    many as fit in ``seconds``.  The summary adds the workers' up; its wall time
+    is the whole run's and its CPU time the workers' sum."""
+    stop = None if histories is None else start + histories
+    if histories is not None:
+        jobs = min(jobs, histories)  # no idle workers
+    if jobs <= 1:
+        seeds: Iterable[int] = range(start, stop) if stop is not None else count(start)
+        until = None if seconds is None else time.monotonic() + seconds
+        return explore(seeds, steps, sqlite=sqlite, until=until)
+    began = time.monotonic()
+    # spawned, not forked: the caller may hold threads (a test run's, a store's)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_explore_share, start + i, stop, jobs, steps, sqlite, seconds)
+            for i in range(jobs)
+        ]
+        parts = [future.result() for future in futures]
+    total = Summary(seconds=time.monotonic() - began)
+    for part in parts:
+        total.histories += part.histories
+        total.steps += part.steps
+        total.events += part.events
+        total.cpu_seconds += part.cpu_seconds
+        total.failures += part.failures
+        total.stats.update(part.stats)
+    total.failures.sort(key=lambda outcome: outcome.seed)
+    return total
+
+
 def shrink(outcome: Outcome, *, sqlite: bool = False) -> Outcome:
     """The shortest failing history of the same seed that breaks the same invariant
     (bisection on the step count, then the failing count found)."""
@@ -158,13 +222,6 @@ def report(outcome: Outcome, *, keep_dir: Path | None = None, shrunk: Outcome | 
     return "\n".join(lines)
 
 
-def _seeds(start: int) -> Iterator[int]:
-    seed = start
-    while True:
-        yield seed
-        seed += 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m plane.testing.simulate",
@@ -179,11 +236,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sqlite", action="store_true", help="on a real SQLite log file")
     parser.add_argument("--no-shrink", action="store_true", help="report failures as found")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes for --histories/--minutes/--hours (default: one per CPU)",
+    )
+    parser.add_argument(
         "--keep-dir", type=Path, default=Path(tempfile.gettempdir()), help="where failing logs go"
     )
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, not {args.steps}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
     chosen = [args.seed is not None, args.histories is not None, bool(args.minutes or args.hours)]
     if sum(chosen) > 1:
         parser.error("give one of --seed, --histories, --minutes/--hours")
@@ -199,18 +264,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report(outcome, keep_dir=args.keep_dir))
         return 1
     start = args.start_seed if args.start_seed is not None else int(time.time())
-    seeds: Iterable[int] = _seeds(start)
-    until = None
-    if args.histories is not None:
-        seeds = range(start, start + args.histories)
-    else:
-        seconds = (args.minutes or 0.0) * 60 + (args.hours or 0.0) * 3600
-        until = time.monotonic() + (seconds or 60.0)
-    summary = explore(seeds, args.steps, sqlite=args.sqlite, until=until)
+    seconds = None
+    if args.histories is None:
+        seconds = (args.minutes or 0.0) * 60 + (args.hours or 0.0) * 3600 or 60.0
+    summary = explore_parallel(
+        start,
+        args.steps,
+        jobs=args.jobs,
+        histories=args.histories,
+        seconds=seconds,
+        sqlite=args.sqlite,
+    )
     for failure in summary.failures:
         shrunk = None if args.no_shrink else shrink(failure, sqlite=args.sqlite)
         print(report(failure, keep_dir=args.keep_dir, shrunk=shrunk))
-    print(f"seeds {start}..: {summary.line()}")
+    print(f"seeds {start}.. on {args.jobs} process(es): {summary.line()}")
     print("  " + ", ".join(f"{k} {v}" for k, v in sorted(summary.stats.items())))
     return 1 if summary.failures else 0
 

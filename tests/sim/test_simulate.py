@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from plane.actors.supervisor import Supervisor
 from plane.events.sqlite import read_log
 from plane.testing import simulate
+from plane.testing.sim.checks import InvariantBroken
 from plane.testing.sim.history import Outcome, run_history
 from replay.verify import verify_log
 
@@ -36,13 +38,32 @@ def test_regression_seed(seed: int, steps: int, bug: str) -> None:
 def test_histories_seeded_from_today() -> None:
     """A few hundred histories a run, new ones every day (the seed is the date)."""
     start = datetime.date.today().toordinal() * 10_000
-    summary = simulate.explore(range(start, start + DAILY), STEPS)
+    summary = simulate.explore_parallel(start, STEPS, jobs=2, histories=DAILY)
     print(summary.line())
     assert summary.histories == DAILY
     assert not summary.failures, _failures(summary.failures)
     # the faults are still injected and seen (the pings are sparser than plane serve's)
     for what in ("outage", "engine-lost", "engine-returned", "crash", "disk-full"):
         assert summary.stats[what] > 0, (what, summary.stats)
+
+
+def test_a_parallel_run_runs_the_same_histories_as_one_process() -> None:
+    start, count = 500, 6
+    alone = simulate.explore_parallel(start, 60, jobs=1, histories=count)
+    spread = simulate.explore_parallel(start, 60, jobs=3, histories=count)
+    assert alone.histories == spread.histories == count
+    assert alone.events == spread.events > 0
+    assert alone.stats == spread.stats
+    assert spread.cpu_seconds > 0
+
+
+def test_a_failure_crosses_from_a_worker_process() -> None:
+    broken = InvariantBroken("one-live-per-key", "two live backends hold key k")
+    outcome = Outcome(7, 20, "memory", broken, [], {"crash": 1})
+    back = pickle.loads(pickle.dumps(outcome))
+    assert back.failure is not None and not back.ok
+    assert (back.failure.invariant, back.failure.message) == (broken.invariant, broken.message)
+    assert "--seed 7 --steps 20" in simulate.report(back)
 
 
 def test_a_seed_fixes_the_whole_history() -> None:
@@ -99,6 +120,10 @@ def test_the_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -
         simulate.main(["--seed", "1", "--histories", "2"])
     assert exited.value.code == 2
     assert "one of --seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        simulate.main(["--histories", "2", "--jobs", "0"])
+    assert exited.value.code == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
 
 
 def test_a_kept_log_is_a_plane_log_that_verifies(tmp_path: Path) -> None:

@@ -44,6 +44,10 @@ class InvariantBroken(AssertionError):
         self.invariant = invariant
         self.message = message
 
+    def __reduce__(self) -> tuple[type[InvariantBroken], tuple[str, str]]:
+        # for a parallel run's failures, sent back from its worker processes
+        return (InvariantBroken, (self.invariant, self.message))
+
 
 @attrs.frozen
 class Ack:
