@@ -95,9 +95,6 @@ class TableFeed:
         """In-process: fresh once synced (the store cannot be cut off)."""
         return self.synced.is_set()
 
-    async def wait_for_change(self) -> None:
-        await self._changed.wait()
-
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
