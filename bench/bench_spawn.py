@@ -80,7 +80,6 @@ import argparse
 import contextlib
 import dataclasses
 import http.client
-import json
 import os
 import shutil
 import socket
@@ -98,6 +97,7 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+import orjson
 
 from plane.executors.readiness import EAGER_ATTEMPTS
 from plane.testing.images import INDEX_HTML, build_test_image, copy_image
@@ -138,7 +138,7 @@ class Plane(PlaneServe):
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
-                status = json.loads(line[5:])
+                status = orjson.loads(line[5:])
                 if status["status"] == "ready":
                     return backend_id
                 if status["status"] == "terminated":

@@ -33,7 +33,7 @@ import orjson
 import trio
 
 from plane import __version__
-from plane.addresses import split_host_port
+from plane.addresses import join_host_port, split_host_port
 from plane.client import (
     Backend,
     BackendKey,
@@ -50,7 +50,7 @@ from plane.client import (
 )
 from plane.client.core import DEFAULT_API
 from plane.client.models import unstructure
-from plane.config import ConfigError, PlaneConfig, WarmPoolOption
+from plane.config import ConfigError, PlaneConfig, WarmPoolOption, parse_listen
 from plane.engines.config import engine_specs
 from plane.text_tables import iso, render_table
 
@@ -380,9 +380,10 @@ async def _proxy_until_signal(options: Any) -> None:
             nursery.start_soon(watch_signals)
             port = await nursery.start(proxy)
             if options.listen_fd is None:
-                host = options.listen.rpartition(":")[0]
+                host = parse_listen(options.listen, "--listen")[0]
                 print(
-                    f"plane {__version__} proxy on {host}:{port}, fed by {options.controller}",
+                    f"plane {__version__} proxy on {join_host_port(host, port)}, "
+                    f"fed by {options.controller}",
                     flush=True,
                 )
 

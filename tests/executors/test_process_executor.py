@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from plane.addresses import split_host_port
 from plane.events.spec import BackendKey, Executable
 from plane.executors.base import LOG_MAX_BYTES, ExitObserved, SpawnError, StartSpec
 from plane.executors.process import ProcessExecutor, exit_code_from_returncode
@@ -120,7 +121,7 @@ async def test_start_answers_with_env_and_logs(executor: ProcessExecutor, tmp_pa
     assert answer["pid"] == int(started.handle)
     assert answer["cwd"] == "/"
     env = answer["env"]
-    assert env["PORT"] == started.address.rpartition(":")[2]  # plane's PORT wins
+    assert env["PORT"] == str(split_host_port(started.address)[1])  # plane's PORT wins
     assert env["SESSION_BACKEND_ID"] == bid
     assert env["SESSION_BACKEND_KEY"] == f"key-{bid}"
     assert env["SESSION_BACKEND_FENCING_TOKEN"] == "7"
