@@ -58,6 +58,7 @@ from plane.events.spec import (
     ResourceLimits,
     SpawnConfig,
 )
+from plane.tokens import BACKEND_ID_PATTERN
 
 PULL_POLICIES = ("IfNotPresent", "Always", "Never")
 MAX_KEY_CHARS = 256
@@ -67,7 +68,6 @@ MAX_SECONDS = 1e9
 MAX_INT64 = 2**63 - 1
 WARM_POOL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _WARM_POOL_NAME = re.compile(WARM_POOL_NAME_PATTERN)
-BACKEND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 NO_NUL = r"^[^\x00]*$"
 ENV_NAME_PATTERN = r"^[^=\x00]+$"

@@ -95,7 +95,7 @@ SSE_TYPE = "text/event-stream"
 FLAG_VALUES = ("1", "0", "true", "false")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _PLANE_STATUSES = {s.value: s for s in PlaneStatus}
-CURSOR_PATTERN = r"^(?:(-?[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?)~([A-Za-z0-9_.-]{1,64}))?$"
+CURSOR_PATTERN = rf"^(?:(-?[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?)~({tokens.BACKEND_ID}))?$"
 """A list cursor: the last listed backend's request time (seconds) and id, so a
 cursor stays valid whatever happens to that backend; empty: the first page."""
 _CURSOR = re.compile(CURSOR_PATTERN)

@@ -213,6 +213,7 @@ def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("spawn_config.lifetime_limit_seconds", "60", "expected a number, got a string"),
         ("spawn_config.max_idle_seconds", 1e300, "at most 1000000000"),
         ("spawn_config.id", "has space", "@ $.spawn_config.id"),
+        ("spawn_config.id", "a" * 65, "@ $.spawn_config.id"),  # tokens.BACKEND_ID_PATTERN's limit
         ("spawn_config.executable", None, "needs an executable (or a warm_pool) @ $.spawn_config"),
         ("spawn_config", [], "expected an object, got an array @ $.spawn_config"),
     ],
