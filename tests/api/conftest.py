@@ -3,7 +3,6 @@ store and the fake executor."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import attrs
 import h11
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -33,7 +33,7 @@ API_KEY = "test-key-0123456789"
 
 def api_error(body: bytes | httpx.Response) -> dict[str, str]:
     """Plane's ApiError body, checked for its exact shape: {"id", "kind", "message"}."""
-    data = json.loads(body if isinstance(body, bytes) else body.content)
+    data = orjson.loads(body if isinstance(body, bytes) else body.content)
     assert set(data) == {"id", "kind", "message"}, data
     assert isinstance(data["id"], str) and data["id"], data
     assert isinstance(data["kind"], str) and isinstance(data["message"], str), data
@@ -218,7 +218,7 @@ async def sse_events(lines: AsyncIterator[str], count: int | None = None) -> lis
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "data":
-            current["data"] = json.loads(value)
+            current["data"] = orjson.loads(value)
         elif field == "id":
             current["id"] = int(value) if value.isdigit() else value
         else:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 import pytest
 import trio
 
@@ -245,7 +245,7 @@ async def test_malformed_json_is_400(api: Api, raw: bytes) -> None:
 
 
 async def test_top_level_must_be_an_object(api: Api) -> None:
-    response = await api.client.post("/ctrl/connect", content=json.dumps([1, 2]))
+    response = await api.client.post("/ctrl/connect", content=orjson.dumps([1, 2]))
     assert response.status_code == 400
     assert response.json()["message"] == "expected an object, got an array @ $"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 import trio
 import trio_websocket
 
@@ -241,11 +241,11 @@ async def test_websocket_feed_from_a_seq_following_live(api: Api) -> None:
     auth = [(b"authorization", f"Bearer {API_KEY}".encode())]
     with trio.fail_after(5):
         async with trio_websocket.open_websocket_url(url, extra_headers=auth) as ws:
-            history = [json.loads(await ws.get_message()) for _ in range(last - 1)]
+            history = [orjson.loads(await ws.get_message()) for _ in range(last - 1)]
             assert [m["seq"] for m in history] == list(range(2, last + 1))
             assert {"seq", "stream", "version", "type", "data"} <= set(history[0])
             await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
-            live = json.loads(await ws.get_message())
+            live = orjson.loads(await ws.get_message())
             assert live["seq"] == last + 1
             assert live["type"] == "api.termination_requested.v1"
 
@@ -257,7 +257,7 @@ async def test_websocket_feed_needs_the_key(api: Api) -> None:
             raise AssertionError("connected without a key")
     except trio_websocket.ConnectionRejected as rejected:
         assert rejected.status_code == 401
-        assert json.loads(rejected.body or b"")["kind"] == "Unauthorized"
+        assert orjson.loads(rejected.body or b"")["kind"] == "Unauthorized"
 
 
 async def test_websocket_feed_client_closing_ends_the_session(api: Api) -> None:

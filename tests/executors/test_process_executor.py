@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -14,6 +13,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 
@@ -53,7 +53,7 @@ def make_spec(
 def _get_json(address: str) -> Any:
     with urllib.request.urlopen(f"http://{address}/", timeout=5) as response:
         assert response.status == 200
-        return json.loads(response.read())
+        return orjson.loads(response.read())
 
 
 async def get_json(address: str) -> Any:

@@ -468,7 +468,7 @@ async def test_expect_100_continue_is_relayed(proxied: Harness) -> None:
         assert received.startswith(b"HTTP/1.1 100")
         await stream.send_all(b"hello")
         with trio.fail_after(5):
-            while b'"body_len": 5' not in received:
+            while b'"body_len":5' not in received:
                 received += await stream.receive_some(4096)
     final = received.split(b"\r\n\r\n", 1)[1]
     assert final.startswith(b"HTTP/1.1 200")
