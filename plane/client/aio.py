@@ -268,9 +268,10 @@ class _Steps:
         self.chunks: AsyncIterator[str] | None = None
 
     async def aclose(self) -> None:
-        if self.response is not None:
-            await self.response.aclose()
+        response, chunks = self.response, self.chunks
         self.response = self.chunks = None
+        if response is not None:
+            await _transport.close_stream(response, chunks)
 
     async def perform(self, step: core.Step) -> core.Feed:
         if isinstance(step, core.Sleep):

@@ -20,6 +20,7 @@ from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import Supervisor, UnknownBackend
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys
+from plane.client._transport import close_stream
 from plane.events.memory import open_memory_store
 from plane.events.store import EventStore
 from plane.events.types import Status
@@ -198,6 +199,17 @@ async def open_raw(port: int) -> AsyncIterator[RawClient]:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         yield RawClient(stream)
+
+
+@asynccontextmanager
+async def lines_of(response: httpx.Response) -> AsyncIterator[AsyncIterator[str]]:
+    """``response.aiter_lines()``, closed with the response on leaving (read to
+    its end or not: plane.client's ``close_stream``)."""
+    lines = response.aiter_lines()
+    try:
+        yield lines
+    finally:
+        await close_stream(response, lines)
 
 
 async def sse_events(lines: AsyncIterator[str], count: int | None = None) -> list[dict[str, Any]]:

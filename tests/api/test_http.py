@@ -13,7 +13,15 @@ import trio
 import trio_websocket
 
 from plane.events.types import Status
-from tests.api.conftest import API_KEY, Api, api_error, open_api, open_raw, spawn_body
+from tests.api.conftest import (
+    API_KEY,
+    Api,
+    api_error,
+    lines_of,
+    open_api,
+    open_raw,
+    spawn_body,
+)
 from tests.rawsocket import raw_exchange
 
 
@@ -98,10 +106,11 @@ async def test_read_key_allows_gets_and_streams(read_api: Api) -> None:
         with trio.fail_after(5):
             async with reader.stream("GET", f"/pub/b/{backend_id}/status-stream") as stream:
                 assert stream.status_code == 200
-                async for line in stream.aiter_lines():
-                    if line.startswith("data:"):
-                        assert orjson.loads(line[5:])["status"] == "scheduled"
-                        break
+                async with lines_of(stream) as lines:
+                    async for line in lines:
+                        if line.startswith("data:"):
+                            assert orjson.loads(line[5:])["status"] == "scheduled"
+                            break
     url = f"ws://127.0.0.1:{api.port}/ctrl/events?after=0"
     with trio.fail_after(5):
         async with trio_websocket.open_websocket_url(

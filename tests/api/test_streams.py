@@ -10,7 +10,7 @@ import trio_websocket
 
 from plane.events.types import ConnectionClosed, ConnectionOpened, Status
 from plane.testing.fake_executor import FakeExecutor
-from tests.api.conftest import API_KEY, Api, open_api, sse_events
+from tests.api.conftest import API_KEY, Api, lines_of, open_api, sse_events
 from tests.rawsocket import raw_exchange
 
 
@@ -22,7 +22,8 @@ async def _status_events(
     async with api.client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-        return await sse_events(response.aiter_lines(), count)
+        async with lines_of(response) as lines:
+            return await sse_events(lines, count)
 
 
 async def test_status_stream_replays_history_then_follows_until_terminated() -> None:
@@ -142,8 +143,8 @@ async def test_status_stream_sends_keep_alive_comments() -> None:
         url = f"/pub/b/{backend_id}/status-stream"
         keepalives = 0
         with trio.fail_after(5):
-            async with api.client.stream("GET", url) as response:
-                async for line in response.aiter_lines():
+            async with api.client.stream("GET", url) as response, lines_of(response) as lines:
+                async for line in lines:
                     if line == ": keep-alive":
                         keepalives += 1
                         if keepalives == 3:
@@ -180,7 +181,8 @@ async def _global_sse(
 ) -> list[dict[str, Any]]:
     async with api.client.stream("GET", f"/ctrl/events{query}", headers=headers) as response:
         assert response.status_code == 200
-        return await sse_events(response.aiter_lines(), count)
+        async with lines_of(response) as lines:
+            return await sse_events(lines, count)
 
 
 async def test_global_events_sse_from_a_seq_following_live(api: Api) -> None:
@@ -225,10 +227,11 @@ async def test_global_events_keep_alive() -> None:
             async with api.client.stream("GET", "/ctrl/events") as response:
                 assert response.status_code == 200
                 assert response.headers["content-type"].startswith("text/event-stream")
-                async for line in response.aiter_lines():
-                    lines.append(line)
-                    if lines.count(": keep-alive") == 3:
-                        break
+                async with lines_of(response) as received:
+                    async for line in received:
+                        lines.append(line)
+                        if lines.count(": keep-alive") == 3:
+                            break
     # The loop ended because three keep-alives came, not because the stream ended.
     assert lines.count(": keep-alive") == 3, lines
 
