@@ -6,7 +6,10 @@ This module owns the metric names.  :class:`Metrics` holds its own registry
 * the supervisor's observer (:meth:`Metrics.observe_backend`): backends by
   status, spawn latency (requested -> ready); it remembers the status of live
   backends only (a terminated one is counted, then forgotten);
-* the proxy: proxied connections and requests;
+* the proxy: proxied connections and requests; a proxy process sends its
+  own (:meth:`Metrics.proxy_counters`) to its controller, which adds them to
+  its own (:meth:`Metrics.absorb_proxy`), so ``plane serve --proxy-workers N``
+  exports what its workers relayed, summed;
 * the API: requests by route and status;
 * the event store: appended events (:meth:`Metrics.observe_append`).
 
@@ -16,6 +19,8 @@ This module owns the metric names.  :class:`Metrics` holds its own registry
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -100,8 +105,55 @@ class Metrics:
             s.backend_id: s.status for s in states if s.status is not Status.TERMINATED
         }
 
+    def proxy_counters(self) -> dict[str, Any]:
+        """The proxy's counters so far, as plain data (what a proxy process
+        reports to its controller)."""
+        return {
+            "connections": _total(self.proxy_connections),
+            "upgrades": _total(self.proxy_upgrades),
+            "requests": {
+                sample.labels["code"]: int(sample.value)
+                for metric in self.proxy_requests.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total")
+            },
+        }
+
+    def absorb_proxy(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+        """Add what a proxy process counted between two of its reports
+        (:meth:`proxy_counters`; a count lower than before: it counts from 0
+        again).  What is not a count is ignored."""
+        self.proxy_connections.inc(_grown(before.get("connections"), after.get("connections")))
+        self.proxy_upgrades.inc(_grown(before.get("upgrades"), after.get("upgrades")))
+        old, new = before.get("requests"), after.get("requests")
+        if not isinstance(new, Mapping):
+            return
+        old = old if isinstance(old, Mapping) else {}
+        for code, count in new.items():
+            grown = _grown(old.get(code), count)
+            if grown and isinstance(code, str) and code.isdigit() and len(code) == 3:
+                self.proxy_requests.labels(code).inc(grown)
+
     def observe_append(self, count: int) -> None:
         self.log_appends.inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _total(counter: Counter) -> int:
+    return sum(
+        int(sample.value)
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def _grown(before: object, after: object) -> int:
+    """How much a count reported twice grew (all of it after a restart to 0)."""
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        return 0
+    if not isinstance(before, int) or isinstance(before, bool) or after < before:
+        return after
+    return after - before

@@ -26,8 +26,10 @@ logs and any other file under the data directory are ``0600``.
 
 Resource handling
 -----------------
-:func:`serve_plane` runs until cancelled.  On cancellation (SIGTERM, Ctrl-C)
-the listeners close first, pending appends are flushed by the store's
+:func:`serve_plane` runs until cancelled.  On shutdown (SIGTERM, Ctrl-C) the
+proxy workers (``--proxy-workers``) are stopped first, while the API still
+takes the ``ConnectionClosed`` they send as they stop; then the listeners
+close, pending appends are flushed by the store's
 context, and the backends keep running for the next start to adopt, unless
 ``terminate_on_exit`` is set, in which case every live backend is terminated
 first.
@@ -61,6 +63,7 @@ from plane.actors.supervisor import ConnectRefused, Supervisor, load_startup_sta
 from plane.addresses import join_host_port
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys, file_is_shared
+from plane.api.live_routes import LiveRoutes
 from plane.api.proxies import ProxyRegistry
 from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url
@@ -302,9 +305,9 @@ async def _start_workers(
     sock: socket.socket,
     api_host: str,
     api_port: int,
-) -> None:
+) -> ProxyWorkers:
     """Start ``config.proxy_workers`` ``plane proxy`` processes on ``sock``, fed
-    by this API; returns once each has attached (or after
+    by this API; returns them once each has attached (or after
     :data:`WORKERS_SYNC_TIMEOUT`)."""
     key_file = config.proxy_key_file
     if key_file is None:  # made for the workers: owner-only, in the data directory
@@ -335,9 +338,10 @@ async def _start_workers(
                 if e.proxy_id in ids and e.connected and e.synced
             ]
             if len(attached) == len(ids):
-                return
+                return workers
             await trio.sleep(0.05)
     log.warning("the proxy workers have not all synced yet; serving anyway")
+    return workers
 
 
 def _forget_worker(registry: ProxyRegistry) -> Callable[[str], None]:
@@ -404,6 +408,7 @@ async def serve_plane(
                 how,
             )
             route_seed = (startup.route_records(), startup.seq)
+            live_routes = LiveRoutes(*route_seed)
             supervisor = Supervisor(
                 store,
                 next(iter(engines.values())),
@@ -420,16 +425,21 @@ async def serve_plane(
             supervisor.observers.append(lambda _state, events: metrics.observe_append(len(events)))
             api_host, api_port = config.api_address
             proxy_host, proxy_port = config.proxy_address
+            registry = ProxyRegistry(
+                supervisor.tell, supervisor.clock, routes=live_routes, metrics=metrics
+            )
+            supervisor.keep_connection = registry.adopt_connection
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.serve)
+                await nursery.start(partial(live_routes.run, store))
                 await _define_warm_pools(supervisor, config)
                 await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
                 metrics.load_statuses(
-                    list(supervisor.states.values()), terminated=supervisor.terminated_count
+                    list(supervisor.held_states.values()), terminated=supervisor.terminated_count
                 )
-                registry = ProxyRegistry(supervisor.tell, supervisor.clock)
                 await nursery.start(registry.run)
                 proxy_sock: socket.socket | None = None
+                workers: ProxyWorkers | None = None
                 if config.proxy_workers == 1:
                     proxy_ctx = ProxyContext(
                         store=store,
@@ -468,7 +478,7 @@ async def serve_plane(
                 )
                 bound_api = await nursery.start(serve_api, api_ctx, api_host, api_port)
                 if proxy_sock is not None:
-                    await _start_workers(
+                    workers = await _start_workers(
                         nursery, config, keys, settings, registry, proxy_sock, api_host, bound_api
                     )
                 nursery.start_soon(_index_backends, api_ctx)
@@ -488,7 +498,12 @@ async def serve_plane(
                         reload_keys=reload_keys,
                     )
                 )
-                await (shutdown if shutdown is not None else trio.Event()).wait()
+                try:
+                    await (shutdown if shutdown is not None else trio.Event()).wait()
+                finally:
+                    if workers is not None:  # while the API takes their last events
+                        with trio.CancelScope(shield=True):
+                            await workers.stop()
                 if config.terminate_on_exit:
                     log.info("terminating every live backend before exit")
                     try:

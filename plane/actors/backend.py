@@ -6,13 +6,25 @@ This module owns the loop that makes a backend's lifecycle happen::
       -> decide -> append (at the expected version, persist first)
       -> evolve -> perform the effects
 
-Commands come from the supervisor (requests, terminate, tokens), from the
+Commands come from the supervisor (a new backend's request and first token,
+terminate, tokens, what recovery and the engine watch observed), from the
 proxy (connection events) and from the actor's own effect tasks (what the
-executor observed: started, readiness, spawn failures).  The actor stamps every
-command with its clock's ``now`` when it takes it, so a stream's times never
-go backwards, and it ticks a due deadline *before* handling a command that
-arrives after it: that is what keeps the log re-decidable by ``plane-replay
-verify``.
+executor observed: started, readiness, spawn failures).  This loop is the only
+place that decides and appends a backend's events, from its very first (the
+supervisor creates a new backend's actor from :data:`lifecycle.initial` and
+asks it the request), so there is one path for every input.
+
+Every command carries the time its sender observed the fact (``at``, from the
+sender's :class:`~plane.actors.clock.TrioClock`); the actor does not restamp
+it.  Before deciding a command it ticks the deadlines due by that time, so a
+deadline that passed before the fact fires first and one after it does not:
+that, with each tick recorded at its own time, is what keeps the log
+re-decidable by ``plane-replay verify``.  The one exception is
+:meth:`BackendActor._in_order`: a command observed before the stream's last
+recorded event (it was in flight while the actor recorded a later tick or
+input) is decided at that event's time instead, so a stream's times never go
+backwards; readers rely on that (``plane-replay`` folds "up to time T" stop a
+stream at its first event past T, views show ``status_at`` as the latest).
 
 Resource handling
 -----------------
@@ -30,25 +42,30 @@ in a tight loop.  A :class:`SpawnError` becomes a ``SpawnFailed`` input.
 A full log (:class:`~plane.events.store.StoreFullError`, "LogFull": the disk or
 the page limit) is handled in one place, :meth:`BackendActor._persist`:
 
-* a command somebody waits for (:meth:`BackendActor.ask`: a connect's token,
-  terminate, revoke) is refused: the caller gets ``StoreFullError`` (the API
-  answers 503 ``LogUnavailable``) and nothing of it is done or retried;
+* a command somebody waits for (:meth:`BackendActor.ask`: a new backend's
+  request, a connect's token, terminate, revoke) is refused: the caller gets
+  ``StoreFullError`` (the API answers 503 ``LogUnavailable``) and nothing of
+  it is done or retried;
 * any other decision (a timer firing, an exit, a connection event, what an
   effect task observed) stays pending: the actor retries the *same* append, at
   the same expected version, with capped backoff
   (``ExecutorPolicy.backoff_initial`` .. ``log_retry_max``), and acts on it only
   once it is recorded (persist first).  While it waits, the actor keeps taking
-  its inbox: every input is stamped with the time it arrived and queued in the
-  actor's backlog (in order), and the backlog is decided, oldest first, once
-  the log takes appends again, each after the deadlines due by its arrival
-  time.  A caller's command arriving meanwhile prompts one more try at once:
-  if the log still refuses, the caller is refused then (it never waits out the
-  outage), else it is decided in its turn.  So nothing is lost, the stream's
+  its inbox: every input is queued in the actor's backlog (in order, with the
+  time its sender observed it), and the backlog is decided, oldest first, once
+  the log takes appends again, each after the deadlines due by its time.  A
+  caller's command arriving meanwhile prompts one more try at once: if the log
+  still refuses, the caller is refused then (it never waits out the outage),
+  else it is decided in its turn.  So nothing is lost, the stream's
   times never go backwards, and nothing is written twice (a refused append
   wrote nothing).
 
-Any other store error (a concurrency conflict means a second writer)
-propagates: the actor does not act on a decision it could not record.
+A new backend's first command (its request) that the log refuses, full or
+because its stream already exists (:class:`ConcurrencyError`: the id is
+taken), is refused to the caller, and the actor ends at once: nothing was
+recorded, there is nothing to drive.  Any other store error (a concurrency
+conflict on a backend that exists means a second writer) propagates: the actor
+does not act on a decision it could not record.
 """
 
 from __future__ import annotations
@@ -66,7 +83,7 @@ from plane.actors import lifecycle
 from plane.actors.clock import TrioClock
 from plane.actors.lifecycle import BackendState, Command, Effect, Tick
 from plane.events.spec import BackendKey
-from plane.events.store import EventStore, StoreFullError
+from plane.events.store import ConcurrencyError, EventStore, StoreFullError
 from plane.events.types import (
     Event,
     ExecutorStarted,
@@ -110,28 +127,34 @@ DEFAULT_POLICY = ExecutorPolicy()
 
 @attrs.define(eq=False)
 class Envelope:
-    """A command in an actor's inbox; ``done`` is set once it is recorded, ignored
-    or (``refused``) turned down because the log is full.  ``waits``: somebody
-    awaits the outcome (:meth:`BackendActor.ask`); ``at``: when the actor took it."""
+    """Commands in an actor's inbox, decided together (in order, no deadline
+    between them) and appended in one append; ``done`` is set once they are
+    recorded, ignored or (``refused``) turned down: the log is full, or (a new
+    backend's request) its stream exists already.  ``waits``: somebody awaits the
+    outcome (:meth:`BackendActor.ask`); ``state``: the backend's state right
+    after them (None until done, or if they were refused)."""
 
-    command: Command
+    commands: tuple[Command, ...]
     waits: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
     recorded: list[Event] = attrs.field(factory=list)
-    refused: StoreFullError | None = None
-    at: float = 0.0
+    refused: StoreFullError | ConcurrencyError | None = None
+    state: BackendState | None = None
 
 
 Listener = Callable[[BackendState, list[Event]], None]
 
 
 class BackendActor:
-    """One backend's shell.  Create it with its folded state; run :meth:`run`."""
+    """One backend's shell.  Create it with its folded state (a new backend:
+    :data:`lifecycle.initial` and its ``backend_id``, then :meth:`ask` it the
+    request); run :meth:`run`."""
 
     def __init__(
         self,
         state: BackendState,
         *,
+        backend_id: str | None = None,
         store: EventStore,
         executor: Executor,
         clock: TrioClock,
@@ -139,7 +162,13 @@ class BackendActor:
         on_change: Listener | None = None,
     ) -> None:
         self.state = state
-        self.backend_id = state.backend_id
+        self.backend_id = backend_id if backend_id is not None else state.backend_id
+        # the time of the stream's last event, as far as this incarnation knows
+        # (the state keeps no such field: its latest times stand in, and anything
+        # recorded later by a previous incarnation is before this one's clock)
+        self._last_at = max(
+            state.status_at, state.last_activity_at or 0.0, state.quiet_since or 0.0
+        )
         self._store = store
         self._executor = executor
         self._clock = clock
@@ -162,16 +191,28 @@ class BackendActor:
     def tell(self, command: Command) -> Envelope:
         """Queue ``command`` without waiting; await ``envelope.done`` to know it landed.
         Kept (and retried) while the log is full."""
-        return self._post(Envelope(command))
+        return self._post(Envelope((command,)))
 
-    async def ask(self, command: Command) -> list[Event]:
-        """Queue ``command`` and wait until it is recorded; returns what was appended.
-        Raises :class:`StoreFullError` (nothing done) when the log is full."""
-        envelope = self._post(Envelope(command, waits=True))
+    async def ask(self, command: Command, *more: Command) -> list[Event]:
+        """Queue ``command`` (and ``more``, decided with it and appended in the
+        same append) and wait until recorded; returns what was appended.  Raises
+        :class:`StoreFullError` (nothing done) when the log is full, and
+        :class:`ConcurrencyError` when a new backend's stream exists already."""
+        return (await self.ask_state(command, *more))[0]
+
+    async def ask_state(
+        self, command: Command, *more: Command
+    ) -> tuple[list[Event], BackendState]:
+        """:meth:`ask`, and the backend's state right after these commands (the
+        actor may have decided more since, e.g. a new backend's start)."""
+        envelope = self._post(Envelope((command, *more), waits=True))
         await envelope.done.wait()
-        if envelope.refused is not None:
-            raise StoreFullError(str(envelope.refused))
-        return envelope.recorded
+        refused = envelope.refused
+        if isinstance(refused, ConcurrencyError):
+            raise ConcurrencyError(refused.stream, refused.expected, refused.actual)
+        if refused is not None:
+            raise StoreFullError(str(refused))
+        return envelope.recorded, envelope.state or self.state
 
     def _post(self, envelope: Envelope) -> Envelope:
         try:
@@ -191,6 +232,8 @@ class BackendActor:
                 try:
                     while not lifecycle.is_terminal(self.state):
                         await self._step()
+                        if self.state.status is None:
+                            break  # a new backend's request was refused: nothing to drive
                 finally:
                     self._send.close()
                     self._drain_inbox()
@@ -208,31 +251,38 @@ class BackendActor:
             if envelope is None:
                 await self._tick(self._clock.now())
                 return
-            self._take(envelope)
+            self._backlog.append(envelope)
         envelope = self._backlog[0]
-        await self._tick(envelope.at)  # a deadline due by then fires first
+        await self._tick(envelope.commands[0].at)  # a deadline due by then fires first
         if envelope.done.is_set():
             return  # refused while the tick waited for space
         self._backlog.popleft()
-        command = envelope.command
-        if not isinstance(command, Tick):
-            command = attrs.evolve(command, at=envelope.at)
         try:
-            envelope.recorded = await self._handle(command, waits=envelope.waits)
+            envelope.recorded = await self._handle(envelope.commands, waits=envelope.waits)
+            envelope.state = self.state
         except StoreFullError as exc:
             envelope.refused = exc
+        except ConcurrencyError as exc:
+            if self.state.status is not None or not envelope.waits:
+                raise  # a second writer on a backend that exists
+            envelope.refused = exc  # a new backend's stream exists already: its id is taken
         envelope.done.set()
 
-    async def _tick(self, now: float) -> None:
-        """Fire every deadline due by ``now``."""
-        while (due := lifecycle.next_deadline(self.state)) is not None and due <= now:
-            if not await self._handle(Tick(now)):
-                return
+    @staticmethod
+    def _in_order(command: Command, last_at: float) -> Command:
+        """``command``, decided no earlier than ``last_at``, the stream's last
+        event: the one place an input's time is changed (see the module
+        docstring: a stream's times never go backwards)."""
+        if command.at >= last_at:
+            return command
+        return attrs.evolve(command, at=last_at)
 
-    def _take(self, envelope: Envelope) -> None:
-        """Stamp a command taken from the inbox and queue it in the backlog."""
-        envelope.at = self._clock.now()
-        self._backlog.append(envelope)
+    async def _tick(self, now: float) -> None:
+        """Fire every deadline due by ``now`` (or by the stream's last event's time)."""
+        now = max(now, self._last_at)
+        while (due := lifecycle.next_deadline(self.state)) is not None and due <= now:
+            if not await self._handle((Tick(now),)):
+                return
 
     def _refuse_waiting(self, exc: StoreFullError) -> None:
         """Refuse every queued command somebody waits for: the log is full."""
@@ -241,11 +291,23 @@ class BackendActor:
             envelope.refused = exc
             envelope.done.set()
 
-    async def _handle(self, command: Command, *, waits: bool = False) -> list[Event]:
-        events = lifecycle.decide(self.state, command)
+    async def _handle(self, commands: tuple[Command, ...], *, waits: bool = False) -> list[Event]:
+        """Decide ``commands`` in order, append what they imply in one append, then
+        evolve and perform the effects."""
+        if len(commands) == 1:  # the common case, without the fold below
+            events = lifecycle.decide(self.state, self._in_order(commands[0], self._last_at))
+        else:
+            events, state, last_at = [], self.state, self._last_at
+            for command in commands:
+                decided = lifecycle.decide(state, self._in_order(command, last_at))
+                if decided:
+                    state = lifecycle.fold(decided, state)
+                    last_at = max(last_at, decided[-1].at)
+                    events += decided
         if not events:
             return []
         await self._persist(events, waits=waits)
+        self._last_at = max(self._last_at, events[-1].at)
         for event in events:
             self.state = lifecycle.evolve(self.state, event)
             for effect in lifecycle.effects(event, self.state):
@@ -289,12 +351,12 @@ class BackendActor:
             return
 
     async def _take_inbox_until(self, deadline: float) -> bool:
-        """Take (stamp and queue) whatever arrives until ``deadline`` (trio time);
+        """Take (queue) whatever arrives until ``deadline`` (trio time);
         True, early, when somebody waits for a command: then the pending append
         is tried again at once, and the caller is refused only if it fails."""
         with trio.move_on_at(deadline):
             async for envelope in self._inbox:
-                self._take(envelope)
+                self._backlog.append(envelope)
                 if envelope.waits:
                     return True
         return False
@@ -404,14 +466,15 @@ def warm_key(state: BackendState) -> BackendKey:
 
 
 def resume_effects(
-    state: BackendState, *, running: bool | None
+    state: BackendState, *, running: bool | None, at: float
 ) -> tuple[list[Effect], Command | None]:
     """What an adopted backend's actor must redo after a restart.
 
     ``running`` says whether the executor still runs it (None: unknown, its
-    engine did not answer; the supervisor checks once it does).  Returns the
-    effects to perform and, for a backend that vanished, the input to feed
-    first.  Pure; used by the supervisor's recovery.
+    engine did not answer; the supervisor checks once it does), as observed at
+    ``at``.  Returns the effects to perform and, for a backend that vanished,
+    the input to feed first (observed at ``at``).  Pure; used by the
+    supervisor's recovery.
     """
     status = state.status
     if status is Status.REQUESTED:
@@ -422,7 +485,7 @@ def resume_effects(
         # timeout still bounds it
         return [Effect.START], None
     if running is False:
-        return [], ExecutorVanished(0.0, "not running when plane restarted")
+        return [], ExecutorVanished(at, "not running when plane restarted")
     if status is Status.STARTING:
         return ([Effect.PROBE] if state.address else []), None
     if status is Status.TERMINATING:

@@ -15,6 +15,12 @@ observation, a proxy connection event, an API call) or a :class:`Tick` (the
 passing of time).  Every command carries its time (``at``, seconds since the
 epoch); this module never reads a clock and imports nothing that does I/O.
 
+What may happen when is one table, :data:`TRANSITIONS`: per event type, the
+statuses it may happen in, the status it leads to, what else it changes, and
+for an input the decisions it implies.  ``evolve`` and ``decide`` read it;
+``python -m plane.actors.diagram`` draws it (``docs/lifecycle.md``).  Only the
+timers (``next_deadline``) live outside it, in :func:`_deadlines`.
+
 For an input, ``decide`` returns the input itself first, then the decisions it
 implies, so the shell appends exactly what ``decide`` returned.  For a tick it
 returns only decisions, for the earliest deadline that is due (the shell ticks
@@ -56,13 +62,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypedDict, TypeVar
 
 import attrs
 
 from plane.events.spec import BackendKey, SpawnConfig
 from plane.events.types import (
-    INPUT_TYPES,
     SYSTEM_TYPES,
     BackendActive,
     BackendClaimed,
@@ -192,182 +197,354 @@ def is_warm_member(state: BackendState) -> bool:
     return state.unclaimed and state.status in LIVE | {Status.WARM}
 
 
-# -------------------------------------------------------------------- evolve
-
-_ALLOWED: dict[type[Event], frozenset[Status | None]] = {
-    BackendRequested: frozenset({None}),
-    WarmBackendRequested: frozenset({None}),
-    BackendClaimed: frozenset({Status.WARM}),
-    BackendStarting: frozenset({Status.REQUESTED}),
-    BackendWarmed: frozenset({Status.STARTING}),
-    BackendReady: frozenset({Status.STARTING, Status.WARM}),
-    BackendIdle: frozenset({Status.READY}),
-    BackendActive: frozenset({Status.IDLE}),
-    BackendTerminating: frozenset({Status.STARTING, Status.READY, Status.IDLE, Status.WARM}),
-    TerminationEscalated: frozenset({Status.TERMINATING}),
-    BackendTerminated: frozenset(NOT_TERMINAL),
-    **{cls: frozenset() for cls in SYSTEM_TYPES},  # only in SYSTEM_STREAM, never in a backend's
-}
-_INPUT_ALLOWED: frozenset[Status | None] = frozenset(NOT_TERMINAL)
+# ------------------------------------------------------------ what changes
 
 
-Changes = dict[str, Any]
-"""What an event changes in a state: field name -> new value."""
+class StateChanges(TypedDict, total=False):
+    """What an event changes in a state: some of :class:`BackendState`'s fields
+    (type-checked, so a misspelt field fails ``mypy``; ``evolve`` refuses one at
+    run time too).  ``status``, ``status_at`` and ``version`` are not here: the
+    table's target and ``evolve`` set them."""
+
+    backend_id: str
+    key: BackendKey | None
+    spawn_config: SpawnConfig | None
+    fencing_token: int
+    static_token: str | None
+    requested_at: float
+    address: str | None
+    handle: str
+    started_at: float | None
+    ready_at: float | None
+    connections: frozenset[str]
+    quiet_since: float | None
+    last_activity_at: float | None
+    termination_reason: TerminationReason | None
+    termination_kind: TerminationKind | None
+    terminating_at: float | None
+    killed_at: float | None
+    exit_code: int | None
+    message: str
+    engine: str
+    warm_pool: str | None
+    claimed_at: float | None
 
 
-def _status(state: BackendState, status: Status, at: float, **changes: Any) -> Changes:
-    changes["status"] = status
-    changes["status_at"] = at
-    return changes
+def _no_change(s: BackendState, e: object) -> StateChanges:
+    return {}
 
 
-def _ev_requested(s: BackendState, e: BackendRequested) -> Changes:
-    return dict(
-        status=Status.REQUESTED,
-        status_at=e.at,
-        backend_id=e.backend_id,
-        key=e.key,
-        spawn_config=e.spawn_config,
-        fencing_token=e.fencing_token,
-        static_token=e.static_token,
-        requested_at=e.at,
-        engine=e.engine,
-    )
+def _ev_requested(s: BackendState, e: BackendRequested) -> StateChanges:
+    return {
+        "backend_id": e.backend_id,
+        "key": e.key,
+        "spawn_config": e.spawn_config,
+        "fencing_token": e.fencing_token,
+        "static_token": e.static_token,
+        "requested_at": e.at,
+        "engine": e.engine,
+    }
 
 
-def _ev_warm_requested(s: BackendState, e: WarmBackendRequested) -> Changes:
-    return dict(
-        status=Status.REQUESTED,
-        status_at=e.at,
-        backend_id=e.backend_id,
-        spawn_config=e.spawn_config,
-        requested_at=e.at,
-        engine=e.engine,
-        warm_pool=e.warm_pool,
-    )
+def _ev_warm_requested(s: BackendState, e: WarmBackendRequested) -> StateChanges:
+    return {
+        "backend_id": e.backend_id,
+        "spawn_config": e.spawn_config,
+        "requested_at": e.at,
+        "engine": e.engine,
+        "warm_pool": e.warm_pool,
+    }
 
 
-def _ev_claimed(s: BackendState, e: BackendClaimed) -> Changes:
+def _ev_claimed(s: BackendState, e: BackendClaimed) -> StateChanges:
     return {"key": e.key, "fencing_token": e.fencing_token, "claimed_at": e.at}
 
 
-def _ev_started(s: BackendState, e: ExecutorStarted) -> Changes:
+def _ev_started(s: BackendState, e: ExecutorStarted) -> StateChanges:
     started = s.started_at if s.started_at is not None else e.at
     return {"address": e.address, "handle": e.handle, "started_at": started}
 
 
-def _ev_opened(s: BackendState, e: ConnectionOpened) -> Changes:
+def _ev_exited(s: BackendState, e: ExecutorExited) -> StateChanges:
+    return {"exit_code": e.exit_code}
+
+
+def _ev_opened(s: BackendState, e: ConnectionOpened) -> StateChanges:
     return {"connections": s.connections | {e.connection_id}, "quiet_since": None}
 
 
-def _ev_closed(s: BackendState, e: ConnectionClosed) -> Changes:
+def _ev_closed(s: BackendState, e: ConnectionClosed) -> StateChanges:
     if e.connection_id not in s.connections:
         return {}
     remaining = s.connections - {e.connection_id}
     return {"connections": remaining, "quiet_since": None if remaining else e.at}
 
 
-def _ev_activity(s: BackendState, e: HttpActivityRecorded) -> Changes:
+def _ev_activity(s: BackendState, e: HttpActivityRecorded) -> StateChanges:
     quiet = s.quiet_since
     if quiet is not None:
         quiet = max(quiet, e.at)
     return {"last_activity_at": e.at, "quiet_since": quiet}
 
 
-def _ev_exited(s: BackendState, e: ExecutorExited) -> Changes:
-    return {"exit_code": e.exit_code}
-
-
-def _ev_ready(s: BackendState, e: BackendReady) -> Changes:
+def _ev_ready(s: BackendState, e: BackendReady) -> StateChanges:
     quiet = None if s.connections else max(e.at, s.last_activity_at or e.at)
-    return _status(s, Status.READY, e.at, address=e.address, quiet_since=quiet, ready_at=e.at)
+    return {"address": e.address, "quiet_since": quiet, "ready_at": e.at}
 
 
-def _ev_warmed(s: BackendState, e: BackendWarmed) -> Changes:
-    return _status(s, Status.WARM, e.at, address=e.address)
+def _ev_warmed(s: BackendState, e: BackendWarmed) -> StateChanges:
+    return {"address": e.address}
 
 
-def _ev_terminating(s: BackendState, e: BackendTerminating) -> Changes:
-    killed = e.at if e.kind is TerminationKind.HARD else None
-    return _status(
-        s,
-        Status.TERMINATING,
-        e.at,
-        termination_reason=e.reason,
-        termination_kind=e.kind,
-        terminating_at=e.at,
-        killed_at=killed,
-    )
+def _ev_terminating(s: BackendState, e: BackendTerminating) -> StateChanges:
+    return {
+        "termination_reason": e.reason,
+        "termination_kind": e.kind,
+        "terminating_at": e.at,
+        "killed_at": e.at if e.kind is TerminationKind.HARD else None,
+    }
 
 
-def _ev_escalated(s: BackendState, e: TerminationEscalated) -> Changes:
+def _ev_escalated(s: BackendState, e: TerminationEscalated) -> StateChanges:
     return {"killed_at": e.at, "termination_kind": TerminationKind.HARD}
 
 
-def _ev_terminated(s: BackendState, e: BackendTerminated) -> Changes:
-    exit_code = e.exit_code if e.exit_code is not None else s.exit_code
-    return _status(
-        s,
-        Status.TERMINATED,
-        e.at,
-        termination_reason=e.reason,
-        exit_code=exit_code,
-        message=e.message,
-        connections=frozenset(),
-        quiet_since=None,
+def _ev_terminated(s: BackendState, e: BackendTerminated) -> StateChanges:
+    return {
+        "termination_reason": e.reason,
+        "exit_code": e.exit_code if e.exit_code is not None else s.exit_code,
+        "message": e.message,
+        "connections": frozenset(),
+        "quiet_since": None,
+    }
+
+
+# ------------------------------------------------------ what an input implies
+
+
+def _nothing(s: BackendState, e: object) -> list[Event]:
+    """nothing (the input is only recorded)"""
+    return []
+
+
+def _ending_reason(s: BackendState, otherwise: TerminationReason) -> TerminationReason:
+    """A backend already terminating keeps the reason it is terminating for."""
+    if s.status is Status.TERMINATING and s.termination_reason is not None:
+        return s.termination_reason
+    return otherwise
+
+
+def _after_claim(s: BackendState, e: BackendClaimed) -> list[Event]:
+    """BackendReady (a claimed warm backend is ready at once)"""
+    assert s.address is not None  # the guard
+    return [BackendReady(e.at, s.address)]
+
+
+def _claimable(s: BackendState, e: BackendClaimed) -> bool:
+    """unclaimed, with an address"""
+    return s.unclaimed and s.address is not None
+
+
+def _after_readiness(s: BackendState, e: ReadinessObserved) -> list[Event]:
+    """starting with an address: BackendReady (BackendWarmed if unclaimed); else nothing"""
+    if s.status is Status.STARTING and s.address is not None:
+        if s.unclaimed:
+            return [BackendWarmed(e.at, s.address)]
+        return [BackendReady(e.at, s.address)]
+    return []
+
+
+def _after_spawn_failed(s: BackendState, e: SpawnFailed) -> list[Event]:
+    """BackendTerminated (spawnfailed, or the reason it is terminating for)"""
+    reason = _ending_reason(s, TerminationReason.SPAWN_FAILED)
+    return [BackendTerminated(e.at, reason, None, e.message)]
+
+
+def _after_exited(s: BackendState, e: ExecutorExited) -> list[Event]:
+    """BackendTerminated (exited with its code, or the reason it is terminating for)"""
+    return [BackendTerminated(e.at, _ending_reason(s, TerminationReason.EXITED), e.exit_code)]
+
+
+def _after_vanished(s: BackendState, e: ExecutorVanished) -> list[Event]:
+    """BackendTerminated (lost, or the reason it is terminating for)"""
+    return [BackendTerminated(e.at, _ending_reason(s, TerminationReason.LOST), None, e.message)]
+
+
+def _after_opened(s: BackendState, e: ConnectionOpened) -> list[Event]:
+    """idle: BackendActive; else nothing"""
+    return [BackendActive(e.at)] if s.status is Status.IDLE else []
+
+
+def _after_closed(s: BackendState, e: ConnectionClosed) -> list[Event]:
+    """ready and its last connection: BackendIdle; else nothing"""
+    last = s.status is Status.READY and s.connections == {e.connection_id}
+    return [BackendIdle(e.at)] if last else []
+
+
+def _after_termination_requested(s: BackendState, e: TerminationRequested) -> list[Event]:
+    """requested: BackendTerminated (external); terminating: TerminationEscalated if
+    hard and not killed yet; else BackendTerminating (external, the kind asked)"""
+    if s.status is Status.REQUESTED:
+        return [BackendTerminated(e.at, TerminationReason.EXTERNAL)]
+    if s.status is Status.TERMINATING:
+        hard_now = e.kind is TerminationKind.HARD and s.killed_at is None
+        return [TerminationEscalated(e.at)] if hard_now else []
+    return [BackendTerminating(e.at, TerminationReason.EXTERNAL, e.kind)]
+
+
+# ------------------------------------------------------------------- the table
+
+E = TypeVar("E")
+AnyStatus = Status | None
+"""A status, or None: the initial state (nothing requested yet)."""
+
+
+@attrs.frozen
+class Transition(Generic[E]):
+    """One row of :data:`TRANSITIONS`: what an event of type ``event`` does."""
+
+    event: type[E]
+    source: frozenset[AnyStatus]
+    """The statuses it may happen in; ``evolve`` refuses it in any other."""
+    target: Status | None
+    """The status it leads to (with ``status_at`` its time); None: the status stays."""
+    changes: Callable[[BackendState, E], StateChanges]
+    """The other fields it sets."""
+    decides: Callable[[BackendState, E], list[Event]] | None = None
+    """An input: the decisions it implies (``decide`` returns the input, then
+    these).  None: a decision, which ``decide`` refuses as a command."""
+    late: frozenset[AnyStatus] = frozenset()
+    """An input: the statuses in which it arrives late (``decide`` records nothing)."""
+    guard: Callable[[BackendState, E], bool] | None = None
+    """An input: when this is false, it is late in a ``source`` status too."""
+
+    @property
+    def is_input(self) -> bool:
+        return self.decides is not None
+
+
+def _input(
+    event: type[E],
+    changes: Callable[[BackendState, E], StateChanges] = _no_change,
+    decides: Callable[[BackendState, E], list[Event]] = _nothing,
+    *,
+    source: frozenset[AnyStatus] = NOT_TERMINAL,
+    target: Status | None = None,
+    late: frozenset[AnyStatus] = frozenset({Status.TERMINATED}),
+    guard: Callable[[BackendState, E], bool] | None = None,
+) -> Transition[E]:
+    """An input's row: by default it may happen while the backend is not terminal,
+    keeps the status, and arrives late once the backend is terminated."""
+    return Transition(event, source, target, changes, decides, late, guard)
+
+
+def _decision(
+    event: type[E],
+    source: Iterable[AnyStatus],
+    target: Status | None,
+    changes: Callable[[BackendState, E], StateChanges] = _no_change,
+) -> Transition[E]:
+    """A decision's row: only ``decide`` (or ``next_deadline``'s timers) yields it."""
+    return Transition(event, frozenset(source), target, changes)
+
+
+_S = Status
+_FIRST: frozenset[AnyStatus] = frozenset({None})  # opens the stream
+_NEVER: frozenset[AnyStatus] = frozenset()
+_NOT_WARM = frozenset(_S) - {_S.WARM}
+
+TRANSITIONS: dict[type[Event], Transition[Any]] = {
+    row.event: row
+    for row in (
+        # inputs: facts from outside ----------------------------------------------
+        _input(BackendRequested, _ev_requested, source=_FIRST, target=_S.REQUESTED, late=_NEVER),
+        _input(
+            WarmBackendRequested,
+            _ev_warm_requested,
+            source=_FIRST,
+            target=_S.REQUESTED,
+            late=_NEVER,
+        ),
+        _input(
+            BackendClaimed,
+            _ev_claimed,
+            _after_claim,
+            source=frozenset({_S.WARM}),
+            late=_NOT_WARM,
+            guard=_claimable,
+        ),
+        _input(ExecutorStarted, _ev_started),
+        _input(ReadinessObserved, decides=_after_readiness),
+        _input(SpawnFailed, decides=_after_spawn_failed),
+        _input(ExecutorExited, _ev_exited, _after_exited),
+        _input(ExecutorVanished, decides=_after_vanished),
+        _input(ConnectionOpened, _ev_opened, _after_opened),
+        _input(ConnectionClosed, _ev_closed, _after_closed),
+        _input(HttpActivityRecorded, _ev_activity),
+        _input(TerminationRequested, decides=_after_termination_requested),
+        _input(TokenIssued),
+        _input(TokenRevoked),
+        # decisions: what decide concluded ---------------------------------------
+        _decision(BackendStarting, {_S.REQUESTED}, _S.STARTING),
+        _decision(BackendWarmed, {_S.STARTING}, _S.WARM, _ev_warmed),
+        _decision(BackendReady, {_S.STARTING, _S.WARM}, _S.READY, _ev_ready),
+        _decision(BackendIdle, {_S.READY}, _S.IDLE),
+        _decision(BackendActive, {_S.IDLE}, _S.READY),
+        _decision(
+            BackendTerminating,
+            {_S.STARTING, _S.READY, _S.IDLE, _S.WARM},
+            _S.TERMINATING,
+            _ev_terminating,
+        ),
+        _decision(TerminationEscalated, {_S.TERMINATING}, None, _ev_escalated),
+        _decision(BackendTerminated, NOT_TERMINAL, _S.TERMINATED, _ev_terminated),
     )
-
-
-def _unchanged(s: BackendState, e: Event) -> Changes:
-    return {}
-
-
-_EVOLVERS: dict[type[Event], Callable[[BackendState, Event], Changes]] = {
-    BackendRequested: _ev_requested,  # type: ignore[dict-item]
-    WarmBackendRequested: _ev_warm_requested,  # type: ignore[dict-item]
-    BackendClaimed: _ev_claimed,  # type: ignore[dict-item]
-    ExecutorStarted: _ev_started,  # type: ignore[dict-item]
-    ReadinessObserved: _unchanged,
-    SpawnFailed: _unchanged,
-    ExecutorExited: _ev_exited,  # type: ignore[dict-item]
-    ExecutorVanished: _unchanged,
-    ConnectionOpened: _ev_opened,  # type: ignore[dict-item]
-    ConnectionClosed: _ev_closed,  # type: ignore[dict-item]
-    HttpActivityRecorded: _ev_activity,  # type: ignore[dict-item]
-    TerminationRequested: _unchanged,
-    TokenIssued: _unchanged,
-    TokenRevoked: _unchanged,
-    **{cls: _unchanged for cls in SYSTEM_TYPES},
-    BackendStarting: lambda s, e: _status(s, Status.STARTING, e.at),
-    BackendReady: _ev_ready,  # type: ignore[dict-item]
-    BackendWarmed: _ev_warmed,  # type: ignore[dict-item]
-    BackendIdle: lambda s, e: _status(s, Status.IDLE, e.at),
-    BackendActive: lambda s, e: _status(s, Status.READY, e.at),
-    BackendTerminating: _ev_terminating,  # type: ignore[dict-item]
-    TerminationEscalated: _ev_escalated,  # type: ignore[dict-item]
-    BackendTerminated: _ev_terminated,  # type: ignore[dict-item]
 }
+"""The lifecycle in one place: event type -> the statuses it may happen in, the
+status it leads to, what else it changes and (an input) what it implies.  The
+system stream's events (``SYSTEM_TYPES``) are not here: they never happen in a
+backend's stream.  ``python -m plane.actors.diagram`` draws it (docs/lifecycle.md)."""
+
+
+# -------------------------------------------------------------------- evolve
+
+_FIELDS = frozenset(f.name for f in attrs.fields(BackendState))
+_N_FIELDS = len(_FIELDS)
+
+
+def _illegal(state: BackendState, event: object) -> IllegalTransition:
+    name = type(event).__name__
+    if isinstance(event, SYSTEM_TYPES):
+        return IllegalTransition(f"{name} belongs to the system stream, not a backend's")
+    if type(event) not in TRANSITIONS:
+        return IllegalTransition(f"{name} is not an event of a backend")
+    current = state.status.value if state.status else "nothing"
+    return IllegalTransition(f"{name} cannot happen in {current}")
 
 
 def evolve(state: BackendState, event: Event) -> BackendState:
     """The state after ``event``; :class:`IllegalTransition` if it cannot happen now."""
-    allowed, evolver = _TABLE[type(event)]
-    if state.status not in allowed:
-        current = state.status.value if state.status else "nothing"
-        raise IllegalTransition(f"{type(event).__name__} cannot happen in {current}")
-    changes = evolver(state, event)
-    changes["version"] = state.version + 1
-    # attrs.evolve without its per-call introspection (replay folds many events)
+    row = TRANSITIONS.get(type(event))
+    if row is None or state.status not in row.source:
+        raise _illegal(state, event)
+    # What attrs.evolve(state, **changes) builds, without its per-call cost
+    # (replay folds every event of the log: bench/bench_replay.py): a new
+    # instance whose fields are the old ones updated in place, in field order,
+    # so its __dict__ stays a key-sharing dict like every BackendState's.  A
+    # name that is not a field would make it longer: that raises, as
+    # BackendState(typo=...) would.
     new = object.__new__(BackendState)
     fields = new.__dict__
     fields.update(state.__dict__)
-    fields.update(changes)
+    fields.update(row.changes(state, event))
+    fields["version"] = state.version + 1
+    if row.target is not None:
+        fields["status"] = row.target
+        fields["status_at"] = event.at
+    if len(fields) != _N_FIELDS:
+        unknown = ", ".join(sorted(fields.keys() - _FIELDS))
+        raise TypeError(f"{type(event).__name__} changes what BackendState lacks: {unknown}")
     return new
-
-
-_TABLE: dict[type[Event], tuple[frozenset[Status | None], Callable[[BackendState, Event], Changes]]]
-_TABLE = {cls: (_ALLOWED.get(cls, _INPUT_ALLOWED), fn) for cls, fn in _EVOLVERS.items()}
-"""The transition table: event type -> (statuses it may happen in, what it changes)."""
 
 
 def fold(events: Iterable[Event], state: BackendState = initial) -> BackendState:
@@ -450,54 +627,33 @@ def next_deadline(state: BackendState) -> float | None:
 # -------------------------------------------------------------------- decide
 
 
-_PLAIN_INPUTS = frozenset(INPUT_TYPES) - {
-    BackendRequested,
-    WarmBackendRequested,
-    BackendClaimed,
-    *SYSTEM_TYPES,
-}
-
-
 def decide(state: BackendState, command: Command) -> list[Event]:
     """The events that ``command`` implies in ``state`` (inputs first, then decisions)."""
-    kind = type(command)
-    if kind is Tick:
+    if isinstance(command, Tick):
         return _decide_tick(state, command.at)
-    if kind not in _PLAIN_INPUTS:
-        return _decide_unusual(state, command)
+    row = TRANSITIONS.get(type(command))
+    if row is None or row.decides is None:
+        raise _not_a_command(command)
     status = state.status
-    if status is Status.TERMINATED:
+    if status in row.late:
         return []
-    if status is None:
-        raise IllegalTransition(f"{kind.__name__} for a backend never requested")
-    rule = _RULES.get(kind)
-    if rule is None:
-        return [command]  # type: ignore[list-item]
-    return [command, *rule(state, command)]  # type: ignore[list-item]
-
-
-def _decide_unusual(state: BackendState, command: Command) -> list[Event]:
-    if isinstance(command, (BackendRequested, WarmBackendRequested)):
-        if state.status is not None:
-            raise IllegalTransition(f"backend {state.backend_id} was already requested")
-        return [command]
-    if isinstance(command, BackendClaimed):
-        return _decide_claim(state, command)
-    if isinstance(command, SYSTEM_TYPES):
+    if status not in row.source:
         name = type(command).__name__
-        raise IllegalTransition(f"{name} belongs to the system stream, not a backend's")
-    raise IllegalTransition(f"{type(command).__name__} is a decision, not a command")
-
-
-def _decide_claim(state: BackendState, claim: BackendClaimed) -> list[Event]:
-    """A claim of a warm backend: it takes the key and is ready at once.  A claim
-    that finds the backend no longer warm (it exited, a drain ended it) decides
-    nothing and records nothing: the claimer takes another one."""
-    if state.status is None:
-        raise IllegalTransition("BackendClaimed for a backend never requested")
-    if state.status is not Status.WARM or not state.unclaimed or state.address is None:
+        if status is None:
+            raise IllegalTransition(f"{name} for a backend never requested")
+        if None in row.source:
+            raise IllegalTransition(f"backend {state.backend_id} was already requested")
+        raise IllegalTransition(f"{name} cannot happen in {status.value}")
+    if row.guard is not None and not row.guard(state, command):
         return []
-    return [claim, BackendReady(claim.at, state.address)]
+    return [command, *row.decides(state, command)]
+
+
+def _not_a_command(command: object) -> IllegalTransition:
+    name = type(command).__name__
+    if isinstance(command, SYSTEM_TYPES):
+        return IllegalTransition(f"{name} belongs to the system stream, not a backend's")
+    return IllegalTransition(f"{name} is a decision, not a command")
 
 
 def _decide_tick(state: BackendState, now: float) -> list[Event]:
@@ -506,66 +662,6 @@ def _decide_tick(state: BackendState, now: float) -> list[Event]:
         return []
     _, act = min(due, key=lambda item: item[0])
     return act(now)
-
-
-def _ending_reason(s: BackendState, otherwise: TerminationReason) -> TerminationReason:
-    """A backend already terminating keeps the reason it is terminating for."""
-    if s.status is Status.TERMINATING and s.termination_reason is not None:
-        return s.termination_reason
-    return otherwise
-
-
-def _after_readiness(s: BackendState, e: ReadinessObserved) -> list[Event]:
-    if s.status is Status.STARTING and s.address is not None:
-        if s.unclaimed:
-            return [BackendWarmed(e.at, s.address)]
-        return [BackendReady(e.at, s.address)]
-    return []
-
-
-def _after_spawn_failed(s: BackendState, e: SpawnFailed) -> list[Event]:
-    reason = _ending_reason(s, TerminationReason.SPAWN_FAILED)
-    return [BackendTerminated(e.at, reason, None, e.message)]
-
-
-def _after_exited(s: BackendState, e: ExecutorExited) -> list[Event]:
-    return [BackendTerminated(e.at, _ending_reason(s, TerminationReason.EXITED), e.exit_code)]
-
-
-def _after_vanished(s: BackendState, e: ExecutorVanished) -> list[Event]:
-    return [BackendTerminated(e.at, _ending_reason(s, TerminationReason.LOST), None, e.message)]
-
-
-def _after_opened(s: BackendState, e: ConnectionOpened) -> list[Event]:
-    return [BackendActive(e.at)] if s.status is Status.IDLE else []
-
-
-def _after_closed(s: BackendState, e: ConnectionClosed) -> list[Event]:
-    last = s.status is Status.READY and s.connections == {e.connection_id}
-    return [BackendIdle(e.at)] if last else []
-
-
-def _after_termination_requested(s: BackendState, e: TerminationRequested) -> list[Event]:
-    if s.status is Status.REQUESTED:
-        return [BackendTerminated(e.at, TerminationReason.EXTERNAL)]
-    if s.status is Status.TERMINATING:
-        hard_now = e.kind is TerminationKind.HARD and s.killed_at is None
-        return [TerminationEscalated(e.at)] if hard_now else []
-    return [BackendTerminating(e.at, TerminationReason.EXTERNAL, e.kind)]
-
-
-_RULES: dict[type, Callable[[BackendState, Any], list[Event]]] = {
-    ReadinessObserved: _after_readiness,
-    SpawnFailed: _after_spawn_failed,
-    ExecutorExited: _after_exited,
-    ExecutorVanished: _after_vanished,
-    ConnectionOpened: _after_opened,
-    ConnectionClosed: _after_closed,
-    TerminationRequested: _after_termination_requested,
-}
-"""The decision table: input type -> what it implies in a state.  An input that is
-not here (tokens, HTTP activity, the executor's start) is recorded and decides
-nothing by itself."""
 
 
 # ------------------------------------------------------------------- effects

@@ -36,7 +36,8 @@ This module owns the nursery of the backend actors and the routing around them:
   plus the log's tail, so its cost follows the live backends, not the log's
   length), ask the executor what really runs, adopt what is alive (its address,
   tokens and idle timer carry on; its connections, which died with the previous
-  in-process proxy, are closed), start again what was still being started,
+  in-process proxy, are closed, but those a proxy process may still hold:
+  :attr:`Supervisor.keep_connection`), start again what was still being started,
   record as lost what vanished, and remove (and record) everything
   plane-labelled of its scope that the log does not hold as live (terminated
   or unknown), running or not: an exited container whose removal a stop
@@ -45,10 +46,14 @@ This module owns the nursery of the backend actors and the routing around them:
 
 Memory
 ------
-The supervisor holds live backends, not history: :attr:`Supervisor.states`
-and :attr:`Supervisor.actors` hold a backend from its request until its actor
+The supervisor holds live backends, not history: :attr:`Supervisor.actors`
+holds a backend from its request (a new backend's actor decides and records
+it), :attr:`Supervisor.states` from its request recorded, both until its actor
 ends after ``terminated``, then drop it.  A terminated backend's state is
 read from the log (and its archives) when asked (:meth:`Supervisor.lookup`).
+Readers outside the actors (the API, metrics) read the held backends through
+:attr:`Supervisor.held_states`, a read-only projection, never the mutable
+dicts.
 What outlives a backend in memory is per *key*, not per backend: the key's
 highest fencing token (one int per key ever used).  Ids used by terminated
 backends are not kept: a connect naming its ``backend_id`` is checked against
@@ -76,6 +81,7 @@ import collections
 import logging
 import math
 import random
+import types
 from collections.abc import Callable, Mapping
 
 import attrs
@@ -105,7 +111,7 @@ from plane.engines.placement import Load, place, why_none
 from plane.engines.registry import EngineView, evolve_engines
 from plane.events.snapshot import StartupState, load_startup
 from plane.events.spec import BackendKey, SpawnConfig
-from plane.events.store import ConcurrencyError, EventStore
+from plane.events.store import ConcurrencyError, EventStore, StoreFullError
 from plane.events.types import (
     SYSTEM_STREAM,
     BackendClaimed,
@@ -257,6 +263,10 @@ class Supervisor:
         self.policy = policy
         self.states: dict[str, BackendState] = {}
         self.actors: dict[str, BackendActor] = {}
+        self.held_states: Mapping[str, BackendState] = types.MappingProxyType(self.states)
+        """The projection the API reads: every backend held in memory (live, or
+        just ended), by id, kept by :meth:`_notify` as each change is recorded.
+        Read-only and live: copy it (``dict(...)``) to hold it across an await."""
         self._live_by_slot: dict[Slot, str] = {}  # live: requested .. idle
         self._live_per_engine: collections.Counter[str] = collections.Counter()
         """How many keys each engine's backends hold (kept with ``_live_by_slot``)."""
@@ -272,6 +282,12 @@ class Supervisor:
         self._system_version = 0
         self._nursery: trio.Nursery | None = None
         self.observers: list[StateObserver] = []
+        self.keep_connection: Callable[[str, str], bool] | None = None
+        """At recovery, asked ``(backend_id, connection_id)`` for each connection
+        the log holds open: True if a proxy process may still hold it and the
+        caller takes charge of it (``plane serve``:
+        :meth:`~plane.api.proxies.ProxyRegistry.adopt_connection`); else it is
+        closed."""
         self.recovery_report: dict[str, list[str]] = {"adopted": [], "lost": [], "orphans": []}
         self.warm_pools = WarmPoolManager(self, self.clock)
         self._claiming: set[str] = set()  # warm backends a connect is claiming now
@@ -494,9 +510,8 @@ class Supervisor:
                 503,
             )
         backend_id = request.backend_id or tokens.new_backend_id()
-        if backend_id in self.states or (
-            request.backend_id is not None and await self._id_used(backend_id)
-        ):
+        used = request.backend_id is not None and await self._id_used(backend_id)
+        if used or backend_id in self.states or backend_id in self.actors:
             raise ConnectRefused("BackendIdTaken", f"backend id {backend_id!r} is taken", 409)
         static = None
         if spawn_config.use_static_token:
@@ -506,32 +521,45 @@ class Supervisor:
         self._reserved_on[engine] = self._reserved_on.get(engine, 0) + 1
         try:
             fencing = self._fencing.get(slot, 0) + 1
-            now = self.clock.now()
             requested = BackendRequested(
-                now, backend_id, key, spawn_config, fencing, static, engine
+                self.clock.now(), backend_id, key, spawn_config, fencing, static, engine
             )
-            events = [*lifecycle.decide(lifecycle.initial, requested)]
             token: str
             secret: str | None = None
+            commands: list[Command] = [requested]
             if static is None:
                 token, secret, issued = self._token_event(request)
-                events += lifecycle.decide(lifecycle.fold(events), issued)
+                commands.append(issued)
             else:
                 token = static
             try:
-                await self.store.append(backend_id, 0, events)
+                state = await self._create(backend_id, *commands)
             except ConcurrencyError:
                 raise ConnectRefused(
                     "BackendIdTaken", f"backend id {backend_id!r} is taken", 409
                 ) from None
-            state = lifecycle.fold(events)
             self._fencing[slot] = fencing
-            self._adopt(state, [])
-            self._notify(state, events)
         finally:
             self._reserved -= 1
             self._reserved_on[engine] -= 1
         return self._result(state, True, token, secret)
+
+    async def _create(self, backend_id: str, *commands: Command) -> BackendState:
+        """Create a new backend: its actor, made from :data:`lifecycle.initial`, is
+        asked ``commands`` (the request, and a connect's first token) and decides
+        and appends them in one append, as it does every later input; the
+        supervisor learns the new state through :meth:`_notify`, like any change.
+        Returns the state right after them (still ``requested``: the start is
+        decided after).  Raises what the log raised (:class:`StoreFullError`;
+        :class:`ConcurrencyError`: the stream exists); then the actor has ended
+        and nothing of the backend is left."""
+        actor = self._start_actor(lifecycle.initial, [], backend_id=backend_id)
+        try:
+            _, state = await actor.ask_state(*commands)
+        except (StoreFullError, ConcurrencyError):
+            await actor.ended.wait()
+            raise
+        return state
 
     # ------------------------------------------------------------ warm pools
 
@@ -568,17 +596,13 @@ class Supervisor:
         requested = WarmBackendRequested(
             self.clock.now(), backend_id, pool.name, pool.spawn_config, engine
         )
-        events = lifecycle.decide(lifecycle.initial, requested)
         self._reserved += 1
         self._reserved_on[engine] = self._reserved_on.get(engine, 0) + 1
         try:
-            await self.store.append(backend_id, 0, events)
+            await self._create(backend_id, requested)
         finally:
             self._reserved -= 1
             self._reserved_on[engine] -= 1
-        state = lifecycle.fold(events)
-        self._adopt(state, [])
-        self._notify(state, events)
         return backend_id
 
     async def discard_warm(self, backend_id: str) -> None:
@@ -712,22 +736,34 @@ class Supervisor:
     # ---------------------------------------------------------------- actors
 
     def _adopt(self, state: BackendState, resume: list[lifecycle.Effect]) -> BackendActor:
-        assert self._nursery is not None, "Supervisor.serve is not running"
-        actor = BackendActor(
-            state,
-            store=self.store,
-            executor=self.executor,
-            clock=self.clock,
-            policy=self.policy,
-            on_change=self._notify,
-        )
-        self.actors[state.backend_id] = actor
+        """Hold a recovered backend and run its actor (re-performing ``resume``)."""
         self.states[state.backend_id] = state
         self._track_unclaimed(state)
         if state.key is not None and not lifecycle.is_terminal(state):
             self._held_by_slot[state.key.slot()] = state.backend_id
             if lifecycle.is_live(state):
                 self._hold_live(state.key.slot(), state)
+        return self._start_actor(state, resume)
+
+    def _start_actor(
+        self,
+        state: BackendState,
+        resume: list[lifecycle.Effect],
+        *,
+        backend_id: str | None = None,
+    ) -> BackendActor:
+        """Run an actor for ``state`` (a new backend: the initial state and its id)."""
+        assert self._nursery is not None, "Supervisor.serve is not running"
+        actor = BackendActor(
+            state,
+            backend_id=backend_id,
+            store=self.store,
+            executor=self.executor,
+            clock=self.clock,
+            policy=self.policy,
+            on_change=self._notify,
+        )
+        self.actors[actor.backend_id] = actor
         self._nursery.start_soon(self._run_actor, actor, resume)
         return actor
 
@@ -849,13 +885,15 @@ class Supervisor:
         except TRANSIENT as exc:
             log.warning("listing engine %s failed: %s", engine, exc)
             return False
+        listed_at = self.clock.now()
         running = {r.backend_id: r for r in listing if r.running}
         for backend_id, actor in list(self.actors.items()):
             state = actor.state
             if state.engine != engine:
                 continue
             if state.address is not None and backend_id not in running:
-                actor.tell(ExecutorVanished(0.0, "exit not observed: the executor lost track"))
+                message = "exit not observed: the executor lost track"
+                actor.tell(ExecutorVanished(listed_at, message))
         if orphans:
             stray = {
                 r.backend_id: r
@@ -990,8 +1028,11 @@ class Supervisor:
         log.error("%s", message)
         await self._append_system([EngineLost(now, engine, message[:500])])
         for actor in list(self.actors.values()):
-            if actor.state.engine == engine and not lifecycle.is_terminal(actor.state):
-                actor.tell(ExecutorVanished(0.0, message[:500]))
+            state = actor.state
+            if state.status is None or lifecycle.is_terminal(state):
+                continue  # a new backend whose request is not recorded yet, or one that ended
+            if state.engine == engine:
+                actor.tell(ExecutorVanished(now, message[:500]))
 
     def engines_view(self) -> list[dict[str, object]]:
         """Every configured engine, as ``GET /ctrl/engines`` shows it."""
@@ -1034,45 +1075,54 @@ class Supervisor:
             self.engine_views = evolve_engines(self.engine_views, record.event)
             self.warm_pools.apply(record.event)
         await self._register_engines()
+        # each input below carries the time its fact was observed: what an engine
+        # runs (and so that the previous plane's connections are gone) when its
+        # listing answered; a missing engine, or one that did not answer, now
         listings: dict[str, list[Running] | None] = {}
+        listed_at: dict[str, float] = {}
         for engine in self.executor.engines:
             listings[engine] = await self._list_engine_at_start(engine)
+            listed_at[engine] = self.clock.now()
         for backend_id, state in list(self.states.items()):
             if lifecycle.is_terminal(state):
                 continue
             listing = listings.get(state.engine)
+            now = self.clock.now() if listing is None else listed_at[state.engine]
             if state.engine not in self.executor.engines:
                 actor = self._adopt(state, [])
-                actor.tell(ExecutorVanished(0.0, f"engine {state.engine} is not configured"))
+                actor.tell(ExecutorVanished(now, f"engine {state.engine} is not configured"))
                 self.recovery_report["lost"].append(backend_id)
                 continue
             if listing is None:  # the engine did not answer: recovered when it does
-                actor = self._adopt(state, resume_effects(state, running=None)[0])
-                self._close_connections(actor)
+                actor = self._adopt(state, resume_effects(state, running=None, at=now)[0])
+                self._close_connections(actor, now)
                 continue
             seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)
-            effects, first = resume_effects(state, running=seen is not None)
+            effects, first = resume_effects(state, running=seen is not None, at=now)
             actor = self._adopt(state, effects)
-            self._close_connections(actor)
+            self._close_connections(actor, now)
             if first is not None:
                 actor.tell(first)
                 self.recovery_report["lost"].append(backend_id)
             elif seen is not None:
                 self.recovery_report["adopted"].append(backend_id)
                 if state.status is Status.STARTING and state.address is None and seen.address:
-                    actor.tell(ExecutorStarted(0.0, seen.address, seen.handle))
+                    actor.tell(ExecutorStarted(now, seen.address, seen.handle))
         for engine, found in listings.items():
             if found:
                 await self._remove_orphans(self._leftovers(found), engine)
         if any(self.recovery_report.values()):
             log.info("recovery: %s", {k: len(v) for k, v in self.recovery_report.items()})
 
-    @staticmethod
-    def _close_connections(actor: BackendActor) -> None:
-        """The proxy that held an adopted backend's connections died with the
-        previous plane: they are closed (else the backend never goes idle)."""
+    def _close_connections(self, actor: BackendActor, now: float) -> None:
+        """The in-process proxy that held an adopted backend's connections died
+        with the previous plane: they are closed as observed ``now`` (recovery;
+        else the backend never goes idle), but for those :attr:`keep_connection`
+        takes (a proxy process's)."""
+        keep = self.keep_connection
         for connection_id in sorted(actor.state.connections):
-            actor.tell(ConnectionClosed(0.0, connection_id))
+            if keep is None or not keep(actor.state.backend_id, connection_id):
+                actor.tell(ConnectionClosed(now, connection_id))
 
     def _leftovers(self, found: list[Running]) -> list[Running]:
         """What the log does not hold live (terminated, or unknown to it), running or

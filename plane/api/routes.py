@@ -264,7 +264,7 @@ async def backends_page(
     narrow its query), their states folded from their streams, one page at a time."""
     # memory first, then the index: a backend ending in between is in both
     # (kept from memory), never in neither
-    held = dict(ctx.supervisor.states)
+    held = dict(ctx.supervisor.held_states)
     index = ctx.index
     if with_terminated:
         try:
@@ -644,7 +644,7 @@ class Endpoints:
             raise ApiError(400, "WebSocketRequired", "the proxy feed is a WebSocket")
         after = _integer(request.param("after"), AFTER, default=0)
         proxy_id = request.param("proxy") or ""
-        if not (0 < len(proxy_id) <= 64 and proxy_id.replace("-", "").isalnum()):
+        if not proxies.valid_proxy_name(proxy_id):
             raise ApiError(400, "BadRequest", "proxy: an id of letters, digits and '-'")
         store, registry = self.ctx.store, self.ctx.proxies
         peer = request.peer

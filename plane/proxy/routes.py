@@ -32,6 +32,10 @@ What it folds (every other event is ignored):
 Lookup order: unknown token, revoked, expired (``now >= expires_at``), backend
 terminating/terminated, else the route.
 
+A table can also be rebuilt from a set of records and swapped in whole
+(:meth:`RouteTable.replace`): a proxy process resynced from the
+controller's current routes.
+
 Resource handling: tokens of ended backends are kept (so their lookups say
 *why* they are refused) until :meth:`RouteTable.forget_before` drops the
 expired ones (and the static tokens of backends that ended before then).
@@ -176,6 +180,12 @@ class RouteTable:
                 self._requested(stream, event)
             case BackendStarting():
                 self._backend(stream)
+
+    def replace(self, other: RouteTable) -> None:
+        """Take ``other``'s content (a table rebuilt from the controller's
+        current routes, :mod:`plane.proxy.remote`): what this table held and
+        ``other`` does not is forgotten, in one step."""
+        self._tokens, self._backends, self.seq = other._tokens, other._backends, other.seq
 
     def _issued(self, stream: str, event: TokenIssued) -> None:
         backend = self._backend(stream)

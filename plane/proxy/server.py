@@ -29,7 +29,10 @@ Resource handling
 -----------------
 :func:`serve_proxy` runs until cancelled; cancelling it closes the listener,
 every client connection and every pooled upstream connection, and emits
-``ConnectionClosed`` for every long-lived connection still open.
+``ConnectionClosed`` for every long-lived connection still open.  The feed
+outlives them (shielded) until it has handed those over
+(:meth:`~plane.proxy.table_feed.RouteFeed.drain`: a proxy process sends them
+to its controller, bounded), then is cancelled.
 
 Error handling
 --------------
@@ -134,16 +137,29 @@ class ProxyServer:
             listener.setblocking(False)
         else:
             listener = await listen_socket(host, port, self.ctx.settings.max_connections)
+        feed_scope = trio.CancelScope(shield=True)
+
+        async def run_feed(*, task_status: trio.TaskStatus[None]) -> None:
+            with feed_scope:  # ends after the sessions, once drained (below)
+                await self.feed.run(task_status=task_status)
+
         try:
-            async with trio.open_nursery() as nursery:
-                self.port = listener.getsockname()[1]
-                nursery.start_soon(self.tracker.run)
-                nursery.start_soon(self.pool.run)
-                nursery.start_soon(self._watchdog)
-                nursery.start_soon(self._accept, listener, nursery)
-                self.listening.set()
-                await nursery.start(self.feed.run)
-                task_status.started(self.port)
+            async with trio.open_nursery() as feeds:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self.port = listener.getsockname()[1]
+                        nursery.start_soon(self.tracker.run)
+                        nursery.start_soon(self.pool.run)
+                        nursery.start_soon(self._watchdog)
+                        nursery.start_soon(self._accept, listener, nursery)
+                        self.listening.set()
+                        await feeds.start(run_feed)
+                        task_status.started(self.port)
+                finally:
+                    sockio.close(listener)
+                    with trio.CancelScope(shield=True):
+                        await self.feed.drain()
+                    feed_scope.cancel()
         finally:
             sockio.close(listener)
 

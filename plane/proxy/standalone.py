@@ -3,8 +3,13 @@
 This module owns the composition of a stand-alone proxy: its options
 (:class:`ProxyOptions`), the listening socket (bound here, or inherited from
 a parent that bound it: ``--listen-fd``), the route feed, the connection
-events' outbox, and, with ``workers`` > 1, the worker processes sharing one
-socket (:mod:`plane.proxy.workers`).
+events' outbox, the proxy's metrics (not served here: sent with its stats to
+the controller, whose ``/metrics`` sums them), and, with ``workers`` > 1,
+the worker processes sharing one socket (:mod:`plane.proxy.workers`).
+
+A clean stop (SIGTERM, Ctrl-C: cancellation) closes the client connections
+first, then sends their ``ConnectionClosed`` to the controller before the
+channel closes (:meth:`~plane.proxy.remote.RemoteFeed.drain`).
 
 Resource handling: :func:`run_proxy` runs until cancelled and closes what it
 opened.  Error handling: a bad option or an unreadable key file raises
@@ -27,6 +32,7 @@ import trio
 from plane.actors.clock import TrioClock
 from plane.config import ConfigError, parse_listen
 from plane.limits import budget, raise_fd_limit
+from plane.metrics import Metrics
 from plane.proxy.remote import Outbox, RemoteFeed, client_ssl_context, feed_url
 from plane.proxy.routes import RouteTable
 from plane.proxy.server import ProxyContext, ProxyServer, listen_socket
@@ -116,12 +122,18 @@ async def run_proxy(
         client_ssl_context(options.ca_file) if options.controller.startswith("https") else None
     )
     clock = TrioClock()
+    metrics = Metrics()  # not served here: sent to the controller (its /metrics)
     server: ProxyServer | None = None
 
     def stats() -> dict[str, Any]:
         if server is None:
             return {}
-        return {"requests": server.tracker.requests, "active": server.active, "pid": os.getpid()}
+        return {
+            "requests": server.tracker.requests,
+            "active": server.active,
+            "pid": os.getpid(),
+            "counters": metrics.proxy_counters(),
+        }
 
     def make_feed(table: RouteTable) -> RemoteFeed:
         return RemoteFeed(
@@ -140,6 +152,7 @@ async def run_proxy(
         store=None,
         emit=outbox.emit,
         clock=clock,
+        metrics=metrics,
         settings=settings,
         make_feed=make_feed,
         proxy_id=proxy_id,

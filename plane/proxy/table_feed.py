@@ -63,6 +63,11 @@ class RouteFeed(Protocol):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
+    async def drain(self) -> None:
+        """The proxy stops cleanly and its client connections are closed: hand
+        over what is still to be sent (``run`` is cancelled right after)."""
+        ...
+
 
 class TableFeed:
     """Feeds ``table`` from ``store``; see the module docstring."""
@@ -94,6 +99,9 @@ class TableFeed:
     def serving(self) -> bool:
         """In-process: fresh once synced (the store cannot be cut off)."""
         return self.synced.is_set()
+
+    async def drain(self) -> None:
+        """Nothing to hand over: ``emit`` told the supervisor directly."""
 
     def _notify(self) -> None:
         self._changed.set()

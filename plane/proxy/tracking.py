@@ -8,8 +8,9 @@ into Prometheus metrics.
 The rules
 ---------
 * **Long-lived connections** emit ``ConnectionOpened`` and, when they end,
-  ``ConnectionClosed`` with the same id (``<proxy instance>-<n>``, unique
-  across proxies and restarts).  Long-lived means: a WebSocket or any other
+  ``ConnectionClosed`` with the same id (``<proxy name>-<n>``, unique
+  across proxies and restarts; an in-process proxy's name starts with
+  :data:`IN_PROCESS`).  Long-lived means: a WebSocket or any other
   upgrade (opened right after the 101); a response of type
   ``text/event-stream`` (opened when its head arrives); or any proxied request
   still in flight, waiting for or streaming its response,
@@ -70,6 +71,27 @@ log = logging.getLogger("plane.proxy")
 Emit = Callable[[str, InputEvent], None]
 
 
+IN_PROCESS = "local."
+"""The name prefix of a proxy inside ``plane serve``: a ``.``, which no proxy
+process's name has (``/ctrl/proxy-feed`` refuses it), so the controller tells
+its own proxy's connections (dead with it at a restart) from those of proxy
+processes (which may outlive it): :func:`proxy_of`."""
+
+
+def proxy_of(connection_id: str) -> str | None:
+    """The name of the proxy process that opened ``connection_id``
+    (``<name>-<n>``); None for an in-process proxy's (or no proxy's) id."""
+    name, sep, number = connection_id.rpartition("-")
+    if not (sep and number.isdigit() and valid_proxy_name(name)):
+        return None
+    return name
+
+
+def valid_proxy_name(name: str) -> bool:
+    """A proxy process's name: 1 to 64 letters, digits and ``-``."""
+    return 0 < len(name) <= 64 and name.replace("-", "").isalnum() and name.isascii()
+
+
 class InFlight:
     """One proxied request between forwarding and its end."""
 
@@ -98,8 +120,8 @@ class Tracker:
         self._metrics = metrics
         self._long_after = settings.long_request_after
         self._activity = ActivityCoalescer(settings.activity_interval)
-        self._prefix = prefix or secrets.token_hex(4)
-        """Connection ids are <prefix>-<n>: the proxy id (unique per process)."""
+        self._prefix = prefix or IN_PROCESS + secrets.token_hex(4)
+        """Connection ids are <prefix>-<n>: the proxy's name (unique per process)."""
         self.requests = 0
         """Plain requests forwarded (the proxy's own counter, sent to the controller)."""
         self._ids = itertools.count(1)

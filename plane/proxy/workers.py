@@ -12,6 +12,8 @@ close that worker's open connections:
 
 Resource handling: :meth:`ProxyWorkers.run` runs until cancelled; on
 cancellation every worker is sent SIGTERM, and SIGKILL after 5 s.
+:meth:`ProxyWorkers.stop` does the same without cancelling (so the caller's
+API is still up to take the workers' last connection events).
 
 Error handling: a worker that fails to start is retried like one that died.
 """
@@ -32,6 +34,8 @@ log = logging.getLogger("plane.proxy.workers")
 
 RESTART_FIRST = 0.1
 RESTART_MAX = 5.0
+STOP_GRACE = 5.0
+"""How long a stopped worker has before SIGKILL."""
 YOUNG = 10.0
 """A worker that dies sooner than this after its start backs the restarts off."""
 
@@ -63,6 +67,7 @@ class ProxyWorkers:
         self.workers = [Worker(i + 1) for i in range(count)]
         self.on_exit = on_exit
         self.name = name
+        self._stopping = False
 
     def command(self, worker: Worker) -> list[str]:
         return [
@@ -85,7 +90,7 @@ class ProxyWorkers:
 
     async def _keep(self, worker: Worker) -> None:
         backoff = RESTART_FIRST
-        while True:
+        while not self._stopping:
             worker.proxy_id = f"{self.name}{worker.index}-{secrets.token_hex(3)}"
             started = trio.current_time()
             try:
@@ -101,6 +106,8 @@ class ProxyWorkers:
             worker.process = None
             if self.on_exit is not None:
                 self.on_exit(worker.proxy_id)
+            if self._stopping:
+                return
             worker.restarts += 1
             if trio.current_time() - started < YOUNG:
                 await trio.sleep(backoff)
@@ -125,6 +132,23 @@ class ProxyWorkers:
                     if process.returncode is None:
                         process.kill()
                         await process.wait()
+
+    async def stop(self) -> None:
+        """Stop every worker for good (no restart): SIGTERM (a worker sends its
+        controller its last connection events), SIGKILL after
+        :data:`STOP_GRACE`; returns once they have exited."""
+        self._stopping = True
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_GRACE):
+            for worker in self.workers:
+                if worker.process is not None:
+                    await worker.process.wait()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.kill()
+                await worker.process.wait()
 
     def views(self) -> list[dict[str, object]]:
         return [

@@ -22,6 +22,7 @@ It exits 1 when a history failed (after printing its report), 0 otherwise,
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import tempfile
 import time
@@ -52,17 +53,23 @@ class Summary:
     steps: int = 0
     events: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     failures: list[Outcome] = attrs.field(factory=list)
+    stats: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    """What the histories did, summed (faults injected, engines lost, crashes...)."""
 
     @property
     def per_minute(self) -> float:
         return self.histories * 60.0 / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
+        """The rate in wall time, and in this process's CPU time (what a shared
+        machine's other work does not change much)."""
+        cpu_rate = self.histories * 60.0 / self.cpu_seconds if self.cpu_seconds else 0.0
         return (
             f"{self.histories} histories ({self.steps} steps, {self.events} events) in "
-            f"{self.seconds:.1f} s: {self.per_minute:.0f} histories/min; "
-            f"{len(self.failures)} failed"
+            f"{self.seconds:.1f} s: {self.per_minute:.0f} histories/min "
+            f"({cpu_rate:.0f} per CPU minute); {len(self.failures)} failed"
         )
 
 
@@ -76,7 +83,7 @@ def explore(
 ) -> Summary:
     """Run a history per seed (until ``until``, a ``time.monotonic()``, if given)."""
     summary = Summary()
-    began = time.monotonic()
+    began, cpu_began = time.monotonic(), time.process_time()
     for seed in seeds:
         if until is not None and time.monotonic() >= until:
             break
@@ -84,11 +91,13 @@ def explore(
         summary.histories += 1
         summary.steps += steps
         summary.events += len(outcome.events)
+        summary.stats.update(outcome.stats)
         if not outcome.ok:
             summary.failures.append(outcome)
             if stop_at_first:
                 break
     summary.seconds = time.monotonic() - began
+    summary.cpu_seconds = time.process_time() - cpu_began
     return summary
 
 
@@ -181,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed is not None:
         outcome = run(args.seed, args.steps, sqlite=args.sqlite)
         if outcome.ok:
-            print(f"ok seed={args.seed} steps={args.steps}: {len(outcome.events)} events")
+            print(
+                f"ok seed={args.seed} steps={args.steps}: {len(outcome.events)} events, "
+                f"log digest {outcome.digest}"
+            )
             print("  " + ", ".join(f"{k} {v}" for k, v in sorted(outcome.stats.items())))
             return 0
         print(report(outcome, keep_dir=args.keep_dir))
@@ -199,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shrunk = None if args.no_shrink else shrink(failure, sqlite=args.sqlite)
         print(report(failure, keep_dir=args.keep_dir, shrunk=shrunk))
     print(f"seeds {start}..: {summary.line()}")
+    print("  " + ", ".join(f"{k} {v}" for k, v in sorted(summary.stats.items())))
     return 1 if summary.failures else 0
 
 

@@ -260,8 +260,8 @@ async def test_plane_revoke_of_an_unknown_backend_is_404(api: Api) -> None:
 async def test_list_filters_on_our_state_and_on_plane_s_status(api: Api) -> None:
     backend_id = (await api.connect())["backend_id"]
     await api.wait_status(backend_id, Status.READY)
-    api.supervisor.tell(backend_id, ConnectionOpened(0.0, "c"))
-    api.supervisor.tell(backend_id, ConnectionClosed(0.0, "c"))
+    api.supervisor.tell(backend_id, ConnectionOpened(api.supervisor.clock.now(), "c"))
+    api.supervisor.tell(backend_id, ConnectionClosed(api.supervisor.clock.now(), "c"))
     await api.wait_status(backend_id, Status.IDLE)
 
     async def ids(query: str) -> list[str]:

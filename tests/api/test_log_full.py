@@ -25,6 +25,7 @@ async def test_connect_on_a_full_log_is_503_and_the_log_stays_usable(tmp_path: P
         assert error["kind"] == "LogUnavailable" and "full" in error["message"]
         assert await store.last_seq() == before, "nothing recorded half-way"
         assert "after" not in {s.key.name for s in api.supervisor.states.values() if s.key}
+        assert set(api.supervisor.actors) == {first["backend_id"]}, "no actor left behind"
         await store.set_max_page_count(1_000_000)
         again = await api.client.post("/ctrl/connect", json=big)
         assert again.status_code == 200, again.text

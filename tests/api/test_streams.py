@@ -58,10 +58,10 @@ async def test_ready_and_idle_are_one_plane_status() -> None:
     async with open_api() as api:
         backend_id = (await api.connect())["backend_id"]
         await api.wait_status(backend_id, Status.READY)
-        api.supervisor.tell(backend_id, ConnectionOpened(0.0, "c1"))
-        api.supervisor.tell(backend_id, ConnectionClosed(0.0, "c1"))
+        api.supervisor.tell(backend_id, ConnectionOpened(api.supervisor.clock.now(), "c1"))
+        api.supervisor.tell(backend_id, ConnectionClosed(api.supervisor.clock.now(), "c1"))
         await api.wait_status(backend_id, Status.IDLE)
-        api.supervisor.tell(backend_id, ConnectionOpened(0.0, "c2"))
+        api.supervisor.tell(backend_id, ConnectionOpened(api.supervisor.clock.now(), "c2"))
         await api.wait_status(backend_id, Status.READY)
         await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
         await api.wait_status(backend_id, Status.TERMINATED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,3 +310,161 @@ async def partial_get(url: str) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         answer = await http.get(url, headers={"connection": "close"})
         assert answer.status_code == 200
+
+
+def connections(serve: PlaneServe, backend_id: str) -> int:
+    count: int = serve.api.get(f"/ctrl/b/{backend_id}").json()["connections"]
+    return count
+
+
+async def test_a_cleanly_stopped_proxy_hands_its_open_connections_back(
+    tmp_path: Path, key_file: Path
+) -> None:
+    serve = start_serve(tmp_path, key_file, "--terminate-on-exit")
+    proxy = PlaneProxy(serve.urls["api"], key_file, log_path=tmp_path / "p.log")
+    try:
+        backend = serve.connect(echo("stopped", max_idle_seconds=2))
+        backend_id = backend["backend_id"]
+        serve.wait_status(backend_id, "ready")
+        url = via(backend["url"], serve, proxy.url)
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def answered() -> bool:
+                return (await http.get(url)).status_code == 200
+
+            await wait_for(answered, "the backend through the proxy")
+        async with open_websocket_url(ws(url)) as conn:
+            await conn.send_message("hi")
+            assert await conn.get_message() == "hi"
+            await wait_for(lambda: connections(serve, backend_id) == 1, "the open connection")
+            assert await trio.to_thread.run_sync(proxy.stop) == 0  # SIGTERM: a clean stop
+            with pytest.raises(ConnectionClosed):
+                with trio.fail_after(10):
+                    await conn.get_message()
+        # handed back before the proxy exited, not 60 s later when taken for gone
+        await wait_for(lambda: connections(serve, backend_id) == 0, "the connection closed")
+        assert proxies(serve) == []  # it said bye: forgotten at once
+        assert event_types(serve, backend_id).count("proxy.connection_closed.v1") == 1
+        serve.wait_status(backend_id, "terminating", "terminated", timeout=30)  # idle
+        assert serve.api.get(f"/ctrl/b/{backend_id}").json()["reason"] == "idle"
+    finally:
+        proxy.stop()
+        serve.stop()
+
+
+async def test_a_restarted_controller_keeps_the_connections_a_proxy_process_still_holds(
+    tmp_path: Path, key_file: Path
+) -> None:
+    port = free_port()
+    serve = start_serve(tmp_path, key_file, api_port=port)
+    proxy = PlaneProxy(serve.urls["api"], key_file, log_path=tmp_path / "p.log")
+    try:
+        backend = serve.connect(echo("held", max_idle_seconds=2))
+        backend_id = backend["backend_id"]
+        serve.wait_status(backend_id, "ready")
+        url = via(backend["url"], serve, proxy.url)
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def answered() -> bool:
+                return (await http.get(url)).status_code == 200
+
+            await wait_for(answered, "the backend through the proxy")
+        async with open_websocket_url(ws(url)) as held:
+            async with open_websocket_url(ws(backend["url"])) as in_process:
+                for conn in (held, in_process):
+                    await conn.send_message("hi")
+                    assert await conn.get_message() == "hi"
+                await wait_for(lambda: connections(serve, backend_id) == 2, "two connections")
+                await trio.to_thread.run_sync(serve.stop)  # the backend keeps running
+                with pytest.raises(ConnectionClosed):  # it died with the old plane
+                    with trio.fail_after(10):
+                        await in_process.get_message()
+            serve = start_serve(tmp_path, key_file, api_port=port)
+            # the proxy process survived and holds its connection: it stays open
+            await wait_for(
+                lambda: [p for p in proxies(serve) if p["synced"] and p["open_connections"]],
+                "the proxy back, with its connection",
+                limit=30,
+            )
+            assert connections(serve, backend_id) == 1
+            await trio.sleep(4)  # twice the idle timeout: held by the proxy's WebSocket
+            assert serve.status(backend_id)["status"] == "ready"
+            assert connections(serve, backend_id) == 1
+            await held.send_message("still here")
+            assert await held.get_message() == "still here"
+        await wait_for(lambda: connections(serve, backend_id) == 0, "the connection closed")
+        serve.wait_status(backend_id, "terminating", "terminated", timeout=30)
+    finally:
+        proxy.stop()
+        serve.stop()
+
+
+def metric_values(serve: PlaneServe) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = serve.api.get("/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_the_workers_proxy_metrics_are_in_serves_metrics(
+    workers_serve: PlaneServe,
+) -> None:
+    serve = workers_serve
+    backend = serve.connect(echo("counted"))
+    serve.wait_status(backend["backend_id"], "ready")
+    url = backend["url"]
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):  # new connections: spread over both workers
+            nursery.start_soon(partial_get, url)
+    async with open_websocket_url(ws(url)) as conn:
+        await conn.send_message("hi")
+        assert await conn.get_message() == "hi"
+
+        def open_counted() -> bool:
+            return metric_values(serve).get(("plane_proxy_open_connections", ()), 0) >= 1
+
+        await wait_for(open_counted, "the open WebSocket in plane_proxy_open_connections")
+
+    def counted() -> bool:
+        values = metric_values(serve)
+        return (
+            values.get(("plane_proxy_requests_total", (("code", "200"),)), 0) >= 10
+            and values.get(("plane_proxy_connections_total", ()), 0) >= 11
+            and values.get(("plane_proxy_upgrades_total", ()), 0) >= 1
+        )
+
+    await wait_for(counted, "the workers' counters in serve's /metrics")
+    per_worker = [p["stats"]["counters"]["requests"].get("200", 0) for p in proxies(serve)]
+    total = metric_values(serve)[("plane_proxy_requests_total", (("code", "200"),))]
+    assert sum(per_worker) == total  # summed over the workers, nothing counted twice
+
+
+async def test_serve_stops_its_workers_first_so_their_connections_are_recorded_closed(
+    tmp_path: Path, key_file: Path
+) -> None:
+    serve = start_serve(tmp_path, key_file, "--proxy-workers", "2", "--terminate-on-exit")
+    try:
+        backend = serve.connect(echo("shutdown"))
+        backend_id = backend["backend_id"]
+        serve.wait_status(backend_id, "ready")
+        async with open_websocket_url(ws(backend["url"])) as conn:
+            await conn.send_message("hi")
+            assert await conn.get_message() == "hi"
+            await wait_for(lambda: connections(serve, backend_id) == 1, "the open connection")
+            assert await trio.to_thread.run_sync(serve.stop) == 0
+    finally:
+        serve.stop()
+    with sqlite3.connect(f"file:{serve.data_dir / 'events.db'}?mode=ro", uri=True) as db:
+        types = [
+            row[0]
+            for row in db.execute(
+                "SELECT type FROM events WHERE stream = ? ORDER BY seq", (backend_id,)
+            )
+        ]
+    # the worker's close reached the log before the termination at exit
+    closed = types.index("proxy.connection_closed.v1")
+    assert closed < types.index("backend.terminating.v1"), types

@@ -27,9 +27,9 @@ async def write_log(path: Path) -> dict[str, str]:
         killed = await h.supervisor.connect(request("kill-room"))
         for r in (idle, exited, killed):
             await h.wait_status(r.backend_id, Status.READY)
-        h.supervisor.tell(idle.backend_id, ConnectionOpened(0.0, "c1"))
+        h.supervisor.tell(idle.backend_id, ConnectionOpened(h.supervisor.clock.now(), "c1"))
         await trio.sleep(5)
-        h.supervisor.tell(idle.backend_id, ConnectionClosed(0.0, "c1"))
+        h.supervisor.tell(idle.backend_id, ConnectionClosed(h.supervisor.clock.now(), "c1"))
         h.executor.exit(exited.backend_id, 7)
         await h.supervisor.terminate(killed.backend_id, TerminationKind.HARD)
         for r in (idle, exited, killed):

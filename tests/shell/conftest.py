@@ -80,8 +80,7 @@ async def open_harness(
             store,
             executor,
             clock=TrioClock(offset=EPOCH),
-            policy=ExecutorPolicy(probe=executor.probe),
-            **supervisor_args,
+            **{"policy": ExecutorPolicy(probe=executor.probe), **supervisor_args},
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.serve)

@@ -53,11 +53,11 @@ async def test_open_connection_holds_off_idle_then_closing_starts_the_clock(
         result = await h.supervisor.connect(request(max_idle_seconds=30))
         bid = result.backend_id
         await h.wait_status(bid, Status.READY)
-        h.supervisor.tell(bid, ConnectionOpened(0.0, "c1"))
+        h.supervisor.tell(bid, ConnectionOpened(h.supervisor.clock.now(), "c1"))
         await h.wait_for(bid, lambda s: bool(s.connections))
         await trio.sleep(1000)  # far beyond max_idle: a quiet open connection keeps it
         assert h.supervisor.states[bid].status is Status.READY
-        h.supervisor.tell(bid, ConnectionClosed(0.0, "c1"))
+        h.supervisor.tell(bid, ConnectionClosed(h.supervisor.clock.now(), "c1"))
         idle = await h.wait_status(bid, Status.IDLE)
         await h.wait_status(bid, Status.TERMINATED)
         (terminating,) = only(await h.events(bid), BackendTerminating)
@@ -88,7 +88,7 @@ async def test_lifetime_limit_ends_even_a_connected_backend(
         result = await h.supervisor.connect(request(lifetime_limit_seconds=100))
         bid = result.backend_id
         await h.wait_status(bid, Status.READY)
-        h.supervisor.tell(bid, ConnectionOpened(0.0, "c1"))
+        h.supervisor.tell(bid, ConnectionOpened(h.supervisor.clock.now(), "c1"))
         state = await h.wait_status(bid, Status.TERMINATED)
         (terminating,) = only(await h.events(bid), BackendTerminating)
         assert terminating.reason is TerminationReason.LIFETIME

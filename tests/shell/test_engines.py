@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import trio
 import trio.testing
 
+from plane.actors.backend import ExecutorPolicy
 from plane.actors.supervisor import ConnectRefused
 from plane.engines.config import EngineSpec
 from plane.events.memory import open_memory_store
@@ -33,10 +35,27 @@ async def system_events(store: object) -> list[object]:
     return [r.event for r in await store.read_stream(SYSTEM_STREAM)]  # type: ignore[attr-defined]
 
 
+def probe_either(*engines: FakeExecutor) -> Callable[..., Awaitable[None]]:
+    """A readiness probe that asks every engine (a backend answers on its own)."""
+
+    async def probe(address: str, *, interval: float = 0.01) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def one(engine: FakeExecutor) -> None:
+                await engine.probe(address, interval=interval)
+                nursery.cancel_scope.cancel()
+
+            for engine in engines:
+                nursery.start_soon(one, engine)
+
+    return probe
+
+
 async def test_backends_spread_drain_and_loss(autojump_clock: trio.testing.MockClock) -> None:
     a, b = FakeExecutor(), FakeExecutor()
     async with open_harness(
         executor=a,
+        policy=ExecutorPolicy(probe=probe_either(a, b)),
         engines={"a": a, "b": b},
         engine_specs=SPECS,
         engine_lost_after=10.0,
@@ -139,7 +158,8 @@ async def test_a_deferred_engine_is_recovered_once_it_answers(
         async with open_harness(store=store, executor=engine) as first:
             result = await first.supervisor.connect(request("room", max_idle_seconds=30))
             await first.wait_status(result.backend_id, Status.READY)
-            first.supervisor.tell(result.backend_id, ConnectionOpened(0.0, "c1"))
+            opened = ConnectionOpened(first.supervisor.clock.now(), "c1")
+            first.supervisor.tell(result.backend_id, opened)
             await first.wait_for(result.backend_id, lambda s: s.connections == {"c1"})
         # plane dies (its proxy with it); an earlier plane's exited container is left
         engine.leave("stray")

@@ -120,12 +120,12 @@ async def test_inputs_arriving_while_full_are_queued_in_order_with_their_times(
         bid = ready.backend_id
         t0 = h.supervisor.clock.now()
         store.full = True
-        h.supervisor.tell(bid, ConnectionOpened(0.0, "c1"))
+        h.supervisor.tell(bid, ConnectionOpened(h.supervisor.clock.now(), "c1"))
         await wait_until_pending(h, store, bid)
         await trio.sleep(20)
-        h.supervisor.tell(bid, ConnectionClosed(0.0, "c1"))
+        h.supervisor.tell(bid, ConnectionClosed(h.supervisor.clock.now(), "c1"))
         await trio.sleep(20)
-        h.supervisor.tell(bid, ConnectionOpened(0.0, "c2"))
+        h.supervisor.tell(bid, ConnectionOpened(h.supervisor.clock.now(), "c2"))
         await trio.sleep(20)
         assert only(await h.events(bid), ConnectionOpened) == []
         assert h.supervisor.states[bid].connections == frozenset()
@@ -153,12 +153,14 @@ async def test_what_somebody_waits_for_is_refused_at_once_and_never_done_later(
         # a connect for a new key, one for the held key, terminate, revoke: all refused
         with trio.fail_after(1), pytest.raises(StoreFullError):
             await h.supervisor.connect(request("new"))
+        assert set(h.supervisor.actors) == {bid}, "the refused backend's actor ended"
+        assert set(h.supervisor.held_states) == {bid}
         with trio.fail_after(1), pytest.raises(StoreFullError):
             await h.supervisor.connect(request("held"))
         with trio.fail_after(1), pytest.raises(StoreFullError):
             await h.supervisor.terminate(bid, TerminationKind.SOFT)
         # an actor already waiting on a pending decision refuses without waiting
-        h.supervisor.tell(bid, ConnectionOpened(0.0, "c1"))
+        h.supervisor.tell(bid, ConnectionOpened(h.supervisor.clock.now(), "c1"))
         await wait_until_pending(h, store, bid)
         before = trio.current_time()
         with trio.fail_after(1), pytest.raises(StoreFullError):
@@ -215,7 +217,7 @@ async def test_a_caller_after_space_is_freed_is_not_refused_for_the_backoff(
         ready = await ready_backend(h, request("held", max_idle_seconds=600))
         bid = ready.backend_id
         store.full = True
-        h.supervisor.tell(bid, ConnectionOpened(0.0, "c1"))
+        h.supervisor.tell(bid, ConnectionOpened(h.supervisor.clock.now(), "c1"))
         await wait_until_pending(h, store, bid)
         await trio.sleep(30)  # the retry is at its cap now
         store.full = False

@@ -116,7 +116,8 @@ async def test_recovery_adopts_running_records_lost_and_removes_orphans(
             connected = await h.supervisor.connect(request("connected", max_idle_seconds=50))
             for r in (alive, gone, connected):
                 await h.wait_status(r.backend_id, Status.READY)
-            h.supervisor.tell(connected.backend_id, ConnectionOpened(0.0, "c1"))
+            opened = ConnectionOpened(h.supervisor.clock.now(), "c1")
+            h.supervisor.tell(connected.backend_id, opened)
             await h.wait_for(connected.backend_id, lambda s: bool(s.connections))
             ready_at = h.supervisor.states[alive.backend_id].status_at
             address = h.supervisor.states[alive.backend_id].address

@@ -65,6 +65,8 @@ class Checker:
         self.requested: dict[str, BackendRequested] = {}
         self.token_hashes: set[str] = set()
         self.last_seq = 0
+        self.live: set[str] = set()
+        """Backends the fold holds not terminated (kept as records come, not rescanned)."""
         self._violations = 0
         self._acks_checked = 0
 
@@ -96,6 +98,13 @@ class Checker:
                 self.requested[record.stream] = event
             elif isinstance(event, TokenIssued):
                 self.token_hashes.add(event.token_hash)
+        folded = self.fold.backends
+        for stream in touched:
+            state = folded.get(stream)
+            if state is not None and state.status is not Status.TERMINATED:
+                self.live.add(stream)
+            else:
+                self.live.discard(stream)
         return touched
 
     def finish(self) -> None:
@@ -142,10 +151,8 @@ class Checker:
         (each at most the log's version: a store whose commits land in a thread)."""
         folded = self.fold.backends
         if exact:
-            missing = sorted(
-                b for b, f in folded.items() if f.status is not Status.TERMINATED and b not in held
-            )
-            extra = sorted(set(held) - set(folded))
+            missing = sorted(b for b in self.live if b not in held)
+            extra = sorted(b for b in held if b not in folded)
             if missing or extra:
                 raise InvariantBroken(
                     "state-is-fold",

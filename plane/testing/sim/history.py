@@ -1,7 +1,9 @@
 """One simulated history: the real plane against simulated clients, executor and disk.
 
 This module owns :func:`run_history`.  From one seed it runs, in a fresh
-``trio.run`` on ``trio.testing.MockClock(autojump_threshold=0)``, the real
+``trio.run`` on simulated time (:class:`~plane.testing.sim.clock.JumpClock`
+with the in-memory store; ``trio.testing.MockClock(autojump_threshold=0)``
+with SQLite, whose writer thread the clock must wait for), the real
 :class:`~plane.actors.supervisor.Supervisor` (its actors, its recovery), the
 proxy's real :class:`~plane.proxy.tracking.Tracker`, and a real store (the
 in-memory twin, or a SQLite file) behind :class:`~plane.testing.sim.store.FaultyStore`,
@@ -28,11 +30,12 @@ With the in-memory store a seed fixes the whole history.  The simulator's
 ``random.Random(seed)`` is the only source of its choices; the randomness of
 plane itself (backend ids, tokens, the tracker's connection-id prefix) is drawn
 from a second seeded ``Random`` while a history runs (:func:`seeded_secrets`
-swaps the ``secrets`` module those modules use); and trio's scheduler, which
-shuffles each batch of runnable tasks with its module-level
-``trio._core._run._r``, is seeded with the seed at the start of the run.  This
-reaches into trio's private state on purpose, for a test harness only (it is
-how trio itself registers that Random with Hypothesis).  With SQLite, the
+swaps the ``secrets`` module those modules use); and the order in which trio
+runs tasks is a function of the seed alone
+(:func:`~plane.testing.sim.schedule.seeded_scheduling`: its Random seeded, its
+batches ordered the same way with or without pytest, equal deadlines in the
+order they were set, not by memory address), so a seed replays bit for bit in
+any process (:attr:`Outcome.digest` says so).  With SQLite, the
 writer thread makes the interleaving real: those histories are checked for the
 invariants, not replayed bit for bit.
 """
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import random
 import traceback
@@ -72,7 +76,10 @@ from plane.events.types import (
 from plane.proxy.settings import ProxySettings
 from plane.proxy.tracking import InFlight, Tracker
 from plane.testing.sim.checks import Ack, Checker, InvariantBroken
+from plane.testing.sim.clock import JumpClock
 from plane.testing.sim.executor import SimEngines
+from plane.testing.sim.schedule import seed_trio_scheduler as seed_trio_scheduler  # re-exported
+from plane.testing.sim.schedule import seeded_scheduling
 from plane.testing.sim.store import ClockHold, Disk, FaultyStore
 
 EPOCH = 1_700_000_000.0
@@ -80,10 +87,18 @@ KEYS = ("a", "b", "c", "d", "e")
 SETTLE_SECONDS = 400.0
 """Simulated time after clients stop within which every backend must end: longer
 than any chain of the simulator's timeouts (idle 60, start 30, grace 15, kill
-confirmation 30, executor retries)."""
+confirmation 30, executor retries).  Cut short, after at least a quarter of
+it, once every backend has ended (:meth:`History._settled`)."""
 ENGINE_LOST_AFTER = (10.0, 30.0)
 """The supervisor's ``engine_lost_after`` (``plane serve --engine-lost-after``),
 one drawn per history: an outage longer than it makes the engine lost."""
+PINGS_PER_LOST_AFTER = 3
+"""The supervisor's ``ping_interval`` is ``engine_lost_after`` over this (3.3 s or
+10 s, where ``plane serve`` pings every 2 s): an outage longer than
+``engine_lost_after`` still fails at least three pings in a row and makes the
+engine lost, one shorter than two intervals never does, and a history wakes for
+pings a third as often (a ping and its timeout scope were a third of a
+history's scheduler passes and a sixth of its CPU time)."""
 HISTORY_LIMIT_SECONDS = 1e6
 """Simulated time after which a history that has not finished is stuck."""
 
@@ -102,6 +117,12 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    @property
+    def digest(self) -> str:
+        """A short fingerprint of the whole log: equal for a bit-for-bit replay."""
+        text = "\n".join(f"{r.seq} {r.stream} {r.version} {r.event!r}" for r in self.events)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------ randomness
@@ -155,13 +176,6 @@ def _quiet_plane_logs() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def seed_trio_scheduler(seed: int) -> None:
-    """Seed the Random trio shuffles runnable tasks with (private; see the docstring)."""
-    import trio._core._run as trio_run
-
-    trio_run._r.seed(seed)
 
 
 # ---------------------------------------------------------------- plane
@@ -277,6 +291,7 @@ class History:
                 clock=TrioClock(offset=EPOCH),
                 max_backends=self.max_backends,
                 engine_lost_after=self.engine_lost_after,
+                ping_interval=self.engine_lost_after / PINGS_PER_LOST_AFTER,
                 policy=ExecutorPolicy(call_timeout=10.0, probe=self.executors.probe),
                 engines=None if list(engines) == ["local"] else engines,
                 engine_specs=tuple(
@@ -441,11 +456,12 @@ class History:
         """A status stream: the backend's events as the log tails them, until it ends."""
         seen = []
         try:
-            async for record in plane.store.tail(0):
-                if record.stream == backend_id:
-                    seen.append(record.event)
-                    if isinstance(record.event, BackendTerminated):
-                        break
+            async with contextlib.aclosing(plane.store.tail(0)) as records:
+                async for record in records:
+                    if record.stream == backend_id:
+                        seen.append(record.event)
+                        if isinstance(record.event, BackendTerminated):
+                            break
             logged = await plane.store.read_stream(backend_id)
         except StoreError:
             return
@@ -499,11 +515,14 @@ class History:
         if store is None:
             return
         acked = len(self.acked)
-        try:
-            with self.hold.held():
-                records = await store.read_all(self.checker.last_seq)
-        except StoreError:
-            return  # the SQLite store closed under us by a crash: check next time
+        if self.memory is not None:  # at this instant: a checkpoint is a scheduler pass a step
+            records = self.memory.read_all_now(self.checker.last_seq)
+        else:
+            try:
+                with self.hold.held():
+                    records = await store.read_all(self.checker.last_seq)
+            except StoreError:
+                return  # the SQLite store closed under us by a crash: check next time
         touched = self.checker.feed(records)
         self.checker.acks(self.acked, acked)
         if self.plane is not None and self.plane is plane:
@@ -524,9 +543,11 @@ class History:
             plane.tracker.close(backend_id, connection_id)
         for flight in list(plane.flights):
             plane.tracker.done(flight)
-        for _ in range(8):
+        for chunk in range(8):
             await trio.sleep(SETTLE_SECONDS / 8)
             await self.check()
+            if chunk >= 1 and self._settled():
+                break  # all ended: the rest would be pings and nothing else
         plane = await self.wait_up()
         await self.check()
         self.checker.all_terminated(plane.supervisor.actors)
@@ -539,6 +560,20 @@ class History:
         self.crash()
         await self._stopped.wait()  # the last plane has closed its log
 
+    def _settled(self) -> bool:
+        """Plane is up, every backend in the log is terminated and no actor runs:
+        nothing is left to happen but health pings (engines healed at least
+        ``SETTLE_SECONDS / 4`` ago have answered and been reconciled), so the rest
+        of the settling time is skipped.  A backend that never ends (a lost
+        timer, a stuck actor) keeps the whole ``SETTLE_SECONDS``, then fails."""
+        plane = self.plane
+        return (
+            plane is not None
+            and not plane.supervisor.actors
+            and not self.checker.live
+            and all(e.reachable() for e in self.executors.engines.values())
+        )
+
     async def final_log(self) -> list[RecordedEvent]:
         if self.memory is not None:
             return await self.memory.read_all()
@@ -548,7 +583,6 @@ class History:
 
 
 async def _history(seed: int, steps: int, sqlite_path: Path | None) -> Outcome:
-    seed_trio_scheduler(seed)
     failure: InvariantBroken | None = None
     history: History | None = None
     try:
@@ -604,7 +638,8 @@ def run_history(seed: int, steps: int, *, sqlite_path: Path | None = None) -> Ou
     With ``sqlite_path`` (a file that does not exist yet) the log is a real
     SQLite file, else the in-memory twin.
     """
-    with seeded_secrets(seed ^ 0x5EED5), _quiet_plane_logs():
-        return trio.run(
-            _history, seed, steps, sqlite_path, clock=trio.testing.MockClock(autojump_threshold=0)
-        )
+    clock: trio.abc.Clock = JumpClock()
+    if sqlite_path is not None:  # a writer thread: only MockClock's autojump waits for it
+        clock = trio.testing.MockClock(autojump_threshold=0)
+    with seeded_secrets(seed ^ 0x5EED5), seeded_scheduling(seed), _quiet_plane_logs():
+        return trio.run(_history, seed, steps, sqlite_path, clock=clock)
