@@ -53,6 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -361,8 +362,10 @@ def main() -> int:
             backend_id = answer["backend_id"]
             plane.wait_status(backend_id, "ready")
             url = answer["url"]
-            proxy_port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-            path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+            parts = urlsplit(url)
+            assert parts.port is not None, url
+            proxy_port = parts.port
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
             clients = Clients(args.workers, proxy_port, path)
             pid = plane.process.pid
             time.sleep(1.0)

@@ -41,7 +41,6 @@ inserted into a log the store created (same schema, seqs in order).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sqlite3
 import statistics
@@ -53,6 +52,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 
 from plane.actors.lifecycle import Tick
@@ -197,7 +197,7 @@ def run_measure(path: Path, live: int) -> dict[str, Any]:
     )
     if done.returncode != 0:
         raise SystemExit(f"the restart failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    result: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
     return result
 
 
@@ -308,7 +308,7 @@ def run_scale(directory: Path, big: int, samples: int, *, memory: bool) -> dict[
     )
     if done.returncode != 0:
         raise SystemExit(f"the scale run failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    result: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
     return result
 
 
@@ -325,10 +325,11 @@ def main() -> int:
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.live)))
+        print(orjson.dumps(measure(args.measure, args.live)).decode())
         return 0
     if args.scale_child:
-        print(json.dumps(scale(args.scale_child, args.scale, args.samples, memory=args.memory)))
+        scaled = scale(args.scale_child, args.scale, args.samples, memory=args.memory)
+        print(orjson.dumps(scaled).decode())
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         logs = {

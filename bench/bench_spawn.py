@@ -80,7 +80,6 @@ import argparse
 import contextlib
 import dataclasses
 import http.client
-import json
 import os
 import shutil
 import socket
@@ -98,6 +97,7 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+import orjson
 
 from plane.executors.readiness import EAGER_ATTEMPTS
 from plane.testing.images import INDEX_HTML, build_test_image, copy_image
@@ -138,7 +138,7 @@ class Plane(PlaneServe):
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
-                status = json.loads(line[5:])
+                status = orjson.loads(line[5:])
                 if status["status"] == "ready":
                     return backend_id
                 if status["status"] == "terminated":
@@ -290,6 +290,33 @@ def docker_body(name: str, image: str) -> dict[str, Any]:
     }
 
 
+def plane_burst(plane: Plane, bodies: list[dict[str, Any]], *docker_clients: Any) -> float:
+    """Seconds for ``plane`` to bring every body to ready, all at once (one HTTP
+    client per spawn); the backends are terminated afterwards."""
+    ids: list[str] = [""] * len(bodies)
+    http = [httpx.Client(base_url=plane.api_url, timeout=60) for _ in bodies]
+
+    def work(i: int) -> None:
+        ids[i] = plane.spawn_to_ready(bodies[i], http[i])
+
+    try:
+        elapsed = in_threads(len(bodies), work)
+    finally:
+        for c in http:
+            c.close()
+    plane.terminate([i for i in ids if i], *docker_clients)
+    return elapsed
+
+
+def remove_run_backends(client: Any) -> None:
+    """Remove the backends of this run that plane left behind (for adoption)."""
+    remove_containers(
+        client,
+        "dev.plane.managed=true",
+        lambda labels: f"bench-{RUN}-" in labels.get("dev.plane.key", ""),
+    )
+
+
 def bench_docker(
     client: Any, image: str, root: Path, runs: int, concurrent: int, rounds: int
 ) -> tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]]:
@@ -318,21 +345,10 @@ def bench_docker(
 
         sequential = alternate(runs, plane_run, bare_run)
 
-        def plane_burst() -> float:
+        def burst() -> float:
             batch = next(counter)
-            ids: list[str] = [""] * concurrent
-            clients = [httpx.Client(base_url=plane.api_url, timeout=60) for _ in range(concurrent)]
-
-            def work(i: int) -> None:
-                ids[i] = plane.spawn_to_ready(docker_body(f"c{batch}-{i}", image), clients[i])
-
-            try:
-                elapsed = in_threads(concurrent, work)
-            finally:
-                for c in clients:
-                    c.close()
-            plane.terminate([i for i in ids if i], client)
-            return elapsed
+            bodies = [docker_body(f"c{batch}-{i}", image) for i in range(concurrent)]
+            return plane_burst(plane, bodies, client)
 
         def bare_burst() -> float:
             made: list[Any] = []
@@ -342,16 +358,11 @@ def bench_docker(
                 for container in made:
                     container.remove(force=True, v=True)
 
-        burst = alternate(rounds, plane_burst, bare_burst)
+        bursts = alternate(rounds, burst, bare_burst)
     finally:
         plane.stop()
-        # plane leaves backends running for adoption: remove any this run left behind
-        remove_containers(
-            client,
-            "dev.plane.managed=true",
-            lambda labels: f"bench-{RUN}-" in labels.get("dev.plane.key", ""),
-        )
-    return sequential, burst
+        remove_run_backends(client)
+    return sequential, bursts
 
 
 def bench_two_engines(
@@ -365,30 +376,15 @@ def bench_two_engines(
 
         def burst(plane: Plane) -> float:
             batch = next(counter)
-            ids: list[str] = [""] * concurrent
-            http = [httpx.Client(base_url=plane.api_url, timeout=60) for _ in range(concurrent)]
-
-            def work(i: int) -> None:
-                ids[i] = plane.spawn_to_ready(docker_body(f"e{batch}-{i}", image), http[i])
-
-            try:
-                elapsed = in_threads(concurrent, work)
-            finally:
-                for c in http:
-                    c.close()
-            plane.terminate([i for i in ids if i], *clients)
-            return elapsed
+            bodies = [docker_body(f"e{batch}-{i}", image) for i in range(concurrent)]
+            return plane_burst(plane, bodies, *clients)
 
         return alternate(rounds, lambda: burst(two), lambda: burst(one))
     finally:
         two.stop()
         one.stop()
         for client in clients:
-            remove_containers(
-                client,
-                "dev.plane.managed=true",
-                lambda labels: f"bench-{RUN}-" in labels.get("dev.plane.key", ""),
-            )
+            remove_run_backends(client)
 
 
 def second_engine(concurrent: int) -> Any | None:

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import trio
 
+from plane.addresses import split_host_port
 from plane.config import PlaneConfig
 from plane.executors.base import Started, StartSpec
 from plane.serve import serve_plane
@@ -101,7 +102,7 @@ def start_standalone(api_url: str, key_file: Path) -> tuple[subprocess.Popen[str
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    port = int(line.split(" proxy on ")[1].split(",")[0].rsplit(":", 1)[1])
+    port = split_host_port(line.split(" proxy on ")[1].split(",")[0])[1]
     return proc, port
 
 
@@ -130,7 +131,7 @@ async def main(args: argparse.Namespace) -> None:
     standalone: subprocess.Popen[str] | None = None
     async with trio.open_nursery() as nursery:
         serving = await nursery.start(partial(serve_plane, config, executor=executor))
-        proxy_port = int(serving.proxy_url.rsplit(":", 1)[1])
+        proxy_port = httpx.URL(serving.proxy_url).port
         try:
             async with httpx.AsyncClient(timeout=30) as client:
                 if args.propagation:

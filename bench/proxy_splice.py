@@ -13,6 +13,8 @@ import sys
 
 import trio
 
+from plane.addresses import split_host_port
+
 
 async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
     try:
@@ -24,8 +26,7 @@ async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
 
 
 async def main(backend: str) -> None:
-    host, _, port_text = backend.rpartition(":")
-    port = int(port_text)
+    host, port = split_host_port(backend)
 
     async def handle(client: trio.SocketStream) -> None:
         try:

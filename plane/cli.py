@@ -18,6 +18,7 @@ the API is unreachable; 3 the backend ended before it was ready (``connect``).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import os
@@ -33,7 +34,7 @@ import orjson
 import trio
 
 from plane import __version__
-from plane.addresses import split_host_port
+from plane.addresses import join_host_port, split_host_port
 from plane.client import (
     Backend,
     BackendKey,
@@ -50,7 +51,7 @@ from plane.client import (
 )
 from plane.client.core import DEFAULT_API
 from plane.client.models import unstructure
-from plane.config import ConfigError, PlaneConfig, WarmPoolOption
+from plane.config import ConfigError, PlaneConfig, WarmPoolOption, parse_listen
 from plane.engines.config import engine_specs
 from plane.text_tables import iso, render_table
 
@@ -380,9 +381,10 @@ async def _proxy_until_signal(options: Any) -> None:
             nursery.start_soon(watch_signals)
             port = await nursery.start(proxy)
             if options.listen_fd is None:
-                host = options.listen.rpartition(":")[0]
+                host = parse_listen(options.listen, "--listen")[0]
                 print(
-                    f"plane {__version__} proxy on {host}:{port}, fed by {options.controller}",
+                    f"plane {__version__} proxy on {join_host_port(host, port)}, "
+                    f"fed by {options.controller}",
                     flush=True,
                 )
 
@@ -645,15 +647,37 @@ def _positive_int(option: str) -> Any:
     return parse
 
 
+def env_option(
+    parser: argparse.ArgumentParser,
+    option: str,
+    default: str | None = None,
+    *,
+    env: str | None = None,
+    sep: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """Add ``option`` to ``parser``, its default read from ``PLANE_<OPTION>``
+    (``--api-listen``: ``PLANE_API_LISTEN``; ``env`` names another) else ``default``.
+    With ``sep`` the option is repeatable and the variable holds several values
+    separated by ``sep``."""
+    variable = env or option.removeprefix("--").upper().replace("-", "_")
+    if sep is None:
+        parser.add_argument(option, default=_env(variable, default), **kwargs)
+    else:
+        values = [v for v in (_env(variable) or "").split(sep) if v]
+        parser.add_argument(option, action="append", default=values, **kwargs)
+
+
 def add_proxy_limits(parser: argparse.ArgumentParser, option: str) -> None:
     """The proxy's connection cap, as ``option`` (``--proxy-max-connections`` in
     ``plane serve``; a stand-alone proxy command reuses it as ``--max-connections``);
     env ``PLANE_PROXY_MAX_CONNECTIONS`` either way."""
-    parser.add_argument(
+    env_option(
+        parser,
         option,
+        env="PROXY_MAX_CONNECTIONS",
         dest="proxy_max_connections",
         type=_positive_int(option),
-        default=_env("PROXY_MAX_CONNECTIONS"),
         metavar="N",
         help="concurrent client connections per proxy process; past it 503 ProxyOverloaded "
         "(GET /ready is still answered). Default: from the file-descriptor limit "
@@ -669,144 +693,120 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run plane: event log, supervisor, API and proxy")
-    serve.add_argument("--data-dir", default=_env("DATA_DIR", ".plane"))
-    serve.add_argument("--api-listen", default=_env("API_LISTEN", "127.0.0.1:8080"))
-    serve.add_argument("--proxy-listen", default=_env("PROXY_LISTEN", "127.0.0.1:9090"))
-    serve.add_argument(
-        "--public-url", default=_env("PUBLIC_URL"), help="the proxy's base URL handed out in url"
-    )
-    serve.add_argument(
+    opt = functools.partial(env_option, serve)
+    opt("--data-dir", ".plane")
+    opt("--api-listen", "127.0.0.1:8080")
+    opt("--proxy-listen", "127.0.0.1:9090")
+    opt("--public-url", help="the proxy's base URL handed out in url")
+    opt(
         "--api-public-url",
-        default=_env("API_PUBLIC_URL"),
         help="the API's base URL handed out in status_url (default: http://<api-listen>)",
     )
-    serve.add_argument(
+    opt(
         "--cluster",
-        default=_env("CLUSTER"),
         help="Plane's cluster name HOST[:PORT] (default: the proxy's public host and port)",
     )
-    serve.add_argument(
-        "--mount-base",
-        default=_env("MOUNT_BASE"),
-        help="directory under which Plane's spawn_config mount paths live",
-    )
-    serve.add_argument(
+    opt("--mount-base", help="directory under which Plane's spawn_config mount paths live")
+    opt(
         "--trust-forwarded-from",
-        action="append",
-        default=[v for v in (_env("TRUST_FORWARDED_FROM") or "").split(",") if v],
+        sep=",",
         metavar="CIDR",
         help="keep X-Forwarded-For from front proxies in CIDR (repeatable)",
     )
-    serve.add_argument(
+    opt(
         "--proxy-root-redirect",
-        default=_env("PROXY_ROOT_REDIRECT"),
         metavar="URL",
         help="where GET / on the proxy redirects (default: 400)",
     )
-    serve.add_argument(
+    opt(
         "--engine",
-        action="append",
-        default=[v for v in (_env("ENGINE") or "").split(" ") if v],
+        sep=" ",
         metavar="NAME=URL[,publish=ADDR][,pool=POOL][,max=N][,tls=DIR]",
         help="a Docker engine to place backends on (repeatable); URL unix://, tcp://, ssh://",
     )
-    serve.add_argument(
+    opt(
         "--engines-file",
-        default=_env("ENGINES_FILE"),
         metavar="PATH",
         help="a TOML file of [[engine]] tables (name, url, publish, pool, max, tls)",
     )
-    serve.add_argument(
+    opt(
         "--engine-lost-after",
+        "30",
         type=float,
-        default=_env("ENGINE_LOST_AFTER", "30"),
         metavar="SECONDS",
         help="an engine silent this long is lost: its backends end as lost (default 30)",
     )
-    serve.add_argument(
+    opt(
         "--executor",
-        default=_env("EXECUTOR", "auto"),
+        "auto",
         help="docker, process, or auto (Docker if an engine answers, else local processes)",
     )
-    serve.add_argument(
+    opt(
         "--api-key",
-        default=_env("API_KEY"),
         help="require Bearer KEY on /ctrl and /metrics (visible in ps: prefer --api-key-file)",
     )
-    serve.add_argument(
+    opt(
         "--api-key-file",
-        default=_env("API_KEY_FILE"),
         metavar="PATH",
         help="read the API key from PATH (re-read on SIGHUP, so a key can be rotated)",
     )
-    serve.add_argument(
+    opt(
         "--read-key-file",
-        default=_env("READ_KEY_FILE"),
         metavar="PATH",
         help="a read-only API key in PATH: GETs and streams only (re-read on SIGHUP)",
     )
-    serve.add_argument(
+    opt(
         "--insecure-no-auth",
         action="store_true",
-        default=_env("INSECURE_NO_AUTH"),
         help="serve the API on a non-loopback address without a key anyway",
     )
-    serve.add_argument(
-        "--max-backends",
-        type=int,
-        default=_env("MAX_BACKENDS"),
-        help="live backends cap (warm pools' backends count)",
-    )
-    serve.add_argument(
+    opt("--max-backends", type=int, help="live backends cap (warm pools' backends count)")
+    opt(
         "--warm",
-        action="append",
-        default=[v for v in (_env("WARM") or "").split(" ") if v],
+        sep=" ",
         metavar="NAME=SIZE:TEMPLATE.json",
         help="keep SIZE backends of the template (a spawn_config) warm in pool NAME (repeatable)",
     )
-    serve.add_argument(
+    opt(
         "--token-lifetime",
+        "3600",
         type=float,
-        default=_env("TOKEN_LIFETIME", "3600"),
         help="seconds a connection token is valid (default 3600)",
     )
     add_proxy_limits(serve, "--proxy-max-connections")
-    serve.add_argument(
+    opt(
         "--proxy-workers",
+        "1",
         type=_positive_int("--proxy-workers"),
-        default=_env("PROXY_WORKERS", "1"),
         metavar="N",
         help="1 (default): the proxy runs in this process; N > 1: N `plane proxy` processes "
         "share the proxy port, fed by /ctrl/proxy-feed and restarted if they die",
     )
-    serve.add_argument(
+    opt(
         "--proxy-key-file",
-        default=_env("PROXY_KEY_FILE"),
         metavar="PATH",
         help="the proxy key: only it opens /ctrl/proxy-feed (for `plane proxy`); "
         "with --proxy-workers and none given, one is made in the data directory",
     )
-    serve.add_argument(
+    opt(
         "--api-max-streams",
         type=_positive_int("--api-max-streams"),
-        default=_env("API_MAX_STREAMS"),
         metavar="N",
         help="concurrent API streams (SSE, logs, the event feed), a cap apart from the "
         "proxy's; more are answered 503 (default: from the file-descriptor limit)",
     )
-    serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), help="text or json")
-    serve.add_argument(
+    opt("--log-format", "text", help="text or json")
+    opt(
         "--retain",
+        "30",
         type=_days,
-        default=_env("RETAIN", "30"),
         metavar="DAYS",
         help="move backends terminated more than DAYS ago (fractions allowed) to monthly"
         " archive files beside the log (default 30; 0 keeps everything in the log)",
     )
-    serve.add_argument(
+    opt(
         "--terminate-on-exit",
         action="store_true",
-        default=_env("TERMINATE_ON_EXIT"),
         help="terminate every backend on shutdown instead of leaving them for adoption",
     )
     serve.set_defaults(run=cmd_serve)
@@ -826,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the controller's API URL (http://... ; https://... through a TLS front proxy)",
     )
-    proxy.add_argument("--listen", default=_env("PROXY_LISTEN", "127.0.0.1:9090"))
+    env_option(proxy, "--listen", "127.0.0.1:9090", env="PROXY_LISTEN")
     proxy.add_argument(
         "--workers",
         type=_positive_int("--workers"),
@@ -868,7 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_proxy_limits(proxy, "--max-connections")
     proxy.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     proxy.add_argument("--proxy-id", help=argparse.SUPPRESS)
-    proxy.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), help="text or json")
+    env_option(proxy, "--log-format", "text", help="text or json")
     proxy.set_defaults(run=cmd_proxy)
 
     backup = sub.add_parser(
@@ -879,16 +879,14 @@ def build_parser() -> argparse.ArgumentParser:
         " plane and copy the files back into an empty data directory.",
     )
     backup.add_argument("dest", metavar="DEST", help="the directory to write the copies to")
-    backup.add_argument("--data-dir", default=_env("DATA_DIR", ".plane"))
+    env_option(backup, "--data-dir", ".plane")
     backup.set_defaults(run=cmd_backup)
 
     def client(name: str, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--api", default=_env("API", DEFAULT_API), help="the plane API's URL")
-        p.add_argument("--api-key", default=_env("API_KEY"), help="visible in ps")
-        p.add_argument(
-            "--api-key-file", default=_env("API_KEY_FILE"), metavar="PATH", help="the key in PATH"
-        )
+        env_option(p, "--api", DEFAULT_API, help="the plane API's URL")
+        env_option(p, "--api-key", help="visible in ps")
+        env_option(p, "--api-key-file", metavar="PATH", help="the key in PATH")
         p.add_argument("--json", action="store_true", help="JSON for scripts")
         return p
 

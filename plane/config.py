@@ -3,8 +3,14 @@
 This module owns the settings and their validation, so that bad values are
 refused with a message naming the option before anything starts.  Every
 option of ``plane serve`` is also read from an environment variable
-``PLANE_<OPTION>`` (:mod:`plane.cli`; ``tests/unit/test_cli_env.py`` checks
-each one).
+``PLANE_<OPTION>`` (``--api-listen``: ``PLANE_API_LISTEN``; a repeatable
+option's variable holds several values: space-separated for ``--engine`` and
+``--warm``, comma-separated for ``--trust-forwarded-from``), read by
+:mod:`plane.cli`; ``tests/unit/test_cli_env.py`` checks each one.  (``plane
+proxy``, whose options are :class:`plane.proxy.standalone.ProxyOptions`, reads
+only ``PLANE_CONTROLLER``, ``PLANE_PROXY_LISTEN``, ``PLANE_PROXY_KEY_FILE``,
+``PLANE_PROXY_MAX_CONNECTIONS`` and ``PLANE_LOG_FORMAT``; that test checks
+this list too.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ This module owns three rules:
 * a cap given explicitly that the limit cannot hold is refused by name
   (:class:`~plane.config.ConfigError`), rather than failing later with EMFILE.
 
-The same budget serves ``plane serve`` and a future stand-alone proxy command.
+The same budget serves ``plane serve`` and ``plane proxy``
+(:mod:`plane.proxy.standalone`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ import hmac
 import re
 import secrets
 
-BACKEND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+BACKEND_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+"""A backend id, to embed in a larger pattern (a list cursor's)."""
+BACKEND_ID_PATTERN = f"^{BACKEND_ID}$"
 """Every backend id matches this (as a whole: see :func:`is_backend_id`)."""
 _BACKEND_ID = re.compile(BACKEND_ID_PATTERN)
 

@@ -31,7 +31,6 @@ or no engine for the pool is logged and tried again after the pool's backoff.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ from typing import Protocol
 
 import attrs
 import httpx
+import orjson
 import trio
 
 from plane.actors.clock import TrioClock
@@ -145,7 +145,7 @@ async def call_claim_hook(
         "key": {"name": key.name, "namespace": key.namespace, "tag": key.tag},
         "fencing_token": fencing_token,
         "user": user,
-        "auth": json.loads(auth) if auth is not None else None,
+        "auth": orjson.loads(auth) if auth is not None else None,
     }
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:

@@ -38,7 +38,6 @@ integer, got a string @ $.spawn_config.executable.port``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -46,6 +45,7 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 import cattrs
+import orjson
 from cattrs.gen import make_dict_structure_fn
 
 from plane.actors.supervisor import ConnectRequest
@@ -58,6 +58,7 @@ from plane.events.spec import (
     ResourceLimits,
     SpawnConfig,
 )
+from plane.tokens import BACKEND_ID_PATTERN
 
 PULL_POLICIES = ("IfNotPresent", "Always", "Never")
 MAX_KEY_CHARS = 256
@@ -67,7 +68,6 @@ MAX_SECONDS = 1e9
 MAX_INT64 = 2**63 - 1
 WARM_POOL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _WARM_POOL_NAME = re.compile(WARM_POOL_NAME_PATTERN)
-BACKEND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 NO_NUL = r"^[^\x00]*$"
 ENV_NAME_PATTERN = r"^[^=\x00]+$"
@@ -602,10 +602,6 @@ def _structure(data: object, cls: type[T]) -> T:
         raise ApiError(400, "InvalidRequest", f"invalid request body: {exc}") from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json(body: bytes) -> Any:
     """The JSON value of ``body``; 400 ``InvalidJson`` if it is not strict JSON in UTF-8."""
     try:
@@ -615,8 +611,8 @@ def parse_json(body: bytes) -> Any:
     if not text.strip():
         raise ApiError(400, "InvalidJson", "request body is empty; expected a JSON object")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+        return orjson.loads(text)  # strict: no NaN, no lone surrogate, depth <= 1024
+    except orjson.JSONDecodeError as exc:
         raise ApiError(400, "InvalidJson", f"request body is not valid JSON: {exc}") from None
 
 
@@ -720,7 +716,7 @@ def parse_connect(body: bytes) -> ConnectRequest:
     spawn = structured.spawn_config
     auth = None
     if structured.auth is not None:
-        auth = json.dumps(structured.auth, separators=(",", ":"))
+        auth = orjson.dumps(structured.auth).decode()
     if spawn is not None and spawn.warm_pool is not None:
         return ConnectRequest(key=key, user=structured.user, auth=auth, warm_pool=spawn.warm_pool)
     return ConnectRequest(

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import json
 import sys
 import types
 import typing
@@ -53,6 +52,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+import orjson
 
 from plane import __version__
 from plane.api import answers
@@ -384,7 +384,7 @@ def render() -> str:
     """The document as the committed ``openapi.json`` holds it."""
     from plane.api.routes import api_document  # the route table imports this module
 
-    return json.dumps(api_document(), indent=2) + "\n"
+    return orjson.dumps(api_document(), option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
 if __name__ == "__main__":

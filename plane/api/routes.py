@@ -73,7 +73,15 @@ from plane.api.context import ApiContext
 from plane.api.errors import ApiError, invalid, not_found
 from plane.api.http import Request, Response, Send
 from plane.api.keys import Access
-from plane.api.router import Answer, Param, Params, Route, Router, json_response
+from plane.api.router import (
+    Answer,
+    Param,
+    Params,
+    Route,
+    Router,
+    UnboundHandler,
+    json_response,
+)
 from plane.build import build_hash
 from plane.events.backend_index import Order
 from plane.events.store import RecordedEvent, StoreFullError
@@ -95,7 +103,7 @@ SSE_TYPE = "text/event-stream"
 FLAG_VALUES = ("1", "0", "true", "false")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _PLANE_STATUSES = {s.value: s for s in PlaneStatus}
-CURSOR_PATTERN = r"^(?:(-?[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?)~([A-Za-z0-9_.-]{1,64}))?$"
+CURSOR_PATTERN = rf"^(?:(-?[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?)~({tokens.BACKEND_ID}))?$"
 """A list cursor: the last listed backend's request time (seconds) and id, so a
 cursor stays valid whatever happens to that backend; empty: the first page."""
 _CURSOR = re.compile(CURSOR_PATTERN)
@@ -739,6 +747,30 @@ def route_table() -> list[Route]:
     ours = {400: ("InvalidClusterName",), 404: ("NotFound",)}
     updated = Answer(200, "Whether that changed the engine.", answers.Updated)
     terminated = Answer(200, "`null`, as Plane answers.", schema={"type": "null"})
+
+    def terminate(how: str, handler: UnboundHandler, summary: str) -> Route:
+        path = f"/ctrl/b/{{id}}/{how}-terminate"
+        return Route("POST", path, handler, summary, answers=(terminated,), errors=backend)
+
+    def engine_action(action: str, handler: UnboundHandler, summary: str) -> Route:
+        path = f"/ctrl/engines/{{name}}/{action}"
+        return Route("POST", path, handler, summary, answers=(updated,), errors=engine)
+
+    def plane_cluster(
+        method: str, tail: str, handler: UnboundHandler, summary: str, answer: Answer
+    ) -> Route:
+        path = f"/ctrl/c/{{cluster}}/{tail}"
+        return Route(
+            method, path, handler, summary, params=(CLUSTER,), answers=(answer,), errors=ours
+        )
+
+    def warm_pool(
+        method: str, handler: UnboundHandler, summary: str, answer: Answer, **more: Any
+    ) -> Route:
+        more.setdefault("errors", {404: ("NotFound",)})
+        path = "/ctrl/warm-pools/{name}"
+        return Route(method, path, handler, summary, params=(POOL_NAME,), answers=(answer,), **more)
+
     return [
         Route(
             "POST",
@@ -771,22 +803,8 @@ def route_table() -> list[Route]:
                 "`spawn_config.pool`, or every one of it is draining, lost or full).",
             },
         ),
-        Route(
-            "POST",
-            "/ctrl/b/{id}/soft-terminate",
-            e.soft_terminate,
-            "Stop a backend: stop signal, grace period, then kill",
-            answers=(terminated,),
-            errors=backend,
-        ),
-        Route(
-            "POST",
-            "/ctrl/b/{id}/hard-terminate",
-            e.hard_terminate,
-            "Kill a backend now",
-            answers=(terminated,),
-            errors=backend,
-        ),
+        terminate("soft", e.soft_terminate, "Stop a backend: stop signal, grace period, then kill"),
+        terminate("hard", e.hard_terminate, "Kill a backend now"),
         Route(
             "POST",
             "/ctrl/b/{id}/revoke",
@@ -922,39 +940,23 @@ def route_table() -> list[Route]:
             "The engines (drones) backends are placed on: state, pool, load",
             answers=(Answer(200, "Every engine.", answers.EngineList),),
         ),
-        Route(
-            "POST",
-            "/ctrl/engines/{name}/drain",
-            e.drain_engine,
-            "Place no new backend on the engine; its own keep running",
-            answers=(updated,),
-            errors=engine,
+        engine_action(
+            "drain", e.drain_engine, "Place no new backend on the engine; its own keep running"
         ),
-        Route(
+        engine_action("undrain", e.undrain_engine, "Let the engine take new backends again"),
+        plane_cluster(
             "POST",
-            "/ctrl/engines/{name}/undrain",
-            e.undrain_engine,
-            "Let the engine take new backends again",
-            answers=(updated,),
-            errors=engine,
-        ),
-        Route(
-            "POST",
-            "/ctrl/c/{cluster}/d/{drone}/drain",
+            "d/{drone}/drain",
             e.drain_drone,
             "Plane's drain of a drone (here: an engine)",
-            params=(CLUSTER,),
-            answers=(Answer(200, "Whether that changed the drone.", answers.Updated),),
-            errors=ours,
+            Answer(200, "Whether that changed the drone.", answers.Updated),
         ),
-        Route(
+        plane_cluster(
             "GET",
-            "/ctrl/c/{cluster}/state",
+            "state",
             e.cluster_state,
             "Plane's ClusterState: every drone (engine)",
-            params=(CLUSTER,),
-            answers=(Answer(200, "The cluster's drones.", answers.ClusterState),),
-            errors=ours,
+            Answer(200, "The cluster's drones.", answers.ClusterState),
         ),
         Route(
             "GET",
@@ -977,27 +979,18 @@ def route_table() -> list[Route]:
             "Every warm pool: its name, size, how many are warm, its template",
             answers=(Answer(200, "The warm pools.", schema={"type": "object"}),),
         ),
-        Route(
+        warm_pool(
             "GET",
-            "/ctrl/warm-pools/{name}",
             e.warm_pool,
             "One warm pool",
-            params=(POOL_NAME,),
-            answers=(Answer(200, "The warm pool.", schema={"type": "object"}),),
-            errors={404: ("NotFound",)},
+            Answer(200, "The warm pool.", schema={"type": "object"}),
         ),
-        Route(
+        warm_pool(
             "PUT",
-            "/ctrl/warm-pools/{name}",
             e.put_warm_pool,
             "Define or resize a warm pool (without spawn_config: resize only)",
-            params=(POOL_NAME,),
+            Answer(200, "The warm pool, and whether that changed it.", schema={"type": "object"}),
             body=body.WarmPoolBody,
-            answers=(
-                Answer(
-                    200, "The warm pool, and whether that changed it.", schema={"type": "object"}
-                ),
-            ),
             errors={400: ("InvalidRequest",), 404: ("NotFound",)},
             notes={
                 400: "Besides the schema's: a template this plane cannot run, or one that "
@@ -1006,14 +999,11 @@ def route_table() -> list[Route]:
                 404: "A resize (no spawn_config) of a pool that does not exist.",
             },
         ),
-        Route(
+        warm_pool(
             "DELETE",
-            "/ctrl/warm-pools/{name}",
             e.delete_warm_pool,
             "Remove a warm pool; its unclaimed backends are terminated",
-            params=(POOL_NAME,),
-            answers=(Answer(200, "`null`.", schema={"type": "null"}),),
-            errors={404: ("NotFound",)},
+            Answer(200, "`null`.", schema={"type": "null"}),
         ),
         Route(
             "GET",

@@ -4,6 +4,12 @@ This module owns only the non-blocking IO: it performs the steps of the
 operations in :mod:`plane.client.core` with an :class:`httpx.AsyncClient`,
 sleeping and bounding reads with anyio, so it runs under trio and asyncio.
 
+Its methods mirror :mod:`plane.client.sync`'s line for line, on purpose: each
+is the same few steps of :mod:`plane.client.core` around an ``await`` where
+that one blocks.  The logic (requests, answers, errors) lives once in ``core``;
+what repeats is only the IO shape, which Python cannot share between a
+blocking and an async function without hiding one behind the other.
+
 Resource handling: close with :meth:`AsyncClient.aclose` or use ``async
 with``.  A stream (an async iterator from ``status_stream``, ``events``,
 ``logs``) holds a connection until it is exhausted or closed (``aclose()``
@@ -262,9 +268,10 @@ class _Steps:
         self.chunks: AsyncIterator[str] | None = None
 
     async def aclose(self) -> None:
-        if self.response is not None:
-            await self.response.aclose()
+        response, chunks = self.response, self.chunks
         self.response = self.chunks = None
+        if response is not None:
+            await _transport.close_stream(response, chunks)
 
     async def perform(self, step: core.Step) -> core.Feed:
         if isinstance(step, core.Sleep):

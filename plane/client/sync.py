@@ -1,7 +1,9 @@
 """The synchronous client: :class:`Client`, for Flask, Django, scripts and the CLI.
 
 This module owns only the blocking IO: it performs the steps of the
-operations in :mod:`plane.client.core` with an :class:`httpx.Client`.
+operations in :mod:`plane.client.core` with an :class:`httpx.Client`.  Its
+methods mirror :mod:`plane.client.aio`'s on purpose (see there why): a change
+to one is made to the other.
 
 Resource handling: a :class:`Client` holds a connection pool; close it with
 :meth:`Client.close` or use it as a context manager.  A stream (an iterator

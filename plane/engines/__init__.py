@@ -10,5 +10,5 @@
 
 The IO around them (pinging, watching each engine's exits, recording the
 events, terminating a lost engine's backends) is the supervisor's
-(:mod:`plane.actors.supervisor`, :mod:`plane.actors.engines`).
+(:mod:`plane.actors.supervisor`).
 """

@@ -1,6 +1,6 @@
 """Engine health: the pure decision "lost" or "returned".
 
-The shell (:mod:`plane.actors.engines`) pings each engine every
+The shell (:class:`~plane.actors.supervisor.Supervisor`) pings each engine every
 ``ping_interval`` seconds and watches its event stream; it reports each answer
 and each failure with its time to :class:`Health`, which says when the engine
 is lost (no answer for ``lost_after`` seconds) and when it has returned (an

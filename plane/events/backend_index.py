@@ -32,7 +32,7 @@ with some prefix of the log.  Retention moves terminated streams to archives
 after recording :class:`~plane.events.types.HistoryArchived`: when a catch-up
 meets one, it also reads the archives past the covered seq, so a stream
 archived before the index saw it is not missed.  The API calls
-:meth:`catch_up` before each list; ``plane serve`` also runs one right after
+:meth:`~BackendIndex.catch_up` before each list; ``plane serve`` also runs one right after
 starting, so a rebuild is paid before the first list.
 
 Resource handling: the file index opens its connections per call, in a worker

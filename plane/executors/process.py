@@ -55,7 +55,7 @@ Limits and refusals
 ``memory_limit_bytes`` (``RLIMIT_AS``), ``cpu_time_limit`` (``RLIMIT_CPU``) and
 ``pids_limit`` (a pids cgroup, v2 or v1, where plane may write one) are
 applied to the child before it runs; ``plane.executors.proclimits`` says how.
-Everything a local process cannot honour is refused by :meth:`check` (the
+Everything a local process cannot honour is refused by :meth:`ProcessExecutor.check` (the
 connect answers 400 naming each field): ``cpu_period``,
 ``cpu_period_percent``, ``disk_limit_bytes``, ``pids_limit`` where no pids
 cgroup is writable, and the Docker engine's options: ``image``, a
@@ -74,7 +74,7 @@ Error handling
 --------------
 A missing command, a command that is not executable, a missing or bad
 ``cwd``, or an empty argv raise :class:`~plane.executors.base.SpawnError`
-with a message naming the culprit; :meth:`check` already resolves the command
+with a message naming the culprit; :meth:`ProcessExecutor.check` already resolves the command
 as ``exec`` will (``PATH`` as the backend's environment has it, a name with a
 slash relative to ``cwd``), so connect refuses it with 400.  Other ``OSError`` at start (out of
 processes, out of file descriptors) raise

@@ -32,9 +32,9 @@ from __future__ import annotations
 import h11
 import trio
 
-from plane.addresses import split_host_port as parse_loopback_address
+from plane.addresses import split_host_port
 
-__all__ = ["parse_loopback_address", "wait_until_answers"]
+__all__ = ["wait_until_answers"]
 
 _RECEIVE_SIZE = 4096
 
@@ -91,7 +91,7 @@ async def wait_until_answers(address: str, *, interval: float = 0.01) -> None:
     Retries every 1 ms for :data:`EAGER_ATTEMPTS` attempts, then doubling up
     to every *interval* seconds; no overall timeout (see module docstring).
     """
-    host, port = parse_loopback_address(address)
+    host, port = split_host_port(address)
     delay = min(0.001, interval)  # most backends answer within milliseconds: ask soon
     attempts = 0
     while True:

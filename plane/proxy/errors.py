@@ -16,9 +16,10 @@ backend's (502, 504).  Both carry what the client is told.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
+
+import orjson
 
 from plane import __version__
 from plane.proxy.headers import CORS_LINES, clean_value
@@ -101,9 +102,7 @@ def render_error(
     error_id = str(uuid.uuid4())
     if logged:
         log.info("answered %d %s (id %s): %s", status, kind, error_id, message)
-    body = json.dumps(
-        {"id": error_id, "kind": kind, "message": message}, separators=(",", ":")
-    ).encode()
+    body = orjson.dumps({"id": error_id, "kind": kind, "message": message})
     return render_answer(
         status, body, close=close, extra_headers=extra_headers, head_only=head_only
     )

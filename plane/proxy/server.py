@@ -4,7 +4,7 @@ This module owns the listening socket, the accept loop and the connection cap,
 and wires the parts together: the routing table and its feed
 (:mod:`~plane.proxy.routes`, :mod:`~plane.proxy.table_feed`), the upstream
 pool (:mod:`~plane.proxy.upstream`), the tracker that emits connection events
-(:mod:`~plane.proxy.tracking`) and one :class:`~plane.proxy.relay.ClientSession`
+(:mod:`~plane.proxy.tracking`) and one :class:`~plane.proxy.session.ClientSession`
 per client connection.
 
 Connection cap: past ``settings.max_connections`` concurrent client

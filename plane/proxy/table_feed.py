@@ -103,9 +103,6 @@ class TableFeed:
     async def drain(self) -> None:
         """Nothing to hand over: ``emit`` told the supervisor directly."""
 
-    async def wait_for_change(self) -> None:
-        await self._changed.wait()
-
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()

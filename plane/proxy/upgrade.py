@@ -70,7 +70,8 @@ async def upgrade(
 async def await_switch(s: ClientSession, upstream: Upstream, route: Route) -> bytes | None:
     """Wait for the backend's final answer to an upgrade request.  On 101,
     send it on to the client and return the bytes the backend sent after
-    it; else None, with the answer left queued for :meth:`_relay_response`."""
+    it; else None, with the answer left queued for
+    :func:`~plane.proxy.exchange.relay_response`."""
     view = s.relay.view
     sink = upstream.sink
     pieces = sink.pieces

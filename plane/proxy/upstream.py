@@ -35,7 +35,7 @@ import socket
 
 import trio
 
-from plane.executors.readiness import parse_loopback_address
+from plane.addresses import split_host_port
 from plane.proxy import sockio
 from plane.proxy.errors import GatewayFault
 from plane.proxy.parsing import ResponseSink
@@ -102,7 +102,7 @@ class UpstreamPool:
         target = self._hosts.get(address)
         if target is None:
             try:
-                target = parse_loopback_address(address)
+                target = split_host_port(address)
             except ValueError as exc:
                 raise GatewayFault(502, "BackendUnreachable", str(exc)) from None
             if len(self._hosts) > 4096:

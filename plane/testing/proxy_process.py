@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from plane.testing.serve_process import end_process
 
 BANNER = re.compile(r"proxy on (\S+), fed by")
 
@@ -63,13 +64,4 @@ class PlaneProxy:
         self.url = f"http://{self.address}"
 
     def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return self.process.returncode
+        return end_process(self.process, timeout)

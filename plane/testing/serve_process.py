@@ -42,6 +42,21 @@ def serve_command(data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def end_process(process: subprocess.Popen[str], timeout: float) -> int:
+    """SIGTERM ``process`` (if it runs), SIGKILL it after ``timeout`` seconds,
+    reap it and close its stdout pipe; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    return process.returncode
+
+
 class PlaneServe:
     """A ``plane serve`` child process on free loopback ports."""
 
@@ -70,7 +85,12 @@ class PlaneServe:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             umask=umask,
         )
-        self.urls = self._read_banner()
+        try:
+            self.urls = self._read_banner()
+        except BaseException:
+            end_process(self.process, 5)
+            self._log.close()
+            raise
         self.client = Client(self.urls["api"], api_key="", timeout=30)
         self.api = self.client.http
 
@@ -119,18 +139,11 @@ class PlaneServe:
     def kill9(self) -> None:
         self.process.kill()
         self.process.wait(timeout=30)
-        self.client.close()
-        self._log.close()
+        self.stop()
 
     def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = end_process(self.process, timeout)
         self.client.close()
         if not self._log.closed:
             self._log.close()
-        return self.process.returncode
+        return code

@@ -3,7 +3,6 @@ store and the fake executor."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import attrs
 import h11
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -20,6 +20,7 @@ from plane.actors.lifecycle import BackendState
 from plane.actors.supervisor import Supervisor, UnknownBackend
 from plane.api.app import ApiContext, serve_api
 from plane.api.keys import ApiKeys
+from plane.client._transport import close_stream
 from plane.events.memory import open_memory_store
 from plane.events.store import EventStore
 from plane.events.types import Status
@@ -33,7 +34,7 @@ API_KEY = "test-key-0123456789"
 
 def api_error(body: bytes | httpx.Response) -> dict[str, str]:
     """Plane's ApiError body, checked for its exact shape: {"id", "kind", "message"}."""
-    data = json.loads(body if isinstance(body, bytes) else body.content)
+    data = orjson.loads(body if isinstance(body, bytes) else body.content)
     assert set(data) == {"id", "kind", "message"}, data
     assert isinstance(data["id"], str) and data["id"], data
     assert isinstance(data["kind"], str) and isinstance(data["message"], str), data
@@ -200,6 +201,17 @@ async def open_raw(port: int) -> AsyncIterator[RawClient]:
         yield RawClient(stream)
 
 
+@asynccontextmanager
+async def lines_of(response: httpx.Response) -> AsyncIterator[AsyncIterator[str]]:
+    """``response.aiter_lines()``, closed with the response on leaving (read to
+    its end or not: plane.client's ``close_stream``)."""
+    lines = response.aiter_lines()
+    try:
+        yield lines
+    finally:
+        await close_stream(response, lines)
+
+
 async def sse_events(lines: AsyncIterator[str], count: int | None = None) -> list[dict[str, Any]]:
     """Parse SSE lines into events ``{"id", "data", "comments"}`` until ``count`` events
     (or the end of the stream); a numeric id becomes an int."""
@@ -218,7 +230,7 @@ async def sse_events(lines: AsyncIterator[str], count: int | None = None) -> lis
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "data":
-            current["data"] = json.loads(value)
+            current["data"] = orjson.loads(value)
         elif field == "id":
             current["id"] = int(value) if value.isdigit() else value
         else:

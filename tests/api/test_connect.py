@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 import pytest
 import trio
 
@@ -213,6 +213,7 @@ def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("spawn_config.lifetime_limit_seconds", "60", "expected a number, got a string"),
         ("spawn_config.max_idle_seconds", 1e300, "at most 1000000000"),
         ("spawn_config.id", "has space", "@ $.spawn_config.id"),
+        ("spawn_config.id", "a" * 65, "@ $.spawn_config.id"),  # tokens.BACKEND_ID_PATTERN's limit
         ("spawn_config.executable", None, "needs an executable (or a warm_pool) @ $.spawn_config"),
         ("spawn_config", [], "expected an object, got an array @ $.spawn_config"),
     ],
@@ -244,7 +245,7 @@ async def test_malformed_json_is_400(api: Api, raw: bytes) -> None:
 
 
 async def test_top_level_must_be_an_object(api: Api) -> None:
-    response = await api.client.post("/ctrl/connect", content=json.dumps([1, 2]))
+    response = await api.client.post("/ctrl/connect", content=orjson.dumps([1, 2]))
     assert response.status_code == 400
     assert response.json()["message"] == "expected an object, got an array @ $"
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 
 import h11
 import httpx
+import orjson
 import pytest
 import trio
 import trio_websocket
 
 from plane.events.types import Status
-from tests.api.conftest import API_KEY, Api, api_error, open_api, open_raw, spawn_body
+from tests.api.conftest import (
+    API_KEY,
+    Api,
+    api_error,
+    lines_of,
+    open_api,
+    open_raw,
+    spawn_body,
+)
 from tests.rawsocket import raw_exchange
 
 
@@ -98,16 +106,17 @@ async def test_read_key_allows_gets_and_streams(read_api: Api) -> None:
         with trio.fail_after(5):
             async with reader.stream("GET", f"/pub/b/{backend_id}/status-stream") as stream:
                 assert stream.status_code == 200
-                async for line in stream.aiter_lines():
-                    if line.startswith("data:"):
-                        assert json.loads(line[5:])["status"] == "scheduled"
-                        break
+                async with lines_of(stream) as lines:
+                    async for line in lines:
+                        if line.startswith("data:"):
+                            assert orjson.loads(line[5:])["status"] == "scheduled"
+                            break
     url = f"ws://127.0.0.1:{api.port}/ctrl/events?after=0"
     with trio.fail_after(5):
         async with trio_websocket.open_websocket_url(
             url, extra_headers=[(b"authorization", f"Bearer {READ_KEY}".encode())]
         ) as ws:
-            assert json.loads(await ws.get_message())["seq"] == 1
+            assert orjson.loads(await ws.get_message())["seq"] == 1
 
 
 async def test_read_key_changes_nothing(read_api: Api) -> None:
@@ -187,7 +196,7 @@ async def test_unknown_backend_is_404_not_found(api: Api) -> None:
 
 async def test_body_over_the_limit_is_413() -> None:
     async with open_api(max_body_bytes=1024) as api:
-        big = json.dumps({**spawn_body("room"), "user": "x" * 2000})
+        big = orjson.dumps({**spawn_body("room"), "user": "x" * 2000}).decode()
         response = await api.client.post("/ctrl/connect", content=big)
         assert response.status_code == 413
         assert _error(response.content)["kind"] == "PayloadTooLarge"
@@ -205,7 +214,7 @@ async def test_body_over_the_limit_is_413() -> None:
 
 
 async def test_chunked_request_body_is_read(api: Api) -> None:
-    raw = json.dumps(spawn_body("chunky")).encode()
+    raw = orjson.dumps(spawn_body("chunky"))
 
     async def body() -> AsyncIterator[bytes]:
         for i in range(0, len(raw), 7):
@@ -217,7 +226,7 @@ async def test_chunked_request_body_is_read(api: Api) -> None:
 
 
 async def test_expect_100_continue(api: Api) -> None:
-    body = json.dumps(spawn_body("expect")).encode()
+    body = orjson.dumps(spawn_body("expect"))
     async with open_raw(api.port) as raw:
         await raw.send(
             h11.Request(
@@ -241,7 +250,7 @@ async def test_expect_100_continue(api: Api) -> None:
         await raw.send(h11.EndOfMessage())
         head, data = await raw.response()
         assert head.status_code == 200
-        assert json.loads(data)["spawned"] is True
+        assert orjson.loads(data)["spawned"] is True
 
 
 # ------------------------------------------------------------ keep-alive
@@ -253,9 +262,9 @@ async def test_keep_alive_serves_many_requests_on_one_connection(api: Api) -> No
         for i in range(5):
             head, body = await raw.request("GET", "/pub/health")
             assert head.status_code == 200
-            assert json.loads(body) == {"status": "ok"}
+            assert orjson.loads(body) == {"status": "ok"}
             head, body = await raw.request(
-                "POST", "/ctrl/connect", auth, json.dumps(spawn_body(f"k{i}")).encode()
+                "POST", "/ctrl/connect", auth, orjson.dumps(spawn_body(f"k{i}"))
             )
             assert head.status_code == 200
             head, body = await raw.request("GET", "/nope")

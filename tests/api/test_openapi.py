@@ -3,7 +3,6 @@ to it (schemathesis, positive and negative data, run against a real socket)."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -14,6 +13,7 @@ from typing import Any
 
 import hypothesis
 import jsonschema_rs
+import orjson
 import pytest
 import schemathesis
 import trio
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def test_committed_document_is_what_the_server_serves(api: Api) -> None:
     served = (await api.client.get("/openapi.json")).json()
-    committed = json.loads((ROOT / "openapi.json").read_text())
+    committed = orjson.loads((ROOT / "openapi.json").read_text())
     assert committed == served, "regenerate: python -m plane.api.openapi > openapi.json"
     assert (ROOT / "openapi.json").read_text() == render()
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 import trio
 import trio_websocket
 
 from plane.events.types import ConnectionClosed, ConnectionOpened, Status
 from plane.testing.fake_executor import FakeExecutor
-from tests.api.conftest import API_KEY, Api, open_api, sse_events
+from tests.api.conftest import API_KEY, Api, lines_of, open_api, sse_events
 from tests.rawsocket import raw_exchange
 
 
@@ -22,7 +22,8 @@ async def _status_events(
     async with api.client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-        return await sse_events(response.aiter_lines(), count)
+        async with lines_of(response) as lines:
+            return await sse_events(lines, count)
 
 
 async def test_status_stream_replays_history_then_follows_until_terminated() -> None:
@@ -142,8 +143,8 @@ async def test_status_stream_sends_keep_alive_comments() -> None:
         url = f"/pub/b/{backend_id}/status-stream"
         keepalives = 0
         with trio.fail_after(5):
-            async with api.client.stream("GET", url) as response:
-                async for line in response.aiter_lines():
+            async with api.client.stream("GET", url) as response, lines_of(response) as lines:
+                async for line in lines:
                     if line == ": keep-alive":
                         keepalives += 1
                         if keepalives == 3:
@@ -180,7 +181,8 @@ async def _global_sse(
 ) -> list[dict[str, Any]]:
     async with api.client.stream("GET", f"/ctrl/events{query}", headers=headers) as response:
         assert response.status_code == 200
-        return await sse_events(response.aiter_lines(), count)
+        async with lines_of(response) as lines:
+            return await sse_events(lines, count)
 
 
 async def test_global_events_sse_from_a_seq_following_live(api: Api) -> None:
@@ -225,10 +227,11 @@ async def test_global_events_keep_alive() -> None:
             async with api.client.stream("GET", "/ctrl/events") as response:
                 assert response.status_code == 200
                 assert response.headers["content-type"].startswith("text/event-stream")
-                async for line in response.aiter_lines():
-                    lines.append(line)
-                    if lines.count(": keep-alive") == 3:
-                        break
+                async with lines_of(response) as received:
+                    async for line in received:
+                        lines.append(line)
+                        if lines.count(": keep-alive") == 3:
+                            break
     # The loop ended because three keep-alives came, not because the stream ended.
     assert lines.count(": keep-alive") == 3, lines
 
@@ -241,11 +244,11 @@ async def test_websocket_feed_from_a_seq_following_live(api: Api) -> None:
     auth = [(b"authorization", f"Bearer {API_KEY}".encode())]
     with trio.fail_after(5):
         async with trio_websocket.open_websocket_url(url, extra_headers=auth) as ws:
-            history = [json.loads(await ws.get_message()) for _ in range(last - 1)]
+            history = [orjson.loads(await ws.get_message()) for _ in range(last - 1)]
             assert [m["seq"] for m in history] == list(range(2, last + 1))
             assert {"seq", "stream", "version", "type", "data"} <= set(history[0])
             await api.client.post(f"/ctrl/b/{backend_id}/hard-terminate")
-            live = json.loads(await ws.get_message())
+            live = orjson.loads(await ws.get_message())
             assert live["seq"] == last + 1
             assert live["type"] == "api.termination_requested.v1"
 
@@ -257,7 +260,7 @@ async def test_websocket_feed_needs_the_key(api: Api) -> None:
             raise AssertionError("connected without a key")
     except trio_websocket.ConnectionRejected as rejected:
         assert rejected.status_code == 401
-        assert json.loads(rejected.body or b"")["kind"] == "Unauthorized"
+        assert orjson.loads(rejected.body or b"")["kind"] == "Unauthorized"
 
 
 async def test_websocket_feed_client_closing_ends_the_session(api: Api) -> None:

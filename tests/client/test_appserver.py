@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from plane.testing.serve_process import PlaneServe
+from plane.testing.serve_process import PlaneServe, end_process
 from tests.client.conftest import API_KEY
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "appserver" / "app.py"
@@ -33,8 +33,7 @@ def appserver(plane: PlaneServe) -> Iterator[str]:
         assert line.startswith("appserver listening on "), line
         yield line.split()[-1]
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        end_process(process, 30)
 
 
 def test_opening_a_document_redirects_to_its_one_notepad(plane: PlaneServe, appserver: str) -> None:

@@ -7,12 +7,12 @@ its SSE ``id`` and the forward-only order checked) and ``/pub/b/{id}/status``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import orjson
 import trio
 import trio.testing
 
@@ -55,7 +55,7 @@ class Follower:
                 if line.startswith("id:"):
                     event_id = line[3:].strip()
                 elif line.startswith("data:"):
-                    entry = parse(BackendStatusStreamEntry, json.loads(line[5:]))
+                    entry = parse(BackendStatusStreamEntry, orjson.loads(line[5:]))
                     assert event_id == entry.status.value, "the SSE id is the status"
                     self.entries.append(entry)
                     self.seen[entry.status].set()

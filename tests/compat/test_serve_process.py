@@ -4,7 +4,6 @@ sockets, real subprocess backends, the SQLite log; ``status_url`` built from
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from plane.cli import build_parser
@@ -90,7 +90,7 @@ def _stream(plane: PlaneServe, backend_id: str) -> list[BackendStatusStreamEntry
             if line.startswith("id:"):
                 event_id = line[3:].strip()
             elif line.startswith("data:"):
-                entry = parse(BackendStatusStreamEntry, json.loads(line[5:]))
+                entry = parse(BackendStatusStreamEntry, orjson.loads(line[5:]))
                 assert entry.status.value == event_id
                 entries.append(entry)
     order = [STATUS_ORDER.index(e.status) for e in entries]
@@ -121,7 +121,9 @@ def test_a_whole_lifecycle_on_a_real_plane(plane: PlaneServe) -> None:
     with plane.api.stream(
         "GET", f"/pub/b/{connected.backend_id}/status-stream", headers={"last-event-id": "ready"}
     ) as resumed:
-        rest = [json.loads(x[5:])["status"] for x in resumed.iter_lines() if x.startswith("data:")]
+        rest = [
+            orjson.loads(x[5:])["status"] for x in resumed.iter_lines() if x.startswith("data:")
+        ]
     assert rest == [e.status.value for e in entries if e.status.value in ("terminating",)] + [
         "terminated"
     ]
@@ -144,8 +146,9 @@ def test_a_whole_lifecycle_on_a_real_plane(plane: PlaneServe) -> None:
         "exited",
         "terminated",
     )
-    assert detail["exit_code"] == 3 and "hi" not in json.dumps(
-        detail["spawn_config"]["executable"]["env"]
+    assert (
+        detail["exit_code"] == 3
+        and "hi" not in orjson.dumps(detail["spawn_config"]["executable"]["env"]).decode()
     )
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from plane.testing.serve_process import PlaneServe
@@ -49,7 +49,7 @@ def test_connect_ls_status_logs_events_terminate(plane: PlaneServe) -> None:
         "--json",
     )
     assert code == 0, err
-    result = json.loads(out)
+    result = orjson.loads(out)
     backend = result["backend_id"]
     assert result["status"] == "ready" and result["spawned"] is True
     assert result["url"].startswith(plane.urls["proxy"])
@@ -78,12 +78,12 @@ def test_connect_ls_status_logs_events_terminate(plane: PlaneServe) -> None:
     assert code == 0
     plane.wait_status(backend, "terminated")
     code, out, _ = cli(plane, "status", backend, "--json")
-    status = json.loads(out)
+    status = orjson.loads(out)
     assert status["state"] == "terminated" and status["status"] == "terminated"
     assert status["reason"] == "external" and status["termination_reason"] == "external"
 
     code, out, _ = cli(plane, "events", "--json")
-    types = [json.loads(line)["type"] for line in out.splitlines()]
+    types = [orjson.loads(line)["type"] for line in out.splitlines()]
     assert types[0] == "backend.requested.v1" and "backend.terminated.v1" in types
 
     code, out, _ = cli(plane, "status", backend, "--follow")
@@ -128,7 +128,7 @@ def test_serve_logs_json_lines_when_asked(tmp_path: Path) -> None:
     assert serving.stop() == 0
     lines = [line for line in serving.log_path.read_text().splitlines() if line.strip()]
     assert lines, "plane serve logged its shutdown"
-    entries = [json.loads(line) for line in lines]
+    entries = [orjson.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     assert any("shutting down" in e["message"] for e in entries)
 

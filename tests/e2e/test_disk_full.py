@@ -19,7 +19,6 @@ backend's own logging on a full disk is not what is tested here).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
@@ -106,7 +106,7 @@ async def connect(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any
 
 async def state_where(ws: WebSocketConnection, check: Callable[[dict[str, Any]], bool]) -> None:
     with trio.fail_after(10):
-        while not check(json.loads(await ws.get_message())):
+        while not check(orjson.loads(await ws.get_message())):
             pass
 
 
@@ -151,7 +151,9 @@ async def test_plane_serve_survives_a_full_disk_and_resumes_by_itself(
             for path in ("/ctrl/backends", "/ctrl/status", f"/ctrl/b/{held['backend_id']}"):
                 assert (await api.get(path)).status_code == 200, path
             # the proxy relays the established connection, opens a new one, serves HTTP
-            await established.send_message(json.dumps({"type": "set", "text": "while full"}))
+            await established.send_message(
+                orjson.dumps({"type": "set", "text": "while full"}).decode()
+            )
             await state_where(established, lambda m: m["text"] == "while full")
             async with open_websocket_url(ws_url(held["url"])) as opened_while_full:
                 await state_where(opened_while_full, lambda m: m["text"] == "while full")
@@ -174,7 +176,7 @@ async def test_plane_serve_survives_a_full_disk_and_resumes_by_itself(
             assert (await api.post(terminate)).status_code == 200
             await wait_status(api, ending["backend_id"], "terminated")
             await wait_status(api, fresh["backend_id"], "ready")
-            await established.send_message(json.dumps({"type": "set", "text": "after"}))
+            await established.send_message(orjson.dumps({"type": "set", "text": "after"}).decode())
             await state_where(established, lambda m: m["text"] == "after")
         # the established connection's close is recorded too
         await trio.sleep(1)

@@ -16,7 +16,6 @@ engine: without one it is skipped, or fails under ``CI=true``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from typing import Any
 
 import attrs
 import httpx
+import orjson
 import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
@@ -160,7 +160,7 @@ async def state_where(
     seen: list[dict[str, Any]] = []
     with trio.move_on_after(limit):
         while True:
-            message = json.loads(await ws.get_message())
+            message = orjson.loads(await ws.get_message())
             assert isinstance(message, dict) and message["type"] == "state", message
             if check(message):
                 return message
@@ -224,7 +224,9 @@ async def test_notepad_under_the_process_executor(plane_process: PlaneServer) ->
                 assert hello_b["you"] != hello_a["you"]
                 await state_where(alice, lambda m: m["editors"] == 2)  # bob joined
 
-                await alice.send_message(json.dumps({"type": "set", "text": "hello, bob"}))
+                await alice.send_message(
+                    orjson.dumps({"type": "set", "text": "hello, bob"}).decode()
+                )
                 seen_by_bob = await state_where(bob, lambda m: m["rev"] >= 1)
                 assert seen_by_bob["text"] == "hello, bob"
                 assert seen_by_bob["by"] == hello_a["you"]
@@ -232,7 +234,7 @@ async def test_notepad_under_the_process_executor(plane_process: PlaneServer) ->
                 echo = await state_where(alice, lambda m: m["rev"] >= 1)
                 assert echo["text"] == "hello, bob" and echo["ack"] == 1
 
-                await bob.send_message(json.dumps({"type": "set", "text": "hi, alice"}))
+                await bob.send_message(orjson.dumps({"type": "set", "text": "hi, alice"}).decode())
                 seen_by_alice = await state_where(alice, lambda m: m["rev"] >= 2)
                 assert (
                     seen_by_alice["text"] == "hi, alice" and seen_by_alice["by"] == hello_b["you"]
@@ -317,7 +319,9 @@ async def test_notepad_under_the_docker_executor(
         async with open_websocket_url(ws_url(url)) as editor:
             hello = await state_where(editor, lambda m: True)
             assert hello["editors"] == 1 and hello["text"] == ""
-            await editor.send_message(json.dumps({"type": "set", "text": "from a container"}))
+            await editor.send_message(
+                orjson.dumps({"type": "set", "text": "from a container"}).decode()
+            )
             echo = await state_where(editor, lambda m: m["rev"] >= 1)
             assert echo["text"] == "from a container" and echo["by"] == hello["you"]
             assert echo["ack"] == 1

@@ -107,6 +107,8 @@ def test_readme_run_command_serves_plane_from_a_clean_copy(tmp_path: Path) -> No
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == 0
 
 

@@ -166,7 +166,7 @@ def test_insecure_no_auth_serves_with_a_warning_and_shows_the_real_bind(
     plane = PlaneServe(tmp_path / "data", "process", "--api-listen", "0.0.0.0:0", *flag, env=env)
     try:
         listening = next(line for line in plane.banner if "listening:" in line)
-        port = plane.urls["api"].rsplit(":", 1)[1]
+        port = httpx.URL(plane.urls["api"]).port
         assert f"api on 0.0.0.0:{port} (every interface)" in listening
         assert "proxy on 127.0.0.1:" in listening
         auth = next(line for line in plane.banner if "api auth:" in line)

@@ -23,7 +23,6 @@ every container the test's plane made is removed on both engines at the end.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sqlite3
@@ -35,6 +34,7 @@ from typing import Any
 
 import docker.errors
 import httpx
+import orjson
 import pytest
 
 from plane.testing.serve_process import PlaneServe
@@ -218,7 +218,7 @@ def test_two_engines_place_drain_lose_and_return(
 def _orphans(log: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(log)) as db:
         rows = db.execute("SELECT data FROM events WHERE type = 'plane.orphan_removed.v1'")
-        return {str(json.loads(row[0])["backend_id"]) for row in rows}
+        return {str(orjson.loads(row[0])["backend_id"]) for row in rows}
 
 
 def _system_kinds(log: Path) -> list[str]:

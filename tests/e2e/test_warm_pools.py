@@ -16,7 +16,6 @@ The process executor's app (``warm_app.py``) also shows the claim hook and
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sqlite3
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from plane.testing.serve_process import PlaneServe
@@ -147,7 +147,7 @@ def process_template(tmp_path: Path, claim_path: str | None = "/plane/claim") ->
     body: dict[str, Any] = {"spawn_config": spawn}
     if claim_path is not None:
         body["claim_path"] = claim_path
-    template.write_text(json.dumps(body))
+    template.write_bytes(orjson.dumps(body))
     return template
 
 
@@ -237,7 +237,7 @@ def test_warm_pool_on_the_docker_engine(
         "executable": {"image": busybox_image, "pull_policy": "Never"},
         "max_idle_seconds": 600,
     }
-    template.write_text(json.dumps(spawn))
+    template.write_bytes(orjson.dumps(spawn))
     planes: list[PlaneServe] = []
 
     def factory(path: Path, *extra: str) -> PlaneServe:
@@ -267,7 +267,7 @@ def test_plane_warm_pools_cli(
     from plane.cli import main as cli
 
     template = tmp_path / "spawn.json"
-    template.write_text(json.dumps({"executable": {"command": [sys.executable, str(WARM_APP)]}}))
+    template.write_bytes(orjson.dumps({"executable": {"command": [sys.executable, str(WARM_APP)]}}))
     plane = PlaneServe(data_dir, "process")
     api = ["--api", plane.urls["api"]]
     try:
@@ -279,7 +279,7 @@ def test_plane_warm_pools_cli(
     try:
         capsys.readouterr()
         assert cli(["warm-pools", "--json", *api]) == 0
-        shown = json.loads(capsys.readouterr().out)
+        shown = orjson.loads(capsys.readouterr().out)
         assert shown["warm_pools"][0]["name"] == "web" and shown["warm_pools"][0]["warm"] == 1
         assert cli(["warm-pools", "set", "web", "2", *api]) == 0  # resize: keeps the template
         wait_warm(plane, "web", 2)

@@ -3,9 +3,9 @@ snapshot that cannot be trusted is rebuilt from the log."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import orjson
 import pytest
 
 from plane.actors import lifecycle
@@ -104,15 +104,15 @@ async def test_an_untrustworthy_snapshot_is_rebuilt_from_the_log(
     await make_log(log)
     write_snapshot(log)
     path = snapshot_path(log)
-    doc = json.loads(path.read_text())
+    doc = orjson.loads(path.read_text())
     if damage == "missing":
         path.unlink()
     elif damage == "corrupt":
         path.write_bytes(path.read_bytes()[:100])
     elif damage == "other-format":
-        path.write_text(json.dumps({**doc, "format": 99}))
+        path.write_bytes(orjson.dumps({**doc, "format": 99}))
     elif damage == "ahead":
-        path.write_text(json.dumps({**doc, "seq": doc["seq"] + 10}))
+        path.write_bytes(orjson.dumps({**doc, "seq": doc["seq"] + 10}))
     else:  # a snapshot of another log: its last event differs from ours
         other = tmp_path / "other" / "events.db"
         other.parent.mkdir()
@@ -130,9 +130,9 @@ async def test_verify_finds_a_snapshot_that_lies(tmp_path: Path) -> None:
     await make_log(log)
     write_snapshot(log)
     path = snapshot_path(log)
-    doc = json.loads(path.read_text())
+    doc = orjson.loads(path.read_text())
     doc["fencing"][2][0] += 100  # the first key's token
-    path.write_text(json.dumps(doc))
+    path.write_bytes(orjson.dumps(doc))
     snapshot, why = read_snapshot(log)
     assert snapshot is not None, why
     problems = check_snapshot(log, read_log(log))

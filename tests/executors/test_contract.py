@@ -29,6 +29,7 @@ import docker.errors
 import pytest
 import trio
 
+from plane.addresses import split_host_port
 from plane.events.spec import BackendKey, Executable
 from plane.executors.base import (
     Executor,
@@ -258,8 +259,8 @@ async def test_start_gives_a_readiness_address_on_its_publish_address_and_lists_
     spec = harness.spec("serve", SERVE)
     started = await harness.start(spec)
     assert started.backend_id == spec.backend_id and started.handle
-    host, _, port = started.address.rpartition(":")
-    assert host == harness.publish and int(port) > 0
+    host, port = split_host_port(started.address)
+    assert host == harness.publish and port > 0
     await harness.ready(started)
     running = listed(await harness.executor.list_running(), spec.backend_id)
     assert running is not None and running.running

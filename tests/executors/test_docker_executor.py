@@ -25,6 +25,7 @@ import pytest
 import requests
 import trio
 
+from plane.addresses import split_host_port
 from plane.events.spec import BackendKey, Executable, ResourceLimits
 from plane.executors.base import (
     LOG_FILES,
@@ -185,7 +186,7 @@ async def test_limits_and_hardening_are_applied(
     started = await start_ready(executor, make_spec(bid2, image))
     assert (await inspect(docker_client, bid2))["HostConfig"]["PidsLimit"] == 512
     ports = (await inspect(docker_client, bid2))["NetworkSettings"]["Ports"]["8080/tcp"]
-    assert ports == [{"HostIp": "127.0.0.1", "HostPort": started.address.rpartition(":")[2]}]
+    assert ports == [{"HostIp": "127.0.0.1", "HostPort": str(split_host_port(started.address)[1])}]
 
 
 async def test_a_container_exiting_at_once_is_observed(

@@ -23,6 +23,7 @@ import docker.errors
 import pytest
 import trio
 
+from plane.addresses import split_host_port
 from plane.events.spec import BackendKey, Executable, RegistryCredentials, ResourceLimits
 from plane.executors.base import ExitObserved, SpawnError, Started, StartSpec
 from plane.executors.docker import DockerExecutor, disk_quota_problem
@@ -177,7 +178,7 @@ async def test_network_name_joins_that_network_and_still_publishes_on_loopback(
     assert attrs["HostConfig"]["NetworkMode"] == network
     assert list(attrs["NetworkSettings"]["Networks"]) == [network]
     ports = attrs["NetworkSettings"]["Ports"]["8080/tcp"]
-    assert ports == [{"HostIp": "127.0.0.1", "HostPort": started.address.rpartition(":")[2]}]
+    assert ports == [{"HostIp": "127.0.0.1", "HostPort": str(split_host_port(started.address)[1])}]
 
 
 async def test_unknown_network_fails_the_start_naming_it(

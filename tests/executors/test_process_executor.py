@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -14,9 +13,11 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 
+from plane.addresses import split_host_port
 from plane.events.spec import BackendKey, Executable
 from plane.executors.base import LOG_MAX_BYTES, ExitObserved, SpawnError, StartSpec
 from plane.executors.process import ProcessExecutor, exit_code_from_returncode
@@ -52,7 +53,7 @@ def make_spec(
 def _get_json(address: str) -> Any:
     with urllib.request.urlopen(f"http://{address}/", timeout=5) as response:
         assert response.status == 200
-        return json.loads(response.read())
+        return orjson.loads(response.read())
 
 
 async def get_json(address: str) -> Any:
@@ -120,7 +121,7 @@ async def test_start_answers_with_env_and_logs(executor: ProcessExecutor, tmp_pa
     assert answer["pid"] == int(started.handle)
     assert answer["cwd"] == "/"
     env = answer["env"]
-    assert env["PORT"] == started.address.rpartition(":")[2]  # plane's PORT wins
+    assert env["PORT"] == str(split_host_port(started.address)[1])  # plane's PORT wins
     assert env["SESSION_BACKEND_ID"] == bid
     assert env["SESSION_BACKEND_KEY"] == f"key-{bid}"
     assert env["SESSION_BACKEND_FENCING_TOKEN"] == "7"

@@ -25,12 +25,12 @@ Endpoints (any path prefix works; the last path segment picks the behaviour):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import h11
+import orjson
 import trio
 import wsproto
 import wsproto.events as ws_events
@@ -175,7 +175,7 @@ class TestBackend:
                 await self._send(conn, stream, h11.Data(data=b"x" * 1234))
             await self._send(conn, stream, h11.EndOfMessage())
         else:
-            body = json.dumps(
+            body = orjson.dumps(
                 {
                     "method": request.method.decode(),
                     "target": target,
@@ -184,7 +184,7 @@ class TestBackend:
                     "body_len": size,
                     "body_sha256": sha,
                 }
-            ).encode()
+            )
             await self._simple(stream, conn, 200, body, [(b"content-type", b"application/json")])
 
     async def _simple(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import attrs
 import h11
+import orjson
 import trio
 
 
@@ -23,7 +23,7 @@ class Response:
         return values[-1] if values else None
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        return orjson.loads(self.body)
 
     def kind(self) -> str:
         """The ``kind`` of an error answer of the proxy's own (Plane's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -26,6 +27,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def get_from_scripted_backend(
+    h: Harness, answer: Callable[[trio.socket.SocketType], Awaitable[None]]
+) -> Response:
+    """``GET /<token>/`` through the proxy to a backend that takes one
+    connection, reads the request, then does ``answer`` on the socket."""
+    with trio.socket.socket() as listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        _, token = await h.add_backend(address=f"127.0.0.1:{listener.getsockname()[1]}")
+
+        async def backend() -> None:
+            conn, _ = await listener.accept()
+            with conn:
+                await conn.recv(65536)
+                await answer(conn)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend)
+            return await get(h.port, f"/{token}/")
+
+
+async def get_while(
+    h: Harness, path: str, meanwhile: Callable[[list[Response]], Awaitable[None]]
+) -> Response:
+    """``GET path`` through the proxy, running ``meanwhile(answers so far)``
+    while it is in flight."""
+    answers: list[Response] = []
+
+    async def request() -> None:
+        answers.append(await get(h.port, path))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request)
+        await meanwhile(answers)
+    (r,) = answers
+    return r
 
 
 def header_map(echo: dict[str, object]) -> dict[str, list[str]]:
@@ -328,35 +367,27 @@ async def test_terminating_and_terminated_backends_are_410(proxied: Harness) -> 
 async def test_a_request_waits_for_a_starting_backend(proxied: Harness) -> None:
     h = proxied
     backend_id, token = await h.add_backend(ready=False)
-    result = []
 
-    async def request() -> None:
-        result.append(await get(h.port, f"/{token}/waited"))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(request)
+    async def start_it(answers: list[Response]) -> None:
         await trio.sleep(0.3)
-        assert not result
+        assert not answers
         now = h.clock.now()
         await h.append(backend_id, BackendStarting(now), BackendReady(now, h.backend.address))
-    (r,) = result
+
+    r = await get_while(h, f"/{token}/waited", start_it)
     assert r.status == 200 and r.json()["target"] == "/waited"
 
 
 async def test_a_waiting_request_sees_the_backend_fail(proxied: Harness) -> None:
     h = proxied
     backend_id, token = await h.add_backend(ready=False)
-    result = []
 
-    async def request() -> None:
-        result.append(await get(h.port, f"/{token}/"))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(request)
+    async def fail_it(answers: list[Response]) -> None:
         await trio.sleep(0.1)
         await h.append(backend_id, BackendTerminated(h.clock.now(), TerminationReason.SPAWN_FAILED))
-    assert result[0].status == 410
-    assert result[0].kind() == "BackendTerminated"
+
+    r = await get_while(h, f"/{token}/", fail_it)
+    assert r.status == 410 and r.kind() == "BackendTerminated"
 
 
 async def test_a_backend_stuck_starting_gives_504_after_its_own_start_timeout(
@@ -398,43 +429,18 @@ async def test_a_refused_connection_gives_502(proxied: Harness) -> None:
 
 
 async def test_a_backend_that_dies_mid_exchange_gives_502(proxied: Harness) -> None:
-    h = proxied
-    port = free_port()
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", port))
-    listener.listen(5)
-    _, token = await h.add_backend(address=f"127.0.0.1:{port}")
+    async def answer_nothing(conn: trio.socket.SocketType) -> None:
+        pass  # the request was read; the connection closes without an answer
 
-    async def rude_backend() -> None:
-        conn, _ = await listener.accept()
-        with conn:
-            await conn.recv(65536)  # read the request, answer nothing, close
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(rude_backend)
-        r = await get(h.port, f"/{token}/")
-    listener.close()
+    r = await get_from_scripted_backend(proxied, answer_nothing)
     assert r.status == 502 and r.kind() == "BackendClosed"
 
 
 async def test_a_malformed_backend_response_gives_502(proxied: Harness) -> None:
-    h = proxied
-    port = free_port()
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", port))
-    listener.listen(5)
-    _, token = await h.add_backend(address=f"127.0.0.1:{port}")
+    async def not_http(conn: trio.socket.SocketType) -> None:
+        await conn.send(b"NOT HTTP AT ALL\r\n\r\n")
 
-    async def bad_backend() -> None:
-        conn, _ = await listener.accept()
-        with conn:
-            await conn.recv(65536)
-            await conn.send(b"NOT HTTP AT ALL\r\n\r\n")
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(bad_backend)
-        r = await get(h.port, f"/{token}/")
-    listener.close()
+    r = await get_from_scripted_backend(proxied, not_http)
     assert r.status == 502 and r.kind() == "BadGateway"
 
 
@@ -462,7 +468,7 @@ async def test_expect_100_continue_is_relayed(proxied: Harness) -> None:
         assert received.startswith(b"HTTP/1.1 100")
         await stream.send_all(b"hello")
         with trio.fail_after(5):
-            while b'"body_len": 5' not in received:
+            while b'"body_len":5' not in received:
                 received += await stream.receive_some(4096)
     final = received.split(b"\r\n\r\n", 1)[1]
     assert final.startswith(b"HTTP/1.1 200")
@@ -501,28 +507,15 @@ async def test_an_idle_client_connection_is_closed_after_the_keepalive_timeout(
 
 
 async def test_an_oversized_backend_head_gives_502(proxied: Harness) -> None:
-    h = proxied
-    port = free_port()
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", port))
-    listener.listen(5)
-    _, token = await h.add_backend(address=f"127.0.0.1:{port}")
+    async def endless_headers(conn: trio.socket.SocketType) -> None:
+        await conn.send(b"HTTP/1.1 200 OK\r\n")
+        try:
+            for i in range(10_000):
+                await conn.send(b"x-filler-%d: %s\r\n" % (i, b"f" * 100))
+        except OSError:
+            pass  # the proxy hung up
 
-    async def endless_headers() -> None:
-        conn, _ = await listener.accept()
-        with conn:
-            await conn.recv(65536)
-            await conn.send(b"HTTP/1.1 200 OK\r\n")
-            try:
-                for i in range(10_000):
-                    await conn.send(b"x-filler-%d: %s\r\n" % (i, b"f" * 100))
-            except OSError:
-                pass  # the proxy hung up
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(endless_headers)
-        r = await get(h.port, f"/{token}/")
-    listener.close()
+    r = await get_from_scripted_backend(proxied, endless_headers)
     assert r.status == 502 and r.kind() == "BadGateway"
 
 

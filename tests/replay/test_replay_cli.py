@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -56,7 +56,7 @@ async def test_summary_lists_every_backend_with_reason(
     ids = await write_log(log)
     code, out, _ = run(capsys, "summary", str(log), "--json")
     assert code == 0
-    backends = {b["backend_id"]: b for b in json.loads(out)["backends"]}
+    backends = {b["backend_id"]: b for b in orjson.loads(out)["backends"]}
     assert backends[ids["idle"]]["reason"] == "idle"
     assert backends[ids["idle"]]["termination_reason"] == "swept"
     assert backends[ids["exited"]]["reason"] == "exited"
@@ -80,7 +80,7 @@ async def test_timeline_shows_each_event_and_the_state_after_it(
     ids = await write_log(log)
     code, out, _ = run(capsys, "timeline", str(log), ids["idle"], "--json")
     assert code == 0
-    events = json.loads(out)["events"]
+    events = orjson.loads(out)["events"]
     states = [e["state_after"] for e in events]
     statuses = [e["status_after"] for e in events]
     types = [e["type"] for e in events]
@@ -101,11 +101,11 @@ async def test_state_at_a_sequence_number_and_at_a_time(
     ids = await write_log(log)
     code, out, _ = run(capsys, "state", str(log), "--at", "1", "--json")
     assert code == 0
-    (only,) = json.loads(out)["backends"]
+    (only,) = orjson.loads(out)["backends"]
     assert only["state"] == "requested" and only["status"] == "scheduled"
     code, out, _ = run(capsys, "state", str(log), "--at", iso(EPOCH + 1), "--json")
     assert code == 0
-    states = {b["backend_id"]: b["state"] for b in json.loads(out)["backends"]}
+    states = {b["backend_id"]: b["state"] for b in orjson.loads(out)["backends"]}
     assert states == {ids["idle"]: "ready", ids["exited"]: "ready", ids["killed"]: "ready"}
     code, _, err = run(capsys, "state", str(log), "--at", "yesterday")
     assert code == 2 and "ISO-8601" in err
@@ -117,7 +117,7 @@ async def test_verify_passes_on_a_real_log(
     log = tmp_path / "events.db"
     await write_log(log)
     code, out, _ = run(capsys, "verify", str(log), "--json")
-    report = json.loads(out)
+    report = orjson.loads(out)
     assert code == 0, report
     assert report["ok"] and report["violations"] == [] and report["backends"] == 3
 
@@ -142,11 +142,11 @@ async def test_verify_names_the_first_altered_decision(
         (ids["idle"],),
     ).fetchone()
     db.close()
-    altered = json.loads(data)
+    altered = orjson.loads(data)
     altered["reason"] = "lifetime"
-    tamper(log, "UPDATE events SET data=? WHERE seq=?", json.dumps(altered), seq)
+    tamper(log, "UPDATE events SET data=? WHERE seq=?", orjson.dumps(altered).decode(), seq)
     code, out, _ = run(capsys, "verify", str(log), "--json")
-    report = json.loads(out)
+    report = orjson.loads(out)
     assert code == 1
     first = report["violations"][0]
     assert first["seq"] == seq and first["kind"] == "divergence"
@@ -155,7 +155,7 @@ async def test_verify_names_the_first_altered_decision(
     assert code == 1 and "FAILED" in out and str(seq) in out
     # Two processes, each folding a share of the backends, say the same.
     code, out, _ = run(capsys, "verify", str(log), "--json", "--jobs", "2")
-    shared = json.loads(out)
+    shared = orjson.loads(out)
     assert code == 1 and shared["processes"] == 2 and report["processes"] == 1
     assert shared["violations"] == report["violations"]
     with pytest.raises(SystemExit) as exited:
@@ -175,7 +175,7 @@ async def test_verify_catches_a_removed_event(
         ids["exited"],
     )
     code, out, _ = run(capsys, "verify", str(log), "--json")
-    kinds = {v["kind"] for v in json.loads(out)["violations"]}
+    kinds = {v["kind"] for v in orjson.loads(out)["violations"]}
     assert code == 1
     assert {"version", "illegal", "divergence"} <= kinds
 
@@ -208,7 +208,7 @@ async def test_replay_reads_a_log_that_plane_is_writing(
         await h.wait_status(result.backend_id, Status.READY)
         code, out, _ = run(capsys, "summary", str(log), "--json")
         assert code == 0
-        (backend,) = json.loads(out)["backends"]
+        (backend,) = orjson.loads(out)["backends"]
         assert backend["status"] == "ready"
         code, _, _ = run(capsys, "verify", str(log))
         assert code == 0

@@ -4,13 +4,13 @@ the API key; no console errors on any page; a screenshot of each page."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -72,7 +72,7 @@ def replay(plane: PlaneServe, *args: str) -> dict[str, Any]:
         timeout=120,
         check=True,
     )
-    result: dict[str, Any] = json.loads(done.stdout)
+    result: dict[str, Any] = orjson.loads(done.stdout)
     return result
 
 

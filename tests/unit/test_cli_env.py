@@ -10,15 +10,17 @@ import pytest
 from plane.cli import CliError, _flag, build_parser
 
 
-def _serve_parser() -> argparse.ArgumentParser:
+def _command_parser(command: str) -> argparse.ArgumentParser:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    serve: argparse.ArgumentParser = sub.choices["serve"]
-    return serve
+    chosen: argparse.ArgumentParser = sub.choices[command]
+    return chosen
 
 
-def _options() -> list[argparse.Action]:
-    return [a for a in _serve_parser()._actions if a.option_strings and a.dest != "help"]
+def _options(command: str = "serve") -> list[argparse.Action]:
+    return [
+        a for a in _command_parser(command)._actions if a.option_strings and a.dest != "help"
+    ]
 
 
 def test_every_serve_option_is_read_from_its_environment_variable(
@@ -56,3 +58,31 @@ def test_a_bad_number_in_the_environment_is_a_usage_error(
         build_parser().parse_args(["serve"])
     assert exited.value.code == 2
     assert "--engine-lost-after" in capsys.readouterr().err
+
+
+PROXY_VARIABLES = {
+    "PLANE_CONTROLLER": "controller",
+    "PLANE_PROXY_LISTEN": "listen",
+    "PLANE_PROXY_KEY_FILE": "proxy_key_file",
+    "PLANE_PROXY_MAX_CONNECTIONS": "proxy_max_connections",
+    "PLANE_LOG_FORMAT": "log_format",
+}
+"""The variables ``plane proxy`` reads, as plane.config's docstring lists them."""
+
+
+def test_plane_proxy_reads_the_variables_plane_config_lists_and_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for env in PROXY_VARIABLES:
+        monkeypatch.setenv(env, "7")
+    parsed = vars(build_parser().parse_args(["proxy"]))  # the required two come from env
+    for env, dest in PROXY_VARIABLES.items():
+        assert str(parsed[dest]) == "7", f"{env} is not read"
+    others = [a for a in _options("proxy") if a.dest not in PROXY_VARIABLES.values()]
+    assert len(others) >= 8  # the parser was found
+    for action in others:
+        name = max(action.option_strings, key=len).removeprefix("--").upper().replace("-", "_")
+        for env in (f"PLANE_{name}", f"PLANE_PROXY_{name}"):
+            monkeypatch.setenv(env, "7")
+            assert vars(build_parser().parse_args(["proxy"])) == parsed, f"{env} is read"
+            monkeypatch.delenv(env)
