@@ -10,9 +10,18 @@ Startup follows the live backends, not the log's length: the startup fold
 (:func:`plane.events.snapshot.load_startup`: the snapshot plus the log's
 tail) is made once and handed to the supervisor (live backends, fencing
 tokens) and to the proxy's route table (the route records of unfinished
-backends); neither keeps it.  The backends index
-(:mod:`plane.events.backend_index`) is brought up to date in the background
-once serving.
+backends); neither keeps it.
+
+What has to read the whole history starts only once serving is reported
+(both listeners bound, ``/pub/health`` answering), in the background, in the
+serve nursery that owns everything else: the log upkeep's first round
+(:func:`plane.events.upkeep.keep_log`: retention, then the snapshot rewrite,
+which serialises every id and fencing token the history holds) and the
+backends index catch-up (:mod:`plane.events.backend_index`, a rebuild when its
+file is missing).  Nothing answers wrongly meanwhile: the snapshot is derived
+data nobody reads while serving, retention only moves terminated streams
+(reads of them go to the archives either way), and every backend list
+catches the index up itself before answering.
 
 Exposure and privacy
 --------------------
@@ -423,7 +432,6 @@ async def serve_plane(
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.serve)
                 await _define_warm_pools(supervisor, config)
-                await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
                 metrics.load_statuses(
                     list(supervisor.states.values()), terminated=supervisor.terminated_count
                 )
@@ -471,7 +479,6 @@ async def serve_plane(
                     await _start_workers(
                         nursery, config, keys, settings, registry, proxy_sock, api_host, bound_api
                     )
-                nursery.start_soon(_index_backends, api_ctx)
                 if not config.api_public_url:
                     api_ctx.public_api_url = base_url(api_host, bound_api)
                 task_status.started(
@@ -488,6 +495,9 @@ async def serve_plane(
                         reload_keys=reload_keys,
                     )
                 )
+                # What reads the whole history, after serving (the module docstring)
+                await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
+                nursery.start_soon(_index_backends, api_ctx)
                 await (shutdown if shutdown is not None else trio.Event()).wait()
                 if config.terminate_on_exit:
                     log.info("terminating every live backend before exit")
