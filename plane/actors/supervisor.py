@@ -1037,6 +1037,11 @@ class Supervisor:
         listings: dict[str, list[Running] | None] = {}
         for engine in self.executor.engines:
             listings[engine] = await self._list_engine_at_start(engine)
+        running_on = {  # per engine, backend id -> what runs: one lookup per backend
+            engine: {r.backend_id: r for r in reversed(found) if r.running}
+            for engine, found in listings.items()
+            if found is not None
+        }
         for backend_id, state in list(self.states.items()):
             if lifecycle.is_terminal(state):
                 continue
@@ -1050,7 +1055,7 @@ class Supervisor:
                 actor = self._adopt(state, resume_effects(state, running=None)[0])
                 self._close_connections(actor)
                 continue
-            seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)
+            seen = running_on[state.engine].get(backend_id)
             effects, first = resume_effects(state, running=seen is not None)
             actor = self._adopt(state, effects)
             self._close_connections(actor)
