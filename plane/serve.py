@@ -13,8 +13,9 @@ tokens) and to the proxy's route table (the route records of unfinished
 backends); neither keeps it.
 
 What has to read the whole history starts only once serving is reported
-(both listeners bound, ``/pub/health`` answering), in the background, in the
-serve nursery that owns everything else: the log upkeep's first round
+(both listeners bound, ``/pub/health`` answering) and
+:data:`HISTORY_WORK_AFTER` seconds more, in the background, under the serve
+nursery that owns everything else: the log upkeep's first round
 (:func:`plane.events.upkeep.keep_log`: retention, then the snapshot rewrite,
 which serialises every id and fencing token the history holds) and the
 backends index catch-up (:mod:`plane.events.backend_index`, a rebuild when its
@@ -73,7 +74,7 @@ from plane.api.keys import ApiKeys, file_is_shared
 from plane.api.proxies import ProxyRegistry
 from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url
-from plane.events.sqlite import open_sqlite_store
+from plane.events.sqlite import SqliteEventStore, open_sqlite_store
 from plane.events.store import StoreError
 from plane.events.types import TerminationKind
 from plane.events.upkeep import keep_log
@@ -495,9 +496,7 @@ async def serve_plane(
                         reload_keys=reload_keys,
                     )
                 )
-                # What reads the whole history, after serving (the module docstring)
-                await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
-                nursery.start_soon(_index_backends, api_ctx)
+                nursery.start_soon(_after_startup, store, config, api_ctx)
                 await (shutdown if shutdown is not None else trio.Event()).wait()
                 if config.terminate_on_exit:
                     log.info("terminating every live backend before exit")
@@ -508,6 +507,20 @@ async def serve_plane(
                         log.error("could not terminate every backend before exit: %s", exc)
                 nursery.cancel_scope.cancel()
         log.info("stopped; the log is flushed and closed")
+
+
+HISTORY_WORK_AFTER = 2.0
+"""Seconds after serving is reported before the work that reads the whole
+history starts (the module docstring): the first answers after a restart (the
+clients reconnecting) do not share the CPU with it."""
+
+
+async def _after_startup(store: SqliteEventStore, config: PlaneConfig, ctx: ApiContext) -> None:
+    """The log upkeep and the backends index catch-up, once serving has settled."""
+    await trio.sleep(HISTORY_WORK_AFTER)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
+        nursery.start_soon(_index_backends, ctx)
 
 
 async def _define_warm_pools(supervisor: Supervisor, config: PlaneConfig) -> None:
