@@ -10,9 +10,19 @@ Startup follows the live backends, not the log's length: the startup fold
 (:func:`plane.events.snapshot.load_startup`: the snapshot plus the log's
 tail) is made once and handed to the supervisor (live backends, fencing
 tokens) and to the proxy's route table (the route records of unfinished
-backends); neither keeps it.  The backends index
-(:mod:`plane.events.backend_index`) is brought up to date in the background
-once serving.
+backends); neither keeps it.
+
+What has to read the whole history starts only once serving is reported
+(both listeners bound, ``/pub/health`` answering) and
+:data:`HISTORY_WORK_AFTER` seconds more, in the background, under the serve
+nursery that owns everything else: the log upkeep's first round
+(:func:`plane.events.upkeep.keep_log`: retention, then the snapshot rewrite,
+which serialises every id and fencing token the history holds) and the
+backends index catch-up (:mod:`plane.events.backend_index`, a rebuild when its
+file is missing).  Nothing answers wrongly meanwhile: the snapshot is derived
+data nobody reads while serving, retention only moves terminated streams
+(reads of them go to the archives either way), and every backend list
+catches the index up itself before answering.
 
 Exposure and privacy
 --------------------
@@ -67,7 +77,7 @@ from plane.api.live_routes import LiveRoutes
 from plane.api.proxies import ProxyRegistry
 from plane.cluster import ClusterNameError, cluster_of_url, parse_cluster
 from plane.config import ConfigError, PlaneConfig, base_url
-from plane.events.sqlite import open_sqlite_store
+from plane.events.sqlite import SqliteEventStore, open_sqlite_store
 from plane.events.store import StoreError
 from plane.events.types import TerminationKind
 from plane.events.upkeep import keep_log
@@ -433,7 +443,6 @@ async def serve_plane(
                 await nursery.start(supervisor.serve)
                 await nursery.start(partial(live_routes.run, store))
                 await _define_warm_pools(supervisor, config)
-                await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
                 metrics.load_statuses(
                     list(supervisor.held_states.values()), terminated=supervisor.terminated_count
                 )
@@ -481,7 +490,6 @@ async def serve_plane(
                     workers = await _start_workers(
                         nursery, config, keys, settings, registry, proxy_sock, api_host, bound_api
                     )
-                nursery.start_soon(_index_backends, api_ctx)
                 if not config.api_public_url:
                     api_ctx.public_api_url = base_url(api_host, bound_api)
                 task_status.started(
@@ -498,6 +506,7 @@ async def serve_plane(
                         reload_keys=reload_keys,
                     )
                 )
+                nursery.start_soon(_after_startup, store, config, api_ctx)
                 try:
                     await (shutdown if shutdown is not None else trio.Event()).wait()
                 finally:
@@ -513,6 +522,20 @@ async def serve_plane(
                         log.error("could not terminate every backend before exit: %s", exc)
                 nursery.cancel_scope.cancel()
         log.info("stopped; the log is flushed and closed")
+
+
+HISTORY_WORK_AFTER = 2.0
+"""Seconds after serving is reported before the work that reads the whole
+history starts (the module docstring): the first answers after a restart (the
+clients reconnecting) do not share the CPU with it."""
+
+
+async def _after_startup(store: SqliteEventStore, config: PlaneConfig, ctx: ApiContext) -> None:
+    """The log upkeep and the backends index catch-up, once serving has settled."""
+    await trio.sleep(HISTORY_WORK_AFTER)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(keep_log, store, retain_days=config.retain_days))
+        nursery.start_soon(_index_backends, ctx)
 
 
 async def _define_warm_pools(supervisor: Supervisor, config: PlaneConfig) -> None:

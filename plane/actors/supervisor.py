@@ -1083,6 +1083,11 @@ class Supervisor:
         for engine in self.executor.engines:
             listings[engine] = await self._list_engine_at_start(engine)
             listed_at[engine] = self.clock.now()
+        running_on = {  # per engine, backend id -> what runs: one lookup per backend
+            engine: {r.backend_id: r for r in reversed(found) if r.running}
+            for engine, found in listings.items()
+            if found is not None
+        }
         for backend_id, state in list(self.states.items()):
             if lifecycle.is_terminal(state):
                 continue
@@ -1097,7 +1102,7 @@ class Supervisor:
                 actor = self._adopt(state, resume_effects(state, running=None, at=now)[0])
                 self._close_connections(actor, now)
                 continue
-            seen = next((r for r in listing if r.backend_id == backend_id and r.running), None)
+            seen = running_on[state.engine].get(backend_id)
             effects, first = resume_effects(state, running=seen is not None, at=now)
             actor = self._adopt(state, effects)
             self._close_connections(actor, now)

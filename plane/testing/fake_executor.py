@@ -46,6 +46,7 @@ class FakeExecutor:
         self.stop_exit_code = stop_exit_code  # None: the backend ignores the stop signal
         self.missing_images = missing_images
         self.running: dict[str, Started] = {}
+        self._at: dict[str, str] = {}  # address -> backend id, for probe (see there)
         self.leftovers: dict[str, str] = {}  # backend id -> handle of what no longer runs
         self.forgotten: list[str] = []
         self.specs: dict[str, StartSpec] = {}
@@ -67,6 +68,7 @@ class FakeExecutor:
         """The backend's process ends by itself with ``exit_code``."""
         started = self.running.pop(backend_id, None)
         if started is not None:
+            self._at.pop(started.address, None)
             self.leftovers[backend_id] = started.handle
             if self._exits is not None:
                 self._exits.send_nowait(ExitObserved(backend_id, exit_code))
@@ -90,7 +92,9 @@ class FakeExecutor:
 
     def vanish(self, backend_id: str) -> None:
         """The backend ends without any exit being reported (e.g. during a watch gap)."""
-        self.running.pop(backend_id, None)
+        started = self.running.pop(backend_id, None)
+        if started is not None:
+            self._at.pop(started.address, None)
 
     def adopt(self, backend_id: str, address: str, key: str = "") -> None:
         """Pretend a backend of an earlier plane is still running."""
@@ -122,11 +126,12 @@ class FakeExecutor:
             spec.backend_id, f"127.0.0.1:{self._next_port}", f"fake-{spec.backend_id}"
         )
         self.running[spec.backend_id] = started
+        self._at[started.address] = spec.backend_id
         self.specs[spec.backend_id] = spec
         return started
 
     async def probe(self, address: str, *, interval: float = 0.01) -> None:
-        backend_id = next((b for b, s in self.running.items() if s.address == address), None)
+        backend_id = self._running_at(address)
         if backend_id is None:
             await trio.sleep_forever()
         assert backend_id is not None
@@ -134,6 +139,19 @@ class FakeExecutor:
             await trio.sleep(self.ready_after)
             return
         await self._ready.setdefault(backend_id, trio.Event()).wait()
+
+    def _running_at(self, address: str) -> str | None:
+        """The running backend at ``address``: looked up by address (a probe must
+        not cost a walk over every running backend, or a benchmark at 10,000 live
+        measures the fake), checked against ``running``, which tests may edit
+        directly; else (an adopted backend, an edited ``running``) the first one
+        found there."""
+        backend_id = self._at.get(address)
+        if backend_id is not None:
+            started = self.running.get(backend_id)
+            if started is not None and started.address == address:
+                return backend_id
+        return next((b for b, s in self.running.items() if s.address == address), None)
 
     async def stop(self, backend_id: str) -> None:
         self._answer()

@@ -3,12 +3,14 @@ snapshot that cannot be trusted is rebuilt from the log."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import orjson
 import pytest
 
 from plane.actors import lifecycle
+from plane.events import snapshot as snapshot_module
 from plane.events.snapshot import (
     StartupState,
     check_snapshot,
@@ -137,3 +139,35 @@ async def test_verify_finds_a_snapshot_that_lies(tmp_path: Path) -> None:
     assert snapshot is not None, why
     problems = check_snapshot(log, read_log(log))
     assert problems and "fencing" in problems[0]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_load_startup_leaves_the_collector_as_it_found_it(
+    tmp_path: Path, enabled: bool
+) -> None:
+    log = tmp_path / "events.db"
+    await make_log(log)
+    write_snapshot(log)
+    seen: list[bool] = []
+    real = snapshot_module.read_snapshot
+
+    def spying(path: Path) -> object:
+        seen.append(gc.isenabled())
+        return real(path)
+
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(snapshot_module, "read_snapshot", spying)
+            state, how = load_startup(log)
+        assert how == "snapshot" and len(state.live) == 5
+        assert seen == [False], "the collector is paused while the fold is built"
+        assert gc.isenabled() is enabled, "and left as it was afterwards"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(snapshot_module, "read_snapshot", lambda _p: 1 / 0)
+            with pytest.raises(ZeroDivisionError):
+                load_startup(log)
+        assert gc.isenabled() is enabled, "also when the load fails"
+    finally:
+        (gc.enable if was else gc.disable)()

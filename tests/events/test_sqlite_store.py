@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+import plane.events.sqlite.schema as schema
 import plane.events.sqlite.store as sqlite_store
 from plane import __version__
 from plane.events.sqlite import (
@@ -258,6 +259,41 @@ async def test_a_damaged_log_fails_its_check(tmp_path: Path) -> None:
             pass
     with pytest.raises(CorruptLogError, match=r"corrupt|integrity"):
         SqliteLogReader(path)
+
+
+async def test_a_clean_close_empties_the_wal_so_the_next_open_skips_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.sqlite"
+    wal = path.with_name(path.name + "-wal")
+    recorded = await write_log(path)
+    assert not wal.exists() or wal.stat().st_size == 0, "a clean close leaves no WAL content"
+    checked: list[Path] = []
+    monkeypatch.setattr(schema, "_quick_check", lambda _conn, p: checked.append(p))
+    async with open_sqlite_store(path) as store:
+        assert await store.read_all() == recorded
+    assert checked == [], "no integrity check after a clean stop"
+
+
+async def test_a_close_while_another_reads_keeps_the_wal_and_the_next_open_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.sqlite"
+    wal = path.with_name(path.name + "-wal")
+    recorded = await write_log(path)
+    other = schema.connect_read_only(path)  # a replay reading while plane stops
+    other.execute("BEGIN")
+    other.execute("SELECT count(*) FROM events").fetchone()
+    async with open_sqlite_store(path) as store:
+        recorded += await store.append("s9", 0, [tick(9)])
+    assert wal.stat().st_size > 0, "the checkpoint does not wait for (or break) a reader"
+    other.execute("COMMIT")
+    other.close()
+    checked: list[Path] = []
+    monkeypatch.setattr(schema, "_quick_check", lambda _conn, p: checked.append(p))
+    async with open_sqlite_store(path) as store:
+        assert await store.read_all() == recorded
+    assert checked == [path], "the WAL left behind is taken as an unclean stop: checked"
 
 
 # ---------------------------------------------------------------- the reader

@@ -55,7 +55,7 @@ import trio
 
 from plane import __version__
 from plane.events import wire
-from plane.events.sqlite.schema import has_events_table, open_reader, store_error
+from plane.events.sqlite.schema import close_writer, has_events_table, open_reader, store_error
 from plane.events.store import (
     ConcurrencyError,
     CorruptLogError,
@@ -283,8 +283,7 @@ class Recorder:
         except BaseException as exc:  # a bug: fail everyone waiting, then report it
             run_sync_soon(crashed, batch, exc)
         finally:
-            with suppress(sqlite3.Error):
-                self.conn.close()
+            close_writer(self.conn)
 
     def write_batch(self, batch: list[AppendRequest]) -> int:
         """One transaction for ``batch``; returns rows written.  Sets each

@@ -24,7 +24,11 @@ writes events:
 Speed trick kept here, **integrity check only after an unclean close**:
 ``PRAGMA quick_check`` reads the whole file, so :func:`open_writer` runs it
 only when the last writer left a non-empty WAL behind (a crash, a kill);
-a restart after a clean stop does not pay for the log's length.  The
+a restart after a clean stop does not pay for the log's length.  For that a
+clean stop must leave the WAL empty: :func:`close_writer` checkpoints it with
+``TRUNCATE`` before closing (the writer is not the last connection to close,
+the store's reader is, and a read-only connection never checkpoints; without
+this every restart after a clean stop ran the check over the whole file).  The
 read-only tools (:class:`~plane.events.sqlite.recorder.SqliteLogReader`,
 hence ``plane-replay``) always run it.
 """
@@ -53,6 +57,7 @@ __all__ = [
     "PLANE_APPLICATION_ID",
     "SCHEMA_VERSION",
     "Synchronous",
+    "close_writer",
     "connect_read_only",
     "create_schema",
     "has_events_table",
@@ -267,6 +272,22 @@ def open_writer(
     except BaseException as exc:
         _close_and_raise(conn, exc, path, "opening it")
     return conn
+
+
+def close_writer(conn: sqlite3.Connection) -> None:
+    """Close the writer connection, leaving an empty WAL if nobody is reading.
+
+    ``PRAGMA wal_checkpoint(TRUNCATE)`` copies the WAL into the file and
+    truncates it to 0 bytes, so the next open knows the stop was clean
+    (:func:`_closed_uncleanly`).  It does not wait for readers (busy timeout
+    0): if another connection is reading, the WAL stays and the next open runs
+    the integrity check, which is slower but safe.  Errors are swallowed: the
+    connection is closed either way, and the data is already committed."""
+    with suppress(sqlite3.Error):
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    with suppress(sqlite3.Error):
+        conn.close()
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:
