@@ -14,6 +14,15 @@ relay needs (framing, ``Connection``, ``Upgrade``, ``Host``, the client's
 ``X-Forwarded-For``/``-Proto``, ``Content-Type``, whether a response has CORS
 headers) are noted on the way.  Trailers are dropped.
 
+Why httptools here and h11 in the API (:mod:`plane.api.http`, and the
+readiness probe): the proxy parses every byte of every proxied message, and
+llhttp in C is what keeps it near a bare byte-splice (``bench/bench_proxy.py``);
+h11 in pure Python would cost it most of its throughput.  The API parses a few
+small requests a second and needs h11's whole protocol state machine
+(keep-alive, ``Expect: 100-continue``, the connection's states), which llhttp's
+callbacks would have us write by hand.  Two parsers, each where it is the right
+one; neither module hand-parses HTTP.
+
 Error handling
 --------------
 llhttp rejects what is malformed (bad request line, bad chunk, both
