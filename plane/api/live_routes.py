@@ -26,28 +26,8 @@ from collections.abc import Iterable
 import trio
 
 from plane.events.store import EventStore, RecordedEvent
-from plane.events.types import (
-    SYSTEM_STREAM,
-    BackendClaimed,
-    BackendReady,
-    BackendRequested,
-    BackendStarting,
-    BackendTerminated,
-    BackendTerminating,
-    HistoryArchived,
-    TokenIssued,
-    TokenRevoked,
-)
-
-ROUTED = (
-    BackendRequested,
-    BackendStarting,
-    BackendReady,
-    BackendClaimed,
-    TokenIssued,
-    TokenRevoked,
-)
-"""The events kept per unfinished backend."""
+from plane.events.types import SYSTEM_STREAM, HistoryArchived
+from plane.proxy.routes import ENDING_TYPES, KEPT_TYPES
 
 
 class LiveRoutes:
@@ -75,9 +55,9 @@ class LiveRoutes:
             if isinstance(event, HistoryArchived):
                 self.horizon = seq
             return
-        if isinstance(event, (BackendTerminating, BackendTerminated)):
+        if isinstance(event, ENDING_TYPES):
             self.routes.pop(stream, None)
-        elif isinstance(event, ROUTED):
+        elif isinstance(event, KEPT_TYPES):
             self.routes.setdefault(stream, []).append(record)
 
     def records(self) -> list[RecordedEvent]:

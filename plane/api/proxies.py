@@ -23,7 +23,7 @@ token hashes, secret tokens and user data, unredacted).
     ``{"synced": N}``.  The proxy builds a new table from them and swaps it
     in whole at ``synced``, so what it knew and the controller no longer
     routes (revoked, terminated, archived meanwhile) is gone;
-  - **what it missed**: every routing event (:data:`ROUTING_TYPES`) after
+  - **what it missed**: every routing event (:data:`~plane.proxy.routes.ROUTING_TYPES`) after
     ``after``, then ``{"synced": <seq>}``.
 
   Then the live tail, as ``{"seq", "stream", "version", "type", "data"}``.
@@ -74,22 +74,15 @@ from plane.api.live_routes import LiveRoutes
 from plane.events import wire
 from plane.events.store import EventStore, RecordedEvent
 from plane.events.types import (
-    BackendClaimed,
-    BackendReady,
-    BackendRequested,
-    BackendStarting,
-    BackendTerminated,
-    BackendTerminating,
     ConnectionClosed,
     ConnectionOpened,
     Event,
     HistoryArchived,
     HttpActivityRecorded,
     InputEvent,
-    TokenIssued,
-    TokenRevoked,
 )
 from plane.metrics import Metrics
+from plane.proxy.routes import ROUTING_TYPES
 from plane.proxy.tracking import proxy_of, valid_proxy_name
 
 __all__ = [
@@ -103,18 +96,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("plane.api.proxies")
-
-ROUTING_TYPES: tuple[type[Event], ...] = (
-    BackendRequested,
-    BackendStarting,
-    BackendReady,
-    BackendClaimed,
-    BackendTerminating,
-    BackendTerminated,
-    TokenIssued,
-    TokenRevoked,
-)
-"""The events the proxy's route table folds (:mod:`plane.proxy.routes`)."""
 
 FULL_TABLE_PAST = 10_000
 """A proxy further behind than this many events is sent the current table

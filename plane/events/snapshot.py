@@ -62,17 +62,8 @@ from plane.actors.lifecycle import BackendState
 from plane.events import wire
 from plane.events.sqlite import SCHEMA_VERSION, SqliteLogReader
 from plane.events.store import RecordedEvent
-from plane.events.types import (
-    SYSTEM_STREAM,
-    BackendClaimed,
-    BackendReady,
-    BackendRequested,
-    BackendStarting,
-    BackendTerminating,
-    HistoryArchived,
-    TokenIssued,
-    TokenRevoked,
-)
+from plane.events.types import SYSTEM_STREAM, BackendTerminating, HistoryArchived
+from plane.proxy.routes import KEPT_TYPES
 
 __all__ = [
     "SNAPSHOT_FORMAT",
@@ -88,15 +79,6 @@ SNAPSHOT_FORMAT = 1
 """The snapshot file's format; a file of any other format is rebuilt from the log."""
 
 Slot = tuple[str, str]
-
-_ROUTED = (
-    TokenIssued,
-    TokenRevoked,
-    BackendReady,
-    BackendRequested,
-    BackendStarting,
-    BackendClaimed,
-)
 
 
 def snapshot_path(log: str | os.PathLike[str]) -> Path:
@@ -150,7 +132,7 @@ class StartupState:
             self.routes.pop(stream, None)
             return
         self.live[stream] = state
-        if isinstance(event, _ROUTED):
+        if isinstance(event, KEPT_TYPES):
             self.routes.setdefault(stream, []).append(record)
         elif isinstance(event, BackendTerminating):
             self.routes.pop(stream, None)  # the route table refuses it from now on

@@ -58,10 +58,28 @@ from plane.events.types import (
     BackendStarting,
     BackendTerminated,
     BackendTerminating,
+    Event,
     TokenIssued,
     TokenRevoked,
 )
 from plane.proxy.headers import render_backend_id, render_verified
+
+KEPT_TYPES: tuple[type[Event], ...] = (
+    BackendRequested,
+    BackendStarting,
+    BackendReady,
+    BackendClaimed,
+    TokenIssued,
+    TokenRevoked,
+)
+"""The events kept per unfinished backend to rebuild a table from (the
+startup fold's ``routes``, :class:`plane.api.live_routes.LiveRoutes`)."""
+
+ENDING_TYPES: tuple[type[Event], ...] = (BackendTerminating, BackendTerminated)
+"""The events after which a backend is refused (its kept records can go)."""
+
+ROUTING_TYPES: tuple[type[Event], ...] = KEPT_TYPES + ENDING_TYPES
+"""Every event type :meth:`RouteTable.apply` folds (it ignores the others)."""
 
 _start_timeout_default = attrs.fields(SpawnConfig).start_timeout_seconds.default
 assert isinstance(_start_timeout_default, float)
