@@ -23,7 +23,7 @@ from plane.actors.clock import TrioClock
 from plane.proxy.remote import Outbox, RemoteFeed
 from plane.proxy.routes import BACKEND_TERMINATED, TOKEN_REVOKED, TOKEN_UNKNOWN, Route, RouteTable
 from plane.testing.serve_process import PlaneServe
-from tests.e2e.test_proxy_process import PROXY_KEY, echo, start_serve, wait_for
+from tests.e2e.conftest import PROXY_KEY, echo, start_serve, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,12 +66,19 @@ def in_live_log(serve: PlaneServe, backend_id: str) -> bool:
     return bool(count)
 
 
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy.key"
-    path.write_text(PROXY_KEY + "\n")
-    path.chmod(0o600)
-    return path
+def ready_backends(serve: PlaneServe, *names: str) -> list[dict[str, str]]:
+    """Connect an echo backend per name; their connect answers, once all are ready."""
+    backends = [serve.connect(echo(name)) for name in names]
+    for backend in backends:
+        serve.wait_status(backend["backend_id"], "ready")
+    return backends
+
+
+def revoke_and_end(serve: PlaneServe, revoked: dict[str, str], ended: dict[str, str]) -> None:
+    """Revoke ``revoked``'s tokens; hard-terminate ``ended`` and wait for its end."""
+    serve.api.post(f"/ctrl/b/{revoked['backend_id']}/revoke", json={}).raise_for_status()
+    serve.api.post(f"/ctrl/b/{ended['backend_id']}/hard-terminate").raise_for_status()
+    serve.wait_status(ended["backend_id"], "terminated")
 
 
 async def test_the_feed_starts_from_the_current_table_and_resumes_with_what_was_missed(
@@ -79,13 +86,10 @@ async def test_the_feed_starts_from_the_current_table_and_resumes_with_what_was_
 ) -> None:
     serve = start_serve(tmp_path, key_file, "--terminate-on-exit")
     try:
-        gone = serve.connect(echo("gone"))
-        serve.wait_status(gone["backend_id"], "ready")
+        (gone,) = ready_backends(serve, "gone")
         serve.api.post(f"/ctrl/b/{gone['backend_id']}/hard-terminate").raise_for_status()
         serve.wait_status(gone["backend_id"], "terminated")
-        revoked, ended, kept = (serve.connect(echo(n)) for n in ("revoked", "ended", "kept"))
-        for backend in (revoked, ended, kept):
-            serve.wait_status(backend["backend_id"], "ready")
+        revoked, ended, kept = ready_backends(serve, "revoked", "ended", "kept")
 
         table = RouteTable()
         async with trio.open_nursery() as nursery:
@@ -101,11 +105,8 @@ async def test_the_feed_starts_from_the_current_table_and_resumes_with_what_was_
             assert lookup(table, gone) is TOKEN_UNKNOWN
             scope.cancel()  # cut off
 
-            serve.api.post(f"/ctrl/b/{revoked['backend_id']}/revoke", json={}).raise_for_status()
-            serve.api.post(f"/ctrl/b/{ended['backend_id']}/hard-terminate").raise_for_status()
-            serve.wait_status(ended["backend_id"], "terminated")
-            fresh = serve.connect(echo("fresh"))
-            serve.wait_status(fresh["backend_id"], "ready")
+            revoke_and_end(serve, revoked, ended)
+            (fresh,) = ready_backends(serve, "fresh")
 
             # back: only what it missed, applied to the table it had
             seq_before = table.seq
@@ -129,9 +130,7 @@ async def test_a_proxy_that_missed_archived_events_gets_the_current_table(
     # terminated backends leave the live log ~3 s later
     serve = start_serve(tmp_path, key_file, "--terminate-on-exit", "--retain", "0.00003")
     try:
-        revoked, ended, kept = (serve.connect(echo(n)) for n in ("revoked", "ended", "kept"))
-        for backend in (revoked, ended, kept):
-            serve.wait_status(backend["backend_id"], "ready")
+        revoked, ended, kept = ready_backends(serve, "revoked", "ended", "kept")
         table = RouteTable()
         async with trio.open_nursery() as nursery:
             feed = Feed(serve, table)
@@ -139,9 +138,7 @@ async def test_a_proxy_that_missed_archived_events_gets_the_current_table(
             assert isinstance(lookup(table, ended), Route)
             scope.cancel()  # cut off
 
-            serve.api.post(f"/ctrl/b/{revoked['backend_id']}/revoke", json={}).raise_for_status()
-            serve.api.post(f"/ctrl/b/{ended['backend_id']}/hard-terminate").raise_for_status()
-            serve.wait_status(ended["backend_id"], "terminated")
+            revoke_and_end(serve, revoked, ended)
             await wait_for(
                 lambda: not in_live_log(serve, ended["backend_id"]), "the archiving", limit=30
             )

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
-import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,75 +23,18 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from plane.testing.proxy_process import PlaneProxy
 from plane.testing.serve_process import PlaneServe
-
-ECHO = Path(__file__).resolve().parents[2] / "bench" / "conn_echo_backend.py"
-API_KEY = "api-key-0123456789abcdef"
-PROXY_KEY = "proxy-key-0123456789abcdef"
+from tests.e2e.conftest import (
+    PROXY_KEY,
+    echo,
+    free_port,
+    kind_of,
+    start_serve,
+    via,
+    wait_for,
+    ws,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def echo(name: str, **spawn: Any) -> dict[str, Any]:
-    config = {"executable": {"command": [sys.executable, str(ECHO)]}, **spawn}
-    return {"key": {"name": name}, "spawn_config": config}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy.key"
-    path.write_text(PROXY_KEY + "\n")
-    path.chmod(0o600)
-    return path
-
-
-def start_serve(tmp_path: Path, key_file: Path, *extra: str, api_port: int = 0) -> PlaneServe:
-    serve = PlaneServe(
-        tmp_path / "data",
-        "process",
-        "--api-key",
-        API_KEY,
-        "--proxy-key-file",
-        str(key_file),
-        "--api-listen",
-        f"127.0.0.1:{api_port}",
-        *extra,
-        log_path=tmp_path / f"serve-{api_port}-{len(extra)}.log",
-    )
-    serve.api.headers["Authorization"] = f"Bearer {API_KEY}"
-    return serve
-
-
-def kind_of(response: httpx.Response) -> str:
-    kind: str = response.json()["kind"]
-    return kind
-
-
-async def wait_for(check: Any, what: str, limit: float = 15.0) -> Any:
-    """Poll ``check()`` (sync or async) until it returns a true value."""
-    with trio.move_on_after(limit):
-        while True:
-            result = check()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return result
-            await trio.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def via(url: str, serve: PlaneServe, proxy_url: str) -> str:
-    return url.replace(serve.urls["proxy"], proxy_url)
-
-
-def ws(url: str) -> str:
-    return "ws://" + url.removeprefix("http://")
 
 
 def proxies(serve: PlaneServe) -> list[dict[str, Any]]:
@@ -103,6 +45,36 @@ def proxies(serve: PlaneServe) -> list[dict[str, Any]]:
 def event_types(serve: PlaneServe, backend_id: str) -> list[str]:
     events = serve.api.get(f"/ctrl/b/{backend_id}/events").json()["events"]
     return [e["type"] for e in events]
+
+
+async def echo_through(
+    serve: PlaneServe, proxy_url: str, name: str, **spawn: Any
+) -> tuple[dict[str, Any], str]:
+    """Connect an echo backend, wait until it is ready and answers through the
+    proxy at ``proxy_url``: the connect answer and the backend's URL there."""
+    backend = serve.connect(echo(name, **spawn))
+    serve.wait_status(backend["backend_id"], "ready")
+    url = via(backend["url"], serve, proxy_url)
+    async with httpx.AsyncClient(timeout=10) as http:
+
+        async def answered() -> bool:
+            return (await http.get(url)).status_code == 200
+
+        await wait_for(answered, "the backend through the proxy")
+    return backend, url
+
+
+@contextmanager
+def plane_and_proxy(tmp_path: Path, key_file: Path) -> Iterator[tuple[PlaneServe, PlaneProxy]]:
+    """A ``plane serve --terminate-on-exit`` and a stand-alone proxy fed by it,
+    both stopped on the way out."""
+    serve = start_serve(tmp_path, key_file, "--terminate-on-exit")
+    proxy = PlaneProxy(serve.urls["api"], key_file, log_path=tmp_path / "p.log")
+    try:
+        yield serve, proxy
+    finally:
+        proxy.stop()
+        serve.stop()
 
 
 async def test_a_standalone_proxy_serves_http_and_websockets_and_honours_revocation(
@@ -135,15 +107,8 @@ async def test_a_standalone_proxy_serves_http_and_websockets_and_honours_revocat
             refused = api.get("/ctrl/backends", headers=proxy_key)
             assert refused.status_code == 403 and kind_of(refused) == "ProxyKey"
 
-            backend = serve.connect(echo("a"))
+            backend, url = await echo_through(serve, proxy.url, "a")
             backend_id = backend["backend_id"]
-            serve.wait_status(backend_id, "ready")
-            url = via(backend["url"], serve, proxy.url)
-
-            async def answered() -> bool:
-                return (await http.get(url)).status_code == 200
-
-            await wait_for(answered, "the backend through the proxy")
 
             async with open_websocket_url(ws(url)) as conn:
                 await conn.send_message("hello")
@@ -178,28 +143,15 @@ async def test_a_standalone_proxy_serves_http_and_websockets_and_honours_revocat
 async def test_idle_timeout_is_driven_by_the_standalone_proxys_events(
     tmp_path: Path, key_file: Path
 ) -> None:
-    serve = start_serve(tmp_path, key_file, "--terminate-on-exit")
-    proxy = PlaneProxy(serve.urls["api"], key_file, log_path=tmp_path / "p.log")
-    try:
-        backend = serve.connect(echo("idle", max_idle_seconds=2))
+    with plane_and_proxy(tmp_path, key_file) as (serve, proxy):
+        backend, url = await echo_through(serve, proxy.url, "idle", max_idle_seconds=2)
         backend_id = backend["backend_id"]
-        serve.wait_status(backend_id, "ready")
-        url = via(backend["url"], serve, proxy.url)
-        async with httpx.AsyncClient(timeout=10) as http:
-
-            async def answered() -> bool:
-                return (await http.get(url)).status_code == 200
-
-            await wait_for(answered, "the backend through the proxy")
         async with open_websocket_url(ws(url)) as conn:
             await trio.sleep(4)  # twice the idle timeout, held by one WebSocket
             assert serve.status(backend_id)["status"] == "ready"
             await conn.send_message("still here")
             assert await conn.get_message() == "still here"
         serve.wait_status(backend_id, "terminating", "terminated", timeout=20)
-    finally:
-        proxy.stop()
-        serve.stop()
 
 
 async def test_the_controller_restarted_under_a_standalone_proxy(
@@ -211,18 +163,12 @@ async def test_the_controller_restarted_under_a_standalone_proxy(
         serve.urls["api"], key_file, "--stale-after", "3", log_path=tmp_path / "p.log"
     )
     try:
-        backend = serve.connect(echo("kept"))
-        serve.wait_status(backend["backend_id"], "ready")
-        url = via(backend["url"], serve, proxy.url)
+        _, url = await echo_through(serve, proxy.url, "kept")
         async with httpx.AsyncClient(timeout=10) as http:
 
             async def status_of(target: str) -> int:
                 return (await http.get(target)).status_code
 
-            async def answered() -> bool:
-                return await status_of(url) == 200
-
-            await wait_for(answered, "the backend through the proxy")
             serve.stop()  # the backend keeps running (no --terminate-on-exit)
             assert await status_of(url) == 200  # known routes keep working
             assert await status_of(proxy.url + "/ready") == 200
@@ -238,14 +184,7 @@ async def test_the_controller_restarted_under_a_standalone_proxy(
 
             await wait_for(ready, "the proxy's resync", limit=20)
             assert await status_of(url) == 200
-            fresh = serve.connect(echo("new"))
-            serve.wait_status(fresh["backend_id"], "ready")
-            fresh_url = via(fresh["url"], serve, proxy.url)
-
-            async def fresh_answered() -> bool:
-                return await status_of(fresh_url) == 200
-
-            await wait_for(fresh_answered, "a new backend through the resynced proxy")
+            await echo_through(serve, proxy.url, "new")  # a new backend: resynced
     finally:
         proxy.stop()
         serve.stop()
@@ -320,19 +259,9 @@ def connections(serve: PlaneServe, backend_id: str) -> int:
 async def test_a_cleanly_stopped_proxy_hands_its_open_connections_back(
     tmp_path: Path, key_file: Path
 ) -> None:
-    serve = start_serve(tmp_path, key_file, "--terminate-on-exit")
-    proxy = PlaneProxy(serve.urls["api"], key_file, log_path=tmp_path / "p.log")
-    try:
-        backend = serve.connect(echo("stopped", max_idle_seconds=2))
+    with plane_and_proxy(tmp_path, key_file) as (serve, proxy):
+        backend, url = await echo_through(serve, proxy.url, "stopped", max_idle_seconds=2)
         backend_id = backend["backend_id"]
-        serve.wait_status(backend_id, "ready")
-        url = via(backend["url"], serve, proxy.url)
-        async with httpx.AsyncClient(timeout=10) as http:
-
-            async def answered() -> bool:
-                return (await http.get(url)).status_code == 200
-
-            await wait_for(answered, "the backend through the proxy")
         async with open_websocket_url(ws(url)) as conn:
             await conn.send_message("hi")
             assert await conn.get_message() == "hi"
@@ -347,9 +276,6 @@ async def test_a_cleanly_stopped_proxy_hands_its_open_connections_back(
         assert event_types(serve, backend_id).count("proxy.connection_closed.v1") == 1
         serve.wait_status(backend_id, "terminating", "terminated", timeout=30)  # idle
         assert serve.api.get(f"/ctrl/b/{backend_id}").json()["reason"] == "idle"
-    finally:
-        proxy.stop()
-        serve.stop()
 
 
 async def test_a_restarted_controller_keeps_the_connections_a_proxy_process_still_holds(
@@ -359,16 +285,8 @@ async def test_a_restarted_controller_keeps_the_connections_a_proxy_process_stil
     serve = start_serve(tmp_path, key_file, api_port=port)
     proxy = PlaneProxy(serve.urls["api"], key_file, log_path=tmp_path / "p.log")
     try:
-        backend = serve.connect(echo("held", max_idle_seconds=2))
+        backend, url = await echo_through(serve, proxy.url, "held", max_idle_seconds=2)
         backend_id = backend["backend_id"]
-        serve.wait_status(backend_id, "ready")
-        url = via(backend["url"], serve, proxy.url)
-        async with httpx.AsyncClient(timeout=10) as http:
-
-            async def answered() -> bool:
-                return (await http.get(url)).status_code == 200
-
-            await wait_for(answered, "the backend through the proxy")
         async with open_websocket_url(ws(url)) as held:
             async with open_websocket_url(ws(backend["url"])) as in_process:
                 for conn in (held, in_process):

@@ -20,17 +20,9 @@ import trio
 import trustme
 
 from plane.testing.proxy_process import PlaneProxy
-from tests.e2e.test_proxy_process import PROXY_KEY, echo, start_serve, via, wait_for
+from tests.e2e.conftest import echo, start_serve, via, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy.key"
-    path.write_text(PROXY_KEY + "\n")
-    path.chmod(0o600)
-    return path
 
 
 async def splice(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
