@@ -63,9 +63,8 @@ from plane.events.types import (
     WarmBackendRequested,
     is_input,
 )
+from tests.unit.lifecycle_steps import ADDRESS, T0, run, step
 
-T0 = 1000.0
-ADDRESS = "127.0.0.1:40001"
 MAX_IDLE = 60.0
 START_TIMEOUT = 120.0
 GRACE = 30.0
@@ -98,20 +97,6 @@ def request(at: float = T0, cfg: SpawnConfig | None = None) -> BackendRequested:
         spawn_config=cfg if cfg is not None else config(),
         fencing_token=3,
     )
-
-
-def step(state: BackendState, command: Command) -> tuple[BackendState, list[Event]]:
-    """Decide, then evolve through what was decided (what the shell does)."""
-    events = decide(state, command)
-    return fold(events, state), events
-
-
-def run(state: BackendState, *commands: Command) -> tuple[BackendState, list[Event]]:
-    log: list[Event] = []
-    for command in commands:
-        state, events = step(state, command)
-        log.extend(events)
-    return state, log
 
 
 def requested(cfg: SpawnConfig | None = None) -> BackendState:

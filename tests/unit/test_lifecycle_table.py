@@ -28,120 +28,81 @@ from plane.actors.lifecycle import (
     fold,
     initial,
 )
+from plane.events import types as ev
 from plane.events.spec import BackendKey, Executable, SpawnConfig
-from plane.events.types import (
-    DECISION_TYPES,
-    INPUT_TYPES,
-    SYSTEM_TYPES,
-    BackendActive,
-    BackendClaimed,
-    BackendIdle,
-    BackendReady,
-    BackendRequested,
-    BackendStarting,
-    BackendTerminated,
-    BackendTerminating,
-    BackendWarmed,
-    ConnectionClosed,
-    ConnectionOpened,
-    EngineDrained,
-    EngineLost,
-    EngineRegistered,
-    EngineReturned,
-    EngineUndrained,
-    Event,
-    ExecutorExited,
-    ExecutorStarted,
-    ExecutorVanished,
-    HistoryArchived,
-    HttpActivityRecorded,
-    OrphanRemoved,
-    ReadinessObserved,
-    SpawnFailed,
-    Status,
-    TerminationEscalated,
-    TerminationKind,
-    TerminationReason,
-    TerminationRequested,
-    TokenIssued,
-    TokenRevoked,
-    WarmBackendRequested,
-    WarmPoolDefined,
-    WarmPoolRemoved,
-    WarmPoolResized,
-)
+from tests.unit.lifecycle_steps import ADDRESS, T0, run
 
 REPO = Path(__file__).resolve().parents[2]
-T0 = 1000.0
 AT = T0 + 50
-ADDRESS = "127.0.0.1:40001"
 CONFIG = SpawnConfig(Executable(image="example/echo:1"), max_idle_seconds=60.0)
 KEY = BackendKey("doc-1")
-REQUEST = BackendRequested(T0, "b-1", KEY, CONFIG, 3)
-WARM_REQUEST = WarmBackendRequested(T0, "b-w", "pool-1", CONFIG)
-CLAIM = BackendClaimed(AT, BackendKey("doc-w"), 7, "e" * 64, AT + 60)
+REQUEST = ev.BackendRequested(T0, "b-1", KEY, CONFIG, 3)
+WARM_REQUEST = ev.WarmBackendRequested(T0, "b-w", "pool-1", CONFIG)
+CLAIM = ev.BackendClaimed(AT, BackendKey("doc-w"), 7, "e" * 64, AT + 60)
 
-EXAMPLES: dict[type, Event] = {
+EXAMPLES: dict[type, ev.Event] = {
     # inputs
-    BackendRequested: attrs.evolve(REQUEST, at=AT),
-    WarmBackendRequested: attrs.evolve(WARM_REQUEST, at=AT),
-    BackendClaimed: CLAIM,
-    ExecutorStarted: ExecutorStarted(AT, ADDRESS, "h-2"),
-    ReadinessObserved: ReadinessObserved(AT),
-    SpawnFailed: SpawnFailed(AT, "no such image"),
-    ExecutorExited: ExecutorExited(AT, 3),
-    ExecutorVanished: ExecutorVanished(AT, "gone"),
-    ConnectionOpened: ConnectionOpened(AT, "c9"),
-    ConnectionClosed: ConnectionClosed(AT, "c1"),
-    HttpActivityRecorded: HttpActivityRecorded(AT, 2),
-    TerminationRequested: TerminationRequested(AT, TerminationKind.HARD),
-    TokenIssued: TokenIssued(AT, "f" * 64, AT + 60, "s3cret"),
-    TokenRevoked: TokenRevoked(AT, None),
+    ev.BackendRequested: attrs.evolve(REQUEST, at=AT),
+    ev.WarmBackendRequested: attrs.evolve(WARM_REQUEST, at=AT),
+    ev.BackendClaimed: CLAIM,
+    ev.ExecutorStarted: ev.ExecutorStarted(AT, ADDRESS, "h-2"),
+    ev.ReadinessObserved: ev.ReadinessObserved(AT),
+    ev.SpawnFailed: ev.SpawnFailed(AT, "no such image"),
+    ev.ExecutorExited: ev.ExecutorExited(AT, 3),
+    ev.ExecutorVanished: ev.ExecutorVanished(AT, "gone"),
+    ev.ConnectionOpened: ev.ConnectionOpened(AT, "c9"),
+    ev.ConnectionClosed: ev.ConnectionClosed(AT, "c1"),
+    ev.HttpActivityRecorded: ev.HttpActivityRecorded(AT, 2),
+    ev.TerminationRequested: ev.TerminationRequested(AT, ev.TerminationKind.HARD),
+    ev.TokenIssued: ev.TokenIssued(AT, "f" * 64, AT + 60, "s3cret"),
+    ev.TokenRevoked: ev.TokenRevoked(AT, None),
     # decisions
-    BackendStarting: BackendStarting(AT),
-    BackendWarmed: BackendWarmed(AT, ADDRESS),
-    BackendReady: BackendReady(AT, ADDRESS),
-    BackendIdle: BackendIdle(AT),
-    BackendActive: BackendActive(AT),
-    BackendTerminating: BackendTerminating(AT, TerminationReason.IDLE, TerminationKind.SOFT),
-    TerminationEscalated: TerminationEscalated(AT),
-    BackendTerminated: BackendTerminated(AT, TerminationReason.LOST),
+    ev.BackendStarting: ev.BackendStarting(AT),
+    ev.BackendWarmed: ev.BackendWarmed(AT, ADDRESS),
+    ev.BackendReady: ev.BackendReady(AT, ADDRESS),
+    ev.BackendIdle: ev.BackendIdle(AT),
+    ev.BackendActive: ev.BackendActive(AT),
+    ev.BackendTerminating: ev.BackendTerminating(
+        AT, ev.TerminationReason.IDLE, ev.TerminationKind.SOFT
+    ),
+    ev.TerminationEscalated: ev.TerminationEscalated(AT),
+    ev.BackendTerminated: ev.BackendTerminated(AT, ev.TerminationReason.LOST),
     # the system stream's
-    OrphanRemoved: OrphanRemoved(AT, "b-9", "h-9"),
-    HistoryArchived: HistoryArchived(AT, AT - 1, ("b-8",), ()),
-    EngineRegistered: EngineRegistered(AT, "e1", "unix:///var/run/docker.sock"),
-    EngineDrained: EngineDrained(AT, "e1"),
-    EngineUndrained: EngineUndrained(AT, "e1"),
-    EngineLost: EngineLost(AT, "e1"),
-    EngineReturned: EngineReturned(AT, "e1"),
-    WarmPoolDefined: WarmPoolDefined(AT, "pool-1", CONFIG, 2),
-    WarmPoolResized: WarmPoolResized(AT, "pool-1", 3),
-    WarmPoolRemoved: WarmPoolRemoved(AT, "pool-1"),
+    ev.OrphanRemoved: ev.OrphanRemoved(AT, "b-9", "h-9"),
+    ev.HistoryArchived: ev.HistoryArchived(AT, AT - 1, ("b-8",), ()),
+    ev.EngineRegistered: ev.EngineRegistered(AT, "e1", "unix:///var/run/docker.sock"),
+    ev.EngineDrained: ev.EngineDrained(AT, "e1"),
+    ev.EngineUndrained: ev.EngineUndrained(AT, "e1"),
+    ev.EngineLost: ev.EngineLost(AT, "e1"),
+    ev.EngineReturned: ev.EngineReturned(AT, "e1"),
+    ev.WarmPoolDefined: ev.WarmPoolDefined(AT, "pool-1", CONFIG, 2),
+    ev.WarmPoolResized: ev.WarmPoolResized(AT, "pool-1", 3),
+    ev.WarmPoolRemoved: ev.WarmPoolRemoved(AT, "pool-1"),
 }
 
 
 def _run(state: BackendState, *commands: Command) -> BackendState:
-    for command in commands:
-        state = fold(decide(state, command), state)
-    return state
+    return run(state, *commands)[0]
 
 
 def _states() -> dict[AnyStatus, BackendState]:
     """A backend in each status (None: nothing requested), each reached through
     the decider, the ready one with connection ``c1`` open."""
     starting = _run(initial, REQUEST, Tick(T0))
-    ready = _run(starting, ExecutorStarted(T0 + 1, ADDRESS), ReadinessObserved(T0 + 2))
-    connected = _run(ready, ConnectionOpened(T0 + 3, "c1"))
-    warm = _run(initial, WARM_REQUEST, Tick(T0), ExecutorStarted(T0 + 1, ADDRESS))
+    ready = _run(starting, ev.ExecutorStarted(T0 + 1, ADDRESS), ev.ReadinessObserved(T0 + 2))
+    connected = _run(ready, ev.ConnectionOpened(T0 + 3, "c1"))
+    warm = _run(initial, WARM_REQUEST, Tick(T0), ev.ExecutorStarted(T0 + 1, ADDRESS))
     states: dict[AnyStatus, BackendState] = {
         None: initial,
-        Status.REQUESTED: _run(initial, REQUEST),
-        Status.STARTING: starting,
-        Status.READY: connected,
-        Status.WARM: _run(warm, ReadinessObserved(T0 + 2)),
-        Status.IDLE: _run(connected, ConnectionClosed(T0 + 4, "c1")),
-        Status.TERMINATING: _run(ready, TerminationRequested(T0 + 5, TerminationKind.SOFT)),
-        Status.TERMINATED: _run(ready, ExecutorExited(T0 + 5, 0)),
+        ev.Status.REQUESTED: _run(initial, REQUEST),
+        ev.Status.STARTING: starting,
+        ev.Status.READY: connected,
+        ev.Status.WARM: _run(warm, ev.ReadinessObserved(T0 + 2)),
+        ev.Status.IDLE: _run(connected, ev.ConnectionClosed(T0 + 4, "c1")),
+        ev.Status.TERMINATING: _run(
+            ready, ev.TerminationRequested(T0 + 5, ev.TerminationKind.SOFT)
+        ),
+        ev.Status.TERMINATED: _run(ready, ev.ExecutorExited(T0 + 5, 0)),
     }
     for status, state in states.items():
         assert state.status is status
@@ -149,7 +110,7 @@ def _states() -> dict[AnyStatus, BackendState]:
 
 
 STATES = _states()
-ALL_TYPES = (*INPUT_TYPES, *DECISION_TYPES, *SYSTEM_TYPES)
+ALL_TYPES = (*ev.INPUT_TYPES, *ev.DECISION_TYPES, *ev.SYSTEM_TYPES)
 PAIRS = [(kind, status) for kind in ALL_TYPES for status in STATES]
 
 
@@ -162,10 +123,10 @@ def test_every_event_type_has_an_example() -> None:
 
 
 def test_the_table_holds_every_event_of_a_backend_and_nothing_else() -> None:
-    assert set(TRANSITIONS) == set(INPUT_TYPES + DECISION_TYPES) - set(SYSTEM_TYPES)
+    assert set(TRANSITIONS) == set(ev.INPUT_TYPES + ev.DECISION_TYPES) - set(ev.SYSTEM_TYPES)
     for kind, row in TRANSITIONS.items():
         assert row.event is kind
-        assert row.is_input == (kind in INPUT_TYPES)
+        assert row.is_input == (kind in ev.INPUT_TYPES)
         assert not row.source & row.late, f"{kind.__name__}: both may happen and is late"
 
 
@@ -210,9 +171,9 @@ def test_decide_does_what_the_table_says(kind: type, status: AnyStatus) -> None:
 
 
 def test_claim_guard_makes_a_claim_of_a_claimed_warm_backend_late() -> None:
-    warm = STATES[Status.WARM]
+    warm = STATES[ev.Status.WARM]
     claimed_but_warm = evolve(warm, CLAIM)  # between the claim and its BackendReady
-    assert claimed_but_warm.status is Status.WARM
+    assert claimed_but_warm.status is ev.Status.WARM
     assert decide(claimed_but_warm, CLAIM) == []
 
 
@@ -222,18 +183,18 @@ def test_state_changes_name_only_fields_of_the_state() -> None:
 
 
 def test_a_misspelt_field_in_a_change_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    def misspelt(state: BackendState, event: TokenIssued) -> StateChanges:
+    def misspelt(state: BackendState, event: ev.TokenIssued) -> StateChanges:
         return cast(StateChanges, {"quiet_snce": event.at})
 
-    row = TRANSITIONS[TokenIssued]
-    monkeypatch.setitem(TRANSITIONS, TokenIssued, attrs.evolve(row, changes=misspelt))
+    row = TRANSITIONS[ev.TokenIssued]
+    monkeypatch.setitem(TRANSITIONS, ev.TokenIssued, attrs.evolve(row, changes=misspelt))
     with pytest.raises(TypeError, match="quiet_snce"):
-        evolve(STATES[Status.READY], EXAMPLES[TokenIssued])
+        evolve(STATES[ev.Status.READY], EXAMPLES[ev.TokenIssued])
 
 
 def test_a_change_of_status_through_the_changes_is_still_a_field() -> None:
     # the fast path keeps exactly the fields, never one more
-    after = evolve(STATES[Status.READY], EXAMPLES[HttpActivityRecorded])
+    after = evolve(STATES[ev.Status.READY], EXAMPLES[ev.HttpActivityRecorded])
     assert vars(after).keys() == {f.name for f in attrs.fields(BackendState)}
 
 
@@ -272,7 +233,7 @@ def test_diagram_check_fails_on_a_stale_file(
 def test_an_evolved_state_is_as_small_as_a_constructed_one() -> None:
     # evolve copies fields into a fresh instance dict in field order, so it stays
     # a key-sharing dict: a supervisor holds one state per backend
-    after = evolve(STATES[Status.READY], EXAMPLES[ConnectionOpened])
+    after = evolve(STATES[ev.Status.READY], EXAMPLES[ev.ConnectionOpened])
     constructed = BackendState(**vars(after))
     assert after == constructed
     assert sys.getsizeof(vars(after)) == sys.getsizeof(vars(constructed))
