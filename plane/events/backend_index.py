@@ -55,7 +55,7 @@ import trio
 
 from plane.events import wire
 from plane.events.sqlite import store_error
-from plane.events.store import EventStore
+from plane.events.store import EventStore, StoreFullError
 from plane.events.types import (
     BackendClaimed,
     BackendRequested,
@@ -296,10 +296,18 @@ class BackendIndex:
             return list(self._memory.execute(sql, args))
 
         def run() -> list[tuple[object, ...]]:
-            assert self.path is not None
-            conn = sqlite3.connect(self.path, isolation_level=None)
+            path = self.path
+            assert path is not None
+            conn = sqlite3.connect(path, isolation_level=None)
             try:
-                conn.executescript(_SCHEMA)
+                try:
+                    conn.executescript(_SCHEMA)
+                except sqlite3.OperationalError as exc:
+                    if not isinstance(store_error(exc, path, "reading"), StoreFullError):
+                        raise
+                    # never made (a disk full before the first catch-up): derived
+                    # data, so it holds nothing yet; lists say what memory holds
+                    return []
                 return list(conn.execute(sql, args))
             finally:
                 conn.close()
