@@ -1214,6 +1214,8 @@ class Supervisor:
             log.warning("listing engine %s after removing leftovers failed: %s", engine, exc)
             return
         still = {r.backend_id for r in listed}
+        now = self.clock.now()
+        removed: list[OrphanRemoved] = []
         for orphan in orphans:
             if orphan.backend_id in still:
                 log.error(
@@ -1222,9 +1224,10 @@ class Supervisor:
                     orphan.handle,
                 )
                 continue
-            event = OrphanRemoved(self.clock.now(), orphan.backend_id, orphan.handle)
-            await self._append_system([event])
-            self.recovery_report["orphans"].append(orphan.backend_id)
+            removed.append(OrphanRemoved(now, orphan.backend_id, orphan.handle))
+        if removed:  # one append: recorded together, or (stopped first) not at all
+            await self._append_system([*removed])
+            self.recovery_report["orphans"] += [e.backend_id for e in removed]
 
 
 async def load_startup_state(store: EventStore) -> tuple[StartupState, str]:

@@ -204,8 +204,10 @@ def test_two_engines_place_drain_lose_and_return(
     assert eventually(lambda: not ours(engine_b, scope, running=False), 60), ours(
         engine_b, scope, running=False
     )
-    assert plane.stop() == 0
     log = plane.data_dir / "events.db"
+    # removed, then recorded (together, after a listing shows them gone)
+    assert eventually(lambda: _orphans(log) == on_b, 30), (_orphans(log), on_b)
+    assert plane.stop() == 0
     assert replay_main(["verify", str(log)]) == 0
     kinds = _system_kinds(log)
     for kind in ("engine.drained", "engine.undrained", "engine.lost", "engine.returned"):
