@@ -429,9 +429,33 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def cmd_connect(args: argparse.Namespace) -> int:
+def _spawn_config(args: argparse.Namespace) -> SpawnConfig | None:
+    """The spawn config ``plane connect``'s options describe; None (join the key's
+    live backend only) when no --image or --command is given."""
     if not args.image and not args.command:
-        raise CliError("connect needs --image IMAGE (docker) or --command 'CMD ARGS' (process)", 2)
+        if not args.key:
+            raise CliError(
+                "connect needs --key KEY (join its live backend) and/or --image IMAGE "
+                "(docker) or --command 'CMD ARGS' (process) to spawn one",
+                2,
+            )
+        spawn_only = {
+            "--env": args.env,
+            "--cwd": args.cwd,
+            "--port": args.port,
+            "--pull-policy": args.pull_policy != "IfNotPresent",
+            "--memory": args.memory,
+            "--cpu-percent": args.cpu_percent,
+            "--idle": args.idle,
+            "--lifetime": args.lifetime,
+        }
+        given = [flag for flag, value in spawn_only.items() if value]
+        if given:
+            raise CliError(
+                f"{', '.join(given)} describe a backend to spawn: give --image or --command too",
+                2,
+            )
+        return None
     limits = ResourceLimits(memory_limit_bytes=args.memory, cpu_period_percent=args.cpu_percent)
     executable = Executable(
         image=args.image,
@@ -442,9 +466,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
         resource_limits=limits,
         **({"port": args.port} if args.port is not None else {}),
     )
-    spawn = SpawnConfig(
-        executable, max_idle_seconds=args.idle, lifetime_limit_seconds=args.lifetime
-    )
+    return SpawnConfig(executable, max_idle_seconds=args.idle, lifetime_limit_seconds=args.lifetime)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    spawn = _spawn_config(args)
     key = BackendKey(args.key, args.namespace, args.tag) if args.key else None
     api = _api(args)
     connection = api.connect(key, spawn_config=spawn, user=args.user)
@@ -890,7 +916,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="JSON for scripts")
         return p
 
-    p = client("connect", "get or spawn a backend for a key, wait until ready, print its URL")
+    p = client(
+        "connect",
+        "get or spawn a backend for a key, wait until ready, print its URL "
+        "(without --image/--command: join the key's live backend only)",
+    )
     p.add_argument("--key", help="session key (default: a random one)")
     p.add_argument("--namespace", default="")
     p.add_argument("--tag", default="")

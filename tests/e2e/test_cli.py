@@ -56,6 +56,10 @@ def test_connect_ls_status_logs_events_terminate(plane: PlaneServe) -> None:
 
     code, out, _ = cli(plane, "connect", "--key", "room-1", "--command", command)
     assert code == 0 and f"joined backend {backend} (ready)" in out
+    # without a spawn config: join the live backend only (a fresh token)
+    code, out, err = cli(plane, "connect", "--key", "room-1")
+    assert code == 0, err
+    assert f"joined backend {backend} (ready)" in out
 
     code, out, _ = cli(plane, "ls")
     assert code == 0
@@ -100,8 +104,13 @@ def test_clear_messages_for_bad_key_unknown_backend_and_no_server(plane: PlaneSe
     code, _, err = cli(None, "ls")
     assert code == 2 and "cannot reach the plane API" in err and "Traceback" not in err
 
+    code, _, err = cli(plane, "connect")
+    assert code == 2 and "--key" in err and "--image" in err and "Traceback" not in err
+    code, _, err = cli(plane, "connect", "--key", "x", "--env", "A=1", "--idle", "5")
+    assert code == 2 and "--env, --idle" in err and "--command" in err
+    # no live backend holds the key and nothing to spawn: Plane's answer, said plainly
     code, _, err = cli(plane, "connect", "--key", "x")
-    assert code == 2 and "--image" in err
+    assert code == 1 and "KeyUnheldNoSpawnConfig" in err and "Traceback" not in err
 
     code, _, err = cli(plane, "connect", "--command", "true", "--env", "NOEQUALS")
     assert code == 2 and "NAME=VALUE" in err
