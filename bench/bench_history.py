@@ -34,7 +34,7 @@ decider (:class:`plane.testing.lives.DecidedLife`) and encoded once; each
 backend's rows are that template with its own id, key and token hash, bulk
 inserted into a log the store created (same schema, seqs in order).
 
-    python bench/bench_history.py [--finished 50000] [--live 1000] [--rounds 3]
+    python bench/bench_history.py [--finished 50000] [--live 1000] [--rounds 5]
                                   [--scale 10000] [--samples 200]
 """
 
@@ -317,7 +317,7 @@ def main() -> int:
     parser.add_argument("--finished", type=int, default=50_000)
     parser.add_argument("--live", type=int, default=1_000)
     parser.add_argument("--tail", type=int, default=2_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)  # restarts swing run to run
     parser.add_argument("--scale", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
