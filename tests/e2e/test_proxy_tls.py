@@ -73,7 +73,7 @@ async def test_the_feed_runs_over_wss_with_the_certificate_verified(
     ca_file = tmp_path / "ca.pem"
     test_ca.cert_pem.write_to_path(str(ca_file))
 
-    serve = start_serve(tmp_path, key_file)
+    serve = start_serve(tmp_path, key_file, "--terminate-on-exit")
     api_port = int(serve.urls["api"].rsplit(":", 1)[1])
     trusted: PlaneProxy | None = None
     untrusted: PlaneProxy | None = None
