@@ -94,7 +94,7 @@ def _assert_private_tree(data_dir: Path) -> list[Path]:
 
 def test_files_are_private_whatever_the_umask(tmp_path: Path, loose_umask: None) -> None:
     data = tmp_path / "data"
-    plane = PlaneServe(data, "process", umask=0o022)
+    plane = PlaneServe(data, "process", "--terminate-on-exit", umask=0o022)
     try:
         result = plane.connect(
             {
