@@ -143,25 +143,22 @@ class ProxyServer:
             with feed_scope:  # ends after the sessions, once drained (below)
                 await self.feed.run(task_status=task_status)
 
-        try:
-            async with trio.open_nursery() as feeds:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self.port = listener.getsockname()[1]
-                        nursery.start_soon(self.tracker.run)
-                        nursery.start_soon(self.pool.run)
-                        nursery.start_soon(self._watchdog)
-                        nursery.start_soon(self._accept, listener, nursery)
-                        self.listening.set()
-                        await feeds.start(run_feed)
-                        task_status.started(self.port)
-                finally:
-                    sockio.close(listener)
-                    with trio.CancelScope(shield=True):
-                        await self.feed.drain()
-                    feed_scope.cancel()
-        finally:
-            sockio.close(listener)
+        async with trio.open_nursery() as feeds:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self.port = listener.getsockname()[1]
+                    nursery.start_soon(self.tracker.run)
+                    nursery.start_soon(self.pool.run)
+                    nursery.start_soon(self._watchdog)
+                    nursery.start_soon(self._accept, listener, nursery)
+                    self.listening.set()
+                    await feeds.start(run_feed)
+                    task_status.started(self.port)
+            finally:
+                sockio.close(listener)
+                with trio.CancelScope(shield=True):
+                    await self.feed.drain()
+                feed_scope.cancel()
 
     async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         limit = self.ctx.settings.max_connections
